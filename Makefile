@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch==2.13.0 first: a CPU build that needs no multi-GB CUDA download.
+# The package itself only asks for torch>=2.4, which that build satisfies.
+TORCH_SPEC ?= torch==2.13.0
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: demo test install dev bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
+
+demo: install
+	$(BIN)/ebmlab sample --target banana --sampler mala --step-size 0.3 \
+		--chains 1000 --steps 2000 --burn-in 500 --seed 0 \
+		--plot demo/banana_mala.png --out demo/banana_mala.npz
+	@echo "Figure written to demo/banana_mala.png"
+
+test: dev
+	$(BIN)/python -m pytest -n 2 -q
+
+bench: install
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/samplers.py --write docs/benchmarks.md
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache

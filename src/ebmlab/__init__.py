@@ -1,0 +1,55 @@
+"""ebmlab: energy-based and score-based models in PyTorch.
+
+Define an energy ``x -> (batch,)``, compute what is tractable about it
+(energies, ratios, scores; ``log Z`` by quadrature in d <= 2), sample from it,
+and measure the samples.
+"""
+
+from . import evaluation, samplers
+from .energies import (
+    Energy,
+    energy_and_score,
+    log_ratio,
+    mixture,
+    product,
+    score,
+    targets,
+    tempered,
+)
+from .evaluation import exact_nll, log_partition, normalized_log_prob
+from .samplers import (
+    HMC,
+    MALA,
+    DivergenceError,
+    Langevin,
+    RandomWalkMH,
+    RejectionSampler,
+    Trace,
+    sample,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HMC",
+    "MALA",
+    "DivergenceError",
+    "Energy",
+    "Langevin",
+    "RandomWalkMH",
+    "RejectionSampler",
+    "Trace",
+    "energy_and_score",
+    "evaluation",
+    "exact_nll",
+    "log_partition",
+    "log_ratio",
+    "mixture",
+    "normalized_log_prob",
+    "product",
+    "sample",
+    "samplers",
+    "score",
+    "targets",
+    "tempered",
+]

@@ -1,0 +1,20 @@
+"""What a density is: energies, analytic targets, composition."""
+
+from . import targets
+from .compose import Mixture, Product, Tempered, mixture, product, tempered
+from .core import Energy, energy_and_score, evaluate_energy, log_ratio, score
+
+__all__ = [
+    "Energy",
+    "Mixture",
+    "Product",
+    "Tempered",
+    "energy_and_score",
+    "evaluate_energy",
+    "log_ratio",
+    "mixture",
+    "product",
+    "score",
+    "targets",
+    "tempered",
+]

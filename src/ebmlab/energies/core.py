@@ -1,0 +1,128 @@
+"""What is tractable about an energy-based model p(x) = exp(-E(x)) / Z.
+
+Lecture 9, slide "What is (and isn't) tractable to compute?": the energy
+E(x), ratios p(x1)/p(x2) = exp(E(x2) - E(x1)) and the score
+grad_x log p(x) = -grad_x E(x) are all computable without Z. Z itself is only
+available by integration (see :func:`ebmlab.evaluation.partition.log_partition`).
+
+An *energy* is any callable ``x -> Tensor[batch]``; lower energy means more
+probable. It may be an ``nn.Module``, an analytic target, or a plain function.
+An energy may offer an analytic fast path ``energy_and_score(x)``; every such
+fast path is tested against autograd.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Energy",
+    "energy_and_score",
+    "evaluate_energy",
+    "log_ratio",
+    "score",
+]
+
+
+@runtime_checkable
+class Energy(Protocol):
+    """Anything that maps a batch ``x`` of shape ``(B, *event)`` to energies ``(B,)``."""
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+
+EnergyLike = Callable[[Tensor], Tensor]
+
+
+def _check_input(x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"expected x to be a torch.Tensor of shape (batch, *event), got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(
+            f"expected x of shape (batch, *event) with at least 2 dimensions, got shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point x, got dtype {x.dtype}")
+
+
+def evaluate_energy(energy: EnergyLike, x: Tensor) -> Tensor:
+    """Call ``energy(x)`` and check that it returned one scalar per batch element.
+
+    Args:
+        energy: callable ``x -> (B,)``.
+        x: points, shape ``(B, *event)``.
+
+    Returns:
+        Energies, shape ``(B,)``.
+
+    Raises:
+        ValueError: if the energy's output does not have shape ``(B,)``.
+    """
+    _check_input(x)
+    e = energy(x)
+    if not isinstance(e, Tensor) or e.shape != (x.shape[0],):
+        shape = tuple(e.shape) if isinstance(e, Tensor) else type(e).__name__
+        raise ValueError(
+            f"an energy must return shape (batch,) = ({x.shape[0]},) for input of shape "
+            f"{tuple(x.shape)}, got {shape}"
+        )
+    return e
+
+
+def energy_and_score(energy: EnergyLike, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Energy and score ``-grad_x E(x)`` in one pass.
+
+    Uses the energy's analytic ``energy_and_score`` when it has one, otherwise
+    autograd with respect to ``x`` only: parameter ``.grad`` fields are never
+    touched, so this is safe to call in the middle of a training step.
+
+    Args:
+        energy: callable ``x -> (B,)``.
+        x: points, shape ``(B, *event)``.
+
+    Returns:
+        ``(energy, score)``, detached, with shapes ``(B,)`` and ``x.shape``.
+    """
+    _check_input(x)
+    fast = getattr(energy, "energy_and_score", None)
+    if fast is not None:
+        e, s = fast(x)
+        return e.detach(), s.detach()
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        e = evaluate_energy(energy, xg)
+        # Lecture: grad_x log p(x) = -grad_x E(x); Z does not depend on x.
+        (g,) = torch.autograd.grad(e.sum(), xg)
+    return e.detach(), -g
+
+
+def score(energy: EnergyLike, x: Tensor) -> Tensor:
+    """Score ``grad_x log p(x) = -grad_x E(x)`` (lecture slide "Derivatives").
+
+    Args:
+        energy: callable ``x -> (B,)``.
+        x: points, shape ``(B, *event)``.
+
+    Returns:
+        The score, detached, shape ``x.shape``.
+    """
+    return energy_and_score(energy, x)[1]
+
+
+def log_ratio(energy: EnergyLike, x1: Tensor, x2: Tensor) -> Tensor:
+    """``log p(x1) / p(x2) = E(x2) - E(x1)``: Z cancels (lecture slide "Ratios?").
+
+    Args:
+        energy: callable ``x -> (B,)``.
+        x1: points, shape ``(B, *event)``.
+        x2: points, same shape as ``x1``.
+
+    Returns:
+        Log-ratios, shape ``(B,)``.
+    """
+    if x1.shape != x2.shape:
+        raise ValueError(f"x1 and x2 must have the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+    return evaluate_energy(energy, x2) - evaluate_energy(energy, x1)

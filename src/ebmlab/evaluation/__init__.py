@@ -1,0 +1,30 @@
+"""Evaluation of energy-based models: the partition function by quadrature,
+MCMC diagnostics, and sample-quality distances."""
+
+from ebmlab.evaluation.diagnostics import ess_bulk, ess_tail, rhat, summarize
+from ebmlab.evaluation.distances import histogram_kl, histogram_kl_bias, mmd, sliced_wasserstein
+from ebmlab.evaluation.partition import (
+    LogPartition,
+    density_on_grid,
+    exact_nll,
+    log_partition,
+    normalized_log_prob,
+    quadrature_grid,
+)
+
+__all__ = [
+    "LogPartition",
+    "density_on_grid",
+    "ess_bulk",
+    "ess_tail",
+    "exact_nll",
+    "histogram_kl",
+    "histogram_kl_bias",
+    "log_partition",
+    "mmd",
+    "normalized_log_prob",
+    "quadrature_grid",
+    "rhat",
+    "sliced_wasserstein",
+    "summarize",
+]

@@ -1,0 +1,230 @@
+"""Shared pieces of every sampler: State/Info types, the Metropolis-Hastings
+accept, and the one sampling loop :func:`sample`.
+
+A sampler is a frozen dataclass of hyper-parameters with
+
+* ``init(energy, x) -> State`` -- evaluates what the sampler caches at ``x``;
+* ``step(energy, state, *, generator) -> (State, Info)`` -- one transition for
+  every chain at once (chains are the batch dimension).
+
+Nothing in a sampler loops over steps, logs, or seeds: that is :func:`sample`'s
+job (or a training loop's, or the playground's).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DivergenceError",
+    "Info",
+    "Sampler",
+    "State",
+    "Trace",
+    "broadcast_chains",
+    "mh_accept",
+    "sample",
+]
+
+
+class DivergenceError(FloatingPointError):
+    """Raised when a chain's energy becomes NaN or +/-inf (the chain diverged)."""
+
+
+@dataclass(frozen=True)
+class State:
+    """Per-chain sampler state.
+
+    Attributes:
+        x: current points, shape ``(chains, *event)``.
+        energy: ``E(x)``, shape ``(chains,)``.
+        score: ``-grad_x E(x)``, shape ``x.shape``; ``None`` for samplers that
+            never need a gradient (random-walk MH, rejection sampling).
+    """
+
+    x: Tensor
+    energy: Tensor
+    score: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Info:
+    """What one step did, per chain (the playground animates this).
+
+    Attributes:
+        proposal: the proposed points, shape ``(chains, *event)``.
+        accepted: whether each proposal was accepted, bool ``(chains,)``.
+            Samplers without an accept step (ULA) report all ``True``.
+        acceptance_prob: ``min(1, alpha)`` per chain, shape ``(chains,)``.
+        energy_error: HMC only: ``H(x', p') - H(x, p)``, shape ``(chains,)``.
+        trajectory: HMC only, when asked for: leapfrog positions,
+            ``(num_leapfrog + 1, chains, *event)``.
+        num_proposals: rejection sampling only: proposals drawn per chain
+            until one was accepted, ``(chains,)``.
+    """
+
+    proposal: Tensor
+    accepted: Tensor
+    acceptance_prob: Tensor
+    energy_error: Tensor | None = None
+    trajectory: Tensor | None = None
+    num_proposals: Tensor | None = None
+
+
+class Sampler(Protocol):
+    def init(self, energy: Any, x: Tensor) -> State: ...
+
+    def step(self, energy: Any, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]: ...
+
+
+def broadcast_chains(v: Tensor, like: Tensor) -> Tensor:
+    """View a per-chain ``(chains,)`` tensor so it broadcasts against ``(chains, *event)``.
+
+    Works for vectors and images alike (no ``[:, None, None, None]``).
+    """
+    return v.reshape(v.shape[0], *([1] * (like.dim() - 1)))
+
+
+def mh_accept(
+    log_alpha: Tensor, current: State, proposed: State, *, generator: torch.Generator | None
+) -> tuple[State, Tensor, Tensor]:
+    """Metropolis-Hastings accept/reject, per chain.
+
+    Accept with probability ``min(1, exp(log_alpha))`` (Metropolis et al. 1953;
+    Hastings 1970). A proposal whose ``log_alpha`` is NaN (e.g. the energy is
+    +inf or NaN there) is rejected: it has zero density under the target.
+
+    Args:
+        log_alpha: log acceptance ratio, shape ``(chains,)``.
+        current: the current state.
+        proposed: the proposed state (same fields set as ``current``).
+        generator: source of the uniform draws.
+
+    Returns:
+        ``(new_state, accepted, acceptance_prob)``.
+    """
+    log_alpha = torch.nan_to_num(log_alpha, nan=-torch.inf)
+    log_u = torch.rand(log_alpha.shape, generator=generator, device=log_alpha.device, dtype=log_alpha.dtype).log()
+    accepted = log_u < log_alpha
+    mask = broadcast_chains(accepted, current.x)
+    new = State(
+        x=torch.where(mask, proposed.x, current.x),
+        energy=torch.where(accepted, proposed.energy, current.energy),
+        score=None if current.score is None else torch.where(mask, proposed.score, current.score),
+    )
+    return new, accepted, log_alpha.clamp(max=0.0).exp()
+
+
+@dataclass
+class Trace:
+    """Result of :func:`sample`.
+
+    Attributes:
+        samples: kept states, shape ``(kept, chains, *event)``.
+        energies: their energies, shape ``(kept, chains)``.
+        acceptance_rate: per-chain fraction of accepted proposals over the
+            steps after burn-in, shape ``(chains,)``.
+        final_state: the sampler state after the last step (to continue).
+        num_steps: transitions taken (burn-in included).
+        seconds: wall time of the loop.
+    """
+
+    samples: Tensor
+    energies: Tensor
+    acceptance_rate: Tensor
+    final_state: State
+    num_steps: int
+    seconds: float
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chain_steps_per_second(self) -> float:
+        return self.samples.shape[1] * self.num_steps / max(self.seconds, 1e-12)
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_finite_state(state: State, step: int) -> None:
+    """Raise :class:`DivergenceError` if any chain's energy is not finite."""
+    bad = ~torch.isfinite(state.energy)
+    if bool(bad.any()):
+        n = int(bad.sum())
+        raise DivergenceError(
+            f"{n} of {bad.numel()} chains diverged (non-finite energy) at step {step}; "
+            "reduce the step size or check the energy"
+        )
+
+
+def sample(
+    energy: Any,
+    sampler: Sampler,
+    x0: Tensor,
+    num_steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    burn_in: int = 0,
+    thin: int = 1,
+    callback: Callable[[int, State, Info], None] | None = None,
+) -> Trace:
+    """Run ``num_steps`` transitions of ``sampler`` on every chain and keep the draws.
+
+    Args:
+        energy: callable ``x -> (chains,)`` (for annealed Langevin: a
+            noise-conditional score ``score_fn(x, sigma)``).
+        sampler: any sampler (``init``/``step``).
+        x0: initial points, one chain per row, shape ``(chains, *event)``.
+        num_steps: total transitions, burn-in included.
+        generator: source of all randomness.
+        burn_in: transitions discarded before keeping draws.
+        thin: keep every ``thin``-th draw after burn-in.
+        callback: called as ``callback(step, state, info)`` after each step.
+
+    Returns:
+        A :class:`Trace` with ``(kept, chains, *event)`` samples, where
+        ``kept = ceil((num_steps - burn_in) / thin)``.
+
+    Raises:
+        DivergenceError: when a chain's energy becomes non-finite; the message
+            names the step.
+    """
+    _check_int("num_steps", num_steps, 1)
+    _check_int("burn_in", burn_in, 0)
+    _check_int("thin", thin, 1)
+    if burn_in >= num_steps:
+        raise ValueError(f"burn_in must be smaller than num_steps, got burn_in={burn_in}, num_steps={num_steps}")
+    start = time.perf_counter()
+    state = sampler.init(energy, x0)
+    check_finite_state(state, 0)
+    kept = -(-(num_steps - burn_in) // thin)
+    samples = torch.empty((kept, *state.x.shape), dtype=state.x.dtype, device=state.x.device)
+    energies = torch.empty((kept, state.x.shape[0]), dtype=state.energy.dtype, device=state.x.device)
+    accepted = torch.zeros(state.x.shape[0], dtype=torch.float64, device=state.x.device)
+    k = 0
+    for t in range(num_steps):
+        state, info = sampler.step(energy, state, generator=generator)
+        check_finite_state(state, t + 1)
+        if t >= burn_in:
+            accepted += info.accepted
+            if (t - burn_in) % thin == 0:
+                samples[k] = state.x
+                energies[k] = state.energy
+                k += 1
+        if callback is not None:
+            callback(t, state, info)
+    seconds = time.perf_counter() - start
+    return Trace(
+        samples=samples,
+        energies=energies,
+        acceptance_rate=(accepted / (num_steps - burn_in)).to(state.energy.dtype),
+        final_state=state,
+        num_steps=num_steps,
+        seconds=seconds,
+    )

@@ -1,0 +1,80 @@
+"""Unadjusted Langevin algorithm (ULA).
+
+Lecture 9, slide "Sampling using Langevin dynamics":
+
+    x_{t+1} = x_t + (eps^2 / 2) * grad_x log p(x_t) + eps * z,   z ~ N(0, I)
+
+(Roberts & Tweedie 1996; Welling & Teh 2011). Without the accept step the
+chain is biased by O(eps^2); :class:`~ebmlab.samplers.mala.MALA` removes the
+bias. EBM training (Du & Mordatch 2019; Nijkamp et al. 2019) uses a
+*tempered* variant with a noise scale separate from the step, gradient
+clipping and clamping to the data range; these are explicit options here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..energies.core import energy_and_score
+from .base import Info, State
+
+__all__ = ["Langevin"]
+
+
+def _check_positive(name: str, value: float | None, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Langevin:
+    """ULA with the lecture's convention ``x + (eps^2/2) * score + noise_scale * z``.
+
+    Args:
+        step_size: ``eps``.
+        noise_scale: standard deviation of the injected noise; ``None`` means
+            ``eps`` (the unbiased-in-the-limit Langevin diffusion). Smaller
+            values give the tempered dynamics of short-run EBM training.
+        grad_clip: if set, clamp each score coordinate to ``[-grad_clip, grad_clip]``
+            before the drift (Du & Mordatch 2019).
+        clamp: if set, ``(lo, hi)``: clamp every coordinate of the new point
+            (keeps image samples in the data range).
+    """
+
+    step_size: float
+    noise_scale: float | None = None
+    grad_clip: float | None = None
+    clamp: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        _check_positive("step_size", self.step_size)
+        _check_positive("noise_scale", self.noise_scale, allow_none=True)
+        _check_positive("grad_clip", self.grad_clip, allow_none=True)
+        if self.clamp is not None and not (len(self.clamp) == 2 and self.clamp[0] < self.clamp[1]):
+            raise ValueError(f"clamp must be a pair (lo, hi) with lo < hi, got {self.clamp!r}")
+
+    def init(self, energy, x: Tensor) -> State:
+        e, s = energy_and_score(energy, x)
+        return State(x=x.detach(), energy=e, score=s)
+
+    def drift(self, score: Tensor) -> Tensor:
+        """The deterministic part ``(eps^2/2) * score`` (clipped if asked)."""
+        if self.grad_clip is not None:
+            score = score.clamp(-self.grad_clip, self.grad_clip)
+        return (0.5 * self.step_size**2) * score
+
+    def step(self, energy, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]:
+        noise = torch.randn(state.x.shape, generator=generator, device=state.x.device, dtype=state.x.dtype)
+        sd = self.step_size if self.noise_scale is None else self.noise_scale
+        x_new = state.x + self.drift(state.score) + sd * noise
+        if self.clamp is not None:
+            x_new = x_new.clamp(*self.clamp)
+        e, s = energy_and_score(energy, x_new)
+        ones = torch.ones_like(e)
+        return State(x=x_new, energy=e, score=s), Info(proposal=x_new, accepted=ones.bool(), acceptance_prob=ones)

@@ -1,0 +1,181 @@
+"""Rejection sampling (lecture 9, slides "Example: Rejection sampling").
+
+To sample ``p = p~/Z`` with ``p~(x) = exp(-E(x))``, take a proposal ``q`` and a
+constant ``C`` with ``p~(x) <= C q(x)`` everywhere:
+
+1. draw ``x0 ~ q``;
+2. draw ``u ~ U(0, C q(x0))``;
+3. accept ``x0`` if ``u <= p~(x0)``.
+
+Accepted draws are exact samples of ``p``; the acceptance probability is
+``Z / C`` (slide "Why does this work?"), so a loose ``C`` is inefficient.
+Each :meth:`RejectionSampler.step` gives every chain one *exact, independent*
+draw, proposing again for the chains that rejected. ``Info.accepted`` reports
+the first proposal of the step, so the trace's acceptance rate estimates
+``Z / C``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from ..energies.core import evaluate_energy
+from .base import Info, State
+from .langevin import _check_positive
+
+__all__ = ["GaussianProposal", "Proposal", "RejectionSampler", "UniformProposal", "find_log_c"]
+
+
+class Proposal(Protocol):
+    """A normalised proposal density we can sample exactly."""
+
+    def sample(self, n: int, *, generator: torch.Generator | None, device, dtype) -> Tensor: ...
+
+    def log_prob(self, x: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class GaussianProposal:
+    """``N(loc, diag(scale^2))``; ``loc`` and ``scale`` are per-dimension sequences or floats."""
+
+    loc: Sequence[float]
+    scale: Sequence[float] | float = 1.0
+
+    def _params(self, device, dtype) -> tuple[Tensor, Tensor]:
+        loc = torch.as_tensor(self.loc, device=device, dtype=dtype)
+        scale = torch.as_tensor(self.scale, device=device, dtype=dtype).expand_as(loc)
+        return loc, scale
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> Tensor:
+        loc, scale = self._params(device, dtype)
+        return loc + scale * torch.randn((n, loc.numel()), generator=generator, device=device, dtype=dtype)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        loc, scale = self._params(x.device, x.dtype)
+        z = (x - loc) / scale
+        return -0.5 * (z * z).sum(-1) - scale.log().sum() - 0.5 * loc.numel() * math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class UniformProposal:
+    """Uniform on the box ``[low_i, high_i]``; ``bounds = ((low_1, high_1), ...)``."""
+
+    bounds: Sequence[tuple[float, float]]
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> Tensor:
+        lo = torch.tensor([b[0] for b in self.bounds], device=device, dtype=dtype)
+        hi = torch.tensor([b[1] for b in self.bounds], device=device, dtype=dtype)
+        return lo + (hi - lo) * torch.rand((n, lo.numel()), generator=generator, device=device, dtype=dtype)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        lo = torch.tensor([b[0] for b in self.bounds], device=x.device, dtype=x.dtype)
+        hi = torch.tensor([b[1] for b in self.bounds], device=x.device, dtype=x.dtype)
+        inside = ((x >= lo) & (x <= hi)).all(-1)
+        log_vol = (hi - lo).log().sum()
+        return torch.where(inside, -log_vol, torch.full_like(log_vol, -torch.inf))
+
+
+def find_log_c(
+    energy,
+    proposal: Proposal,
+    bounds: Sequence[tuple[float, float]],
+    *,
+    resolution: int = 256,
+    margin: float = 0.1,
+) -> float:
+    """A constant ``log C`` with ``p~ <= C q`` on a grid over ``bounds`` (d <= 2).
+
+    ``log C = max_grid(-E - log q) + margin``; the margin (in nats) covers the
+    peak falling between grid points. Refuses when ``q`` does not dominate
+    ``p~`` on the grid: if the ratio ``p~/q`` peaks on the grid's edge it may
+    grow without bound outside it, so no finite ``C`` is certain.
+
+    Raises:
+        ValueError: when the ratio peaks on the edge of the grid, or is
+            non-finite.
+    """
+    from ..evaluation.partition import quadrature_grid
+
+    if len(bounds) not in (1, 2):
+        raise ValueError(f"find_log_c works on 1-D or 2-D bounds, got {len(bounds)} dimensions")
+    points, axes = quadrature_grid(bounds, resolution, dtype=torch.float64, device=None)
+    with torch.no_grad():
+        log_ratio = -evaluate_energy(energy, points) - proposal.log_prob(points)
+    if torch.isnan(log_ratio).any() or torch.isposinf(log_ratio).any():
+        raise ValueError("log p~/q is NaN or +inf on the grid: q must be positive wherever p~ is")
+    idx = int(log_ratio.argmax())
+    multi = torch.unravel_index(torch.tensor(idx), (resolution,) * len(bounds))
+    if any(int(i) in (0, resolution - 1) for i in multi):
+        raise ValueError(
+            f"the proposal does not dominate the target on the grid: p~/q is largest at the grid's edge "
+            f"x={points[idx].tolist()}, so it may be unbounded; use a wider proposal"
+        )
+    return float(log_ratio[idx]) + margin
+
+
+@dataclass(frozen=True)
+class RejectionSampler:
+    """Exact i.i.d. sampling by rejection from ``proposal`` with envelope ``C``.
+
+    Args:
+        proposal: a normalised density with ``sample`` and ``log_prob``.
+        log_c: ``log C``; must satisfy ``p~(x) <= C q(x)`` (see :func:`find_log_c`).
+        max_rounds: give up (with an error) when some chain has rejected this
+            many proposals in one step.
+    """
+
+    proposal: Proposal
+    log_c: float
+    max_rounds: int = 100_000
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.log_c, (int, float)) or not math.isfinite(self.log_c):
+            raise ValueError(f"log_c must be a finite number, got {self.log_c!r}")
+        _check_positive("max_rounds", self.max_rounds)
+
+    def init(self, energy, x: Tensor) -> State:
+        with torch.no_grad():
+            return State(x=x.detach(), energy=evaluate_energy(energy, x.detach()))
+
+    def _propose(self, energy, n: int, like: Tensor, generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        x = self.proposal.sample(n, generator=generator, device=like.device, dtype=like.dtype)
+        with torch.no_grad():
+            e = evaluate_energy(energy, x)
+        # log [p~(x) / (C q(x))]; step 3 of the slide: accept iff u * C q(x) <= p~(x).
+        log_ratio = -e - self.log_c - self.proposal.log_prob(x)
+        worst = float(log_ratio.max()) if n else -math.inf
+        if worst > 1e-6:
+            raise ValueError(
+                f"p~(x) > C q(x) at a proposed point (log ratio {worst:.3g} > 0): log_c={self.log_c} is too small "
+                "for this proposal; rejection sampling would be biased"
+            )
+        u = torch.rand(n, generator=generator, device=like.device, dtype=like.dtype)
+        return x, e, log_ratio.clamp(max=0).exp(), u.log() <= log_ratio
+
+    def step(self, energy, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]:
+        n = state.x.shape[0]
+        x, e, prob, acc = self._propose(energy, n, state.x, generator)
+        first_x, first_prob, first_acc = x, prob, acc
+        out_x, out_e = x.clone(), e.clone()
+        num = torch.ones(n, dtype=torch.long, device=state.x.device)
+        pending = torch.nonzero(~acc).flatten()
+        rounds = 1
+        while pending.numel() > 0:
+            if rounds >= self.max_rounds:
+                raise RuntimeError(
+                    f"{pending.numel()} chains rejected {rounds} proposals in a row; C is far too large "
+                    "or the proposal misses the target's mass"
+                )
+            x, e, _, acc = self._propose(energy, pending.numel(), state.x, generator)
+            num[pending] += 1
+            done = pending[acc]
+            out_x[done], out_e[done] = x[acc], e[acc]
+            pending = pending[~acc]
+            rounds += 1
+        info = Info(proposal=first_x, accepted=first_acc, acceptance_prob=first_prob, num_proposals=num)
+        return State(x=out_x, energy=out_e), info

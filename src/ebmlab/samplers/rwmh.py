@@ -1,0 +1,45 @@
+"""Random-walk Metropolis-Hastings (Metropolis et al. 1953).
+
+Proposal ``x' = x + scale * z``, ``z ~ N(0, I)``; symmetric, so
+``log alpha = E(x) - E(x')``. Needs energies only, no gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..energies.core import evaluate_energy
+from .base import Info, State, mh_accept
+from .langevin import _check_positive
+
+__all__ = ["RandomWalkMH"]
+
+
+@dataclass(frozen=True)
+class RandomWalkMH:
+    """Gaussian random-walk Metropolis.
+
+    Args:
+        scale: standard deviation of the Gaussian proposal (the lecture demo's
+            "proposal sigma").
+    """
+
+    scale: float
+
+    def __post_init__(self) -> None:
+        _check_positive("scale", self.scale)
+
+    def init(self, energy, x: Tensor) -> State:
+        with torch.no_grad():
+            return State(x=x.detach(), energy=evaluate_energy(energy, x.detach()))
+
+    def step(self, energy, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]:
+        noise = torch.randn(state.x.shape, generator=generator, device=state.x.device, dtype=state.x.dtype)
+        x_new = state.x + self.scale * noise
+        with torch.no_grad():
+            e_new = evaluate_energy(energy, x_new)
+        new, accepted, prob = mh_accept(state.energy - e_new, state, State(x=x_new, energy=e_new), generator=generator)
+        return new, Info(proposal=x_new, accepted=accepted, acceptance_prob=prob)

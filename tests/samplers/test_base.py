@@ -1,0 +1,46 @@
+"""The sampling loop: shapes, burn-in/thinning arithmetic, argument checks, callbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ebmlab
+from ebmlab.samplers import MALA
+
+
+def energy(x):
+    return 0.5 * (x**2).sum(1)
+
+
+@pytest.mark.parametrize("steps,burn_in,thin,kept", [(10, 0, 1, 10), (10, 3, 1, 7), (10, 3, 2, 4), (10, 0, 3, 4)])
+def test_kept_draws(steps, burn_in, thin, kept):
+    trace = ebmlab.sample(energy, MALA(0.5), torch.zeros((7, 3)), steps, burn_in=burn_in, thin=thin,
+                          generator=torch.Generator().manual_seed(0))
+    assert trace.samples.shape == (kept, 7, 3)
+    assert trace.energies.shape == (kept, 7)
+    assert torch.allclose(trace.energies, energy(trace.samples.reshape(-1, 3)).reshape(kept, 7))
+
+
+def test_callback_sees_every_step():
+    seen = []
+    ebmlab.sample(energy, MALA(0.5), torch.zeros((4, 2)), 6, callback=lambda t, s, i: seen.append((t, i.proposal.shape)),
+                  generator=torch.Generator().manual_seed(0))
+    assert [t for t, _ in seen] == list(range(6))
+    assert all(shape == (4, 2) for _, shape in seen)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(num_steps=0), "num_steps"),
+    (dict(num_steps=5, burn_in=5), "burn_in must be smaller"),
+    (dict(num_steps=5, thin=0), "thin"),
+    (dict(num_steps=2.5), "num_steps"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ebmlab.sample(energy, MALA(0.5), torch.zeros((4, 2)), **kwargs)
+
+
+def test_energy_with_wrong_output_shape_is_named():
+    with pytest.raises(ValueError, match=r"must return shape \(batch,\)"):
+        ebmlab.sample(lambda x: x.sum(), MALA(0.5), torch.zeros((4, 2)), 3)
