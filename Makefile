@@ -26,8 +26,8 @@ install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
 demo: install
-	$(BIN)/ebmlab sample --target banana --sampler mala --step-size 0.3 \
-		--chains 1000 --steps 2000 --burn-in 500 --seed 0 \
+	$(BIN)/ebmlab sample --target banana --sampler mala --step-size 0.5 \
+		--chains 1000 --steps 3000 --burn-in 1000 --seed 0 \
 		--plot demo/banana_mala.png --out demo/banana_mala.npz
 	@echo "Figure written to demo/banana_mala.png"
 

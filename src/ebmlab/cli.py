@@ -10,8 +10,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 app = typer.Typer(
     name="ebmlab",
@@ -20,6 +20,11 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root() -> None:
+    """Energy-based and score-based models: sample, train, evaluate, report."""
 
 
 class SamplerName(str, Enum):
@@ -230,8 +235,9 @@ def sample(
     steps: int = typer.Option(2000, min=1, help="Transitions per chain, burn-in included."),
     burn_in: int = typer.Option(500, min=0, help="Transitions discarded first."),
     thin: int = typer.Option(1, min=1, help="Keep every n-th draw after burn-in."),
-    init: InitName = typer.Option(InitName.uniform, help="Chain start: uniform over the target's box, "
-                                  "standard normal, or exact samples."),
+    init: InitName = typer.Option(InitName.normal, help="Chain start: standard normal noise (as in the lecture), "
+                                  "uniform over the target's box (overdispersed; MALA/ULA can stall in far tails), "
+                                  "or exact samples."),
     seed: int = typer.Option(0, help="Seed of the run's torch.Generator."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     dtype: str = typer.Option("float32", help="float32 or float64."),
@@ -261,13 +267,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("ebmlab: aborted", file=sys.stderr)
         return 130
-    except click.ClickException as e:  # typer/click usage errors (unknown option, bad integer, ...)
-        print(f"ebmlab: error: {e.format_message()}", file=sys.stderr)
+    except TyperException as e:  # usage errors (unknown option, bad integer, ...)
+        if e.format_message():  # an empty message: help was already shown for a bare `ebmlab`
+            print(f"ebmlab: error: {e.format_message()}", file=sys.stderr)
         return 2
     except UsageFailure as e:
         print(f"ebmlab: error: {e}", file=sys.stderr)

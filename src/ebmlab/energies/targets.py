@@ -144,8 +144,9 @@ def _components(
     weights: Tensor, n: int, generator: torch.Generator | None, device: torch.device
 ) -> Tensor:
     """``n`` i.i.d. component indices with probabilities ``weights`` (float64, sums to 1)."""
-    cdf = torch.cumsum(weights, 0).to(device)
-    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    cdf = torch.cumsum(weights, 0).to(device=device, dtype=dtype)
+    u = torch.rand(n, generator=generator, device=device, dtype=dtype)
     return torch.searchsorted(cdf, u, right=True).clamp_max_(weights.numel() - 1)
 
 
@@ -398,7 +399,10 @@ class GaussianMixture(Target):
         self.name, self.dim = name, m.shape[1]
         self._m, self._v, self._w = m, v, w / w.sum()
         logc = self._w.log() - 0.5 * self.dim * (2 * math.pi * v).log()
-        self._master = (m, logc, 0.5 / v, 1.0 / v, v.sqrt())
+        # ||x - m_k||^2 / (2 v_k) expanded, so the hot path works on (B, K), not (B, K, d):
+        # logits = bias_k + x . m_k / v_k - ||x||^2 / (2 v_k).
+        bias = logc - 0.5 * (m * m).sum(-1) / v
+        self._master = (m, bias, (m / v[:, None]).T.contiguous(), 0.5 / v, 1.0 / v, v.sqrt())
         self._cache: dict = {}
         sd = v.sqrt()[:, None]
         self.bounds = _nice_box((m - 6 * sd).min(0).values.tolist(), (m + 6 * sd).max(0).values.tolist())
@@ -445,9 +449,8 @@ class GaussianMixture(Target):
         return GaussianMixture(self._m, self._v + float(sigma) ** 2, self._w, name=f"{self.name}+N(0,{sigma:g}^2)")
 
     def _logits(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        m, logc, half_prec, prec, _ = _cast(self._cache, self._master, x.device, x.dtype)
-        diff = x.unsqueeze(1) - m  # (B, K, d)
-        return logc - half_prec * (diff * diff).sum(-1), diff, prec
+        m, bias, m_prec, half_prec, prec, _ = _cast(self._cache, self._master, x.device, x.dtype)
+        return torch.addmm(bias, x, m_prec) - (x * x).sum(-1, keepdim=True) * half_prec, m, prec
 
     def energy(self, x: Tensor) -> Tensor:
         self._check(x)
@@ -458,10 +461,10 @@ class GaussianMixture(Target):
 
     def energy_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self._check(x)
-        logits, diff, prec = self._logits(x)
+        logits, m, prec = self._logits(x)
         lse = torch.logsumexp(logits, -1)
         r = torch.exp(logits - lse.unsqueeze(-1)) * prec  # responsibilities / v_k
-        return -lse, -torch.bmm(r.unsqueeze(1), diff).squeeze(1)
+        return -lse, r @ m - r.sum(-1, keepdim=True) * x  # sum_k r_k (m_k - x) / v_k
 
     def sample(self, n: int, *, generator: torch.Generator | None = None,
                device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -772,9 +775,7 @@ class Funnel(Target):
         xs, v = x[:, :-1], x[:, -1] - 2.0
         ev = torch.exp(-v)
         q = 0.5 * ev * (xs * xs).sum(-1)
-        s = torch.empty_like(x)
-        torch.mul(xs, -ev.unsqueeze(-1), out=s[:, :-1])
-        s[:, -1] = q - v / 9.0 - self._h
+        s = torch.cat((xs * -ev.unsqueeze(-1), (q - v / 9.0 - self._h).unsqueeze(-1)), -1)
         return v * v / 18.0 + self._h * v + q + self._const, s
 
     def sample(self, n: int, *, generator: torch.Generator | None = None,

@@ -45,7 +45,10 @@ def plot_samples(
         generator: picks the scatter subset.
 
     Returns:
-        A figure with three panels.
+        A figure with four panels: the density, the samples over its
+        contours (highest-density regions holding 50%, 90% and 99%
+        of the mass), and both marginals against the exact ones. Axes show the
+        region where the exact marginals exceed 1e-3 of their peak.
     """
     pts = samples.reshape(-1, samples.shape[-1]).detach().cpu().double()
     if pts.shape[-1] != 2 or len(bounds) != 2:
@@ -53,25 +56,31 @@ def plot_samples(
     axes_t, dens_t = density_on_grid(energy, bounds, resolution)
     ax1, ax2 = (a.cpu().numpy() for a in axes_t)
     dens = dens_t.cpu().numpy()  # indexed [i_x1, i_x2]
-    (lo1, hi1), (lo2, hi2) = bounds
-    fig, axs = plt.subplots(1, 3, figsize=(13.5, 4.2), gridspec_kw={"width_ratios": [1.1, 1, 1]})
+    d1, d2 = ax1[1] - ax1[0], ax2[1] - ax2[0]
+    m1, m2 = dens.sum(1) * d2, dens.sum(0) * d1
+    (lo1, hi1), (lo2, hi2) = _view(ax1, m1), _view(ax2, m2)
+    fig, axs = plt.subplots(1, 4, figsize=(17, 4.2))
+    levels = _hpd_levels(dens, (0.99, 0.9, 0.5))
     ax = axs[0]
-    ax.imshow(dens.T, origin="lower", extent=(lo1, hi1, lo2, hi2), cmap="magma", aspect="auto")
+    ax.imshow(dens.T, origin="lower", extent=(bounds[0][0], bounds[0][1], bounds[1][0], bounds[1][1]),
+              cmap="viridis", aspect="auto", interpolation="bilinear")
+    ax.set_title("exact density (quadrature)")
+    ax = axs[1]
     if pts.shape[0] > max_points:
         idx = torch.randperm(pts.shape[0], generator=generator)[:max_points]
         show = pts[idx]
     else:
         show = pts
-    ax.scatter(show[:, 0], show[:, 1], s=2, c="#4dd0e1", alpha=0.5, linewidths=0)
-    ax.set_xlim(lo1, hi1)
-    ax.set_ylim(lo2, hi2)
-    ax.set_xlabel("$x_1$")
-    ax.set_ylabel("$x_2$")
-    ax.set_title("samples over the density")
-    d1, d2 = ax1[1] - ax1[0], ax2[1] - ax2[0]
-    marginals = ((0, ax1, dens.sum(1) * d2, (lo1, hi1)), (1, ax2, dens.sum(0) * d1, (lo2, hi2)))
-    for k, grid, curve, (lo, hi) in marginals:
-        a = axs[k + 1]
+    ax.scatter(show[:, 0], show[:, 1], s=3, c="#1565c0", alpha=0.35, linewidths=0)
+    ax.set_title(f"{min(max_points, pts.shape[0])} of {pts.shape[0]} samples")
+    for ax in axs[:2]:
+        ax.contour(ax1, ax2, dens.T, levels=levels, colors="#e53935", linewidths=0.8)
+        ax.set_xlim(lo1, hi1)
+        ax.set_ylim(lo2, hi2)
+        ax.set_xlabel("$x_1$")
+        ax.set_ylabel("$x_2$")
+    for k, grid, curve, (lo, hi) in ((0, ax1, m1, (lo1, hi1)), (1, ax2, m2, (lo2, hi2))):
+        a = axs[k + 2]
         a.hist(pts[:, k].numpy(), bins=np.linspace(lo, hi, bins + 1), density=True, color="#90a4ae", label="samples")
         a.plot(grid, curve, color="#d81b60", lw=2, label="exact (quadrature)")
         a.set_xlim(lo, hi)
@@ -82,6 +91,22 @@ def plot_samples(
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _hpd_levels(dens: np.ndarray, masses: Sequence[float]) -> list[float]:
+    """Density thresholds whose super-level sets hold the given probability masses (increasing levels)."""
+    flat = np.sort(dens.ravel())[::-1]
+    cum = np.cumsum(flat) / flat.sum()
+    levels = sorted({float(flat[min(np.searchsorted(cum, m), flat.size - 1)]) for m in masses})
+    return levels
+
+
+def _view(grid: np.ndarray, marginal: np.ndarray, rel: float = 1e-3) -> tuple[float, float]:
+    """The part of an axis where the marginal exceeds ``rel`` of its peak, padded by 10%."""
+    inside = np.nonzero(marginal >= rel * marginal.max())[0]
+    lo, hi = grid[inside[0]], grid[inside[-1]]
+    pad = 0.1 * (hi - lo)
+    return float(max(grid[0], lo - pad)), float(min(grid[-1], hi + pad))
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> Path:

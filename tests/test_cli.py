@@ -1,0 +1,81 @@
+"""`ebmlab sample` as a user runs it: JSON fields, files written, bad input exits 2 in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ebmlab.cli import main
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_sample_json_has_the_documented_fields(capsys, tmp_path):
+    out_npz, plot = tmp_path / "s.npz", tmp_path / "fig.png"
+    code, out, err = run_cli(
+        ["sample", "--target", "banana", "--sampler", "mala", "--step-size", "0.3", "--chains", "200",
+         "--steps", "300", "--burn-in", "100", "--seed", "0", "--out", str(out_npz), "--plot", str(plot), "--json"],
+        capsys,
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    for key in ("target", "sampler", "chains", "steps", "acceptance_rate", "mean", "cov", "ess_bulk_min",
+                "rhat_max", "seconds", "chain_steps_per_second", "mmd_to_exact", "kl_to_exact"):
+        assert key in result, key
+    assert 0.3 < result["acceptance_rate"] < 1.0
+    assert np.array(result["cov"]).shape == (2, 2)
+    assert result["rhat_max"] < 1.1
+    with np.load(out_npz) as data:
+        assert data["samples"].shape == (200, 200, 2)
+        assert json.loads(str(data["config"]))["sampler"] == "mala"
+    assert plot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("sampler", ["rwmh", "ula", "hmc", "rejection"])
+def test_every_sampler_runs_from_the_cli(sampler, capsys):
+    step = {"rwmh": "0.6", "ula": "0.3", "hmc": "0.1", "rejection": "1"}[sampler]
+    code, out, err = run_cli(["sample", "--sampler", sampler, "--step-size", step, "--chains", "100",
+                              "--steps", "60", "--burn-in", "10", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["sampler"] == sampler
+
+
+def test_same_seed_same_result(capsys):
+    args = ["sample", "--chains", "50", "--steps", "40", "--burn-in", "10", "--seed", "3", "--json"]
+    a = json.loads(run_cli(args, capsys)[1])
+    b = json.loads(run_cli(args, capsys)[1])
+    assert a["mean"] == b["mean"] and a["cov"] == b["cov"]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--chains", "-5"], "chains"),
+        (["--target", "nope"], "unknown target"),
+        (["--step-size", "nan"], "step-size"),
+        (["--sampler", "gibbs"], "sampler"),
+        (["--burn-in", "50", "--steps", "50"], "burn-in"),
+        (["--device", "tpu"], "device"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args, needle, capsys):
+    code, out, err = run_cli(["sample", *args, "--json"], capsys)
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1, err
+    assert needle in lines[0] and "Traceback" not in err
+
+
+def test_console_script_help_lists_options():
+    res = subprocess.run([sys.executable, "-m", "ebmlab.cli", "sample", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0
+    for opt in ("--target", "--sampler", "--step-size", "--chains", "--burn-in", "--seed", "--device", "--json"):
+        assert opt in res.stdout
