@@ -93,12 +93,11 @@ def _build_sampler(cfg: SampleConfig, target, device, dtype):
         return samplers.MALA(step_size=cfg.step_size)
     if cfg.sampler == "hmc":
         return samplers.HMC(step_size=cfg.step_size, num_leapfrog=cfg.num_leapfrog)
-    # Rejection: a Gaussian proposal over the target's box, C found on a grid.
+    # Rejection: a Student-t proposal around the target's mean, scale --step-size
+    # times its marginal sds; C found on a grid (which refuses a non-dominating q).
     if target.dim > 2:
         raise UsageFailure("--sampler rejection needs a 1-D or 2-D target (C is found on a grid)")
-    loc = [0.5 * (lo + hi) for lo, hi in target.bounds]
-    scale = [0.25 * (hi - lo) for lo, hi in target.bounds]
-    proposal = samplers.GaussianProposal(loc=loc, scale=scale)
+    proposal = samplers.proposal_for(target, scale=cfg.step_size)
     return samplers.RejectionSampler(proposal, samplers.find_log_c(target, proposal, target.bounds))
 
 
@@ -229,7 +228,8 @@ def sample(
     target: str = typer.Option("banana", help="Analytic target: banana, donut, multimodal, funnel, squiggle, "
                                "standard, eight_gaussians, rings, song_ermon_mixture, ill_conditioned."),
     sampler: SamplerName = typer.Option(SamplerName.mala, help="Sampling algorithm."),
-    step_size: float = typer.Option(0.3, help="eps for ULA/MALA/HMC; proposal sigma for RWMH."),
+    step_size: float = typer.Option(0.3, help="eps for ULA/MALA/HMC; proposal sigma for RWMH; "
+                                   "for rejection, the Student-t proposal's scale in target sds."),
     num_leapfrog: int = typer.Option(10, min=1, help="HMC: leapfrog steps per transition."),
     chains: int = typer.Option(1000, min=1, help="Parallel chains (the batch dimension)."),
     steps: int = typer.Option(2000, min=1, help="Transitions per chain, burn-in included."),

@@ -73,8 +73,10 @@ def _check_trace(arr: np.ndarray, *, min_chains: int, what: str) -> tuple[int, i
     return draws, chains, tuple(arr.shape[2:])
 
 
-def _as_trace(samples: Tensor | np.ndarray, *, min_chains: int, what: str) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Validate a ``(draws, chains, *event)`` trace; return it as float64 ``(draws, chains, E)`` and event shape."""
+def _as_trace(
+    samples: Tensor | np.ndarray, *, min_chains: int, what: str
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Validate a ``(draws, chains, *event)`` trace; return float64 ``(draws, chains, E)`` and event shape."""
     arr = _to_numpy(samples)
     draws, chains, event = _check_trace(arr, min_chains=min_chains, what=what)
     return np.asarray(arr, dtype=np.float64).reshape(draws, chains, math.prod(event)), event
@@ -169,12 +171,15 @@ def summarize(samples: Tensor | np.ndarray, *, max_chains: int | None = 1000) ->
     R̂ and ESS rank all draws of a coordinate jointly, which costs
     O(draws · chains · log) per coordinate in ``arviz_stats``: a (2000 draws,
     10000 chains, 2) trace takes about 35 s with all chains, against about
-    2.5 s in total with the default ``max_chains=1000`` (measured on one CPU core). Hence ESS and R̂ use at most ``max_chains`` chains,
+    2.5 s in total with the default ``max_chains=1000`` (measured on one CPU
+    core). Hence ESS and R̂ use at most ``max_chains`` chains,
     taken deterministically and evenly spaced (chain indices
     ``floor(k * chains / max_chains)``, k = 0..max_chains-1). Chains of a sampler
     run are exchangeable, so this is an unbiased subsample; note that ESS then
     refers to the chains used (multiply by ``num_chains / num_chains_used``
     for a rough whole-run ESS). ``mean`` and ``cov`` always use every chain.
+    The covariance is E x E, so this summary is meant for low-dimensional
+    traces; for images use :func:`ess_bulk` and :func:`rhat` directly.
 
     Args:
         samples: trace of shape ``(draws, chains, *event)`` with at least 2 chains

@@ -41,7 +41,9 @@ def _flatten(x: Tensor, name: str, min_n: int = 1) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"expected {name} to be a torch.Tensor of shape (n, *event), got {type(x).__name__}")
     if x.dim() < 2:
-        raise ValueError(f"expected {name} of shape (n, *event) with at least 2 dimensions, got {tuple(x.shape)}")
+        raise ValueError(
+            f"expected {name} of shape (n, *event) with at least 2 dimensions, got {tuple(x.shape)}"
+        )
     if x.shape[0] < min_n:
         raise ValueError(f"expected {name} to hold at least {min_n} samples, got {x.shape[0]}")
     if x.is_complex() or x.dtype == torch.bool:
@@ -54,7 +56,8 @@ def _pair(x: Tensor, y: Tensor, min_n: int) -> tuple[Tensor, Tensor]:
     yf = _flatten(y, "y", min_n).to(xf.device)
     if xf.shape[1] != yf.shape[1]:
         raise ValueError(
-            f"expected x and y with the same event size, got x of shape {tuple(x.shape)} and y of shape {tuple(y.shape)}"
+            f"expected x and y with the same event size, got x of shape {tuple(x.shape)} "
+            f"and y of shape {tuple(y.shape)}"
         )
     return xf, yf
 
@@ -158,7 +161,10 @@ def _wasserstein_1d_pow(xs: Tensor, ys: Tensor, p: float) -> Tensor:
         return (xs - ys).abs().pow(p).mean(0)
     dev = xs.device
     levels = torch.cat(
-        (torch.arange(1, n + 1, dtype=torch.float64, device=dev) / n, torch.arange(1, m + 1, dtype=torch.float64, device=dev) / m)
+        (
+            torch.arange(1, n + 1, dtype=torch.float64, device=dev) / n,
+            torch.arange(1, m + 1, dtype=torch.float64, device=dev) / m,
+        )
     )
     levels = torch.unique(levels)  # sorted; ends at 1
     left = torch.cat((torch.zeros(1, dtype=torch.float64, device=dev), levels[:-1]))
@@ -228,7 +234,9 @@ def histogram_kl_bias(n_samples: int, n_bins_nonempty: int) -> float:
         The expected KL in nats of a perfect sampler, to leading order.
     """
     if n_samples < 1 or n_bins_nonempty < 1:
-        raise ValueError(f"expected n_samples >= 1 and n_bins_nonempty >= 1, got {n_samples} and {n_bins_nonempty}")
+        raise ValueError(
+            f"expected n_samples >= 1 and n_bins_nonempty >= 1, got {n_samples} and {n_bins_nonempty}"
+        )
     return (n_bins_nonempty - 1) / (2.0 * n_samples)
 
 
@@ -281,9 +289,13 @@ def histogram_kl(
     b = _check_bounds(bounds)
     d = len(b)
     if not isinstance(samples, Tensor):
-        raise TypeError(f"expected samples to be a torch.Tensor of shape (n, {d}), got {type(samples).__name__}")
+        raise TypeError(
+            f"expected samples to be a torch.Tensor of shape (n, {d}), got {type(samples).__name__}"
+        )
     if samples.dim() != 2 or samples.shape[1] != d:
-        raise ValueError(f"expected samples of shape (n, {d}) to match {d}-D bounds, got {tuple(samples.shape)}")
+        raise ValueError(
+            f"expected samples of shape (n, {d}) to match {d}-D bounds, got {tuple(samples.shape)}"
+        )
     for name, val in (("bins", bins), ("subdivisions", subdivisions)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             raise ValueError(f"expected {name} to be an int >= 1, got {val!r}")

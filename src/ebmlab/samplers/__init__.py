@@ -4,7 +4,14 @@ from .base import DivergenceError, Info, Sampler, State, Trace, mh_accept, sampl
 from .hmc import HMC
 from .langevin import Langevin
 from .mala import MALA
-from .rejection import GaussianProposal, RejectionSampler, UniformProposal, find_log_c
+from .rejection import (
+    GaussianProposal,
+    RejectionSampler,
+    StudentTProposal,
+    UniformProposal,
+    find_log_c,
+    proposal_for,
+)
 from .rwmh import RandomWalkMH
 
 __all__ = [
@@ -18,9 +25,11 @@ __all__ = [
     "RejectionSampler",
     "Sampler",
     "State",
+    "StudentTProposal",
     "Trace",
     "UniformProposal",
     "find_log_c",
     "mh_accept",
+    "proposal_for",
     "sample",
 ]

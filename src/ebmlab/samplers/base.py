@@ -7,6 +7,13 @@ A sampler is a frozen dataclass of hyper-parameters with
 * ``step(energy, state, *, generator) -> (State, Info)`` -- one transition for
   every chain at once (chains are the batch dimension).
 
+Gradient-based samplers split ``step`` into ``draw(state, generator)`` (all the
+random numbers of one step) and a deterministic ``transition(energy, state,
+*draws)``. ``step`` is just the two in a row; the split lets :func:`sample`
+compile the transition into one graph (a ``torch.Generator`` cannot enter a
+compiled graph) while drawing from the caller's generator exactly as eager
+code does, so compiled and eager runs give the same chains.
+
 Nothing in a sampler loops over steps, logs, or seeds: that is :func:`sample`'s
 job (or a training loop's, or the playground's).
 """
@@ -28,6 +35,8 @@ __all__ = [
     "Trace",
     "broadcast_chains",
     "mh_accept",
+    "normal_like",
+    "uniform_log",
     "sample",
 ]
 
@@ -90,9 +99,7 @@ def broadcast_chains(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape(v.shape[0], *([1] * (like.dim() - 1)))
 
 
-def mh_accept(
-    log_alpha: Tensor, current: State, proposed: State, *, generator: torch.Generator | None
-) -> tuple[State, Tensor, Tensor]:
+def mh_accept(log_alpha: Tensor, current: State, proposed: State, log_u: Tensor) -> tuple[State, Tensor, Tensor]:
     """Metropolis-Hastings accept/reject, per chain.
 
     Accept with probability ``min(1, exp(log_alpha))`` (Metropolis et al. 1953;
@@ -103,13 +110,14 @@ def mh_accept(
         log_alpha: log acceptance ratio, shape ``(chains,)``.
         current: the current state.
         proposed: the proposed state (same fields set as ``current``).
-        generator: source of the uniform draws.
+        log_u: ``log U``, ``U ~ Uniform(0, 1)`` per chain, drawn by the
+            caller (see :func:`uniform_log`), so the accept is deterministic
+            given its inputs and compiles into one graph.
 
     Returns:
         ``(new_state, accepted, acceptance_prob)``.
     """
     log_alpha = torch.nan_to_num(log_alpha, nan=-torch.inf)
-    log_u = torch.rand(log_alpha.shape, generator=generator, device=log_alpha.device, dtype=log_alpha.dtype).log()
     accepted = log_u < log_alpha
     mask = broadcast_chains(accepted, current.x)
     new = State(
@@ -118,6 +126,16 @@ def mh_accept(
         score=None if current.score is None else torch.where(mask, proposed.score, current.score),
     )
     return new, accepted, log_alpha.clamp(max=0.0).exp()
+
+
+def normal_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like ``x``."""
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def uniform_log(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """``log U`` per chain (one per row of ``x``), for :func:`mh_accept`."""
+    return torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype).log()
 
 
 @dataclass

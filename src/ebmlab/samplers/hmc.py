@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..energies.core import energy_and_score
-from .base import Info, State, mh_accept
+from .base import Info, State, mh_accept, normal_like, uniform_log
 from .langevin import _check_positive
 from .mala import _sum_event
 
@@ -57,11 +57,16 @@ class HMC:
         e, s = energy_and_score(energy, x)
         return State(x=x.detach(), energy=e, score=s)
 
+    def draw(self, state: State, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        return normal_like(state.x, generator), uniform_log(state.x, generator)
+
     def step(self, energy, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]:
+        return self.transition(energy, state, *self.draw(state, generator))
+
+    def transition(self, energy, state: State, z: Tensor, log_u: Tensor) -> tuple[State, Info]:
         eps, mass = self.step_size, self.mass
         if isinstance(mass, Tensor):
             mass = mass.to(device=state.x.device, dtype=state.x.dtype)
-        z = torch.randn(state.x.shape, generator=generator, device=state.x.device, dtype=state.x.dtype)
         p = z * mass**0.5
         kinetic0 = 0.5 * _sum_event(z * z)  # p^T M^-1 p / 2 with p = sqrt(M) z
         x, s, e = state.x, state.score, state.energy
@@ -76,7 +81,7 @@ class HMC:
         kinetic1 = 0.5 * _sum_event(p * p / mass)
         energy_error = (e + kinetic1) - (state.energy + kinetic0)
         proposed = State(x=x, energy=e, score=s)
-        new, accepted, prob = mh_accept(-energy_error, state, proposed, generator=generator)
+        new, accepted, prob = mh_accept(-energy_error, state, proposed, log_u)
         return new, Info(
             proposal=x,
             accepted=accepted,

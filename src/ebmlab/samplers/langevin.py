@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..energies.core import energy_and_score
-from .base import Info, State
+from .base import Info, State, normal_like
 
 __all__ = ["Langevin"]
 
@@ -69,8 +69,13 @@ class Langevin:
             score = score.clamp(-self.grad_clip, self.grad_clip)
         return (0.5 * self.step_size**2) * score
 
+    def draw(self, state: State, generator: torch.Generator | None) -> tuple[Tensor]:
+        return (normal_like(state.x, generator),)
+
     def step(self, energy, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]:
-        noise = torch.randn(state.x.shape, generator=generator, device=state.x.device, dtype=state.x.dtype)
+        return self.transition(energy, state, *self.draw(state, generator))
+
+    def transition(self, energy, state: State, noise: Tensor) -> tuple[State, Info]:
         sd = self.step_size if self.noise_scale is None else self.noise_scale
         x_new = state.x + self.drift(state.score) + sd * noise
         if self.clamp is not None:

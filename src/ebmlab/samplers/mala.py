@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..energies.core import energy_and_score
-from .base import Info, State, mh_accept
+from .base import Info, State, mh_accept, normal_like, uniform_log
 from .langevin import _check_positive
 
 __all__ = ["MALA"]
@@ -50,9 +50,14 @@ class MALA:
         e, s = energy_and_score(energy, x)
         return State(x=x.detach(), energy=e, score=s)
 
+    def draw(self, state: State, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        return normal_like(state.x, generator), uniform_log(state.x, generator)
+
     def step(self, energy, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]:
+        return self.transition(energy, state, *self.draw(state, generator))
+
+    def transition(self, energy, state: State, noise: Tensor, log_u: Tensor) -> tuple[State, Info]:
         half_eps2 = 0.5 * self.step_size**2
-        noise = torch.randn(state.x.shape, generator=generator, device=state.x.device, dtype=state.x.dtype)
         x_new = state.x + half_eps2 * state.score + self.step_size * noise
         e_new, s_new = energy_and_score(energy, x_new)
         # log q(x'|x) = -|eps z|^2 / (2 eps^2) = -|z|^2/2 ; log q(x|x') uses the reverse drift.
@@ -61,5 +66,5 @@ class MALA:
         log_q_rev = -_sum_event(reverse * reverse) / (2 * self.step_size**2)
         log_alpha = state.energy - e_new + log_q_rev - log_q_fwd
         proposed = State(x=x_new, energy=e_new, score=s_new)
-        new, accepted, prob = mh_accept(log_alpha, state, proposed, generator=generator)
+        new, accepted, prob = mh_accept(log_alpha, state, proposed, log_u)
         return new, Info(proposal=x_new, accepted=accepted, acceptance_prob=prob)

@@ -28,7 +28,15 @@ from ..energies.core import evaluate_energy
 from .base import Info, State
 from .langevin import _check_positive
 
-__all__ = ["GaussianProposal", "Proposal", "RejectionSampler", "UniformProposal", "find_log_c"]
+__all__ = [
+    "GaussianProposal",
+    "Proposal",
+    "RejectionSampler",
+    "StudentTProposal",
+    "UniformProposal",
+    "find_log_c",
+    "proposal_for",
+]
 
 
 class Proposal(Protocol):
@@ -62,6 +70,42 @@ class GaussianProposal:
 
 
 @dataclass(frozen=True)
+class StudentTProposal:
+    """Multivariate Student-t with ``df`` degrees of freedom, location ``loc`` and diagonal ``scale``.
+
+    Its polynomial tails dominate any target whose tails are Gaussian or
+    exponential (banana, funnel-free targets), which a Gaussian proposal
+    cannot: use it when :func:`find_log_c` refuses a Gaussian.
+    ``df`` is an integer so the chi-square draw is a sum of squared normals
+    from the caller's generator.
+    """
+
+    loc: Sequence[float]
+    scale: Sequence[float] | float = 1.0
+    df: int = 3
+
+    def __post_init__(self) -> None:
+        if isinstance(self.df, bool) or not isinstance(self.df, int) or self.df < 1:
+            raise ValueError(f"df must be an integer >= 1, got {self.df!r}")
+
+    def _params(self, device, dtype) -> tuple[Tensor, Tensor]:
+        return GaussianProposal._params(self, device, dtype)  # same (loc, scale) handling
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> Tensor:
+        loc, scale = self._params(device, dtype)
+        z = torch.randn((n, loc.numel()), generator=generator, device=device, dtype=dtype)
+        chi2 = torch.randn((n, self.df), generator=generator, device=device, dtype=dtype).pow(2).sum(1, keepdim=True)
+        return loc + scale * z * (self.df / chi2).sqrt()
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        loc, scale = self._params(x.device, x.dtype)
+        d, nu = loc.numel(), float(self.df)
+        q = (((x - loc) / scale) ** 2).sum(-1)
+        log_norm = math.lgamma((nu + d) / 2) - math.lgamma(nu / 2) - 0.5 * d * math.log(nu * math.pi)
+        return log_norm - scale.log().sum() - 0.5 * (nu + d) * torch.log1p(q / nu)
+
+
+@dataclass(frozen=True)
 class UniformProposal:
     """Uniform on the box ``[low_i, high_i]``; ``bounds = ((low_1, high_1), ...)``."""
 
@@ -80,6 +124,15 @@ class UniformProposal:
         return torch.where(inside, -log_vol, torch.full_like(log_vol, -torch.inf))
 
 
+def proposal_for(target, *, scale: float = 2.0, df: int = 3) -> StudentTProposal:
+    """A Student-t proposal centred on a target's mean with ``scale`` times its marginal sds.
+
+    Needs a target with ``mean`` and ``cov`` (every analytic target has them).
+    """
+    sd = target.cov.diagonal().sqrt()
+    return StudentTProposal(loc=target.mean.tolist(), scale=(scale * sd).tolist(), df=df)
+
+
 def find_log_c(
     energy,
     proposal: Proposal,
@@ -90,8 +143,9 @@ def find_log_c(
 ) -> float:
     """A constant ``log C`` with ``p~ <= C q`` on a grid over ``bounds`` (d <= 2).
 
-    ``log C = max_grid(-E - log q) + margin``; the margin (in nats) covers the
-    peak falling between grid points. Refuses when ``q`` does not dominate
+    ``log C = max_grid(-E - log q) + margin``, the maximum refined by zooming
+    three times around the grid's argmax; the margin (in nats) covers what
+    the grid still misses. Refuses when ``q`` does not dominate
     ``p~`` on the grid: if the ratio ``p~/q`` peaks on the grid's edge it may
     grow without bound outside it, so no finite ``C`` is certain.
 
@@ -103,9 +157,12 @@ def find_log_c(
 
     if len(bounds) not in (1, 2):
         raise ValueError(f"find_log_c works on 1-D or 2-D bounds, got {len(bounds)} dimensions")
-    points, axes = quadrature_grid(bounds, resolution, dtype=torch.float64, device=None)
-    with torch.no_grad():
-        log_ratio = -evaluate_energy(energy, points) - proposal.log_prob(points)
+    def ratio_on(box):
+        points, _ = quadrature_grid(box, resolution, dtype=torch.float64, device=None)
+        with torch.no_grad():
+            return points, -evaluate_energy(energy, points) - proposal.log_prob(points)
+
+    points, log_ratio = ratio_on(bounds)
     if torch.isnan(log_ratio).any() or torch.isposinf(log_ratio).any():
         raise ValueError("log p~/q is NaN or +inf on the grid: q must be positive wherever p~ is")
     idx = int(log_ratio.argmax())
@@ -115,7 +172,19 @@ def find_log_c(
             f"the proposal does not dominate the target on the grid: p~/q is largest at the grid's edge "
             f"x={points[idx].tolist()}, so it may be unbounded; use a wider proposal"
         )
-    return float(log_ratio[idx]) + margin
+    best = float(log_ratio[idx])
+    # Zoom in on the peak (a sharp peak can fall between coarse grid points):
+    # regrid +-2 cells around the current argmax, three times.
+    widths = [(hi - lo) / resolution for lo, hi in bounds]
+    centre = points[idx]
+    for _ in range(3):
+        box = [(float(c) - 2 * w, float(c) + 2 * w) for c, w in zip(centre, widths)]
+        zoom_points, zoom_ratio = ratio_on(box)
+        j = int(zoom_ratio.argmax())
+        if float(zoom_ratio[j]) > best:
+            best, centre = float(zoom_ratio[j]), zoom_points[j]
+        widths = [4 * w / resolution for w in widths]
+    return best + margin
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..energies.core import evaluate_energy
-from .base import Info, State, mh_accept
+from .base import Info, State, mh_accept, normal_like, uniform_log
 from .langevin import _check_positive
 
 __all__ = ["RandomWalkMH"]
@@ -36,10 +36,15 @@ class RandomWalkMH:
         with torch.no_grad():
             return State(x=x.detach(), energy=evaluate_energy(energy, x.detach()))
 
+    def draw(self, state: State, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        return normal_like(state.x, generator), uniform_log(state.x, generator)
+
     def step(self, energy, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]:
-        noise = torch.randn(state.x.shape, generator=generator, device=state.x.device, dtype=state.x.dtype)
+        return self.transition(energy, state, *self.draw(state, generator))
+
+    def transition(self, energy, state: State, noise: Tensor, log_u: Tensor) -> tuple[State, Info]:
         x_new = state.x + self.scale * noise
         with torch.no_grad():
             e_new = evaluate_energy(energy, x_new)
-        new, accepted, prob = mh_accept(state.energy - e_new, state, State(x=x_new, energy=e_new), generator=generator)
+        new, accepted, prob = mh_accept(state.energy - e_new, state, State(x=x_new, energy=e_new), log_u)
         return new, Info(proposal=x_new, accepted=accepted, acceptance_prob=prob)
