@@ -79,3 +79,12 @@ def test_console_script_help_lists_options():
     assert res.returncode == 0
     for opt in ("--target", "--sampler", "--step-size", "--chains", "--burn-in", "--seed", "--device", "--json"):
         assert opt in res.stdout
+
+
+def test_sampling_failure_is_one_line_not_a_traceback(capsys):
+    # The funnel's heavy x1 tails leave the grid-found envelope C invalid outside
+    # the box; the sampler detects p~ > C q and the CLI reports it in one line.
+    code, out, err = run_cli(["sample", "--target", "funnel", "--sampler", "rejection", "--chains", "1000",
+                              "--steps", "50", "--burn-in", "10", "--json"], capsys)
+    assert code == 1
+    assert err.startswith("ebmlab: failed:") and "too small" in err and len(err.strip().splitlines()) == 1

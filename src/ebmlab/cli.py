@@ -59,6 +59,7 @@ class SampleConfig:
     seed: int
     device: str
     dtype: str
+    compile: bool = False
 
 
 def _device(name: str):
@@ -156,7 +157,8 @@ def run_sample(cfg: SampleConfig, *, progress: bool, out: Optional[Path], plot: 
         bar.start()
     try:
         trace = samplers.sample(
-            target, sampler, x0, cfg.steps, generator=generator, burn_in=cfg.burn_in, thin=cfg.thin, callback=callback
+            target, sampler, x0, cfg.steps, generator=generator, burn_in=cfg.burn_in, thin=cfg.thin, callback=callback,
+            compile=cfg.compile and cfg.sampler != "rejection",
         )
     finally:
         if bar is not None:
@@ -241,6 +243,8 @@ def sample(
     seed: int = typer.Option(0, help="Seed of the run's torch.Generator."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     dtype: str = typer.Option("float32", help="float32 or float64."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the sampler step (pays for long runs; "
+                                 "a few seconds of compilation first)."),
     out: Optional[Path] = typer.Option(None, help="Write samples, energies and acceptance to this .npz."),
     plot: Optional[Path] = typer.Option(None, help="Write a samples-over-density figure (PNG/PDF/SVG)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
@@ -253,6 +257,7 @@ def sample(
     cfg = SampleConfig(
         target=target, sampler=sampler.value, step_size=step_size, num_leapfrog=num_leapfrog, chains=chains,
         steps=steps, burn_in=burn_in, thin=thin, init=init.value, seed=seed, device=device, dtype=dtype,
+        compile=compile,
     )
     result = run_sample(cfg, progress=not json_output, out=out, plot=plot)
     if json_output:
@@ -281,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except DivergenceError as e:
         print(f"ebmlab: diverged: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, RuntimeError) as e:  # e.g. a rejection envelope found invalid while sampling
+        print(f"ebmlab: failed: {e}", file=sys.stderr)
         return 1
     return 0
 

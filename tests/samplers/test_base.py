@@ -44,3 +44,24 @@ def test_bad_arguments(kwargs, match):
 def test_energy_with_wrong_output_shape_is_named():
     with pytest.raises(ValueError, match=r"must return shape \(batch,\)"):
         ebmlab.sample(lambda x: x.sum(), MALA(0.5), torch.zeros((4, 2)), 3)
+
+
+@pytest.mark.slow
+def test_compiled_transition_gives_the_eager_chains():
+    """compile=True draws the same random numbers outside the graph: same chains as eager."""
+    from ebmlab.energies import targets
+
+    target = targets.get("banana")
+    x0 = torch.randn((256, 2), generator=torch.Generator().manual_seed(0))
+    eager = ebmlab.sample(target, MALA(0.5), x0, 40, generator=torch.Generator().manual_seed(1))
+    compiled = ebmlab.sample(target, MALA(0.5), x0, 40, generator=torch.Generator().manual_seed(1), compile=True)
+    torch.testing.assert_close(compiled.samples, eager.samples, rtol=1e-5, atol=1e-5)
+    assert torch.equal(compiled.acceptance_rate, eager.acceptance_rate)
+
+
+def test_compile_refuses_a_sampler_without_transition():
+    from ebmlab.samplers import RejectionSampler, UniformProposal
+
+    sampler = RejectionSampler(UniformProposal(((-5, 5), (-5, 5))), log_c=1.0)
+    with pytest.raises(ValueError, match="no deterministic transition"):
+        ebmlab.sample(energy, sampler, torch.zeros((4, 2)), 3, compile=True)

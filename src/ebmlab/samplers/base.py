@@ -181,6 +181,32 @@ def check_finite_state(state: State, step: int) -> None:
         )
 
 
+_COMPILED: dict[tuple[Any, int], tuple[Any, Callable]] = {}
+
+
+def compiled_transition(sampler: Any, energy: Any) -> Callable:
+    """``sampler.transition`` bound to ``energy`` and compiled with ``torch.compile``.
+
+    Cached per (sampler, energy); ``torch.compile`` itself specialises on
+    shape, dtype and device. Inductor's own CPU random numbers are never used
+    (the draws happen outside the graph), so compiled chains equal eager ones
+    up to floating-point reassociation.
+    """
+    if not hasattr(sampler, "transition"):
+        raise ValueError(f"{type(sampler).__name__} has no deterministic transition to compile; use compile=False")
+    key = (sampler, id(energy))
+    hit = _COMPILED.get(key)
+    if hit is not None and hit[0] is energy:
+        return hit[1]
+
+    def transition(state: State, *draws: Tensor) -> tuple[State, Info]:
+        return sampler.transition(energy, state, *draws)
+
+    fn = torch.compile(transition, dynamic=False)
+    _COMPILED[key] = (energy, fn)
+    return fn
+
+
 def sample(
     energy: Any,
     sampler: Sampler,
@@ -191,6 +217,7 @@ def sample(
     burn_in: int = 0,
     thin: int = 1,
     callback: Callable[[int, State, Info], None] | None = None,
+    compile: bool = False,
 ) -> Trace:
     """Run ``num_steps`` transitions of ``sampler`` on every chain and keep the draws.
 
@@ -204,6 +231,12 @@ def sample(
         burn_in: transitions discarded before keeping draws.
         thin: keep every ``thin``-th draw after burn-in.
         callback: called as ``callback(step, state, info)`` after each step.
+        compile: run the sampler's deterministic ``transition`` through
+            ``torch.compile`` (random numbers still come from ``generator``,
+            outside the graph). Pays for long runs of analytic-score targets
+            (see docs/benchmarks.md); costs a few seconds of compilation
+            once per (sampler, energy, shape, dtype, device). It can be
+            slower for autograd scores of some energies: measure.
 
     Returns:
         A :class:`Trace` with ``(kept, chains, *event)`` samples, where
@@ -219,15 +252,31 @@ def sample(
     if burn_in >= num_steps:
         raise ValueError(f"burn_in must be smaller than num_steps, got burn_in={burn_in}, num_steps={num_steps}")
     start = time.perf_counter()
+    if compile:
+        import torch._inductor.config as inductor_config
+
+        # Perf note: Inductor's CPU RNG is ~5x slower than torch.randn; we draw
+        # outside the graph anyway, and keep the fallback in case a user energy draws.
+        inductor_config.fallback_random = True
     state = sampler.init(energy, x0)
     check_finite_state(state, 0)
+    if compile:
+        transition = compiled_transition(sampler, energy)
+
+        def step(state: State) -> tuple[State, Info]:
+            return transition(state, *sampler.draw(state, generator))
+    else:
+
+        def step(state: State) -> tuple[State, Info]:
+            return sampler.step(energy, state, generator=generator)
+
     kept = -(-(num_steps - burn_in) // thin)
     samples = torch.empty((kept, *state.x.shape), dtype=state.x.dtype, device=state.x.device)
     energies = torch.empty((kept, state.x.shape[0]), dtype=state.energy.dtype, device=state.x.device)
     accepted = torch.zeros(state.x.shape[0], dtype=torch.float64, device=state.x.device)
     k = 0
     for t in range(num_steps):
-        state, info = sampler.step(energy, state, generator=generator)
+        state, info = step(state)
         check_finite_state(state, t + 1)
         if t >= burn_in:
             accepted += info.accepted
