@@ -1,0 +1,536 @@
+"""Sampler throughput benchmark: ebmlab (eager, compiled) vs a hand-written
+PyTorch loop vs BlackJAX, plus a neural-net energy case.
+
+Measures ULA, MALA and HMC (L=5) on ``banana`` and ``eight_gaussians`` at
+several chain counts, all on one CPU thread. Reports chain-steps/s (chains *
+steps / wall seconds of a timed run, compile warm-up excluded; median of
+``--repeats`` runs), the mean acceptance rate, and ESS/s (min over the two
+coordinates of the bulk ESS of the kept draws / seconds; for more than 1000
+chains the ESS is computed on 1000 evenly spaced chains and scaled by
+``chains / 1000``).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/samplers.py --write docs/benchmarks.md
+
+Step-size convention: the lecture's ``x + eps^2/2 * score + eps * z``.
+BlackJAX's MALA proposal is ``x + h * grad log p + sqrt(2h) * z``, so it gets
+``h = eps^2 / 2``; its HMC uses ``eps`` directly with an identity inverse mass
+matrix. BlackJAX has no plain (unadjusted) Langevin kernel (``sgld`` needs a
+minibatch gradient estimator), so ULA in JAX is written directly with
+``jax.lax.scan``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Pin threads before torch / jax are imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+torch.set_num_threads(1)
+torch.set_num_interop_threads(1)
+
+import ebmlab  # noqa: E402
+from ebmlab.energies import targets  # noqa: E402
+from ebmlab.evaluation import ess_bulk  # noqa: E402
+
+STEP_SIZES = {
+    "banana": {"ULA": 0.3, "MALA": 0.5, "HMC": 0.15},
+    "eight_gaussians": {"ULA": 0.3, "MALA": 0.45, "HMC": 0.15},
+}
+NUM_LEAPFROG = 5
+ESS_CHAINS = 1000
+
+# --------------------------------------------------------------------------- analytic targets, inline (torch)
+
+# Banana: u = x1/2, v = 2 x2 + 0.4 x1^2 - 2.4 ~ N(0, [[1, .5], [.5, 1]]) (unit Jacobian).
+_BP11, _BP12, _BP22 = 1 / 0.75, -0.5 / 0.75, 1 / 0.75
+_BCONST = math.log(2 * math.pi) + 0.5 * math.log(0.75)
+# Eight Gaussians: equal mixture of N(4 (cos 2 pi k/8, sin 2 pi k/8), 0.25 I).
+_GM = torch.tensor([[4 * math.cos(2 * math.pi * k / 8), 4 * math.sin(2 * math.pi * k / 8)] for k in range(8)])
+_GV = 0.25
+_GCONST = math.log(8.0) + math.log(2 * math.pi * _GV)
+
+
+def banana_es(x):
+    x1, x2 = x[:, 0], x[:, 1]
+    y1, y2 = 0.5 * x1, 2.0 * x2 + 0.4 * x1 * x1 - 2.4
+    g1, g2 = -(_BP11 * y1 + _BP12 * y2), -(_BP12 * y1 + _BP22 * y2)
+    return -0.5 * (y1 * g1 + y2 * g2) + _BCONST, torch.stack((0.5 * g1 + 0.8 * x1 * g2, 2.0 * g2), -1)
+
+
+def gmm_es(x):
+    d = x[:, None, :] - _GM  # (B, 8, 2)
+    logits = -(d * d).sum(-1) / (2 * _GV)
+    r = torch.softmax(logits, -1)
+    return _GCONST - torch.logsumexp(logits, -1), -(r[:, :, None] * d).sum(1) / _GV
+
+
+TORCH_ES = {"banana": banana_es, "eight_gaussians": gmm_es}
+
+# --------------------------------------------------------------------------- hand-written torch samplers
+
+
+def hand_ula(es, x, steps, eps, g):
+    out = torch.empty(steps, *x.shape)
+    e, s = es(x)
+    for t in range(steps):
+        x = x + 0.5 * eps**2 * s + eps * torch.randn(x.shape, generator=g)
+        e, s = es(x)
+        out[t] = x
+    return out, 1.0
+
+
+def hand_mala(es, x, steps, eps, g):
+    out, acc = torch.empty(steps, *x.shape), torch.zeros(x.shape[0])
+    e, s = es(x)
+    for t in range(steps):
+        z = torch.randn(x.shape, generator=g)
+        log_u = torch.rand(x.shape[0], generator=g).log()
+        xp = x + 0.5 * eps**2 * s + eps * z
+        ep, sp = es(xp)
+        rev = x - xp - 0.5 * eps**2 * sp
+        log_alpha = e - ep - (rev * rev).sum(-1) / (2 * eps**2) + 0.5 * (z * z).sum(-1)
+        a = log_u < log_alpha
+        x, e, s = torch.where(a[:, None], xp, x), torch.where(a, ep, e), torch.where(a[:, None], sp, s)
+        acc += a
+        out[t] = x
+    return out, float(acc.mean()) / steps
+
+
+def hand_hmc(es, x, steps, eps, g, L=NUM_LEAPFROG):
+    out, acc = torch.empty(steps, *x.shape), torch.zeros(x.shape[0])
+    e, s = es(x)
+    for t in range(steps):
+        p = torch.randn(x.shape, generator=g)
+        log_u = torch.rand(x.shape[0], generator=g).log()
+        h0, xp, sp = e + 0.5 * (p * p).sum(-1), x, s
+        for _ in range(L):
+            p = p + 0.5 * eps * sp
+            xp = xp + eps * p
+            ep, sp = es(xp)
+            p = p + 0.5 * eps * sp
+        a = log_u < h0 - (ep + 0.5 * (p * p).sum(-1))
+        x, e, s = torch.where(a[:, None], xp, x), torch.where(a, ep, e), torch.where(a[:, None], sp, s)
+        acc += a
+        out[t] = x
+    return out, float(acc.mean()) / steps
+
+
+HAND = {"ULA": hand_ula, "MALA": hand_mala, "HMC": hand_hmc}
+
+# --------------------------------------------------------------------------- helpers
+
+
+def ebmlab_sampler(algo, eps):
+    if algo == "ULA":
+        return ebmlab.Langevin(eps)
+    if algo == "MALA":
+        return ebmlab.MALA(eps)
+    return ebmlab.HMC(eps, NUM_LEAPFROG)
+
+
+def ess_min(draws: np.ndarray) -> tuple[float, str]:
+    """Min-over-coordinates bulk ESS, scaled to all chains when subsampled."""
+    n = draws.shape[1]
+    if n > ESS_CHAINS:
+        idx = np.linspace(0, n - 1, ESS_CHAINS).round().astype(int)
+        return float(np.min(ess_bulk(draws[:, idx]))) * n / ESS_CHAINS, "sub"
+    return float(np.min(ess_bulk(draws))), "all"
+
+
+def median_time(fn, repeats):
+    """Run ``fn() -> (seconds, draws, acceptance)`` ``repeats`` times; median seconds, last run's draws."""
+    secs, last = [], None
+    for _ in range(repeats):
+        sec, draws, acc = fn()
+        secs.append(sec)
+        last = (draws, acc)
+    return statistics.median(secs), secs, last[0], last[1]
+
+
+# --------------------------------------------------------------------------- runners
+
+
+def run_ebmlab(target, algo, eps, n, steps, repeats, compile):
+    t = targets.get(target)
+    sampler = ebmlab_sampler(algo, eps)
+    x0 = t.sample(n, generator=torch.Generator().manual_seed(0))
+    if compile:  # compile on the same shape, outside the timed runs
+        ebmlab.sample(t, sampler, x0, 5, generator=torch.Generator().manual_seed(99), compile=True)
+
+    def once():
+        g = torch.Generator().manual_seed(1)
+        tr = ebmlab.sample(t, sampler, x0, steps, generator=g, compile=compile)
+        return tr.seconds, tr.samples, float(tr.acceptance_rate.mean())
+
+    return median_time(once, repeats)
+
+
+def run_hand(target, algo, eps, n, steps, repeats):
+    es = TORCH_ES[target]
+    x0 = targets.get(target).sample(n, generator=torch.Generator().manual_seed(0))
+
+    def once():
+        g = torch.Generator().manual_seed(1)
+        start = time.perf_counter()
+        draws, acc = HAND[algo](es, x0, steps, eps, g)
+        return time.perf_counter() - start, draws, acc
+
+    return median_time(once, repeats)
+
+
+def _jax_logdensities():
+    import jax
+    import jax.numpy as jnp
+
+    gm = jnp.asarray(_GM.numpy())
+
+    def banana_logp(x):
+        x1, x2 = x[0], x[1]
+        y1, y2 = 0.5 * x1, 2.0 * x2 + 0.4 * x1 * x1 - 2.4
+        return -(0.5 * (_BP11 * y1 * y1 + 2 * _BP12 * y1 * y2 + _BP22 * y2 * y2) + _BCONST)
+
+    def gmm_logp(x):
+        d = x - gm
+        return jax.nn.logsumexp(-(d * d).sum(-1) / (2 * _GV)) - _GCONST
+
+    return {"banana": banana_logp, "eight_gaussians": gmm_logp}
+
+
+def run_blackjax(target, algo, eps, n, steps, repeats):
+    import blackjax
+    import jax
+    import jax.numpy as jnp
+
+    logp = _jax_logdensities()[target]
+    x0 = jnp.asarray(targets.get(target).sample(n, generator=torch.Generator().manual_seed(0)).numpy())
+
+    if algo == "ULA":  # no plain ULA kernel in BlackJAX: written directly
+        grad = jax.vmap(jax.grad(logp))
+
+        def run(key, x):
+            def body(x, k):
+                x = x + 0.5 * eps**2 * grad(x) + eps * jax.random.normal(k, x.shape, x.dtype)
+                return x, x
+
+            _, xs = jax.lax.scan(body, x, jax.random.split(key, steps))
+            return xs, jnp.ones(())
+    else:
+        if algo == "MALA":
+            alg = blackjax.mala(logp, 0.5 * eps**2)  # h = eps^2 / 2
+        else:
+            alg = blackjax.hmc(logp, eps, jnp.ones(2), NUM_LEAPFROG)
+        step = jax.vmap(alg.step)
+
+        def run(key, x):
+            state = jax.vmap(alg.init)(x)
+
+            def body(state, k):
+                state, info = step(jax.random.split(k, n), state)
+                return state, (state.position, info.is_accepted)
+
+            _, (xs, acc) = jax.lax.scan(body, state, jax.random.split(key, steps))
+            return xs, acc.mean()
+
+    run = jax.jit(run)
+    jax.block_until_ready(run(jax.random.key(99), x0))  # compile (same shapes)
+
+    def once():
+        start = time.perf_counter()
+        xs, acc = jax.block_until_ready(run(jax.random.key(1), x0))
+        return time.perf_counter() - start, xs, float(acc)
+
+    return median_time(once, repeats)
+
+
+# --------------------------------------------------------------------------- neural-net energy
+
+
+class MLPEnergy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 128), nn.SiLU(), nn.Linear(128, 128), nn.SiLU(), nn.Linear(128, 1))
+
+    def forward(self, x):
+        return self.net(x).squeeze(-1)
+
+
+def hand_mala_autograd(energy, x, steps, eps, g):
+    def es(x):
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            e = energy(xg)
+            (gr,) = torch.autograd.grad(e.sum(), xg)
+        return e.detach(), -gr
+
+    return hand_mala(es, x, steps, eps, g)
+
+
+def run_nn(n, steps, repeats, eps=0.1):
+    torch.manual_seed(0)
+    energy = MLPEnergy()
+    x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
+    sampler = ebmlab.MALA(eps)
+    res = {}
+
+    def eb():
+        tr = ebmlab.sample(energy, sampler, x0, steps, generator=torch.Generator().manual_seed(1))
+        return tr.seconds, None, float(tr.acceptance_rate.mean())
+
+    def hw():
+        g = torch.Generator().manual_seed(1)
+        start = time.perf_counter()
+        _, acc = hand_mala_autograd(energy, x0, steps, eps, g)
+        return time.perf_counter() - start, None, acc
+
+    # interleave the two so machine noise hits both alike
+    eb_s, hw_s = [], []
+    for _ in range(repeats):
+        s, _, a_eb = eb()
+        eb_s.append(s)
+        s, _, a_hw = hw()
+        hw_s.append(s)
+    res["ebmlab"] = (statistics.median(eb_s), a_eb)
+    res["hand"] = (statistics.median(hw_s), a_hw)
+    return res
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_rate(v):
+    return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.0f}k"
+
+
+def build_markdown(rows, nn_rows, meta, cmdline):
+    lines = ["## Samplers", ""]
+    lines += [
+        "Throughput of ULA, MALA and HMC (L=5) on two analytic 2-D targets: ebmlab eager "
+        "(`compile=False`), ebmlab compiled (`compile=True`, compile warm-up excluded), a minimal "
+        "hand-written eager PyTorch loop of the same algorithm (analytic score inline), and BlackJAX "
+        "(`jax.jit` + `vmap` over chains + `lax.scan` over steps, compile excluded).",
+        "",
+        "Reproduce:",
+        "",
+        "```",
+        "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/samplers.py --write docs/benchmarks.md   # or: make bench",
+        "```",
+        "",
+        f"This run: `{cmdline}`",
+        "",
+        f"Machine: {meta['machine']}; Python {meta['python']}; torch {meta['torch']}, jax {meta['jax']}, "
+        f"blackjax {meta['blackjax']}, float32 everywhere. Threads: `OMP_NUM_THREADS={meta['omp']}`, "
+        f"`torch.set_num_threads(1)`, JAX with `XLA_FLAGS=\"{meta['xla']}\"` (one thread each). "
+        f"The machine was shared with other work while this ran, so expect ~10-20% noise.",
+        "",
+        f"Each time is the **median of {meta['repeats']} runs**. chain-steps/s = chains x steps / wall "
+        "seconds of the timed run (ebmlab: `Trace.seconds`, which includes `init`; every implementation "
+        "stores all draws). Accept = mean acceptance rate (ULA has none). ESS/s = min over the two "
+        "coordinates of the bulk ESS (`ebmlab.evaluation.ess_bulk`) of all kept draws (chains start at "
+        f"exact samples, no burn-in), divided by seconds; for more than {ESS_CHAINS} chains the ESS is "
+        f"computed on {ESS_CHAINS} evenly spaced chains and scaled by chains/{ESS_CHAINS}. ULA's ESS is "
+        "for its biased stationary law. Ratio = best ebmlab chain-steps/s (eager or compiled) / BlackJAX's. "
+        "Step sizes use the lecture convention `x + eps^2/2 score + eps z`; BlackJAX MALA gets "
+        "`h = eps^2/2`. BlackJAX has no plain ULA kernel, so the JAX ULA is written directly with "
+        "`jax.lax.scan` (`jax.grad` score).",
+        "",
+    ]
+    for target in STEP_SIZES:
+        lines += [f"### {target}", ""]
+        lines += [
+            "| algo (eps) | chains | steps | impl | chain-steps/s | accept | ESS/s | ebmlab-best / BlackJAX |",
+            "|---|---:|---:|---|---:|---:|---:|---:|",
+        ]
+        for r in [r for r in rows if r["target"] == target]:
+            acc = "—" if r["algo"] == "ULA" else f"{r['acc']:.3f}"
+            ratio = f"**{r['ratio']:.2f}x**" if r["impl"] == "BlackJAX" else ""
+            lines.append(
+                f"| {r['algo']} ({r['eps']}) | {r['n']:,} | {r['steps']} | {r['impl']} | "
+                f"{fmt_rate(r['rate'])} | {acc} | {fmt_rate(r['ess_s'])} | {ratio} |"
+            )
+        lines.append("")
+    if nn_rows:
+        lines += [
+            "### Neural-net energy (MALA, autograd score)",
+            "",
+            "MLP energy 2 -> 128 -> 128 -> 1 (SiLU, `nn.Module`, output squeezed to `(B,)`, parameters "
+            "left with `requires_grad=True`), MALA eps = 0.1, eager. ebmlab's `sample` vs a hand-written "
+            "MALA loop calling `torch.autograd.grad`; the two runs are interleaved, median of "
+            f"{meta['repeats']}.",
+            "",
+            "| chains | steps | ebmlab s | hand-written s | ebmlab chain-steps/s | hand chain-steps/s | ratio ebmlab/hand (time) | accept (ebmlab / hand) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in nn_rows:
+            lines.append(
+                f"| {r['n']:,} | {r['steps']} | {r['eb']:.2f} | {r['hw']:.2f} | {fmt_rate(r['n'] * r['steps'] / r['eb'])} | "
+                f"{fmt_rate(r['n'] * r['steps'] / r['hw'])} | **{r['eb'] / r['hw']:.2f}x** | {r['acc_eb']:.3f} / {r['acc_hw']:.3f} |"
+            )
+        lines.append("")
+    lines += ["### Findings", "", findings(rows, nn_rows), ""]
+    return "\n".join(lines)
+
+
+def findings(rows, nn_rows):
+    out = []
+    get = {(r["target"], r["algo"], r["n"], r["impl"]): r for r in rows}
+    nmax = max(r["n"] for r in rows)
+    for target in STEP_SIZES:
+        bj = get.get((target, "MALA", nmax, "BlackJAX"))
+        if bj is None:
+            continue
+        eg, cp, hw = (get[(target, "MALA", nmax, k)] for k in ("ebmlab eager", "ebmlab compiled", "hand-written"))
+        verdict = "meets" if bj["ratio"] >= 1.5 else "does not meet"
+        out.append(
+            f"MALA on {target} at N={nmax:,}: ebmlab eager {fmt_rate(eg['rate'])}, compiled {fmt_rate(cp['rate'])}, "
+            f"hand-written {fmt_rate(hw['rate'])}, BlackJAX {fmt_rate(bj['rate'])} chain-steps/s; "
+            f"ebmlab-best / BlackJAX = {bj['ratio']:.2f}x, which {verdict} the 1.5x goal. "
+            f"Eager ebmlab / hand-written = {eg['rate'] / hw['rate']:.2f}x. Acceptance: ebmlab {eg['acc']:.3f}, "
+            f"BlackJAX {bj['acc']:.3f} (difference {abs(eg['acc'] - bj['acc']) * 100:.1f} points)."
+        )
+    comp_wins = [r for r in rows if r["impl"] == "ebmlab compiled"
+                 and r["rate"] > get[(r["target"], r["algo"], r["n"], "ebmlab eager")]["rate"]]
+    n_comp = len([r for r in rows if r["impl"] == "ebmlab compiled"])
+    out.append(f"`compile=True` beat eager in {len(comp_wins)} of {n_comp} configurations.")
+    below = [r for r in rows if r["impl"] == "BlackJAX" and r["ratio"] < 1.0]
+    if below:
+        out.append("ebmlab (best) is slower than BlackJAX for: "
+                   + ", ".join(f"{r['algo']} {r['target']} N={r['n']:,} ({r['ratio']:.2f}x)" for r in below) + ".")
+    else:
+        out.append("ebmlab (best of eager/compiled) is at least as fast as BlackJAX in every configuration.")
+    acc_gap = max((abs(get[(r["target"], r["algo"], r["n"], "ebmlab eager")]["acc"] - r["acc"])
+                   for r in rows if r["impl"] == "BlackJAX" and r["algo"] != "ULA"), default=0.0)
+    out.append(f"Largest ebmlab-vs-BlackJAX acceptance gap: {acc_gap * 100:.1f} points.")
+    if nn_rows:
+        worst = max(r["eb"] / r["hw"] for r in nn_rows)
+        verdict = "within" if worst <= 1.15 else "outside"
+        out.append(
+            "Neural-net energy: ebmlab MALA / hand-written time = "
+            + ", ".join(f"{r['eb'] / r['hw']:.2f}x at N={r['n']:,}" for r in nn_rows)
+            + f"; worst case is {verdict} the 1.15x target."
+        )
+    return " ".join(out)
+
+
+def write_section(path: Path, section: str) -> None:
+    if path.exists():
+        text = path.read_text()
+        m = re.search(r"^## Samplers[^\n]*\n", text, flags=re.M)
+        if m:
+            nxt = re.search(r"^## ", text[m.end():], flags=re.M)
+            end = m.end() + nxt.start() if nxt else len(text)
+            text = text[: m.start()] + section.rstrip() + "\n" + ("\n" + text[end:] if nxt else "")
+        else:
+            text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
+    else:
+        text = "# Benchmarks\n\n" + section.rstrip() + "\n"
+    path.write_text(text)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--chains", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--steps", type=int, default=None, help="steps per timed run for every N (default: by N)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="few steps, 1 repeat: a smoke test, not a measurement")
+    ap.add_argument("--targets", nargs="+", default=list(STEP_SIZES))
+    ap.add_argument("--algos", nargs="+", default=["ULA", "MALA", "HMC"])
+    ap.add_argument("--no-nn", action="store_true")
+    ap.add_argument("--write", type=Path, default=None, help="write/replace the '## Samplers' section of this file")
+    args = ap.parse_args(argv)
+    repeats = 1 if args.quick else args.repeats
+
+    def steps_for(n, algo):
+        if args.steps is not None:
+            s = args.steps
+        elif args.quick:
+            s = 50
+        else:
+            s = 1000 if n <= 2000 else 300
+        return max(4, s // 2) if algo == "HMC" and args.steps is None else s
+
+    import blackjax
+    import jax
+
+    meta = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible",
+        "python": platform.python_version(), "torch": torch.__version__, "jax": jax.__version__,
+        "blackjax": blackjax.__version__, "omp": os.environ.get("OMP_NUM_THREADS"),
+        "xla": os.environ["XLA_FLAGS"], "repeats": repeats,
+    }
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        meta["machine"] = f"{cpu}, {os.cpu_count()} cores visible"
+    except (OSError, StopIteration):
+        pass
+    print(f"# {meta}", flush=True)
+
+    rows = []
+    t_all = time.perf_counter()
+    for target in args.targets:
+        for algo in args.algos:
+            eps = STEP_SIZES[target][algo]
+            for n in args.chains:
+                steps = steps_for(n, algo)
+                block = []
+                for impl, fn in (
+                    ("ebmlab eager", lambda: run_ebmlab(target, algo, eps, n, steps, repeats, False)),
+                    ("ebmlab compiled", lambda: run_ebmlab(target, algo, eps, n, steps, repeats, True)),
+                    ("hand-written", lambda: run_hand(target, algo, eps, n, steps, repeats)),
+                    ("BlackJAX", lambda: run_blackjax(target, algo, eps, n, steps, repeats)),
+                ):
+                    sec, secs, draws, acc = fn()
+                    ess, how = ess_min(np.asarray(draws))
+                    r = dict(target=target, algo=algo, eps=eps, n=n, steps=steps, impl=impl, sec=sec,
+                             rate=n * steps / sec, acc=acc, ess_s=ess / sec, ess_how=how)
+                    block.append(r)
+                    print(f"{target:16s} {algo:4s} N={n:6d} steps={steps:4d} {impl:16s} "
+                          f"{r['rate'] / 1e6:7.3f}M chain-steps/s  acc={acc:.3f}  ESS/s={r['ess_s']:10.0f}  "
+                          f"runs={['%.3f' % s for s in secs]}", flush=True)
+                best = max(b["rate"] for b in block if b["impl"].startswith("ebmlab"))
+                for b in block:
+                    b["ratio"] = best / block[-1]["rate"]
+                print(f"{'':16s} -> ebmlab-best / BlackJAX = {block[-1]['ratio']:.2f}x", flush=True)
+                rows += block
+
+    nn_rows = []
+    if not args.no_nn:
+        for n in args.chains:
+            steps = 20 if args.quick else (200 if n <= 2000 else 40)
+            res = run_nn(n, steps, repeats)
+            r = dict(n=n, steps=steps, eb=res["ebmlab"][0], hw=res["hand"][0],
+                     acc_eb=res["ebmlab"][1], acc_hw=res["hand"][1])
+            nn_rows.append(r)
+            print(f"NN-MALA N={n:6d} steps={steps}: ebmlab {r['eb']:.3f}s  hand {r['hw']:.3f}s  "
+                  f"ratio {r['eb'] / r['hw']:.3f}x  acc {r['acc_eb']:.3f}/{r['acc_hw']:.3f}", flush=True)
+    print(f"# total {time.perf_counter() - t_all:.0f} s", flush=True)
+
+    cmdline = "OMP_NUM_THREADS=1 .venv/bin/python " + " ".join(["benchmarks/samplers.py", *sys.argv[1:]])
+    section = build_markdown(rows, nn_rows, meta, cmdline)
+    print()
+    print(findings(rows, nn_rows))
+    if args.write is not None:
+        write_section(args.write, section)
+        print(f"wrote the '## Samplers' section of {args.write}")
+
+
+if __name__ == "__main__":
+    main()
