@@ -22,6 +22,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], A
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved file gets the usual permissions
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
