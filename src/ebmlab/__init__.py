@@ -5,9 +5,11 @@ Define an energy ``x -> (batch,)``, compute what is tractable about it
 and measure the samples.
 """
 
-from . import evaluation, samplers
+from . import evaluation, objectives, samplers
 from .energies import (
+    ConvEnergy,
     Energy,
+    MLPEnergy,
     energy_and_score,
     log_ratio,
     mixture,
@@ -31,7 +33,10 @@ from .samplers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvEnergy",
     "HMC",
+    "MLPEnergy",
+    "objectives",
     "MALA",
     "DivergenceError",
     "Energy",

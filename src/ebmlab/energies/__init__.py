@@ -3,9 +3,14 @@
 from . import targets
 from .compose import Mixture, Product, Tempered, mixture, product, tempered
 from .core import Energy, energy_and_score, evaluate_energy, log_ratio, score
+from .nets import ConvEnergy, MLPEnergy, conv_trunk, mlp
 
 __all__ = [
+    "ConvEnergy",
     "Energy",
+    "MLPEnergy",
+    "conv_trunk",
+    "mlp",
     "Mixture",
     "Product",
     "Tempered",

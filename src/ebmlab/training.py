@@ -1,0 +1,261 @@
+"""One readable training loop for EBMs by maximum likelihood with MCMC negatives.
+
+Read :func:`train_ebm` top to bottom: sample negatives, loss, backward, clip,
+optimiser step, buffer update, log, evaluate, checkpoint. A run directory
+holds ``config.json`` (written by the caller), ``metrics.jsonl`` and
+``checkpoint.safetensors``; ``resume=True`` continues a run exactly
+(parameters, optimiser, buffer, generator state and step counter).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import load_checkpoint, optimizer_from_tensors, optimizer_to_tensors, save_checkpoint
+from .io import atomic_write
+from .objectives.buffer import ReplayBuffer
+from .objectives.contrastive import METHODS, contrastive_divergence, run_chains, start_negatives
+from .samplers.base import DivergenceError
+
+__all__ = ["CHECKPOINT", "TrainingDiverged", "TrainResult", "train_ebm", "uniform_noise"]
+
+CHECKPOINT = "checkpoint.safetensors"
+METRICS = "metrics.jsonl"
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced a non-finite loss or energy; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_ebm` returns.
+
+    Attributes:
+        step: optimiser steps taken in total (a resumed run counts from the start).
+        history: the logged metric rows of this call.
+        seconds: wall time of this call.
+        buffer: the replay buffer / persistent chains (``None`` for cd, short-run).
+        ema: the exponential moving average of the model, when asked for.
+    """
+
+    step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    buffer: ReplayBuffer | None = None
+    ema: nn.Module | None = None
+
+
+def uniform_noise(low: float, high: float, event_shape: tuple[int, ...], *, device=None,
+                  dtype: torch.dtype = torch.float32) -> Callable[[int, torch.Generator | None], Tensor]:
+    """``noise(n, generator)``: uniform on ``[low, high]^event`` (where short-run chains start)."""
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"noise range must be finite with low < high, got ({low}, {high})")
+
+    def noise(n: int, generator: torch.Generator | None) -> Tensor:
+        u = torch.rand((n, *event_shape), generator=generator, device=device, dtype=dtype)
+        return low + (high - low) * u
+
+    return noise
+
+
+def _generator_state(generator: torch.Generator) -> Tensor:
+    return generator.get_state()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after ``step`` (a crashed run may have logged past its last checkpoint)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write(path, lambda f: f.write(("\n".join(keep) + ("\n" if keep else "")).encode()))
+
+
+def train_ebm(
+    energy: nn.Module,
+    train_data: Tensor,
+    *,
+    sampler: Any,
+    method: str = "pcd",
+    steps: int = 3000,
+    batch_size: int = 256,
+    mcmc_steps: int = 20,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.0, 0.999),
+    alpha: float = 0.1,
+    grad_clip: float | None = 1.0,
+    data_noise: float = 0.0,
+    noise: Callable[[int, torch.Generator | None], Tensor] | None = None,
+    buffer_size: int = 10_000,
+    reinit_prob: float = 0.05,
+    ema_decay: float | None = None,
+    generator: torch.Generator | None = None,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    log_every: int = 50,
+    checkpoint_every: int = 500,
+    evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None,
+    eval_every: int = 500,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``energy`` on ``train_data`` by maximum likelihood with MCMC negatives.
+
+    Args:
+        energy: the model ``x -> (B,)``, an ``nn.Module``.
+        train_data: training points ``(N, *event)``.
+        sampler: produces negatives (``Langevin``, ``MALA``, ``HMC``, ...).
+        method: ``cd`` (chains start at the data), ``short-run`` (at noise),
+            ``pcd`` (persistent chains, one per batch element) or ``buffer``
+            (replay buffer with ``reinit_prob`` noise restarts).
+        steps: optimiser steps (in total, counting a resumed run's past).
+        batch_size: data points (and negative chains) per step.
+        mcmc_steps: sampler transitions per step (the k of CD-k).
+        lr, betas: Adam's; beta1 = 0 follows Du & Mordatch (2019).
+        alpha: energy-magnitude regulariser (Du & Mordatch 2019).
+        grad_clip: clip the parameter gradient's global norm (``None``: off).
+        data_noise: std of Gaussian noise added to each data batch
+            (Nijkamp et al. 2020 keep it at least the Langevin noise).
+        noise: where short-run chains and buffer restarts start; default
+            uniform over the data's range.
+        buffer_size: replay buffer capacity (``buffer``; ``pcd`` uses ``batch_size``).
+        reinit_prob: buffer restart probability (``buffer``; ``pcd`` uses 0).
+        ema_decay: keep an exponential moving average of the weights.
+        generator: all randomness (data batches, noise, MCMC).
+        run_dir: where metrics and checkpoints go (``None``: nothing written).
+        resume: continue from ``run_dir``'s checkpoint.
+        log_every, checkpoint_every, eval_every: periods in steps.
+        evaluate: ``evaluate(model, step) -> metrics`` called every ``eval_every`` steps.
+        callback: ``callback(step, row)`` after each logged row.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        TrainingDiverged: on a non-finite loss, energy or gradient, naming the
+            step and the last good checkpoint (never silently replaced).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    for name, value, lo in (("steps", steps, 1), ("batch_size", batch_size, 1), ("mcmc_steps", mcmc_steps, 0),
+                            ("log_every", log_every, 1), ("checkpoint_every", checkpoint_every, 1),
+                            ("eval_every", eval_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+    if train_data.dim() < 2 or train_data.shape[0] < 1:
+        raise ValueError(f"train_data must have shape (N, *event) with N >= 1, got {tuple(train_data.shape)}")
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs the run_dir to resume from")
+    generator = generator if generator is not None else torch.Generator(device=train_data.device).manual_seed(0)
+    device, dtype, event = train_data.device, train_data.dtype, tuple(train_data.shape[1:])
+    if noise is None:
+        noise = uniform_noise(float(train_data.min()), float(train_data.max()), event, device=device, dtype=dtype)
+    params = [p for p in energy.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr, betas=betas)
+    buffer = None
+    if method == "pcd":
+        buffer = ReplayBuffer(batch_size, noise, reinit_prob=0.0, generator=generator)
+    elif method == "buffer":
+        buffer = ReplayBuffer(buffer_size, noise, reinit_prob=reinit_prob, generator=generator)
+    ema = copy.deepcopy(energy).requires_grad_(False) if ema_decay is not None else None
+
+    run_path = Path(run_dir) if run_dir is not None else None
+    ckpt_path = run_path / CHECKPOINT if run_path is not None else None
+    start = 0
+    if resume:
+        tensors, meta = load_checkpoint(ckpt_path, device=device)
+        energy.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
+        if buffer is not None:
+            buffer.load_state_dict({"data": tensors["buffer.data"]})
+        if ema is not None:
+            ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
+        generator.set_state(tensors["generator"].cpu())
+        start = int(meta["step"])
+        _truncate_metrics(run_path / METRICS, start)
+    if run_path is not None:
+        run_path.mkdir(parents=True, exist_ok=True)
+    last_good = str(ckpt_path) if resume else None
+
+    def checkpoint(step: int) -> None:
+        nonlocal last_good
+        if ckpt_path is None:
+            return
+        tensors = {f"model.{k}": v for k, v in energy.state_dict().items()}
+        opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
+        tensors.update(opt_tensors)
+        if buffer is not None:
+            tensors["buffer.data"] = buffer.data
+        if ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+        tensors["generator"] = _generator_state(generator)
+        save_checkpoint(ckpt_path, tensors, {"step": step, "method": method, "optimizer": opt_meta})
+        last_good = str(ckpt_path)
+
+    def diverged(step: int, what: str) -> TrainingDiverged:
+        where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was written yet"
+        return TrainingDiverged(f"training diverged at step {step}: {what}; {where}")
+
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    energy.train()
+    for step in range(start + 1, steps + 1):
+        # 1. a data batch (with optional data noise)
+        idx = torch.randint(train_data.shape[0], (batch_size,), generator=generator, device=device)
+        x_pos = train_data[idx]
+        if data_noise > 0:
+            x_pos = x_pos + data_noise * torch.randn(x_pos.shape, generator=generator, device=device, dtype=dtype)
+        # 2. negatives: k sampler steps from where the method says chains start
+        x0, slots = start_negatives(method, x_pos, noise=noise, buffer=buffer, generator=generator)
+        try:
+            energy.eval()  # fixed weights while sampling (spectral norm's power iteration updates in train mode)
+            x_neg, acceptance = run_chains(energy, sampler, x0, mcmc_steps, generator=generator)
+            energy.train()
+            # 3. loss (slide "Contrastive divergence"): lower E on data, raise it on samples
+            loss, metrics = contrastive_divergence(energy, x_pos, x_neg, alpha=alpha)
+        except DivergenceError as err:
+            raise diverged(step, str(err)) from err
+        if not torch.isfinite(loss):
+            raise diverged(step, f"loss is {float(loss)}")
+        # 4. backward, clip, step
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
+        if not torch.isfinite(grad_norm):
+            raise diverged(step, f"parameter gradient norm is {float(grad_norm)}")
+        optimizer.step()
+        if ema is not None:
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), energy.parameters()):
+                    pe.lerp_(pm, 1.0 - ema_decay)
+        # 5. chains' ends go back to the buffer (PCD: they are the persistent chains)
+        if buffer is not None:
+            buffer.update(slots, x_neg)
+        # 6. log, evaluate, checkpoint
+        eval_now = evaluate is not None and (step % eval_every == 0 or step == steps)
+        if step % log_every == 0 or step == steps or eval_now:
+            row = {"step": step, "loss": float(loss.detach()), **metrics, "acceptance": acceptance,
+                   "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0}
+            if eval_now:
+                energy.eval()
+                row.update(evaluate(ema if ema is not None else energy, step))
+                energy.train()
+            history.append(row)
+            if run_path is not None:
+                with open(run_path / METRICS, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            if callback is not None:
+                callback(step, row)
+        if step % checkpoint_every == 0 or step == steps:
+            checkpoint(step)
+    energy.eval()
+    return TrainResult(step=steps, history=history, seconds=time.perf_counter() - t0, buffer=buffer, ema=ema)
