@@ -23,8 +23,19 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch; default OMP_NUM_THREADS if set, "
+                                          "else 1 (small models run fastest single-threaded, and multi-threading "
+                                          "collapses when cores are shared)."),
+) -> None:
     """Energy-based and score-based models: sample, train, evaluate, report."""
+    import os
+
+    import torch
+
+    if threads is None:
+        threads = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
+    torch.set_num_threads(threads)
 
 
 class SamplerName(str, Enum):
@@ -116,8 +127,67 @@ def _initial_points(cfg: SampleConfig, target, generator, device, dtype):
     return lo + (hi - lo) * torch.rand((cfg.chains, target.dim), generator=generator, device=device, dtype=dtype)
 
 
-def run_sample(cfg: SampleConfig, *, progress: bool, out: Optional[Path], plot: Optional[Path]) -> dict:
-    """Sample a target with the configured sampler and return the summary dict."""
+class _Progress:
+    """A rich progress bar on stderr (a no-op when disabled, e.g. with --json)."""
+
+    def __init__(self, label: str, total: int, enabled: bool) -> None:
+        self.bar = None
+        self.every = max(1, total // 200)
+        self.total = total
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task(label, total=total, info="")
+            self.bar.start()
+
+    def update(self, done: int, info: str | None = None) -> None:
+        if self.bar is not None and (done % self.every == 0 or done == self.total or info is not None):
+            kwargs = {"info": info} if info is not None else {}
+            self.bar.update(self.task, completed=done, **kwargs)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@dataclass(frozen=True)
+class _ModelTarget:
+    """A trained 2-D model seen through the target interface the sampling command uses."""
+
+    energy: object
+    dim: int
+    bounds: tuple
+    dtype: object
+    has_exact_sampler: bool = False
+
+    def __call__(self, x):  # evaluate in the model's dtype (quadrature grids are float64)
+        return self.energy(x.to(self.dtype)).to(x.dtype)
+
+
+def _load_model_target(run_dir: Path, device) -> _ModelTarget:
+    from .runs import load_run
+
+    try:
+        model, config, _ = load_run(run_dir, device=device)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageFailure(str(err)) from err
+    if config["model"]["kind"] != "mlp":
+        raise UsageFailure(f"--model {run_dir}: sampling from the command line handles vector models; "
+                           f"this run holds a {config['model']['kind']!r} model")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    bounds = tuple(tuple(b) for b in config["data"]["bounds"])
+    dtype = next(model.parameters()).dtype
+    return _ModelTarget(energy=model, dim=config["model"]["dim"], bounds=bounds, dtype=dtype)
+
+
+def run_sample(cfg: SampleConfig, *, progress: bool, out: Optional[Path], plot: Optional[Path],
+               model: Optional[Path] = None) -> dict:
+    """Sample a target (or a trained model) with the configured sampler and return the summary dict."""
     import numpy as np
     import torch
 
@@ -126,48 +196,35 @@ def run_sample(cfg: SampleConfig, *, progress: bool, out: Optional[Path], plot: 
 
     device, dtype = _device(cfg.device), _dtype(cfg.dtype)
     try:
-        target = targets.get(cfg.target)
+        target = _load_model_target(model, device) if model is not None else targets.get(cfg.target)
+        if model is not None and cfg.sampler == "rejection":
+            raise UsageFailure("--sampler rejection needs an analytic target (a model has no mean/cov for q)")
+        if model is not None and cfg.init == "exact":
+            raise UsageFailure("--init exact needs an analytic target; a trained model has no exact sampler")
         sampler = _build_sampler(cfg, target, device, dtype)
     except ValueError as err:
         raise UsageFailure(str(err)) from err
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     x0 = _initial_points(cfg, target, generator, device, dtype)
 
-    bar = None
-    callback = None
-    if progress:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-        from rich.console import Console
+    bar = _Progress(f"{cfg.sampler} on {cfg.target if model is None else model}", cfg.steps, progress)
 
-        bar = Progress(
-            TextColumn(f"{cfg.sampler} on {cfg.target}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} steps"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        task = bar.add_task("sample", total=cfg.steps)
-        every = max(1, cfg.steps // 100)
+    def callback(t, state, info):  # noqa: ARG001 - the loop's callback signature
+        bar.update(t + 1)
 
-        def callback(t, state, info):  # noqa: ARG001 - the loop's callback signature
-            if (t + 1) % every == 0 or t + 1 == cfg.steps:
-                bar.update(task, completed=t + 1)
-
-        bar.start()
     try:
         trace = samplers.sample(
             target, sampler, x0, cfg.steps, generator=generator, burn_in=cfg.burn_in, thin=cfg.thin, callback=callback,
             compile=cfg.compile and cfg.sampler != "rejection",
         )
     finally:
-        if bar is not None:
-            bar.stop()
+        bar.stop()
 
     flat = trace.samples.reshape(-1, target.dim)
     summary = evaluation.summarize(trace.samples)
     result = {
         **asdict(cfg),
+        **({"target": f"model:{model}"} if model is not None else {}),
         "acceptance_rate": float(trace.acceptance_rate.mean()),
         "mean": summary["mean"],
         "cov": summary["cov"],
@@ -181,7 +238,16 @@ def run_sample(cfg: SampleConfig, *, progress: bool, out: Optional[Path], plot: 
         exact = target.sample(flat.shape[0] if flat.shape[0] < 4000 else 4000, generator=ref_gen, device=device, dtype=dtype)
         result["mmd_to_exact"] = evaluation.mmd(flat, exact, generator=ref_gen)
     if target.dim == 2:
-        result["kl_to_exact"] = evaluation.histogram_kl(flat, target, target.bounds)
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:  # samples outside the box: reported as a field
+            warnings.simplefilter("always")
+            key = "kl_to_exact" if model is None else "kl_to_model_density"
+            result[key] = evaluation.histogram_kl(flat, target, target.bounds, dtype=flat.dtype)
+        result["fraction_outside_box"] = float(
+            ((flat < torch.tensor([b[0] for b in target.bounds], dtype=flat.dtype))
+             | (flat > torch.tensor([b[1] for b in target.bounds], dtype=flat.dtype))).any(1).double().mean())
+        del caught
     if out is not None:
         from .io import save_npz
 
@@ -199,7 +265,7 @@ def run_sample(cfg: SampleConfig, *, progress: bool, out: Optional[Path], plot: 
         from .viz import plot_samples, save_figure
 
         title = (
-            f"{cfg.sampler.upper()} on {cfg.target}: eps={cfg.step_size}, {cfg.chains} chains x {cfg.steps} steps, "
+            f"{cfg.sampler.upper()} on {result['target']}: eps={cfg.step_size}, {cfg.chains} chains x {cfg.steps} steps, "
             f"acceptance {result['acceptance_rate']:.2f}, min bulk ESS {result['ess_bulk_min']:.0f}"
         )
         save_figure(plot_samples(target, trace.samples, target.bounds, title=title, generator=generator), plot)
@@ -213,6 +279,7 @@ def _print_summary(result: dict) -> None:
 
     table = Table(title=f"{result['sampler']} on {result['target']}", show_header=False)
     for key in ("acceptance_rate", "mean", "cov", "ess_bulk_min", "rhat_max", "mmd_to_exact", "kl_to_exact",
+                "kl_to_model_density", "fraction_outside_box",
                 "seconds", "chain_steps_per_second", "out", "plot"):
         if key in result:
             v = result[key]
@@ -247,9 +314,11 @@ def sample(
                                  "a few seconds of compilation first)."),
     out: Optional[Path] = typer.Option(None, help="Write samples, energies and acceptance to this .npz."),
     plot: Optional[Path] = typer.Option(None, help="Write a samples-over-density figure (PNG/PDF/SVG)."),
+    model: Optional[Path] = typer.Option(None, help="Sample a trained model (a run directory from `ebmlab train`) "
+                                         "instead of --target."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
-    """Draw samples from an analytic target and report diagnostics against the exact density."""
+    """Draw samples from an analytic target (or a trained model) and report diagnostics."""
     if not math.isfinite(step_size) or step_size <= 0:
         raise UsageFailure(f"--step-size must be a finite number > 0, got {step_size}")
     if burn_in >= steps:
@@ -259,11 +328,271 @@ def sample(
         steps=steps, burn_in=burn_in, thin=thin, init=init.value, seed=seed, device=device, dtype=dtype,
         compile=compile,
     )
-    result = run_sample(cfg, progress=not json_output, out=out, plot=plot)
+    result = run_sample(cfg, progress=not json_output, out=out, plot=plot, model=model)
     if json_output:
         print(json.dumps(result))
     else:
         _print_summary(result)
+
+
+class MethodName(str, Enum):
+    cd = "cd"
+    short_run = "short-run"
+    pcd = "pcd"
+    buffer = "buffer"
+
+
+class ChainSampler(str, Enum):
+    ula = "ula"
+    mala = "mala"
+    hmc = "hmc"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    method: str
+    sampler: str
+    steps: int
+    batch_size: int
+    langevin_steps: int
+    step_size: float
+    noise_scale: Optional[float]
+    lr: float
+    alpha: float
+    grad_clip: float
+    data_noise: float
+    hidden: tuple
+    spectral_norm: bool
+    buffer_size: int
+    reinit_prob: float
+    ema: Optional[float]
+    n_train: int
+    n_test: int
+    eval_every: int
+    seed: int
+    device: str
+
+
+def _data_bounds(name: str, train) -> list:
+    """Box for quadrature and plots: the target's box when the density is known, else the data's range + 10%."""
+    from .data import toy
+
+    target = toy.true_density(name)
+    if target is not None:
+        return [list(b) for b in target.bounds]
+    lo, hi = train.min(0).values, train.max(0).values
+    pad = 0.1 * (hi - lo)
+    return [[float(a - p), float(b + p)] for a, b, p in zip(lo, hi, pad)]
+
+
+def run_train(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool) -> dict:
+    import torch
+
+    from . import samplers
+    from .data import toy
+    from .evaluation import evaluate_density_model
+    from .runs import build_energy, load_data, save_config
+    from .training import train_ebm
+
+    device = _device(cfg.device)
+    torch.manual_seed(cfg.seed)  # network initialisation; the CLI is the one place seeds are set
+    if cfg.data == "digits":
+        raise UsageFailure("--data digits: image training from the command line is not available yet; "
+                           "train a ConvEnergy from Python (ebmlab.training.train_ebm)")
+    try:
+        toy.get(cfg.data)
+    except ValueError as err:
+        raise UsageFailure(str(err)) from err
+    data_cfg = {"name": cfg.data, "n_train": cfg.n_train, "n_test": cfg.n_test, "seed": cfg.seed}
+    train, test = load_data(data_cfg, device=device)
+    data_cfg["bounds"] = _data_bounds(cfg.data, train.cpu())
+    model_cfg = {"kind": "mlp", "dim": int(train.shape[1]), "hidden": list(cfg.hidden),
+                 "spectral_norm": cfg.spectral_norm, "activation": "silu"}
+    config = {"model": model_cfg, "data": data_cfg, "train": asdict(cfg)}
+    if resume:
+        saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else None
+        if saved is None:
+            raise UsageFailure(f"--resume {out}: no config.json there")
+        if saved["model"] != model_cfg or saved["data"]["name"] != cfg.data:
+            raise UsageFailure(f"--resume {out}: the model or data differ from the run's config.json")
+    energy = build_energy(model_cfg).to(device)
+    if cfg.sampler == "ula":
+        sampler = samplers.Langevin(cfg.step_size, noise_scale=cfg.noise_scale)
+    elif cfg.sampler == "mala":
+        sampler = samplers.MALA(cfg.step_size)
+    else:
+        sampler = samplers.HMC(cfg.step_size, num_leapfrog=5)
+    entropy = toy.entropy(cfg.data)
+    true = toy.true_density(cfg.data)
+    bounds = [tuple(b) for b in data_cfg["bounds"]]
+    eval_gen = torch.Generator().manual_seed(cfg.seed + 17)
+
+    def evaluate(model, step):
+        with torch.no_grad():
+            row = evaluate_density_model(model, test, bounds, entropy=entropy, resolution=256,
+                                         generator=eval_gen, num_chains=500, num_steps=200, step_size=cfg.step_size)
+        if true is not None:  # paired estimate: lower variance than NLL - H
+            from .evaluation import normalized_log_prob
+
+            with torch.no_grad():
+                row["kl"] = float((-normalized_log_prob(model, test, bounds, 256, log_z=row["log_z"])
+                                   - true(test)).mean())
+        return {k: row[k] for k in ("test_nll", "kl", "mmd") if k in row}
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        save_config(out, config)
+    bar = _Progress(f"train {cfg.method} on {cfg.data}", cfg.steps, progress)
+
+    def callback(step, row):
+        info = f"loss {row['loss']:+.3f} gap {row['energy_gap']:+.3f}"
+        if "test_nll" in row:
+            info += f" nll {row['test_nll']:.3f}"
+        bar.update(step, info)
+
+    try:
+        result = train_ebm(
+            energy, train, sampler=sampler, method=cfg.method, steps=cfg.steps, batch_size=cfg.batch_size,
+            mcmc_steps=cfg.langevin_steps, lr=cfg.lr, alpha=cfg.alpha, grad_clip=cfg.grad_clip,
+            data_noise=cfg.data_noise, buffer_size=cfg.buffer_size, reinit_prob=cfg.reinit_prob,
+            ema_decay=cfg.ema, generator=torch.Generator(device=device).manual_seed(cfg.seed), run_dir=out,
+            resume=resume, log_every=max(1, min(50, cfg.eval_every)), checkpoint_every=cfg.eval_every,
+            evaluate=evaluate, eval_every=cfg.eval_every, callback=callback,
+        )
+    finally:
+        bar.stop()
+    last = result.history[-1] if result.history else {}
+    return {"run_dir": str(out), "steps": result.step, "seconds": result.seconds, **last}
+
+
+def _parse_hidden(text: str) -> tuple:
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or any(v < 1 for v in sizes):
+        raise UsageFailure(f"--hidden must be comma-separated positive layer widths like 128,128, got {text!r}")
+    return sizes
+
+
+@app.command()
+def train(
+    data: str = typer.Option("eight_gaussians", help="2-D data: eight_gaussians, two_moons, swiss_roll, "
+                             "checkerboard, pinwheel, rings, circles, two_spirals, or any analytic target."),
+    method: MethodName = typer.Option(MethodName.pcd, help="Where negative chains start: data (cd), noise "
+                                      "(short-run), persistent chains (pcd), replay buffer (buffer)."),
+    sampler: ChainSampler = typer.Option(ChainSampler.ula, help="MCMC for the negatives."),
+    steps: int = typer.Option(3000, min=1, help="Optimiser steps."),
+    batch_size: int = typer.Option(256, min=1, help="Data points and negative chains per step."),
+    langevin_steps: int = typer.Option(20, min=0, help="Sampler steps per update (k of CD-k)."),
+    step_size: float = typer.Option(0.1, help="Sampler step size eps."),
+    noise_scale: Optional[float] = typer.Option(None, help="ULA noise std (default eps; smaller = tempered)."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate (betas 0, 0.999)."),
+    alpha: float = typer.Option(0.0, min=0.0, help="Energy-magnitude regulariser."),
+    grad_clip: float = typer.Option(1.0, help="Clip the parameter gradient norm."),
+    data_noise: float = typer.Option(0.0, min=0.0, help="Std of Gaussian noise added to data batches."),
+    hidden: str = typer.Option("128,128", help="MLP hidden widths."),
+    spectral_norm: bool = typer.Option(False, "--spectral-norm", help="Spectral-normalise every layer."),
+    buffer_size: int = typer.Option(10000, min=1, help="Replay buffer capacity (method buffer)."),
+    reinit_prob: float = typer.Option(0.05, min=0.0, max=1.0, help="Buffer restart probability."),
+    ema: Optional[float] = typer.Option(None, help="Keep an EMA of the weights with this decay."),
+    n_train: int = typer.Option(10000, min=1, help="Training points generated."),
+    n_test: int = typer.Option(5000, min=1, help="Held-out points generated."),
+    eval_every: int = typer.Option(500, min=1, help="Evaluate and checkpoint every this many steps."),
+    out: Path = typer.Option(Path("runs/ebm"), help="Run directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
+    seed: int = typer.Option(0, help="Seed of data, initialisation and sampling."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
+) -> None:
+    """Train an energy-based model by maximum likelihood with MCMC negatives."""
+    for name, value in (("step-size", step_size), ("lr", lr), ("grad-clip", grad_clip)):
+        if not math.isfinite(value) or value <= 0:
+            raise UsageFailure(f"--{name} must be a finite number > 0, got {value}")
+    if noise_scale is not None and not (math.isfinite(noise_scale) and noise_scale > 0):
+        raise UsageFailure(f"--noise-scale must be a finite number > 0, got {noise_scale}")
+    if ema is not None and not 0 < ema < 1:
+        raise UsageFailure(f"--ema must be a decay in (0, 1), got {ema}")
+    if resume and not out.is_dir():
+        raise UsageFailure(f"--resume: run directory {out} does not exist")
+    cfg = TrainConfig(
+        data=data, method=method.value, sampler=sampler.value, steps=steps, batch_size=batch_size,
+        langevin_steps=langevin_steps, step_size=step_size, noise_scale=noise_scale, lr=lr, alpha=alpha,
+        grad_clip=grad_clip, data_noise=data_noise, hidden=_parse_hidden(hidden), spectral_norm=spectral_norm,
+        buffer_size=buffer_size, reinit_prob=reinit_prob, ema=ema, n_train=n_train, n_test=n_test,
+        eval_every=eval_every, seed=seed, device=device,
+    )
+    result = run_train(cfg, out, resume=resume, progress=not json_output)
+    if json_output:
+        print(json.dumps(result))
+    else:
+        _print_table(f"trained {cfg.method} on {cfg.data}", result)
+
+
+def run_evaluate(run_dir: Path, *, seed: int, device: str, plot: bool) -> dict:
+    import torch
+
+    from .data import toy
+    from .evaluation import evaluate_density_model, normalized_log_prob
+    from .runs import load_data, load_run
+
+    try:
+        model, config, meta = load_run(run_dir, device=_device(device))
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageFailure(str(err)) from err
+    for p in model.parameters():
+        p.requires_grad_(False)
+    _, test = load_data(config["data"], device=_device(device))
+    bounds = [tuple(b) for b in config["data"]["bounds"]]
+    name = config["data"]["name"]
+    g = torch.Generator().manual_seed(seed)
+    result = evaluate_density_model(model, test, bounds, entropy=toy.entropy(name), generator=g,
+                                     step_size=config["train"]["step_size"])
+    true = toy.true_density(name)
+    if true is not None:
+        with torch.no_grad():
+            result["kl"] = float((-normalized_log_prob(model, test, bounds, 512, log_z=result["log_z"])
+                                  - true(test)).mean())
+    result = {"run_dir": str(run_dir), "step": meta["step"], "data": name, **result}
+    if plot:
+        from .evaluation import model_samples
+        from .viz import plot_samples, save_figure
+
+        x, _ = model_samples(model, bounds, num_chains=2000, num_steps=1000, step_size=config["train"]["step_size"],
+                             generator=g)
+        fig = plot_samples(model, x, bounds, title=f"model of {name} after {meta['step']} steps: "
+                           f"test NLL {result['test_nll']:.3f}, MMD^2 {result['mmd']:.2e}", generator=g)
+        result["plot"] = str(save_figure(fig, Path(run_dir) / "density.png"))
+    return result
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `ebmlab train`."),
+    seed: int = typer.Option(0, help="Seed of the model's MALA chains and the MMD subsets."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write density.png into the run directory."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Exact test NLL (quadrature), KL to the data when its density is known, MMD and sliced-W of samples."""
+    result = run_evaluate(run_dir, seed=seed, device=device, plot=plot)
+    if json_output:
+        print(json.dumps(result))
+    else:
+        _print_table(f"evaluation of {run_dir}", result)
+
+
+def _print_table(title: str, result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    for key, v in result.items():
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        table.add_row(key, str(v))
+    Console().print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

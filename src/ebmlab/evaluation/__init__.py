@@ -3,6 +3,7 @@ MCMC diagnostics, and sample-quality distances."""
 
 from ebmlab.evaluation.diagnostics import ess_bulk, ess_tail, rhat, summarize
 from ebmlab.evaluation.distances import histogram_kl, histogram_kl_bias, mmd, sliced_wasserstein
+from ebmlab.evaluation.models import evaluate_density_model, model_samples
 from ebmlab.evaluation.partition import (
     LogPartition,
     density_on_grid,
@@ -17,11 +18,13 @@ __all__ = [
     "density_on_grid",
     "ess_bulk",
     "ess_tail",
+    "evaluate_density_model",
     "exact_nll",
     "histogram_kl",
     "histogram_kl_bias",
     "log_partition",
     "mmd",
+    "model_samples",
     "normalized_log_prob",
     "quadrature_grid",
     "rhat",

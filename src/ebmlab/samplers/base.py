@@ -103,8 +103,9 @@ def mh_accept(log_alpha: Tensor, current: State, proposed: State, log_u: Tensor)
     """Metropolis-Hastings accept/reject, per chain.
 
     Accept with probability ``min(1, exp(log_alpha))`` (Metropolis et al. 1953;
-    Hastings 1970). A proposal whose ``log_alpha`` is NaN (e.g. the energy is
-    +inf or NaN there) is rejected: it has zero density under the target.
+    Hastings 1970). A proposal whose ``log_alpha`` is NaN or -inf (the energy
+    is NaN or +inf there) is rejected: it has zero density under the target;
+    its reported ``acceptance_prob`` is then NaN or 0.
 
     Args:
         log_alpha: log acceptance ratio, shape ``(chains,)``.
@@ -117,8 +118,7 @@ def mh_accept(log_alpha: Tensor, current: State, proposed: State, log_u: Tensor)
     Returns:
         ``(new_state, accepted, acceptance_prob)``.
     """
-    log_alpha = torch.nan_to_num(log_alpha, nan=-torch.inf)
-    accepted = log_u < log_alpha
+    accepted = log_u < log_alpha  # False for NaN log_alpha: a NaN proposal is rejected
     mask = broadcast_chains(accepted, current.x)
     new = State(
         x=torch.where(mask, proposed.x, current.x),
@@ -170,15 +170,22 @@ def _check_int(name: str, value: int, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def check_finite_state(state: State, step: int) -> None:
-    """Raise :class:`DivergenceError` if any chain's energy is not finite."""
+def check_finite_state(state: State, step: int, *, since: int | None = None) -> None:
+    """Raise :class:`DivergenceError` if any chain's energy is not finite.
+
+    ``since``: the previous step checked, when checks are spaced out; the
+    message then names the window in which the chain diverged.
+    """
+    # One reduction and one sync: a sum is non-finite iff some term is (or the
+    # energies are ~1e38, which is divergence too).
+    if bool(torch.isfinite(state.energy.sum())):
+        return
     bad = ~torch.isfinite(state.energy)
-    if bool(bad.any()):
-        n = int(bad.sum())
-        raise DivergenceError(
-            f"{n} of {bad.numel()} chains diverged (non-finite energy) at step {step}; "
-            "reduce the step size or check the energy"
-        )
+    n = int(bad.sum()) or bad.numel()
+    when = f"at step {step}" if since is None or since >= step - 1 else f"at step {step} (between steps {since + 1} and {step})"
+    raise DivergenceError(
+        f"{n} of {bad.numel()} chains diverged (non-finite energy) {when}; reduce the step size or check the energy"
+    )
 
 
 _COMPILED: dict[tuple[Any, int], tuple[Any, Callable]] = {}
@@ -202,6 +209,13 @@ def compiled_transition(sampler: Any, energy: Any) -> Callable:
     def transition(state: State, *draws: Tensor) -> tuple[State, Info]:
         return sampler.transition(energy, state, *draws)
 
+    # Every (sampler, energy) pair compiles the same closure code object; lift
+    # dynamo's per-code recompile limit (8 by default) so the ninth pair in a
+    # process still compiles instead of silently running eagerly.
+    import torch._dynamo
+
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 256))
     fn = torch.compile(transition, dynamic=False)
     _COMPILED[key] = (energy, fn)
     return fn
@@ -218,6 +232,7 @@ def sample(
     thin: int = 1,
     callback: Callable[[int, State, Info], None] | None = None,
     compile: bool = False,
+    check_every: int = 10,
 ) -> Trace:
     """Run ``num_steps`` transitions of ``sampler`` on every chain and keep the draws.
 
@@ -237,6 +252,8 @@ def sample(
             (see docs/benchmarks.md); costs a few seconds of compilation
             once per (sampler, energy, shape, dtype, device). It can be
             slower for autograd scores of some energies: measure.
+        check_every: test the chains' energies for NaN/inf every this many
+            steps (each test syncs; the message names the window).
 
     Returns:
         A :class:`Trace` with ``(kept, chains, *event)`` samples, where
@@ -249,6 +266,7 @@ def sample(
     _check_int("num_steps", num_steps, 1)
     _check_int("burn_in", burn_in, 0)
     _check_int("thin", thin, 1)
+    _check_int("check_every", check_every, 1)
     if burn_in >= num_steps:
         raise ValueError(f"burn_in must be smaller than num_steps, got burn_in={burn_in}, num_steps={num_steps}")
     start = time.perf_counter()
@@ -273,11 +291,13 @@ def sample(
     kept = -(-(num_steps - burn_in) // thin)
     samples = torch.empty((kept, *state.x.shape), dtype=state.x.dtype, device=state.x.device)
     energies = torch.empty((kept, state.x.shape[0]), dtype=state.energy.dtype, device=state.x.device)
-    accepted = torch.zeros(state.x.shape[0], dtype=torch.float64, device=state.x.device)
-    k = 0
+    accepted = torch.zeros(state.x.shape[0], dtype=torch.int32, device=state.x.device)
+    k, checked = 0, 0
     for t in range(num_steps):
         state, info = step(state)
-        check_finite_state(state, t + 1)
+        if (t + 1) % check_every == 0 or t + 1 == num_steps:
+            check_finite_state(state, t + 1, since=checked)
+            checked = t + 1
         if t >= burn_in:
             accepted += info.accepted
             if (t - burn_in) % thin == 0:
@@ -290,7 +310,7 @@ def sample(
     return Trace(
         samples=samples,
         energies=energies,
-        acceptance_rate=(accepted / (num_steps - burn_in)).to(state.energy.dtype),
+        acceptance_rate=accepted.to(state.energy.dtype) / (num_steps - burn_in),
         final_state=state,
         num_steps=num_steps,
         seconds=seconds,
