@@ -88,3 +88,53 @@ def test_sampling_failure_is_one_line_not_a_traceback(capsys):
                               "--steps", "50", "--burn-in", "10", "--json"], capsys)
     assert code == 1
     assert err.startswith("ebmlab: failed:") and "too small" in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_evaluate_sample_model_roundtrip(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, err = run_cli(["train", "--data", "two_moons", "--steps", "60", "--batch-size", "64",
+                              "--langevin-steps", "5", "--eval-every", "30", "--hidden", "32,32",
+                              "--n-train", "1000", "--n-test", "500", "--out", str(run), "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["steps"] == 60 and np.isfinite(result["test_nll"])
+    for name in ("config.json", "metrics.jsonl", "checkpoint.safetensors"):
+        assert (run / name).is_file()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 60
+    code, out, err = run_cli(["evaluate", str(run), "--json"], capsys)
+    assert code == 0, err
+    ev = json.loads(out)
+    assert {"test_nll", "mmd", "sliced_w", "log_z"} <= set(ev) and "kl" not in ev  # two_moons: density unknown
+    assert (run / "density.png").stat().st_size > 10_000
+    code, out, err = run_cli(["sample", "--model", str(run), "--chains", "100", "--steps", "50", "--burn-in", "10",
+                              "--step-size", "0.1", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["target"] == f"model:{run}"
+    # resume continues to a larger step count
+    code, out, err = run_cli(["train", "--data", "two_moons", "--steps", "90", "--batch-size", "64",
+                              "--langevin-steps", "5", "--eval-every", "30", "--hidden", "32,32",
+                              "--n-train", "1000", "--n-test", "500", "--out", str(run), "--resume", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["step"] == 90
+
+
+def test_known_density_reports_kl(tmp_path, capsys):
+    code, out, err = run_cli(["train", "--data", "eight_gaussians", "--steps", "20", "--batch-size", "32",
+                              "--langevin-steps", "3", "--eval-every", "20", "--hidden", "16",
+                              "--n-train", "500", "--n-test", "200", "--out", str(tmp_path / "r"), "--json"], capsys)
+    assert code == 0, err
+    assert "kl" in json.loads(out)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--data", "nope"], "unknown toy data set"),
+    (["train", "--hidden", "0,3"], "--hidden"),
+    (["train", "--lr", "nan"], "--lr"),
+    (["evaluate", "/nonexistent/run"], "does not exist"),
+    (["sample", "--model", "/nonexistent/run"], "does not exist"),
+])
+def test_train_and_evaluate_bad_input(args, needle, capsys, tmp_path):
+    code, out, err = run_cli([*args, "--json"] if args[0] != "train" else [*args, "--out", str(tmp_path / "x"), "--json"], capsys)
+    assert code == 2, err
+    assert needle in err and len(err.strip().splitlines()) == 1
