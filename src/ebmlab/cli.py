@@ -268,7 +268,8 @@ def run_sample(cfg: SampleConfig, *, progress: bool, out: Optional[Path], plot: 
             f"{cfg.sampler.upper()} on {result['target']}: eps={cfg.step_size}, {cfg.chains} chains x {cfg.steps} steps, "
             f"acceptance {result['acceptance_rate']:.2f}, min bulk ESS {result['ess_bulk_min']:.0f}"
         )
-        save_figure(plot_samples(target, trace.samples, target.bounds, title=title, generator=generator), plot)
+        save_figure(plot_samples(target, trace.samples, target.bounds, title=title, generator=generator,
+                                 density_label="exact" if model is None else "model"), plot)
         result["plot"] = str(plot)
     return result
 
@@ -463,7 +464,18 @@ def run_train(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool) -> d
     finally:
         bar.stop()
     last = result.history[-1] if result.history else {}
-    return {"run_dir": str(out), "steps": result.step, "seconds": result.seconds, **last}
+    summary = {"run_dir": str(out), "steps": result.step, "seconds": result.seconds, **last}
+    if result.buffer is not None and train.shape[1] == 2:  # the chains the model trained against
+        from .viz import plot_samples, save_figure
+
+        model = result.ema if result.ema is not None else energy
+        for p in model.parameters():
+            p.requires_grad_(False)
+        fig = plot_samples(model, result.buffer.data.cpu(), bounds, generator=eval_gen, density_label="model",
+                           title=f"{cfg.method} on {cfg.data} after {result.step} steps: model density and "
+                                 f"its {len(result.buffer)} negative chains")
+        summary["plot"] = str(save_figure(fig, out / f"samples_{result.step}.png"))
+    return summary
 
 
 def _parse_hidden(text: str) -> tuple:
@@ -562,7 +574,8 @@ def run_evaluate(run_dir: Path, *, seed: int, device: str, plot: bool) -> dict:
         x, _ = model_samples(model, bounds, num_chains=2000, num_steps=1000, step_size=config["train"]["step_size"],
                              generator=g)
         fig = plot_samples(model, x, bounds, title=f"model of {name} after {meta['step']} steps: "
-                           f"test NLL {result['test_nll']:.3f}, MMD^2 {result['mmd']:.2e}", generator=g)
+                           f"test NLL {result['test_nll']:.3f}, MMD^2 {result['mmd']:.2e}", generator=g,
+                           density_label="model")
         result["plot"] = str(save_figure(fig, Path(run_dir) / "density.png"))
     return result
 

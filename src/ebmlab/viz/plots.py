@@ -31,6 +31,7 @@ def plot_samples(
     max_points: int = 4000,
     bins: int = 60,
     generator: torch.Generator | None = None,
+    density_label: str = "exact",
 ) -> Figure:
     """Samples over the normalised density, and both marginals against the truth.
 
@@ -43,6 +44,7 @@ def plot_samples(
         max_points: scatter at most this many points (a random subset).
         bins: histogram bins per marginal.
         generator: picks the scatter subset.
+        density_label: what the density is ("exact" for a target, "model" for a trained energy).
 
     Returns:
         A figure with four panels: the density, the samples over its
@@ -64,7 +66,7 @@ def plot_samples(
     ax = axs[0]
     ax.imshow(dens.T, origin="lower", extent=(bounds[0][0], bounds[0][1], bounds[1][0], bounds[1][1]),
               cmap="viridis", aspect="auto", interpolation="bilinear")
-    ax.set_title("exact density (quadrature)")
+    ax.set_title(f"{density_label} density (quadrature)")
     ax = axs[1]
     if pts.shape[0] > max_points:
         idx = torch.randperm(pts.shape[0], generator=generator)[:max_points]
@@ -82,7 +84,7 @@ def plot_samples(
     for k, grid, curve, (lo, hi) in ((0, ax1, m1, (lo1, hi1)), (1, ax2, m2, (lo2, hi2))):
         a = axs[k + 2]
         a.hist(pts[:, k].numpy(), bins=np.linspace(lo, hi, bins + 1), density=True, color="#90a4ae", label="samples")
-        a.plot(grid, curve, color="#d81b60", lw=2, label="exact (quadrature)")
+        a.plot(grid, curve, color="#d81b60", lw=2, label=f"{density_label} (quadrature)")
         a.set_xlim(lo, hi)
         a.set_xlabel(f"$x_{k + 1}$")
         a.set_title(f"marginal of $x_{k + 1}$")
