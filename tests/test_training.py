@@ -145,3 +145,12 @@ def test_checkpoint_is_never_partially_written(tmp_path):
         proc.wait()
         tensors, meta = load_checkpoint(tmp_path / "ck.safetensors")
         assert float(tensors["w"][0]) == meta["step"]  # tensors and metadata from the same save
+
+
+def test_wall_time_budget_stops_and_checkpoints_the_last_step(tmp_path):
+    data = torch.randn(64, 2)
+    result = train_ebm(MLPEnergy(2, hidden=(8,)), data, sampler=ebmlab.Langevin(0.1), method="short-run",
+                       steps=1000, batch_size=8, mcmc_steps=2, run_dir=tmp_path, max_seconds=0.0,
+                       generator=torch.Generator().manual_seed(0))
+    assert result.step == 1 and result.history[-1]["step"] == 1
+    assert load_checkpoint(tmp_path / CHECKPOINT)[1]["step"] == 1

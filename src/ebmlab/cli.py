@@ -373,6 +373,7 @@ class TrainConfig:
     eval_every: int
     seed: int
     device: str
+    max_seconds: Optional[float] = None
 
 
 def _data_bounds(name: str, train) -> list:
@@ -459,7 +460,7 @@ def run_train(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool) -> d
             data_noise=cfg.data_noise, buffer_size=cfg.buffer_size, reinit_prob=cfg.reinit_prob,
             ema_decay=cfg.ema, generator=torch.Generator(device=device).manual_seed(cfg.seed), run_dir=out,
             resume=resume, log_every=max(1, min(50, cfg.eval_every)), checkpoint_every=cfg.eval_every,
-            evaluate=evaluate, eval_every=cfg.eval_every, callback=callback,
+            evaluate=evaluate, eval_every=cfg.eval_every, callback=callback, max_seconds=cfg.max_seconds,
         )
     finally:
         bar.stop()
@@ -512,6 +513,8 @@ def train(
     n_train: int = typer.Option(10000, min=1, help="Training points generated."),
     n_test: int = typer.Option(5000, min=1, help="Held-out points generated."),
     eval_every: int = typer.Option(500, min=1, help="Evaluate and checkpoint every this many steps."),
+    max_seconds: Optional[float] = typer.Option(None, help="Stop after this much wall time (the last step is "
+                                                "evaluated and checkpointed)."),
     out: Path = typer.Option(Path("runs/ebm"), help="Run directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
     seed: int = typer.Option(0, help="Seed of data, initialisation and sampling."),
@@ -533,7 +536,7 @@ def train(
         langevin_steps=langevin_steps, step_size=step_size, noise_scale=noise_scale, lr=lr, alpha=alpha,
         grad_clip=grad_clip, data_noise=data_noise, hidden=_parse_hidden(hidden), spectral_norm=spectral_norm,
         buffer_size=buffer_size, reinit_prob=reinit_prob, ema=ema, n_train=n_train, n_test=n_test,
-        eval_every=eval_every, seed=seed, device=device,
+        eval_every=eval_every, seed=seed, device=device, max_seconds=max_seconds,
     )
     result = run_train(cfg, out, resume=resume, progress=not json_output)
     if json_output:

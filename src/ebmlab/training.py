@@ -107,6 +107,7 @@ def train_ebm(
     evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None,
     eval_every: int = 500,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    max_seconds: float | None = None,
 ) -> TrainResult:
     """Train ``energy`` on ``train_data`` by maximum likelihood with MCMC negatives.
 
@@ -136,6 +137,8 @@ def train_ebm(
         log_every, checkpoint_every, eval_every: periods in steps.
         evaluate: ``evaluate(model, step) -> metrics`` called every ``eval_every`` steps.
         callback: ``callback(step, row)`` after each logged row.
+        max_seconds: stop after the first step that ends past this wall-time
+            budget (that step is logged, evaluated and checkpointed as the last).
 
     Returns:
         A :class:`TrainResult`.
@@ -208,6 +211,7 @@ def train_ebm(
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     energy.train()
+    step = start
     for step in range(start + 1, steps + 1):
         # 1. a data batch (with optional data noise)
         idx = torch.randint(train_data.shape[0], (batch_size,), generator=generator, device=device)
@@ -241,8 +245,9 @@ def train_ebm(
         if buffer is not None:
             buffer.update(slots, x_neg)
         # 6. log, evaluate, checkpoint
-        eval_now = evaluate is not None and (step % eval_every == 0 or step == steps)
-        if step % log_every == 0 or step == steps or eval_now:
+        last = step == steps or (max_seconds is not None and time.perf_counter() - t0 >= max_seconds)
+        eval_now = evaluate is not None and (step % eval_every == 0 or last)
+        if step % log_every == 0 or last or eval_now:
             row = {"step": step, "loss": float(loss.detach()), **metrics, "acceptance": acceptance,
                    "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0}
             if eval_now:
@@ -255,7 +260,9 @@ def train_ebm(
                     f.write(json.dumps(row) + "\n")
             if callback is not None:
                 callback(step, row)
-        if step % checkpoint_every == 0 or step == steps:
+        if step % checkpoint_every == 0 or last:
             checkpoint(step)
+        if last:
+            break
     energy.eval()
-    return TrainResult(step=steps, history=history, seconds=time.perf_counter() - t0, buffer=buffer, ema=ema)
+    return TrainResult(step=step, history=history, seconds=time.perf_counter() - t0, buffer=buffer, ema=ema)

@@ -1,6 +1,7 @@
 """Evaluation of energy-based models: the partition function by quadrature,
 MCMC diagnostics, and sample-quality distances."""
 
+from ebmlab.evaluation.ais import AISResult, ais_betas, ais_log_partition
 from ebmlab.evaluation.diagnostics import ess_bulk, ess_tail, rhat, summarize
 from ebmlab.evaluation.distances import histogram_kl, histogram_kl_bias, mmd, sliced_wasserstein
 from ebmlab.evaluation.models import evaluate_density_model, model_samples
@@ -14,6 +15,9 @@ from ebmlab.evaluation.partition import (
 )
 
 __all__ = [
+    "AISResult",
+    "ais_betas",
+    "ais_log_partition",
     "LogPartition",
     "density_on_grid",
     "ess_bulk",
