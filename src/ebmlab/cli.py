@@ -493,7 +493,7 @@ def _parse_hidden(text: str) -> tuple:
 def train(
     data: str = typer.Option("eight_gaussians", help="2-D data: eight_gaussians, two_moons, swiss_roll, "
                              "checkerboard, pinwheel, rings, circles, two_spirals, or any analytic target."),
-    method: MethodName = typer.Option(MethodName.pcd, help="Where negative chains start: data (cd), noise "
+    method: MethodName = typer.Option(MethodName.buffer, help="Where negative chains start: data (cd), noise "
                                       "(short-run), persistent chains (pcd), replay buffer (buffer)."),
     sampler: ChainSampler = typer.Option(ChainSampler.ula, help="MCMC for the negatives."),
     steps: int = typer.Option(3000, min=1, help="Optimiser steps."),
@@ -502,14 +502,15 @@ def train(
     step_size: float = typer.Option(0.1, help="Sampler step size eps."),
     noise_scale: Optional[float] = typer.Option(None, help="ULA noise std (default eps; smaller = tempered)."),
     lr: float = typer.Option(1e-3, help="Adam learning rate (betas 0, 0.999)."),
-    alpha: float = typer.Option(0.0, min=0.0, help="Energy-magnitude regulariser."),
+    alpha: float = typer.Option(0.1, min=0.0, help="Energy-magnitude regulariser (Du & Mordatch 2019)."),
     grad_clip: float = typer.Option(1.0, help="Clip the parameter gradient norm."),
     data_noise: float = typer.Option(0.0, min=0.0, help="Std of Gaussian noise added to data batches."),
     hidden: str = typer.Option("128,128", help="MLP hidden widths."),
     spectral_norm: bool = typer.Option(False, "--spectral-norm", help="Spectral-normalise every layer."),
     buffer_size: int = typer.Option(10000, min=1, help="Replay buffer capacity (method buffer)."),
     reinit_prob: float = typer.Option(0.05, min=0.0, max=1.0, help="Buffer restart probability."),
-    ema: Optional[float] = typer.Option(None, help="Keep an EMA of the weights with this decay."),
+    ema: float = typer.Option(0.999, help="Decay of the weights' moving average used for evaluation and "
+                              "sampling (0 turns it off)."),
     n_train: int = typer.Option(10000, min=1, help="Training points generated."),
     n_test: int = typer.Option(5000, min=1, help="Held-out points generated."),
     eval_every: int = typer.Option(500, min=1, help="Evaluate and checkpoint every this many steps."),
@@ -527,15 +528,15 @@ def train(
             raise UsageFailure(f"--{name} must be a finite number > 0, got {value}")
     if noise_scale is not None and not (math.isfinite(noise_scale) and noise_scale > 0):
         raise UsageFailure(f"--noise-scale must be a finite number > 0, got {noise_scale}")
-    if ema is not None and not 0 < ema < 1:
-        raise UsageFailure(f"--ema must be a decay in (0, 1), got {ema}")
+    if not 0 <= ema < 1:
+        raise UsageFailure(f"--ema must be a decay in [0, 1), got {ema}")
     if resume and not out.is_dir():
         raise UsageFailure(f"--resume: run directory {out} does not exist")
     cfg = TrainConfig(
         data=data, method=method.value, sampler=sampler.value, steps=steps, batch_size=batch_size,
         langevin_steps=langevin_steps, step_size=step_size, noise_scale=noise_scale, lr=lr, alpha=alpha,
         grad_clip=grad_clip, data_noise=data_noise, hidden=_parse_hidden(hidden), spectral_norm=spectral_norm,
-        buffer_size=buffer_size, reinit_prob=reinit_prob, ema=ema, n_train=n_train, n_test=n_test,
+        buffer_size=buffer_size, reinit_prob=reinit_prob, ema=ema or None, n_train=n_train, n_test=n_test,
         eval_every=eval_every, seed=seed, device=device, max_seconds=max_seconds,
     )
     result = run_train(cfg, out, resume=resume, progress=not json_output)
