@@ -4,6 +4,17 @@ MCMC diagnostics, and sample-quality distances."""
 from ebmlab.evaluation.ais import AISResult, ais_betas, ais_log_partition
 from ebmlab.evaluation.diagnostics import ess_bulk, ess_tail, rhat, summarize
 from ebmlab.evaluation.distances import histogram_kl, histogram_kl_bias, mmd, sliced_wasserstein
+from ebmlab.evaluation.images import (
+    DigitClassifier,
+    classifier_metrics,
+    feature_mmd,
+    load_or_train_classifier,
+    nearest_neighbour_grid,
+    nearest_neighbours,
+    pixel_mmd,
+    sample_grid,
+    train_classifier,
+)
 from ebmlab.evaluation.models import evaluate_density_model, model_samples
 from ebmlab.evaluation.partition import (
     LogPartition,
@@ -15,6 +26,15 @@ from ebmlab.evaluation.partition import (
 )
 
 __all__ = [
+    "DigitClassifier",
+    "classifier_metrics",
+    "feature_mmd",
+    "load_or_train_classifier",
+    "nearest_neighbour_grid",
+    "nearest_neighbours",
+    "pixel_mmd",
+    "sample_grid",
+    "train_classifier",
     "AISResult",
     "ais_betas",
     "ais_log_partition",

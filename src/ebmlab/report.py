@@ -1,0 +1,371 @@
+"""The main job: run the lecture end to end and write an HTML report.
+
+Each section states the lecture's idea in one sentence, runs it for real on
+embedded data, and shows a figure and a table of measured numbers. Sections
+are plain functions ``section_*(ctx) -> Section``; :func:`write_report` runs
+them in order and writes ``index.html`` (figures as PNG files beside it) and
+``metrics.json``. ``quick=True`` shrinks every budget (used by the tests).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .io import atomic_write
+
+__all__ = ["Context", "SECTIONS", "Section", "write_report"]
+
+
+@dataclass
+class Context:
+    out: Path
+    quick: bool
+    seed: int
+    device: torch.device
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed + offset)
+
+    def size(self, quick: int, full: int) -> int:
+        return quick if self.quick else full
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    idea: str
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _save(fig, ctx: Context, name: str) -> str:
+    from .viz import save_figure
+
+    save_figure(fig, ctx.out / name, dpi=100)
+    return name
+
+
+# --------------------------------------------------------------------------- 1. tractable
+
+
+def section_tractable(ctx: Context) -> Section:
+    import matplotlib.pyplot as plt
+
+    from . import evaluation
+    from .energies import targets
+    from .energies.core import energy_and_score, log_ratio, score
+
+    s = Section("tractable", "1. What is (and isn't) tractable",
+                "Energies, ratios p(x1)/p(x2) = exp(E(x2) - E(x1)) and scores -grad E need no Z; "
+                "Z itself needs an integral, which quadrature gives exactly in two dimensions.")
+    g = ctx.generator(1)
+    for name in ("banana", "donut", "multimodal", "eight_gaussians"):
+        t = targets.get(name)
+        x = t.sample(2000, generator=g, dtype=torch.float64)
+        _, analytic = energy_and_score(t, x)
+        autograd = score(lambda y: t.energy(y), x)
+        shift = 3.0  # E + 3 has log Z = -3 exactly: every target is normalised
+        lz = evaluation.log_partition(lambda y, t=t: t.energy(y) + shift, t.bounds, 512)
+        x1, x2 = x[:5], x[5:10]
+        s.rows.append({
+            "target": name,
+            "max |analytic - autograd score|": float((analytic - autograd).abs().max()),
+            "log Z (quadrature)": lz.value, "log Z (closed form)": -shift,
+            "quadrature error estimate": lz.error,
+            "log p(x1)/p(x2) example": float(log_ratio(t, x1, x2)[0]),
+        })
+    t = targets.get("banana")
+    axes, dens = evaluation.density_on_grid(t, t.bounds, 160)
+    xs = torch.stack(torch.meshgrid(torch.linspace(-4, 4, 17), torch.linspace(-6, 2, 17), indexing="ij"), -1)
+    sc = score(t, xs.reshape(-1, 2).double()).reshape(17, 17, 2)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.imshow(dens.T.numpy(), origin="lower", extent=(*t.bounds[0], *t.bounds[1]), cmap="viridis", aspect="auto")
+    norm = sc.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    ax.quiver(xs[..., 0], xs[..., 1], (sc / norm)[..., 0], (sc / norm)[..., 1], color="white", alpha=0.8)
+    ax.set_xlim(-5, 5)
+    ax.set_ylim(-8, 3)
+    ax.set_title("banana: density (quadrature) and score directions")
+    s.figures.append((_save(fig, ctx, "tractable_score.png"), "The score points uphill in density; "
+                      "it is computable without Z (arrows normalised to unit length)."))
+    s.metrics = {"max_score_error": max(r["max |analytic - autograd score|"] for r in s.rows),
+                 "max_log_z_error": max(abs(r["log Z (quadrature)"] - r["log Z (closed form)"]) for r in s.rows)}
+    return s
+
+
+# --------------------------------------------------------------------------- 2. rejection
+
+
+def section_rejection(ctx: Context) -> Section:
+    import matplotlib.pyplot as plt
+
+    from . import samplers
+    from .energies import targets
+    from .evaluation import mmd
+
+    s = Section("rejection", "2. Rejection sampling",
+                "Propose from q, accept with probability p~(x) / (C q(x)): accepted draws are exact, and the "
+                "acceptance rate is Z / C, so a loose C wastes proposals.")
+    t = targets.get("banana")
+    proposal = samplers.proposal_for(t, scale=2.0)
+    log_c = samplers.find_log_c(t, proposal, t.bounds)
+    g = ctx.generator(2)
+    chains, steps = ctx.size(500, 2000), ctx.size(10, 25)
+    for factor in (1, 2, 4, 8):
+        sampler = samplers.RejectionSampler(proposal, log_c + math.log(factor))
+        trace = samplers.sample(t, sampler, torch.zeros((chains, 2)), steps, generator=g)
+        draws = trace.samples.reshape(-1, 2)
+        s.rows.append({"C / C_min": factor, "acceptance (measured)": float(trace.acceptance_rate.mean()),
+                       "Z / C (predicted)": math.exp(-(log_c + math.log(factor))),
+                       "MMD^2 to exact": mmd(draws, t.sample(2000, generator=g), generator=g)})
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot([r["C / C_min"] for r in s.rows], [r["acceptance (measured)"] for r in s.rows], "o-", label="measured")
+    ax.plot([r["C / C_min"] for r in s.rows], [r["Z / C (predicted)"] for r in s.rows], "k--", label="Z / C")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("C relative to the smallest valid C")
+    ax.set_ylabel("acceptance rate")
+    ax.set_title("banana, Student-t proposal")
+    ax.legend()
+    s.figures.append((_save(fig, ctx, "rejection_acceptance.png"), "Acceptance halves each time C doubles."))
+    s.metrics = {"acceptance_at_c_min": s.rows[0]["acceptance (measured)"]}
+    return s
+
+
+# --------------------------------------------------------------------------- 3. Langevin vs MALA
+
+
+def section_langevin(ctx: Context) -> Section:
+    import matplotlib.pyplot as plt
+
+    from . import samplers
+    from .energies import targets
+    from .evaluation import histogram_kl, summarize
+    from .viz import plot_samples
+
+    s = Section("langevin", "3. Langevin dynamics and MALA",
+                "Langevin steps x + (eps^2/2) grad log p + eps z follow the score with noise; without the "
+                "Metropolis correction (ULA) the chain is biased by O(eps^2), MALA removes the bias.")
+    t = targets.get("banana")
+    g = ctx.generator(3)
+    chains, steps = ctx.size(500, 2000), ctx.size(800, 3000)
+    burn = steps // 3
+    x0 = torch.randn((chains, 2), generator=g)
+    keep = {}
+    for eps in (0.05, 0.1, 0.2, 0.3, 0.4):
+        for name, sampler in (("ULA", samplers.Langevin(eps)), ("MALA", samplers.MALA(eps))):
+            try:
+                trace = samplers.sample(t, sampler, x0, steps, burn_in=burn, generator=g)
+            except samplers.DivergenceError as err:
+                s.rows.append({"sampler": name, "eps": eps, "acceptance": None, "KL to exact (hist)": None,
+                               "min bulk ESS": None, "note": str(err)})
+                continue
+            summ = summarize(trace.samples)
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                kl = histogram_kl(trace.samples.reshape(-1, 2), t, t.bounds)
+            s.rows.append({"sampler": name, "eps": eps, "acceptance": float(trace.acceptance_rate.mean()),
+                           "KL to exact (hist)": kl, "min bulk ESS": summ["ess_bulk_min"],
+                           "R-hat": summ["rhat_max"]})
+            keep[(name, eps)] = trace
+    for name in ("ULA", "MALA"):
+        if (name, 0.3) in keep:
+            fig = plot_samples(t, keep[(name, 0.3)].samples, t.bounds, generator=g,
+                               title=f"{name}, eps = 0.3, {chains} chains x {steps} steps")
+            s.figures.append((_save(fig, ctx, f"langevin_{name.lower()}.png"), f"{name} on the banana."))
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for name, style in (("ULA", "o-"), ("MALA", "s-")):
+        pts = [(r["eps"], r["KL to exact (hist)"]) for r in s.rows if r["sampler"] == name and r.get("KL to exact (hist)") is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=name)
+    ax.set_xlabel("step size eps")
+    ax.set_ylabel("KL(histogram || exact)")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("bias of ULA grows with the step; MALA stays exact")
+    s.figures.append((_save(fig, ctx, "langevin_bias.png"), "Histogram KL includes a finite-sample floor of "
+                      "about (bins - 1)/(2 n)."))
+    # "If there were no random noise, what would happen?" -- gradient descent to the mode.
+    trace = samplers.sample(t, samplers.Langevin(0.3, noise_scale=1e-12), x0, steps, generator=g)
+    spread = trace.final_state.x.std(dim=0)
+    s.notes.append(f"Without noise (same eps = 0.3, {steps} steps) every chain collapses onto the mode: the final "
+                   f"spread is {float(spread[0]):.2e} x {float(spread[1]):.2e}, against the banana's "
+                   f"standard deviations 2.0 x 1.24. Noise is what turns optimisation into sampling.")
+    ula = [r for r in s.rows if r["sampler"] == "ULA" and r.get("KL to exact (hist)") is not None]
+    mala = [r for r in s.rows if r["sampler"] == "MALA" and r.get("KL to exact (hist)") is not None]
+    s.metrics = {"ula_kl_at_largest_eps": ula[-1]["KL to exact (hist)"] if ula else None,
+                 "mala_kl_at_largest_eps": mala[-1]["KL to exact (hist)"] if mala else None,
+                 "no_noise_spread": float(spread.max())}
+    return s
+
+
+# --------------------------------------------------------------------------- 4. training
+
+
+def section_training(ctx: Context) -> Section:
+    import matplotlib.pyplot as plt
+
+    from . import samplers
+    from .data import toy
+    from .energies.nets import MLPEnergy
+    from .evaluation import evaluate_density_model, normalized_log_prob
+    from .evaluation.partition import density_on_grid
+    from .training import train_ebm
+
+    s = Section("training", "4. Training EBMs by maximum likelihood",
+                "The log-likelihood gradient is -grad E(data) + grad E(model samples): lower the energy of data, "
+                "raise it on MCMC samples; the methods differ only in where those chains start.")
+    g = ctx.generator(4)
+    train, test = toy.load_toy("eight_gaussians", 10000, 5000, generator=g)
+    target = toy.true_density("eight_gaussians")
+    bounds = target.bounds
+    budget = 8.0 if ctx.quick else 60.0
+    methods = ("cd", "short-run", "pcd", "buffer")
+    fig, axs = plt.subplots(1, len(methods) + 1, figsize=(4 * (len(methods) + 1), 4))
+    _, dens = density_on_grid(target, bounds, 160)
+    axs[0].imshow(dens.T.numpy(), origin="lower", extent=(*bounds[0], *bounds[1]), cmap="viridis")
+    axs[0].set_title("data density (exact)")
+    for ax, method in zip(axs[1:], methods):
+        with torch.random.fork_rng():
+            torch.manual_seed(ctx.seed)
+            model = MLPEnergy(2)
+        steps_k = 60 if method == "short-run" else 20
+        res = train_ebm(model, train, sampler=samplers.Langevin(0.1), method=method, steps=10**7,
+                        mcmc_steps=steps_k, alpha=0.1, ema_decay=0.999, generator=g, max_seconds=budget,
+                        log_every=10**9)
+        final = res.ema.eval()
+        for p in final.parameters():
+            p.requires_grad_(False)
+        ev = evaluate_density_model(final, test, bounds, entropy=None, resolution=256, generator=g,
+                                    num_chains=ctx.size(500, 2000), num_steps=ctx.size(200, 1000), step_size=0.1)
+        with torch.no_grad():
+            kl = float((-normalized_log_prob(final, test, bounds, 256, log_z=ev["log_z"]) - target(test)).mean())
+        s.rows.append({"method": method, "chain start": {"cd": "data", "short-run": "noise", "pcd": "persistent",
+                                                          "buffer": "replay buffer"}[method],
+                       "steps": res.step, "seconds": res.seconds, "test NLL": ev["test_nll"],
+                       "KL(data || model)": kl, "MMD^2": ev["mmd"]})
+        _, md = density_on_grid(final, bounds, 160, dtype=torch.float32)
+        ax.imshow(md.T.numpy(), origin="lower", extent=(*bounds[0], *bounds[1]), cmap="viridis")
+        ax.set_title(f"{method}: KL {kl:.3f} nat")
+    fig.suptitle(f"eight Gaussians, {budget:g} s of training each (exact densities by quadrature)")
+    fig.tight_layout()
+    s.figures.append((_save(fig, ctx, "training_methods.png"), "Learned densities after the same wall time."))
+    from .data.toy import entropy
+
+    s.notes.append(f"True entropy of the data: {entropy('eight_gaussians'):.4f} nat, so test NLL - entropy "
+                   "estimates the KL too (the KL column is the paired, lower-variance estimate).")
+    s.metrics = {r["method"]: {"kl": r["KL(data || model)"], "test_nll": r["test NLL"], "mmd": r["MMD^2"]}
+                 for r in s.rows}
+    return s
+
+
+# --------------------------------------------------------------------------- 5. products of experts
+
+
+def section_products(ctx: Context) -> Section:
+    from .experiments import product_of_experts
+
+    s = Section("products", "5. Products of experts",
+                "Adding energies multiplies densities: E_A + E_B keeps only what both experts find probable.")
+    res = product_of_experts(steps=ctx.size(400, 2000), chains=ctx.size(1000, 2000),
+                             sampling_steps=ctx.size(800, 1500), seed=ctx.seed)
+    s.figures.append((_save(res.figure, ctx, "products.png"), "Expert A learned a ring, expert B the right "
+                      "half-plane; MALA samples of each and of their sum."))
+    for name, f in res.fractions.items():
+        s.rows.append({"energy": name, "on the ring": f["ring"], "on the right half-plane": f["half_plane"],
+                       "in both (intersection)": f["both"]})
+    s.metrics = {name: f["both"] for name, f in res.fractions.items()}
+    return s
+
+
+SECTIONS: list[Callable[[Context], Section]] = [
+    section_tractable, section_rejection, section_langevin, section_training, section_products,
+]
+
+
+# --------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#1d2330;line-height:1.5} h1{font-size:1.8em} h2{border-bottom:2px solid #e3e7ef;padding-bottom:.2em;margin-top:2em}
+.idea{font-size:1.05em;color:#3b4a66;background:#f4f7fc;border-left:4px solid #5b7bd5;padding:.5em 1em}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em} td,th{border:1px solid #d8dde8;padding:.3em .6em;
+text-align:right} th{background:#eef2f9} td:first-child,th:first-child{text-align:left}
+figure{margin:1em 0} img{max-width:100%;border:1px solid #e3e7ef} figcaption{color:#5a6478;font-size:.9em}
+.meta{color:#5a6478;font-size:.9em} .note{margin:.5em 0}
+"""
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+    return html.escape(str(v)) if v is not None else "—"
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html(sections: list[Section], ctx: Context, total: float) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ebmlab report</title><style>{_CSS}</style>"
+             "</head><body><h1>Energy-based models, run end to end</h1>",
+             f"<p class='meta'>ebmlab report, seed {ctx.seed}, {'quick' if ctx.quick else 'full'} run, "
+             f"{total:.0f} s on {ctx.device}. Every number below was measured by this run.</p>"]
+    for s in sections:
+        parts.append(f"<h2 id='{s.key}'>{html.escape(s.title)}</h2><p class='idea'>{html.escape(s.idea)}</p>")
+        for name, caption in s.figures:
+            parts.append(f"<figure><img src='{name}' alt='{html.escape(caption)}'>"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        parts.append(_table(s.rows))
+        parts.extend(f"<p class='note'>{html.escape(n)}</p>" for n in s.notes)
+        parts.append(f"<p class='meta'>{s.seconds:.1f} s</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(out: str | os.PathLike = "report", *, quick: bool = False, seed: int = 0,
+                 device: str | torch.device = "cpu",
+                 progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Run every section and write ``index.html`` and ``metrics.json`` into ``out``.
+
+    Returns:
+        The metrics dict (also written to ``metrics.json``): per section its
+        measured numbers and wall time.
+    """
+    ctx = Context(out=Path(out), quick=quick, seed=seed, device=torch.device(device))
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    sections = []
+    for i, fn in enumerate(SECTIONS):
+        if progress is not None:
+            progress(fn.__name__.removeprefix("section_"), i, len(SECTIONS))
+        start = time.perf_counter()
+        sec = fn(ctx)
+        sec.seconds = time.perf_counter() - start
+        sections.append(sec)
+    total = time.perf_counter() - t0
+    metrics = {"seconds": total, "quick": quick, "seed": seed,
+               "sections": {s.key: {"title": s.title, "seconds": s.seconds, "metrics": s.metrics, "rows": s.rows,
+                                    "figures": [f for f, _ in s.figures]} for s in sections}}
+    atomic_write(ctx.out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2, default=float).encode()))
+    atomic_write(ctx.out / "index.html", lambda f: f.write(_html(sections, ctx, total).encode()))
+    return metrics
