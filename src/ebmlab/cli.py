@@ -600,6 +600,43 @@ def evaluate(
         _print_table(f"evaluation of {run_dir}", result)
 
 
+@app.command()
+def report(
+    out: Path = typer.Option(Path("report"), help="Directory for index.html, metrics.json and the figures."),
+    quick: bool = typer.Option(False, "--quick", help="Small budgets (about a minute instead of several)."),
+    seed: int = typer.Option(0, help="Seed of every section."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    json_output: bool = typer.Option(False, "--json", help="Print metrics.json's content instead of a summary."),
+) -> None:
+    """Run the lecture end to end (tractable quantities, rejection, Langevin/MALA, training, products of
+    experts) and write an HTML report with figures and measured numbers."""
+    from .report import SECTIONS, write_report
+
+    bar = _Progress("report", len(SECTIONS), not json_output)
+    try:
+        metrics = write_report(out, quick=quick, seed=seed, device=_device(device),
+                               progress=lambda name, i, n: bar.update(i, f"section: {name}"))
+    finally:
+        bar.stop()
+    if json_output:
+        print(json.dumps(metrics, default=float))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"report written to {out / 'index.html'} in {metrics['seconds']:.0f} s")
+    table.add_column("section")
+    table.add_column("seconds", justify="right")
+    table.add_column("headline numbers")
+    for sec in metrics["sections"].values():
+        nums = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in sec["metrics"].items() if not isinstance(v, dict))
+        nested = ", ".join(f"{k} KL {v['kl']:.3g}" for k, v in sec["metrics"].items()
+                           if isinstance(v, dict) and "kl" in v)
+        table.add_row(sec["title"], f"{sec['seconds']:.1f}", nums or nested)
+    Console().print(table)
+
+
 def _print_table(title: str, result: dict) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -130,7 +130,8 @@ def train_ebm(
             uniform over the data's range.
         buffer_size: replay buffer capacity (``buffer``; ``pcd`` uses ``batch_size``).
         reinit_prob: buffer restart probability (``buffer``; ``pcd`` uses 0).
-        ema_decay: keep an exponential moving average of the weights.
+        ema_decay: keep an exponential moving average of the weights (decay
+            warmed up as ``min(ema_decay, (1 + step) / (10 + step))``).
         generator: all randomness (data batches, noise, MCMC).
         run_dir: where metrics and checkpoints go (``None``: nothing written).
         resume: continue from ``run_dir``'s checkpoint.
@@ -238,9 +239,12 @@ def train_ebm(
             raise diverged(step, f"parameter gradient norm is {float(grad_norm)}")
         optimizer.step()
         if ema is not None:
+            # Warm-up (as TensorFlow's ExponentialMovingAverage with num_updates):
+            # early on the average must not be dominated by the initial weights.
+            decay = min(ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
                 for pe, pm in zip(ema.parameters(), energy.parameters()):
-                    pe.lerp_(pm, 1.0 - ema_decay)
+                    pe.lerp_(pm, 1.0 - decay)
         # 5. chains' ends go back to the buffer (PCD: they are the persistent chains)
         if buffer is not None:
             buffer.update(slots, x_neg)

@@ -1,0 +1,49 @@
+"""`ebmlab report --quick`: every section, figure and number is there, finite and sane."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from ebmlab.cli import main
+
+
+def _finite_numbers(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _finite_numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _finite_numbers(v)
+    elif isinstance(obj, float):
+        yield obj
+
+
+@pytest.mark.slow
+def test_quick_report_writes_every_section(tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", "--quick", "--out", str(out), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert json.loads((out / "metrics.json").read_text())["sections"].keys() == metrics["sections"].keys()
+    assert list(metrics["sections"]) == ["tractable", "rejection", "langevin", "training", "products"]
+    page = (out / "index.html").read_text()
+    for key, sec in metrics["sections"].items():
+        assert f"id='{key}'" in page
+        assert sec["figures"], key
+        for fig in sec["figures"]:
+            assert (out / fig).stat().st_size > 5_000 and fig in page
+    assert all(math.isfinite(v) for v in _finite_numbers(metrics["sections"]) if v is not None)
+    s = metrics["sections"]
+    assert s["tractable"]["metrics"]["max_score_error"] < 1e-6
+    assert s["tractable"]["metrics"]["max_log_z_error"] < 1e-4
+    rows = s["rejection"]["rows"]
+    for r in rows:  # first proposals are i.i.d. Bernoulli(Z/C): 4 binomial standard errors
+        p_hat = r["Z / C (predicted)"]
+        assert abs(r["acceptance (measured)"] - p_hat) < 4 * math.sqrt(p_hat * (1 - p_hat) / r["proposals"])
+    assert s["langevin"]["metrics"]["ula_kl_at_largest_eps"] > s["langevin"]["metrics"]["mala_kl_at_largest_eps"]
+    assert s["langevin"]["metrics"]["no_noise_spread"] < 0.05
+    assert all(0 < v["kl"] < 5 for v in s["training"]["metrics"].values())
+    p = s["products"]["metrics"]
+    assert p["A + B (product)"] > max(p["A: ring"], p["B: half-plane"])
