@@ -138,3 +138,18 @@ def test_train_and_evaluate_bad_input(args, needle, capsys, tmp_path):
     code, out, err = run_cli([*args, "--json"] if args[0] != "train" else [*args, "--out", str(tmp_path / "x"), "--json"], capsys)
     assert code == 2, err
     assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_digits_train_and_evaluate(tmp_path, capsys):
+    run = tmp_path / "digits"
+    code, out, err = run_cli(["train", "--data", "digits", "--steps", "20", "--eval-every", "20",
+                              "--langevin-steps", "3", "--out", str(run), "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert 0.1 <= result["mean_max_prob"] <= 1 and 0 <= result["min_class_fraction"] <= 0.1
+    assert json.loads((run / "config.json").read_text())["train"]["step_size"] == 1.41  # digits defaults
+    code, out, err = run_cli(["evaluate", str(run), "--json"], capsys)
+    assert code == 0, err
+    ev = json.loads(out)
+    assert ev["nearest_train_distance_min"] > 0 and (run / "nearest_neighbours.png").is_file()
+    assert (run / "classifier.safetensors").is_file() and (run / "samples_20.png").is_file()

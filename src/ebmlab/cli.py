@@ -376,6 +376,16 @@ class TrainConfig:
     max_seconds: Optional[float] = None
 
 
+# Defaults measured per kind of data (docs/benchmarks.md): 2-D toy sets use small
+# Langevin steps at the data's scale; 8x8 digits in [-1, 1] need gradient moves
+# near 1 (eps ~ 1.4) with a much smaller, tempered noise (Nijkamp et al. 2019;
+# Grathwohl et al. 2020), clamped to the pixel range.
+TRAIN_DEFAULTS = {
+    "toy": {"step_size": 0.1, "noise_scale": None, "lr": 1e-3, "batch_size": 256, "data_noise": 0.0},
+    "digits": {"step_size": 1.41, "noise_scale": 0.01, "lr": 1e-4, "batch_size": 128, "data_noise": 0.01},
+}
+
+
 def _data_bounds(name: str, train) -> list:
     """Box for quadrature and plots: the target's box when the density is known, else the data's range + 10%."""
     from .data import toy
@@ -399,18 +409,22 @@ def run_train(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool) -> d
 
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)  # network initialisation; the CLI is the one place seeds are set
-    if cfg.data == "digits":
-        raise UsageFailure("--data digits: image training from the command line is not available yet; "
-                           "train a ConvEnergy from Python (ebmlab.training.train_ebm)")
-    try:
-        toy.get(cfg.data)
-    except ValueError as err:
-        raise UsageFailure(str(err)) from err
+    images = cfg.data == "digits"
+    if not images:
+        try:
+            toy.get(cfg.data)
+        except ValueError as err:
+            raise UsageFailure(str(err)) from err
     data_cfg = {"name": cfg.data, "n_train": cfg.n_train, "n_test": cfg.n_test, "seed": cfg.seed}
     train, test = load_data(data_cfg, device=device)
-    data_cfg["bounds"] = _data_bounds(cfg.data, train.cpu())
-    model_cfg = {"kind": "mlp", "dim": int(train.shape[1]), "hidden": list(cfg.hidden),
-                 "spectral_norm": cfg.spectral_norm, "activation": "silu"}
+    if images:
+        data_cfg["range"] = [-1.0, 1.0]
+        model_cfg = {"kind": "conv", "in_channels": 1, "image_size": 8, "width": 32,
+                     "spectral_norm": cfg.spectral_norm, "activation": "silu"}
+    else:
+        data_cfg["bounds"] = _data_bounds(cfg.data, train.cpu())
+        model_cfg = {"kind": "mlp", "dim": int(train.shape[1]), "hidden": list(cfg.hidden),
+                     "spectral_norm": cfg.spectral_norm, "activation": "silu"}
     config = {"model": model_cfg, "data": data_cfg, "train": asdict(cfg)}
     if resume:
         saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else None
@@ -420,17 +434,24 @@ def run_train(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool) -> d
             raise UsageFailure(f"--resume {out}: the model or data differ from the run's config.json")
     energy = build_energy(model_cfg).to(device)
     if cfg.sampler == "ula":
-        sampler = samplers.Langevin(cfg.step_size, noise_scale=cfg.noise_scale)
+        sampler = samplers.Langevin(cfg.step_size, noise_scale=cfg.noise_scale,
+                                    clamp=(-1.0, 1.0) if images else None)
     elif cfg.sampler == "mala":
         sampler = samplers.MALA(cfg.step_size)
     else:
         sampler = samplers.HMC(cfg.step_size, num_leapfrog=5)
-    entropy = toy.entropy(cfg.data)
-    true = toy.true_density(cfg.data)
-    bounds = [tuple(b) for b in data_cfg["bounds"]]
     eval_gen = torch.Generator().manual_seed(cfg.seed + 17)
+    if images:
+        from .evaluation.images import digits_evaluator
 
-    def evaluate(model, step):
+        evaluate = digits_evaluator(out, test, sampler, eval_gen, num_samples=500, extra_steps=60)
+        entropy = true = bounds = None
+    else:
+        entropy = toy.entropy(cfg.data)
+        true = toy.true_density(cfg.data)
+        bounds = [tuple(b) for b in data_cfg["bounds"]]
+
+    def evaluate_2d(model, step, negatives):  # noqa: ARG001 - 2-D models are sampled afresh
         with torch.no_grad():
             row = evaluate_density_model(model, test, bounds, entropy=entropy, resolution=256,
                                          generator=eval_gen, num_chains=500, num_steps=200, step_size=cfg.step_size)
@@ -442,6 +463,8 @@ def run_train(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool) -> d
                                    - true(test)).mean())
         return {k: row[k] for k in ("test_nll", "kl", "mmd") if k in row}
 
+    if not images:
+        evaluate = evaluate_2d
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         save_config(out, config)
@@ -451,6 +474,8 @@ def run_train(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool) -> d
         info = f"loss {row['loss']:+.3f} gap {row['energy_gap']:+.3f}"
         if "test_nll" in row:
             info += f" nll {row['test_nll']:.3f}"
+        if "mean_max_prob" in row:
+            info += f" max-prob {row['mean_max_prob']:.2f}"
         bar.update(step, info)
 
     try:
@@ -492,19 +517,25 @@ def _parse_hidden(text: str) -> tuple:
 @app.command()
 def train(
     data: str = typer.Option("eight_gaussians", help="2-D data: eight_gaussians, two_moons, swiss_roll, "
-                             "checkerboard, pinwheel, rings, circles, two_spirals, or any analytic target."),
+                             "checkerboard, pinwheel, rings, circles, two_spirals, or any analytic target; "
+                             "or digits (scikit-learn's 8x8 digits, a ConvEnergy)."),
     method: MethodName = typer.Option(MethodName.buffer, help="Where negative chains start: data (cd), noise "
                                       "(short-run), persistent chains (pcd), replay buffer (buffer)."),
     sampler: ChainSampler = typer.Option(ChainSampler.ula, help="MCMC for the negatives."),
     steps: int = typer.Option(3000, min=1, help="Optimiser steps."),
-    batch_size: int = typer.Option(256, min=1, help="Data points and negative chains per step."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Data points and negative chains per step "
+                                             "(default 256 for 2-D data, 128 for digits)."),
     langevin_steps: int = typer.Option(20, min=0, help="Sampler steps per update (k of CD-k)."),
-    step_size: float = typer.Option(0.1, help="Sampler step size eps."),
-    noise_scale: Optional[float] = typer.Option(None, help="ULA noise std (default eps; smaller = tempered)."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate (betas 0, 0.999)."),
+    step_size: Optional[float] = typer.Option(None, help="Sampler step size eps (default 0.1 for 2-D data, "
+                                              "1.41 for digits)."),
+    noise_scale: Optional[float] = typer.Option(None, help="ULA noise std (default eps for 2-D data, 0.01 for "
+                                                "digits; smaller than eps = tempered)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate, betas (0, 0.999) (default 1e-3 for 2-D "
+                                       "data, 1e-4 for digits)."),
     alpha: float = typer.Option(0.1, min=0.0, help="Energy-magnitude regulariser (Du & Mordatch 2019)."),
     grad_clip: float = typer.Option(1.0, help="Clip the parameter gradient norm."),
-    data_noise: float = typer.Option(0.0, min=0.0, help="Std of Gaussian noise added to data batches."),
+    data_noise: Optional[float] = typer.Option(None, min=0.0, help="Std of Gaussian noise added to data batches "
+                                               "(default 0 for 2-D data, 0.01 for digits)."),
     hidden: str = typer.Option("128,128", help="MLP hidden widths."),
     spectral_norm: bool = typer.Option(False, "--spectral-norm", help="Spectral-normalise every layer."),
     buffer_size: int = typer.Option(10000, min=1, help="Replay buffer capacity (method buffer)."),
@@ -522,7 +553,13 @@ def train(
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
 ) -> None:
-    """Train an energy-based model by maximum likelihood with MCMC negatives."""
+    """Train an energy-based model by maximum likelihood with MCMC negatives (2-D data or the 8x8 digits)."""
+    defaults = TRAIN_DEFAULTS["digits" if data == "digits" else "toy"]
+    step_size = defaults["step_size"] if step_size is None else step_size
+    noise_scale = defaults["noise_scale"] if noise_scale is None else noise_scale
+    lr = defaults["lr"] if lr is None else lr
+    batch_size = defaults["batch_size"] if batch_size is None else batch_size
+    data_noise = defaults["data_noise"] if data_noise is None else data_noise
     for name, value in (("step-size", step_size), ("lr", lr), ("grad-clip", grad_clip)):
         if not math.isfinite(value) or value <= 0:
             raise UsageFailure(f"--{name} must be a finite number > 0, got {value}")
@@ -560,6 +597,8 @@ def run_evaluate(run_dir: Path, *, seed: int, device: str, plot: bool) -> dict:
     for p in model.parameters():
         p.requires_grad_(False)
     _, test = load_data(config["data"], device=_device(device))
+    if config["model"]["kind"] == "conv":
+        return _evaluate_images(run_dir, model, config, meta, test, seed=seed, plot=plot)
     bounds = [tuple(b) for b in config["data"]["bounds"]]
     name = config["data"]["name"]
     g = torch.Generator().manual_seed(seed)
@@ -584,6 +623,36 @@ def run_evaluate(run_dir: Path, *, seed: int, device: str, plot: bool) -> dict:
     return result
 
 
+def _evaluate_images(run_dir: Path, model, config: dict, meta: dict, test, *, seed: int, plot: bool) -> dict:
+    """Digits: classifier metrics of buffer chains run 60 more steps, sample and nearest-neighbour grids."""
+    import torch
+
+    from . import samplers
+    from .checkpoint import load_checkpoint
+    from .data import load_digits
+    from .evaluation.images import digits_evaluator, nearest_neighbour_grid, nearest_neighbours
+    from .objectives.contrastive import run_chains
+    from .training import CHECKPOINT
+    from .viz import save_figure
+
+    tr = config["train"]
+    sampler = samplers.Langevin(tr["step_size"], noise_scale=tr["noise_scale"], clamp=(-1.0, 1.0))
+    g = torch.Generator().manual_seed(seed)
+    tensors, _ = load_checkpoint(Path(run_dir) / CHECKPOINT)
+    start = tensors.get("buffer.data")
+    if start is None:  # cd / short-run keep no chains: start from uniform noise in the pixel range
+        start = torch.rand((1000, 1, 8, 8), generator=g) * 2 - 1
+    result = digits_evaluator(run_dir, test, sampler, g, num_samples=1000, extra_steps=60)(model, meta["step"], start)
+    train = load_digits(split="train").images
+    x, _ = run_chains(model, sampler, start[:16], 60, generator=g)
+    dist, _ = nearest_neighbours(x, train)
+    result = {"run_dir": str(run_dir), "step": meta["step"], "data": "digits", **result,
+              "nearest_train_distance_min": float(dist.min()), "nearest_train_distance_mean": float(dist.mean())}
+    if plot:
+        result["plot"] = str(save_figure(nearest_neighbour_grid(x, train), Path(run_dir) / "nearest_neighbours.png"))
+    return result
+
+
 @app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by `ebmlab train`."),
@@ -592,7 +661,8 @@ def evaluate(
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write density.png into the run directory."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Exact test NLL (quadrature), KL to the data when its density is known, MMD and sliced-W of samples."""
+    """2-D: exact test NLL (quadrature), KL to the data when its density is known, MMD and sliced-W of samples.
+    Digits: classifier confidence and class balance of samples, feature/pixel MMD, nearest training images."""
     result = run_evaluate(run_dir, seed=seed, device=device, plot=plot)
     if json_output:
         print(json.dumps(result))

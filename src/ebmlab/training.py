@@ -104,7 +104,7 @@ def train_ebm(
     resume: bool = False,
     log_every: int = 50,
     checkpoint_every: int = 500,
-    evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None,
+    evaluate: Callable[[nn.Module, int, Tensor], dict[str, float]] | None = None,
     eval_every: int = 500,
     callback: Callable[[int, dict[str, float]], None] | None = None,
     max_seconds: float | None = None,
@@ -136,7 +136,9 @@ def train_ebm(
         run_dir: where metrics and checkpoints go (``None``: nothing written).
         resume: continue from ``run_dir``'s checkpoint.
         log_every, checkpoint_every, eval_every: periods in steps.
-        evaluate: ``evaluate(model, step) -> metrics`` called every ``eval_every`` steps.
+        evaluate: ``evaluate(model, step, negatives) -> metrics`` called every
+            ``eval_every`` steps; ``negatives`` are the current chains (the
+            replay buffer's contents, or this step's negatives).
         callback: ``callback(step, row)`` after each logged row.
         max_seconds: stop after the first step that ends past this wall-time
             budget (that step is logged, evaluated and checkpointed as the last).
@@ -256,7 +258,8 @@ def train_ebm(
                    "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0}
             if eval_now:
                 energy.eval()
-                row.update(evaluate(ema if ema is not None else energy, step))
+                negatives = buffer.data if buffer is not None else x_neg
+                row.update(evaluate(ema if ema is not None else energy, step, negatives))
                 energy.train()
             history.append(row)
             if run_path is not None:

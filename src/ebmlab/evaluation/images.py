@@ -39,6 +39,7 @@ from .distances import mmd
 
 __all__ = [
     "DigitClassifier",
+    "digits_evaluator",
     "classifier_accuracy",
     "classifier_features",
     "classifier_metrics",
@@ -408,3 +409,36 @@ def nearest_neighbour_grid(samples: Tensor, train_images: Tensor, n: int = 16, *
     fig.suptitle("sample | nearest training image", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def digits_evaluator(run_dir: str | os.PathLike, test: Tensor, sampler: Any, generator: torch.Generator | None, *,
+                     num_samples: int = 500, extra_steps: int = 60):
+    """An ``evaluate(model, step, negatives)`` hook for training an EBM on the 8x8 digits.
+
+    Samples are the first ``num_samples`` current chains (replay buffer) run
+    ``extra_steps`` more sampler steps (Du & Mordatch 2019's evaluation). The
+    classifier is trained once on the digits train split and cached in
+    ``run_dir/classifier.safetensors``. Writes ``samples_{step}.png``.
+
+    Returns:
+        The hook; its metrics are ``mean_max_prob``, ``min_class_fraction``,
+        ``feature_mmd`` and ``pixel_mmd`` (against ``test``).
+    """
+    from ..data import load_digits
+    from ..objectives.contrastive import run_chains
+    from ..viz.plots import save_figure
+
+    run_dir = Path(run_dir)
+    state: dict[str, Any] = {}
+
+    def evaluate(model: nn.Module, step: int, negatives: Tensor) -> dict[str, float]:
+        if "clf" not in state:
+            state["clf"] = load_or_train_classifier(run_dir / "classifier.safetensors", load_digits(split="train"),
+                                                    test=load_digits(split="test"))
+        x0 = negatives[:num_samples]
+        x, _ = run_chains(model, sampler, x0, extra_steps, generator=generator)
+        m = classifier_metrics(x, state["clf"], reference=test, generator=generator)
+        save_figure(sample_grid(x[:64], nrow=8, title=f"samples after {step} steps"), run_dir / f"samples_{step}.png")
+        return {k: float(m[k]) for k in ("mean_max_prob", "min_class_fraction", "feature_mmd", "pixel_mmd")}
+
+    return evaluate
