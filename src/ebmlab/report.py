@@ -54,6 +54,7 @@ class Section:
 def _save(fig, ctx: Context, name: str) -> str:
     from .viz import save_figure
 
+    fig.tight_layout()
     save_figure(fig, ctx.out / name, dpi=100)
     return name
 
@@ -198,6 +199,9 @@ def section_langevin(ctx: Context) -> Section:
     ax.set_yscale("log")
     ax.legend()
     ax.set_title("bias of ULA grows with the step; MALA stays exact")
+    diverged = [r["eps"] for r in s.rows if r["sampler"] == "ULA" and r.get("KL to exact (hist)") is None]
+    if diverged:
+        ax.text(0.02, 0.02, f"ULA diverged at eps = {', '.join(map(str, diverged))}", transform=ax.transAxes)
     s.figures.append((_save(fig, ctx, "langevin_bias.png"), "Chains start at exact samples, so the KL measures "
                       "each sampler's stationary bias; it includes a finite-sample floor of about "
                       "(non-empty bins - 1)/(2 ESS)."))
