@@ -26,10 +26,8 @@ install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
 demo: install
-	$(BIN)/ebmlab sample --target banana --sampler mala --step-size 0.5 \
-		--chains 1000 --steps 3000 --burn-in 1000 --seed 0 \
-		--plot demo/banana_mala.png --out demo/banana_mala.npz
-	@echo "Figure written to demo/banana_mala.png"
+	$(BIN)/ebmlab report --out report --seed 0
+	@echo "Open report/index.html"
 
 test: dev
 	$(BIN)/python -m pytest -n 2 -q
@@ -39,4 +37,4 @@ bench: install
 	$(BIN)/python benchmarks/samplers.py --write docs/benchmarks.md
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache
+	rm -rf $(VENV) report .pytest_cache
