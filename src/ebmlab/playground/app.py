@@ -48,6 +48,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from fastapi import FastAPI, HTTPException, Query, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from torch import Tensor
 
 from ebmlab import samplers
@@ -290,7 +293,7 @@ def _density_cached(registry_id: int, target: str, expert1: str, expert2: str, r
     reg = _reg[0]
     m = reg.resolve(target, expert1, expert2)
     with torch.no_grad():
-        (a1, a2), d = density_on_grid(m.energy, m.bounds, resolution, dtype=torch.float64)
+        (a1, a2), d = density_on_grid(m.energy, m.bounds, resolution)
     d = d.to(torch.float64)
     w1, w2 = float(a1[1] - a1[0]), float(a2[1] - a2[0])
     marg1, marg2 = d.sum(1) * w2, d.sum(0) * w1
@@ -571,7 +574,7 @@ class _RateLimiter:
         return False
 
 
-def create_app(models: dict[str, Any] | None = None, *, workers: int = 2):
+def create_app(models: dict[str, Any] | None = None, *, workers: int = 2) -> FastAPI:
     """The playground app.
 
     Args:
@@ -580,10 +583,6 @@ def create_app(models: dict[str, Any] | None = None, *, workers: int = 2):
             (see :func:`load_models` for ``ebmlab train`` run directories).
         workers: threads that run sampler steps, shared by all connections.
     """
-    from fastapi import FastAPI, HTTPException, Query, WebSocket, WebSocketDisconnect
-    from fastapi.responses import FileResponse, JSONResponse
-    from fastapi.staticfiles import StaticFiles
-
     registry = Registry(models)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="playground")
 
@@ -630,8 +629,8 @@ def create_app(models: dict[str, Any] | None = None, *, workers: int = 2):
         limiter = _RateLimiter(LIMITS["messages_per_second"])
         session: Session | None = None
 
-        async def send_error(message: str) -> None:
-            await websocket.send_json({"type": "error", "message": message})
+        async def send_error(message: str, reply_to: str | None = None) -> None:
+            await websocket.send_json({"type": "error", "message": message, "reply_to": reply_to})
 
         try:
             session = await run(Session, registry)
@@ -665,7 +664,7 @@ def create_app(models: dict[str, Any] | None = None, *, workers: int = 2):
                     else:
                         raise PlaygroundError(f"unknown message type {kind!r}; expected configure, step, reset or export")
                 except PlaygroundError as err:
-                    await send_error(str(err))
+                    await send_error(str(err), kind)
                     continue
                 if isinstance(req_id, (int, str)):
                     reply["id"] = req_id

@@ -80,6 +80,11 @@ def _check_sigmas(sigmas: Tensor | Sequence[float]) -> tuple[float, ...]:
     return tuple(s.tolist())
 
 
+def _at(table: Tensor, index: Tensor) -> Tensor:
+    """``table[index]`` for a 0-d index tensor, as a 0-d tensor, without reading the index on the host."""
+    return table.index_select(0, index.reshape(1)).reshape(())
+
+
 def _chain_finite(v: Tensor) -> Tensor:
     return torch.isfinite(v.reshape(v.shape[0], -1)).all(1)
 
@@ -201,7 +206,7 @@ class AnnealedLangevin:
             raise ValueError(f"AnnealedLangevin needs the AnnealedState of its init, got {type(state).__name__}")
         sigmas, alphas = self._table(state.x)
         t = state.step
-        alpha = alphas[self.level(t)]
+        alpha = _at(alphas, self.level(t))
         drift, sd = 0.5 * alpha, alpha.sqrt()  # Song & Ermon (2019), Algorithm 1, line 6
         if self.final_denoise:
             # Tweedie: E[x_0 | x~] = x~ + sigma_L^2 grad log q_sigma_L(x~) (NCSNv2, App. B).
@@ -210,7 +215,7 @@ class AnnealedLangevin:
             sd = torch.where(last, torch.zeros_like(sd), sd)
         x_new = state.x + drift * state.score + sd * noise
         t_new = t + 1
-        s_new = self._score(score_fn, x_new, sigmas[self.level(t_new)])
+        s_new = self._score(score_fn, x_new, _at(sigmas, self.level(t_new)))
         ones = torch.ones(x_new.shape[0], dtype=x_new.dtype, device=x_new.device)
         return self._state(x_new, s_new, t_new), Info(proposal=x_new, accepted=ones.bool(), acceptance_prob=ones)
 
