@@ -21,6 +21,7 @@ from .energies import (
 from .evaluation import exact_nll, log_partition, normalized_log_prob
 from .samplers import (
     HMC,
+    AnnealedLangevin,
     MALA,
     DivergenceError,
     Langevin,
@@ -33,6 +34,7 @@ from .samplers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnnealedLangevin",
     "ConvEnergy",
     "HMC",
     "MLPEnergy",

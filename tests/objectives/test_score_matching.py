@@ -327,17 +327,27 @@ def test_geometric_sigmas():
     assert geometric_sigmas(1.0, 0.01, 3, dtype=torch.float64).tolist() == pytest.approx([1.0, 0.1, 0.01])
 
 
+def ism(x, **kw):
+    return implicit_score_matching(lambda v: -v, x, **kw)
+
+
+def ssm(x, **kw):
+    return sliced_score_matching(lambda v: -v, x, **kw)
+
+
 @pytest.mark.parametrize("call,match", [
-    (lambda x: implicit_score_matching(lambda v: -v, x, trace="diag"), r"trace must be one of 'exact', 'hutchinson', got 'diag'"),
-    (lambda x: implicit_score_matching(lambda v: -v, x, num_projections=0), r"num_projections must be an integer >= 1, got 0"),
-    (lambda x: sliced_score_matching(lambda v: -v, x, projection="sphere"), r"projection must be one of 'rademacher', 'gaussian', got 'sphere'"),
-    (lambda x: sliced_score_matching(lambda v: -v, x, num_projections=1.5), r"num_projections must be an integer"),
-    (lambda x: sliced_score_matching(lambda v: v.sum(1), x), r"must return the shape of its input \(4, 3\), got \(4,\)"),
+    (lambda x: ism(x, trace="diag"), r"trace must be one of 'exact', 'hutchinson', got 'diag'"),
+    (lambda x: ism(x, num_projections=0), r"num_projections must be an integer >= 1, got 0"),
+    (lambda x: ssm(x, projection="sphere"), r"projection must be one of 'rademacher', 'gaussian', got 'sphere'"),
+    (lambda x: ssm(x, num_projections=1.5), r"num_projections must be an integer"),
+    (lambda x: ssm(x, variance_reduction=1), r"variance_reduction must be a bool, got 1"),
+    (lambda x: sliced_score_matching(lambda v: v.sum(1), x),
+     r"must return the shape of its input \(4, 3\), got \(4,\)"),
     (lambda x: denoising_score_matching(lambda v: -v, x, 0.0), r"sigma must be a finite number > 0, got 0.0"),
     (lambda x: denoising_score_matching(lambda v: -v, x, float("nan")), r"sigma must be a finite number > 0"),
     (lambda x: ncsn_loss(lambda v, s: -v, x, torch.tensor([1.0, -0.1])), r"sigmas must all be finite and > 0"),
     (lambda x: ncsn_loss(lambda v, s: -v, x, torch.ones(2, 2)), r"non-empty 1-D floating-point tensor"),
-    (lambda x: implicit_score_matching(lambda v: -v, x[0]), r"shape \(batch, \*event\)"),
+    (lambda x: ism(x[0]), r"shape \(batch, \*event\)"),
     (lambda x: geometric_sigmas(1.0, 2.0, 3), r"expected sigma_min < sigma_max, got sigma_min=2.0, sigma_max=1.0"),
     (lambda x: geometric_sigmas(1.0, 0.0, 3), r"sigma_min must be a finite number > 0, got 0.0"),
     (lambda x: geometric_sigmas(1.0, 0.1, 1), r"num must be an integer >= 2, got 1"),

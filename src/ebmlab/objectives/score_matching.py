@@ -13,8 +13,9 @@ not depend on the model):
   score matching", eq. (7) and its variance-reduced form eq. (8): the trace
   along random projections ``v``, one backward pass per projection;
 * :func:`denoising_score_matching` -- Vincent (2011), "A connection between
-  score matching and denoising autoencoders", eq. (9)-(11): regress the
-  score of the *noisy* data onto ``grad log q(x~ | x) = -(x~ - x) / sigma^2``;
+  score matching and denoising autoencoders" (the objective ``J_DSM``):
+  regress the score of the *noisy* data onto
+  ``grad log q(x~ | x) = -(x~ - x) / sigma^2``;
 * :func:`ncsn_loss` -- Song & Ermon (2019), "Generative modeling by
   estimating gradients of the data distribution", eq. (5)-(6): denoising
   score matching over a ladder of noise levels (:func:`geometric_sigmas`)
@@ -100,8 +101,8 @@ def _check_sigma(sigma: float | Tensor) -> float:
 def _check_sigmas(sigmas: Tensor) -> Tensor:
     s = torch.as_tensor(sigmas)
     if s.dim() != 1 or s.numel() == 0 or not s.is_floating_point():
-        raise ValueError(f"sigmas must be a non-empty 1-D floating-point tensor of noise levels, got shape {tuple(s.shape)}"
-                         f" and dtype {s.dtype}")
+        raise ValueError("sigmas must be a non-empty 1-D floating-point tensor of noise levels, "
+                         f"got shape {tuple(s.shape)} and dtype {s.dtype}")
     if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
         raise ValueError(f"sigmas must all be finite and > 0, got {s.tolist()}")
     return s
@@ -288,7 +289,7 @@ def denoising_score_matching(score_fn: ScoreFn, x: Tensor, sigma: float, *,
 
     Perturb ``x~ = x + sigma z``, ``z ~ N(0, I)``; the score of the noise
     kernel is ``grad_x~ log q(x~ | x) = -(x~ - x) / sigma^2 = -z / sigma``.
-    Vincent (2011), eq. (11):
+    Vincent's (2011) ``J_DSM``:
 
         J(s) = 1/2 E ||s(x~) + (x~ - x) / sigma^2||^2 = 1/2 E ||s(x~) + z / sigma||^2,
 
@@ -375,7 +376,7 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, num: int, *,
                      dtype: torch.dtype | None = None) -> Tensor:
     """``num`` noise levels from ``sigma_max`` down to ``sigma_min`` in geometric progression.
 
-    Song & Ermon (2019), sec. 4.2: ``sigma_1 / sigma_2 = ... = sigma_{L-1} / sigma_L > 1``.
+    Song & Ermon (2019), sec. 4.1: ``sigma_1 / sigma_2 = ... = sigma_{L-1} / sigma_L > 1``.
     The end points are exactly ``sigma_max`` and ``sigma_min``.
 
     Args:

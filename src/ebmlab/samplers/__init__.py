@@ -1,5 +1,6 @@
 """Samplers for exp(-E): one file per algorithm, one shared loop (:func:`sample`)."""
 
+from .annealed import AnnealedLangevin, AnnealedState, exact_perturbed_score
 from .base import DivergenceError, Info, Sampler, State, Trace, mh_accept, sample
 from .hmc import HMC
 from .langevin import Langevin
@@ -15,6 +16,9 @@ from .rejection import (
 from .rwmh import RandomWalkMH
 
 __all__ = [
+    "AnnealedLangevin",
+    "AnnealedState",
+    "exact_perturbed_score",
     "HMC",
     "MALA",
     "DivergenceError",

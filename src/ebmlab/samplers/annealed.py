@@ -17,11 +17,13 @@ Large levels fill the low-density regions between modes with score signal and
 let chains move between modes, so mode weights come out right where plain
 Langevin keeps each chain in the basin it started in.
 
-Optionally (``final_denoise``) the last step is Tweedie's denoising step
-``x + sigma_L^2 s(x, sigma_L) = E[x_0 | x~ = x]`` (Song & Ermon 2020,
-"Improved techniques for training score-based generative models", NCSNv2,
-App. B; Jolicoeur-Martineau et al. 2020), which removes the ``sigma_L`` noise
-that the last level leaves in the samples.
+Optionally (``final_denoise``) the last step is the denoising step
+``x + sigma_L^2 s(x, sigma_L)``, which is ``E[x_0 | x~ = x]`` under
+``x~ = x_0 + sigma_L z`` by Tweedie's formula (Efron 2011, "Tweedie's formula
+and selection bias"); Song & Ermon (2020), "Improved techniques for training
+score-based generative models" (NCSNv2), following Jolicoeur-Martineau et al.
+(2020), use it to remove the ``sigma_L`` noise that the last level leaves in
+the samples.
 
 The sampler follows the shared interface (:mod:`ebmlab.samplers.base`):
 ``ebmlab.sample(score_fn, AnnealedLangevin(...), x0, num_steps=L * T, generator=g)``,
@@ -186,7 +188,8 @@ class AnnealedLangevin:
     def init(self, score_fn: NoiseConditionalScoreFn, x: Tensor) -> AnnealedState:
         """The state at ``x`` before step 0: the score at ``sigma_1``."""
         if not isinstance(x, Tensor) or x.dim() < 2 or not x.is_floating_point():
-            raise ValueError(f"expected a floating-point x of shape (chains, *event), got {x!r:.80}")
+            got = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"expected a floating-point x of shape (chains, *event), got {got}")
         x = x.detach()
         sigmas, _ = self._table(x)
         step = torch.zeros((), dtype=torch.int64, device=x.device)
@@ -209,7 +212,7 @@ class AnnealedLangevin:
         alpha = _at(alphas, self.level(t))
         drift, sd = 0.5 * alpha, alpha.sqrt()  # Song & Ermon (2019), Algorithm 1, line 6
         if self.final_denoise:
-            # Tweedie: E[x_0 | x~] = x~ + sigma_L^2 grad log q_sigma_L(x~) (NCSNv2, App. B).
+            # Tweedie (Efron 2011): E[x_0 | x~] = x~ + sigma_L^2 grad log q_sigma_L(x~) (NCSNv2's final step).
             last = t == self.num_steps - 1
             drift = torch.where(last, sigmas[-1] ** 2, drift)
             sd = torch.where(last, torch.zeros_like(sd), sd)
