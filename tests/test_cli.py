@@ -153,3 +153,8 @@ def test_digits_train_and_evaluate(tmp_path, capsys):
     ev = json.loads(out)
     assert ev["nearest_train_distance_min"] > 0 and (run / "nearest_neighbours.png").is_file()
     assert (run / "classifier.safetensors").is_file() and (run / "samples_20.png").is_file()
+
+
+def test_serve_refuses_a_missing_model_dir(capsys):
+    code, out, err = run_cli(["serve", "--model", "/nonexistent/run"], capsys)
+    assert code == 2 and "does not exist" in err

@@ -707,6 +707,22 @@ def report(
     Console().print(table)
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default)."),
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
+    model: list[Path] = typer.Option([], "--model", help="A trained 2-D run directory to offer as a target "
+                                     "(repeatable); nothing else is ever loaded from disk."),
+) -> None:
+    """The interactive sampler playground: a web page driving ebmlab's own samplers."""
+    from .playground.app import serve as run_server
+
+    for m in model:
+        if not m.is_dir():
+            raise UsageFailure(f"--model {m}: run directory does not exist")
+    run_server(host=host, port=port, models=list(model))
+
+
 def _print_table(title: str, result: dict) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -325,3 +325,16 @@ def test_non_2d_models_are_refused(tmp_path):
     save_config(tmp_path, {"model": {"kind": "mlp", "dim": 3, "hidden": [8]}, "data": {"bounds": [[0, 1]] * 3}})
     with pytest.raises(ValueError, match="2-D MLP"):
         load_models([tmp_path])
+
+
+@pytest.mark.filterwarnings("ignore:histogram_kl. dropped:RuntimeWarning")
+def test_cached_kl_equals_the_librarys_histogram_kl():
+    from ebmlab.evaluation import histogram_kl
+    from ebmlab.playground.app import KL_SUBDIVISIONS, Registry, _histogram_kl
+
+    reg = Registry()
+    for name in ("banana", "product"):
+        model = reg.resolve(name, "donut", "standard")
+        x = torch.randn(500, 2, generator=torch.Generator().manual_seed(0))
+        expected = histogram_kl(x, model.energy, model.bounds, bins=17, subdivisions=KL_SUBDIVISIONS)
+        assert _histogram_kl(x, model, 17) == pytest.approx(expected, rel=1e-9)

@@ -55,7 +55,7 @@ from torch import Tensor
 
 from ebmlab import samplers
 from ebmlab.energies import product, targets
-from ebmlab.evaluation import density_on_grid, ess_bulk, histogram_kl, rhat
+from ebmlab.evaluation import density_on_grid, ess_bulk, rhat
 
 __all__ = ["DEFAULTS", "LIMITS", "Model", "PlaygroundError", "Session", "create_app", "load_models", "serve"]
 
@@ -338,6 +338,46 @@ class _Holder(list):
 # --------------------------------------------------------------------------- session
 
 
+KL_SUBDIVISIONS = 4
+
+
+@lru_cache(maxsize=128)
+def _log_bin_masses_cached(model: Model, bins: int) -> Tensor:
+    from ebmlab.evaluation.partition import _log_bin_masses
+
+    with torch.no_grad():
+        return _log_bin_masses(model.energy, model.bounds, bins, KL_SUBDIVISIONS).reshape(-1).to("cpu", torch.float64)
+
+
+def _histogram_kl(samples: Tensor, model: Model, bins: int) -> float | None:
+    """:func:`ebmlab.evaluation.histogram_kl` (same definition and quadrature), with the
+    model's bin masses cached per (model, bins): the playground asks after every step."""
+    x = samples.detach().to(torch.float64)
+    lo = torch.tensor([b[0] for b in model.bounds], dtype=torch.float64)
+    hi = torch.tensor([b[1] for b in model.bounds], dtype=torch.float64)
+    x = x[((x >= lo) & (x <= hi)).all(dim=1)]
+    if x.shape[0] == 0:
+        return None
+    idx = ((x - lo) / (hi - lo) * bins).floor().long().clamp_(0, bins - 1)
+    counts = torch.bincount(idx[:, 0] * bins + idx[:, 1], minlength=bins * bins).to(torch.float64)
+    log_mass = _log_bin_masses_cached(model, bins)
+    q = counts / x.shape[0]
+    nz = q > 0
+    return float((q[nz] * (q[nz].log() - log_mass[nz])).sum())
+
+
+def _init_grid(reg: Registry, target: str, expert1: str, expert2: str) -> tuple[Tensor, Tensor, Tensor]:
+    d = reg.density(target, 64, expert1, expert2)
+    a1, a2 = (torch.tensor(a, dtype=torch.float64) for a in d["axes"])
+    dens = torch.tensor(d["density"], dtype=torch.float64)
+    points = torch.stack(torch.meshgrid(a1, a2, indexing="ij"), -1).reshape(-1, 2)
+    probs = (dens / dens.max()).clamp_min(0).pow(1 / 3).reshape(-1)
+    if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+        probs = torch.ones_like(probs)
+    cell = torch.tensor([float(a1[1] - a1[0]), float(a2[1] - a2[0])], dtype=torch.float64)
+    return points, probs, cell
+
+
 def _round(t: Tensor, digits: int = 4) -> list:
     return torch.round(t.detach().to(torch.float64), decimals=digits).tolist()
 
@@ -380,12 +420,12 @@ class Session:
     def reset(self) -> dict[str, Any]:
         s = self.settings
         self.generator = torch.Generator().manual_seed(s["seed"])
-        lo = torch.tensor([b[0] for b in self.model.bounds])
-        hi = torch.tensor([b[1] for b in self.model.bounds])
-        mid, half = (lo + hi) / 2, (hi - lo) / 2
-        # Over-dispersed start: uniform on the middle half of the box (R-hat needs dispersion).
-        u = torch.rand((s["chains"], 2), generator=self.generator)
-        x0 = mid + (u - 0.5) * half
+        # Over-dispersed start (R-hat needs dispersion) in plausible places: draws from the
+        # tempered density p^(1/3) on a 64 x 64 grid over the box, jittered within the cell.
+        points, probs, cell = _init_grid(self.registry, s["target"], s["expert1"], s["expert2"])
+        idx = torch.multinomial(probs, s["chains"], replacement=True, generator=self.generator)
+        jitter = torch.rand((s["chains"], 2), generator=self.generator, dtype=torch.float64) - 0.5
+        x0 = (points[idx] + jitter * cell).to(torch.float32)
         with torch.no_grad():  # scores use autograd internally where needed
             self.state = self.sampler.init(self.model.energy, x0)
         self.kept_cap = max(8, LIMITS["max_kept_points"] // s["chains"])
@@ -497,12 +537,8 @@ class Session:
                 flat = draws.reshape(-1, 2)
                 if flat.shape[0] > LIMITS["kl_max_points"]:
                     flat = flat[-LIMITS["kl_max_points"]:]
-                try:
-                    kl = histogram_kl(flat, self.model.energy, self.model.bounds, bins=self.settings["histogram_bins"],
-                                      subdivisions=4)
-                    out["kl"] = kl if math.isfinite(kl) else None
-                except ValueError:
-                    out["kl"] = None
+                kl = _histogram_kl(flat, self.model, self.settings["histogram_bins"])
+                out["kl"] = kl if kl is not None and math.isfinite(kl) else None
         return out
 
     # ---- export

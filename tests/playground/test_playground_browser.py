@@ -1,0 +1,219 @@
+"""The playground page in a real browser: Playwright (sync API) driving Debian's /usr/bin/chromium
+against a uvicorn server started on a free loopback port."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip("browser tests need Chromium at /usr/bin/chromium (apt-get install -y chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need the playwright Python package")
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOT = REPO / "docs" / "img" / "playground.png"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"from ebmlab.playground.app import serve; serve('127.0.0.1', {port}, [])"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"playground server did not start: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}/"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def open_page(browser, server):
+    """Open the playground (optionally with a query string); fails the test on any console error."""
+    pages, errors = [], []
+
+    def _open(query: str = ""):
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server + query)
+        page.wait_for_function("document.body.dataset.ready === '1' && document.body.dataset.idle === '1'",
+                               timeout=15000)
+        pages.append(page)
+        return page
+
+    yield _open
+    for p in pages:
+        p.close()
+    assert errors == [], f"console errors: {errors}"
+
+
+def set_value(page, testid, value):
+    sel = f"[data-testid={testid}]"
+    page.fill(sel, str(value))
+    page.dispatch_event(sel, "change")
+    wait_idle(page)
+
+
+def wait_idle(page):
+    page.wait_for_function("document.body.dataset.idle === '1'", timeout=20000)
+
+
+def text(page, testid):
+    return page.text_content(f"[data-testid={testid}]")
+
+
+def run_steps(page, total, per_click=50):
+    set_value(page, "steps-per-click", per_click)
+    before = int(text(page, "num-samples"))
+    chains = int(page.input_value("[data-testid=chains]"))
+    for _ in range(total // per_click):
+        page.click("[data-testid=step]")
+    page.wait_for_function(
+        f"document.querySelector('[data-testid=num-samples]').textContent === '{before + total * chains}'"
+        " && document.body.dataset.idle === '1'", timeout=20000)
+
+
+def test_page_loads_with_every_control(open_page):
+    page = open_page()
+    for testid in ["algorithm", "target", "autoplay", "autoplay-delay", "tweening-delay", "step", "reset",
+                   "animate-proposal", "show-target", "show-samples", "show-histogram", "histogram-bins",
+                   "step-size", "leapfrog-steps", "chains", "seed", "acceptance-rate", "ess", "rhat",
+                   "num-samples", "kl"]:
+        assert page.locator(f"[data-testid={testid}]").count() == 1, testid
+    assert text(page, "num-samples") == "0"
+    options = page.eval_on_selector_all("[data-testid=target] option", "els => els.map(e => e.value)")
+    assert {"banana", "donut", "eight_gaussians", "product"} <= set(options)
+
+
+def test_mala_on_banana_and_reset(open_page):
+    page = open_page()
+    page.select_option("[data-testid=algorithm]", "mala")
+    page.select_option("[data-testid=target]", "banana")
+    set_value(page, "step-size", 0.3)
+    set_value(page, "tweening-delay", 0)
+    run_steps(page, 200)
+    chains = int(page.input_value("[data-testid=chains]"))
+    assert int(text(page, "num-samples")) == 200 * chains
+    assert 0.5 <= float(text(page, "acceptance-rate")) <= 0.99
+    for testid in ("ess", "rhat", "kl"):
+        assert float(text(page, testid)) > 0
+    xs = page.evaluate("window.ebmlabPlayground.samples()")
+    (lo1, hi1), (lo2, hi2) = page.evaluate("window.ebmlabPlayground.bounds()")
+    assert len(xs) == 2 * 200 * chains
+    assert all(lo1 <= a <= hi1 for a in xs[0::2]) and all(lo2 <= b <= hi2 for b in xs[1::2])
+
+    page.click("[data-testid=reset]")
+    wait_idle(page)
+    assert text(page, "num-samples") == "0"
+    assert text(page, "acceptance-rate") == "—"
+    assert page.evaluate("window.ebmlabPlayground.samples().length") == 0
+
+
+def test_histogram_bins_change_the_drawing(open_page):
+    page = open_page("?tween=0")
+    run_steps(page, 100)
+    url = "document.querySelector('[data-testid=hist-x]').toDataURL()"
+    before = page.evaluate(url)
+    set_value(page, "histogram-bins", 7)
+    after = page.evaluate(url)
+    assert before != after
+    assert int(text(page, "num-samples")) > 0  # changing bins keeps the chains
+    page.uncheck("[data-testid=show-histogram]")
+    assert page.evaluate(url) != after
+
+
+def test_permalink_reproduces_the_state(open_page):
+    page = open_page()
+    page.select_option("[data-testid=algorithm]", "hmc")
+    page.select_option("[data-testid=target]", "donut")
+    set_value(page, "step-size", 0.2)
+    set_value(page, "leapfrog-steps", 7)
+    set_value(page, "chains", 6)
+    set_value(page, "seed", 1234)
+    set_value(page, "tweening-delay", 0)
+    run_steps(page, 40, per_click=20)
+    url = page.url
+    assert "algorithm=hmc" in url and "seed=1234" in url and "leapfrog_steps=7" in url
+    expected = {k: text(page, k) for k in ("num-samples", "acceptance-rate", "ess", "rhat", "kl")}
+
+    copy = open_page("?" + url.split("?", 1)[1])
+    assert copy.input_value("[data-testid=algorithm]") == "hmc"
+    assert copy.input_value("[data-testid=target]") == "donut"
+    assert copy.input_value("[data-testid=chains]") == "6"
+    assert copy.input_value("[data-testid=steps-per-click]") == "20"
+    run_steps(copy, 40, per_click=20)
+    assert {k: text(copy, k) for k in expected} == expected
+
+
+def test_product_target_and_csv_export(open_page):
+    page = open_page("?tween=0&target=product&expert1=banana&expert2=standard&algorithm=rwmh&chains=3")
+    assert page.is_visible("[data-testid=expert1]")
+    run_steps(page, 10, per_click=10)
+    with page.expect_download() as dl:
+        page.click("[data-testid=export-csv]")
+    lines = Path(dl.value.path()).read_text().strip().split("\n")
+    assert lines[0] == "step,chain,x1,x2" and len(lines) == 1 + 10 * 3
+
+
+def test_invalid_input_shows_the_servers_message(open_page):
+    page = open_page()
+    set_value(page, "chains", 5000)
+    assert "chains must be an integer in [1, 2000]" in text(page, "error")
+    set_value(page, "chains", 4)
+    assert page.is_hidden("[data-testid=error]")
+
+
+def test_screenshot(open_page):
+    page = open_page("?algorithm=mala&target=banana&chains=8&step_size=0.3&tween=0&bins=40")
+    run_steps(page, 200, per_click=100)
+    set_value(page, "tweening-delay", 1500)  # shoot mid-animation, so the proposals show
+    set_value(page, "steps-per-click", 1)
+    page.click("[data-testid=step]")
+    page.wait_for_timeout(1100)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(str(SCREENSHOT))
+    assert img.shape[0] >= 800 and img.shape[1] >= 1200
+    assert img[..., :3].std() > 0.05  # not blank
+    canvas = page.evaluate("""() => {
+        const c = document.querySelector('[data-testid=canvas]');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let nonWhite = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250) nonWhite++;
+        return nonWhite / (d.length / 4);
+    }""")
+    assert canvas > 0.05
