@@ -27,7 +27,7 @@ def test_quick_report_writes_every_section(tmp_path, capsys):
     assert main(["report", "--quick", "--out", str(out), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert json.loads((out / "metrics.json").read_text())["sections"].keys() == metrics["sections"].keys()
-    assert list(metrics["sections"]) == ["tractable", "rejection", "langevin", "training", "products"]
+    assert list(metrics["sections"]) == ["tractable", "rejection", "langevin", "training", "products", "scores"]
     page = (out / "index.html").read_text()
     for key, sec in metrics["sections"].items():
         assert f"id='{key}'" in page
@@ -47,3 +47,5 @@ def test_quick_report_writes_every_section(tmp_path, capsys):
     assert all(0 < v["kl"] < 5 for v in s["training"]["metrics"].values())
     p = s["products"]["metrics"]
     assert p["A + B (product)"] > max(p["A: ring"], p["B: half-plane"])
+    sc = s["scores"]["metrics"]  # 2048 chains: SE of a weight 0.009; 4 SE plus the schedule's ~0.01 bias
+    assert abs(sc["annealed_weight"] - 0.8) < 0.05 and abs(sc["langevin_weight"] - 0.8) > 0.15
