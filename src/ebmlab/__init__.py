@@ -8,6 +8,8 @@ and measure the samples.
 from . import evaluation, objectives, samplers
 from .energies import (
     ConvEnergy,
+    EnergyScore,
+    ScoreMLP,
     Energy,
     MLPEnergy,
     energy_and_score,
@@ -31,9 +33,15 @@ from .samplers import (
     sample,
 )
 
+from .score_training import sample_scores, train_score
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "EnergyScore",
+    "ScoreMLP",
+    "sample_scores",
+    "train_score",
     "AnnealedLangevin",
     "ConvEnergy",
     "HMC",

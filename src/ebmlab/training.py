@@ -27,7 +27,16 @@ from .objectives.buffer import ReplayBuffer
 from .objectives.contrastive import METHODS, contrastive_divergence, run_chains, start_negatives
 from .samplers.base import DivergenceError
 
-__all__ = ["CHECKPOINT", "TrainingDiverged", "TrainResult", "train_ebm", "uniform_noise"]
+__all__ = [
+    "CHECKPOINT",
+    "METRICS",
+    "TrainResult",
+    "TrainingDiverged",
+    "ema_update",
+    "train_ebm",
+    "truncate_metrics",
+    "uniform_noise",
+]
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
@@ -69,11 +78,18 @@ def uniform_noise(low: float, high: float, event_shape: tuple[int, ...], *, devi
     return noise
 
 
-def _generator_state(generator: torch.Generator) -> Tensor:
-    return generator.get_state()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """One step of the weights' exponential moving average, warmed up as
+    ``min(decay, (1 + step) / (10 + step))`` (as TensorFlow's
+    ExponentialMovingAverage with num_updates) so that early averages are not
+    dominated by the initial weights."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1.0 - d)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
+def truncate_metrics(path: Path, step: int) -> None:
     """Drop rows logged after ``step`` (a crashed run may have logged past its last checkpoint)."""
     if not path.exists():
         return
@@ -187,7 +203,7 @@ def train_ebm(
             ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
         generator.set_state(tensors["generator"].cpu())
         start = int(meta["step"])
-        _truncate_metrics(run_path / METRICS, start)
+        truncate_metrics(run_path / METRICS, start)
     if run_path is not None:
         run_path.mkdir(parents=True, exist_ok=True)
     last_good = str(ckpt_path) if resume else None
@@ -203,7 +219,7 @@ def train_ebm(
             tensors["buffer.data"] = buffer.data
         if ema is not None:
             tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-        tensors["generator"] = _generator_state(generator)
+        tensors["generator"] = generator.get_state()
         save_checkpoint(ckpt_path, tensors, {"step": step, "method": method, "optimizer": opt_meta})
         last_good = str(ckpt_path)
 
@@ -241,12 +257,7 @@ def train_ebm(
             raise diverged(step, f"parameter gradient norm is {float(grad_norm)}")
         optimizer.step()
         if ema is not None:
-            # Warm-up (as TensorFlow's ExponentialMovingAverage with num_updates):
-            # early on the average must not be dominated by the initial weights.
-            decay = min(ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), energy.parameters()):
-                    pe.lerp_(pm, 1.0 - decay)
+            ema_update(ema, energy, ema_decay, step)
         # 5. chains' ends go back to the buffer (PCD: they are the persistent chains)
         if buffer is not None:
             buffer.update(slots, x_neg)
