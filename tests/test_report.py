@@ -49,3 +49,5 @@ def test_quick_report_writes_every_section(tmp_path, capsys):
     assert p["A + B (product)"] > max(p["A: ring"], p["B: half-plane"])
     sc = s["scores"]["metrics"]  # 2048 chains: SE of a weight 0.009; 4 SE plus the schedule's ~0.01 bias
     assert abs(sc["annealed_weight"] - 0.8) < 0.05 and abs(sc["langevin_weight"] - 0.8) > 0.15
+    assert abs(sc["ncsn_weight"] - 0.8) < 0.1  # a trained score in quick mode: looser than the exact one
+    assert all(0 < sc[f"{m}_relative_fisher"] < 0.5 for m in ("ism", "ssm-vr", "dsm"))

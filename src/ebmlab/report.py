@@ -48,6 +48,7 @@ class Section:
     rows: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    extra_tables: list[list[dict[str, Any]]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -339,6 +340,57 @@ def section_scores(ctx: Context) -> Section:
                       "exact (perturbed) scores: Langevin keeps the starting basin's share, annealing recovers 1:4. The final "
                       "Tweedie step (NCSNv2) returns E[x | x~] at sigma_L = 1, so each annealed mode has variance 1/2."))
     s.metrics = {"langevin_weight": weight(plain), "annealed_weight": weight(annealed)}
+
+    # A trained NCSN in place of the exact perturbed score.
+    from .energies.score_nets import EnergyScore, ScoreMLP
+    from .energies.nets import MLPEnergy
+    from .score_training import sample_scores, train_score
+
+    with torch.random.fork_rng():
+        torch.manual_seed(ctx.seed)
+        ncsn = ScoreMLP(2, noise_conditional=True, scale_by_sigma=True)
+    res = train_score(ncsn, mix.sample(20000, generator=g), method="ncsn", steps=ctx.size(2000, 4000),
+                      batch_size=1024, generator=g, log_every=10**9)
+    learned = sample_scores(res.ema, method="ncsn", n=chains, x0=x0.float(), sigmas=res.sigmas, generator=g)
+    s.rows.append({"sampler": f"annealed Langevin, trained NCSN ({res.step} steps, {len(res.sigmas)} levels "
+                              f"{float(res.sigmas[0]):.1f} -> {float(res.sigmas[-1]):.2f})",
+                   "weight of (5,5) mode": weight(learned), "true weight": 0.8, "standard error": se})
+    s.metrics["ncsn_weight"] = weight(learned)
+
+    # Score matching three ways on the eight Gaussians: learned score fields vs the true one.
+    eg = targets.get("eight_gaussians")
+    data, test = eg.sample(10000, generator=g), eg.sample(2000, generator=g)
+    true_score = eg.score(test)
+    grid = torch.stack(torch.meshgrid(torch.linspace(-6, 6, 21), torch.linspace(-6, 6, 21), indexing="ij"), -1)
+    fig, axs = plt.subplots(1, 4, figsize=(17, 4.4))
+    fields = {"true score": eg.score(grid.reshape(-1, 2))}
+    fisher_rows: list[dict[str, Any]] = []
+    s.extra_tables.append(fisher_rows)
+    for name, method in (("ISM (energy net)", "ism"), ("SSM-VR", "ssm-vr"), ("DSM, sigma = 0.1", "dsm")):
+        with torch.random.fork_rng():
+            torch.manual_seed(ctx.seed)
+            model = EnergyScore(MLPEnergy(2)) if method == "ism" else ScoreMLP(2)
+        r = train_score(model, data, method=method, steps=10**7, max_seconds=4.0 if ctx.quick else 20.0,
+                        batch_size=256, generator=g, log_every=10**9)
+        with torch.no_grad() if method != "ism" else torch.enable_grad():
+            learned_test = r.ema(test).detach()
+            fields[name] = r.ema(grid.reshape(-1, 2)).detach()
+        err = float(((learned_test - true_score) ** 2).sum(1).mean() / (true_score**2).sum(1).mean())
+        fisher_rows.append({"score matching (eight Gaussians)": name, "training steps": r.step,
+                            "seconds": r.seconds,
+                            "E|s - s_true|^2 / E|s_true|^2 on test data": err})
+        s.metrics[f"{method}_relative_fisher"] = err
+    for ax, (name, f) in zip(axs, fields.items()):
+        f = f.reshape(21, 21, 2)
+        norm = f.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+        ax.quiver(grid[..., 0], grid[..., 1], (f / norm)[..., 0], (f / norm)[..., 1], norm[..., 0], cmap="viridis")
+        ax.scatter(data[:400, 0], data[:400, 1], s=2, c="#e53935", alpha=0.5)
+        ax.set_aspect("equal")
+        ax.set_title(name)
+    fig.suptitle("Score fields on the eight Gaussians (arrows: direction, colour: magnitude)")
+    s.figures.append((_save(fig, ctx, "scores_fields.png"), "Implicit (Hyvarinen), sliced and denoising score "
+                      "matching learn the score from samples alone; DSM learns the score of the data perturbed "
+                      "with sigma = 0.1 noise."))
     return s
 
 
@@ -388,6 +440,7 @@ def _html(sections: list[Section], ctx: Context, total: float) -> str:
             parts.append(f"<figure><img src='{name}' alt='{html.escape(caption)}'>"
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         parts.append(_table(s.rows))
+        parts.extend(_table(t) for t in s.extra_tables)
         parts.extend(f"<p class='note'>{html.escape(n)}</p>" for n in s.notes)
         parts.append(f"<p class='meta'>{s.seconds:.1f} s</p>")
     parts.append("</body></html>")
@@ -416,7 +469,8 @@ def write_report(out: str | os.PathLike = "report", *, quick: bool = False, seed
         sections.append(sec)
     total = time.perf_counter() - t0
     metrics = {"seconds": total, "quick": quick, "seed": seed,
-               "sections": {s.key: {"title": s.title, "seconds": s.seconds, "metrics": s.metrics, "rows": s.rows,
+               "sections": {s.key: {"title": s.title, "seconds": s.seconds, "metrics": s.metrics,
+                                    "rows": s.rows + [r for t in s.extra_tables for r in t],
                                     "figures": [f for f, _ in s.figures]} for s in sections}}
     atomic_write(ctx.out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2, default=float).encode()))
     atomic_write(ctx.out / "index.html", lambda f: f.write(_html(sections, ctx, total).encode()))
