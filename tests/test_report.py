@@ -27,7 +27,8 @@ def test_quick_report_writes_every_section(tmp_path, capsys):
     assert main(["report", "--quick", "--out", str(out), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert json.loads((out / "metrics.json").read_text())["sections"].keys() == metrics["sections"].keys()
-    assert list(metrics["sections"]) == ["tractable", "rejection", "langevin", "training", "products", "scores"]
+    assert list(metrics["sections"]) == ["tractable", "rejection", "langevin", "training", "products", "scores",
+                                          "images"]
     page = (out / "index.html").read_text()
     for key, sec in metrics["sections"].items():
         assert f"id='{key}'" in page
@@ -51,3 +52,5 @@ def test_quick_report_writes_every_section(tmp_path, capsys):
     assert abs(sc["annealed_weight"] - 0.8) < 0.05 and abs(sc["langevin_weight"] - 0.8) > 0.15
     assert abs(sc["ncsn_weight"] - 0.8) < 0.1  # a trained score in quick mode: looser than the exact one
     assert all(0 < sc[f"{m}_relative_fisher"] < 0.5 for m in ("ism", "ssm-vr", "dsm"))
+    im = s["images"]["metrics"]  # quick mode trains 150 steps: sane, not yet good
+    assert 0.1 < im["mean_max_prob"] <= 1 and im["nearest_min"] > 0
