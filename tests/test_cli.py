@@ -158,3 +158,21 @@ def test_digits_train_and_evaluate(tmp_path, capsys):
 def test_serve_refuses_a_missing_model_dir(capsys):
     code, out, err = run_cli(["serve", "--model", "/nonexistent/run"], capsys)
     assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.parametrize("method", ["ism", "ssm", "ssm-vr", "dsm", "ncsn"])
+def test_score_methods_train_evaluate_and_sample(method, tmp_path, capsys):
+    run = tmp_path / method
+    code, out, err = run_cli(["train", "--data", "two_moons", "--method", method, "--steps", "30",
+                              "--eval-every", "30", "--hidden", "32,32", "--n-train", "500", "--n-test", "300",
+                              "--out", str(run), "--json"], capsys)
+    assert code == 0, err
+    assert np.isfinite(json.loads(out)["loss"])
+    code, out, err = run_cli(["evaluate", str(run), "--json"], capsys)
+    assert code == 0, err
+    ev = json.loads(out)
+    assert ev["method"] == method and np.isfinite(ev["mmd"])
+    assert ("test_nll" in ev) == (method == "ism")  # only an energy has a likelihood
+    code, out, err = run_cli(["sample", "--model", str(run), "--chains", "50", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["sampler"] == ("annealed" if method == "ncsn" else "score-langevin")

@@ -168,6 +168,44 @@ class _ModelTarget:
         return self.energy(x.to(self.dtype)).to(x.dtype)
 
 
+class _ScoreRun(Exception):
+    """Raised by :func:`_load_model_target` to hand a score model's run to the score sampling path."""
+
+    def __init__(self, model, config: dict) -> None:
+        super().__init__("score run")
+        self.model, self.config = model, config
+
+
+def _sample_score_run(cfg: SampleConfig, run: _ScoreRun, model_dir: Path, *, out, plot) -> dict:
+    """`ebmlab sample --model` for score models: annealed Langevin (ncsn) or score Langevin, as trained."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from .evaluation import mmd
+    from .runs import load_data
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    x = _score_samples(run.model, run.config, cfg.chains, g)
+    _, test = load_data(run.config["data"])
+    method = run.config["train"]["method"]
+    result = {"target": f"model:{model_dir}", "sampler": "annealed" if method == "ncsn" else "score-langevin",
+              "chains": cfg.chains, "seconds": time.perf_counter() - t0, "mean": x.mean(0).tolist(),
+              "cov": torch.cov(x.T).tolist(), "mmd_to_test_data": mmd(x, test, generator=g)}
+    if out is not None:
+        from .io import save_npz
+
+        save_npz(out, samples=x.cpu().numpy(), config=np.array(json.dumps(asdict(cfg))))
+        result["out"] = str(out)
+    if plot is not None:
+        from .viz import save_figure
+
+        result["plot"] = str(save_figure(_scatter_figure(x, test, f"{method} samples from {model_dir}"), plot))
+    return result
+
+
 def _load_model_target(run_dir: Path, device) -> _ModelTarget:
     from .runs import load_run
 
@@ -175,6 +213,8 @@ def _load_model_target(run_dir: Path, device) -> _ModelTarget:
         model, config, _ = load_run(run_dir, device=device)
     except (FileNotFoundError, ValueError) as err:
         raise UsageFailure(str(err)) from err
+    if config["model"]["kind"] in ("score_mlp", "energy_score"):
+        raise _ScoreRun(model, config)
     if config["model"]["kind"] != "mlp":
         raise UsageFailure(f"--model {run_dir}: sampling from the command line handles vector models; "
                            f"this run holds a {config['model']['kind']!r} model")
@@ -196,7 +236,10 @@ def run_sample(cfg: SampleConfig, *, progress: bool, out: Optional[Path], plot: 
 
     device, dtype = _device(cfg.device), _dtype(cfg.dtype)
     try:
-        target = _load_model_target(model, device) if model is not None else targets.get(cfg.target)
+        try:
+            target = _load_model_target(model, device) if model is not None else targets.get(cfg.target)
+        except _ScoreRun as run:
+            return _sample_score_run(cfg, run, model, out=out, plot=plot)
         if model is not None and cfg.sampler == "rejection":
             raise UsageFailure("--sampler rejection needs an analytic target (a model has no mean/cov for q)")
         if model is not None and cfg.init == "exact":
@@ -316,7 +359,8 @@ def sample(
     out: Optional[Path] = typer.Option(None, help="Write samples, energies and acceptance to this .npz."),
     plot: Optional[Path] = typer.Option(None, help="Write a samples-over-density figure (PNG/PDF/SVG)."),
     model: Optional[Path] = typer.Option(None, help="Sample a trained model (a run directory from `ebmlab train`) "
-                                         "instead of --target."),
+                                         "instead of --target. Score models are sampled as trained: annealed "
+                                         "Langevin for ncsn, score Langevin otherwise."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Draw samples from an analytic target (or a trained model) and report diagnostics."""
@@ -341,6 +385,14 @@ class MethodName(str, Enum):
     short_run = "short-run"
     pcd = "pcd"
     buffer = "buffer"
+    ism = "ism"
+    ssm = "ssm"
+    ssm_vr = "ssm-vr"
+    dsm = "dsm"
+    ncsn = "ncsn"
+
+
+SCORE_METHODS = ("ism", "ssm", "ssm-vr", "dsm", "ncsn")
 
 
 class ChainSampler(str, Enum):
@@ -374,6 +426,10 @@ class TrainConfig:
     seed: int
     device: str
     max_seconds: Optional[float] = None
+    sigma: float = 0.1
+    sigma_max: Optional[float] = None
+    sigma_min: float = 0.01
+    num_sigmas: int = 20
 
 
 # Defaults measured per kind of data (docs/benchmarks.md): 2-D toy sets use small
@@ -399,6 +455,8 @@ def _data_bounds(name: str, train) -> list:
 
 
 def run_train(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool) -> dict:
+    if cfg.method in SCORE_METHODS:
+        return run_train_score(cfg, out, resume=resume, progress=progress)
     import torch
 
     from . import samplers
@@ -504,6 +562,93 @@ def run_train(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool) -> d
     return summary
 
 
+def _score_model_config(cfg: TrainConfig, dim: int) -> dict:
+    if cfg.method == "ism":  # Hyvarinen's objective on an energy: the model keeps an exact NLL
+        return {"kind": "energy_score", "dim": dim, "hidden": list(cfg.hidden), "activation": "silu"}
+    ncsn = cfg.method == "ncsn"
+    return {"kind": "score_mlp", "dim": dim, "hidden": list(cfg.hidden), "activation": "silu",
+            "noise_conditional": ncsn, "scale_by_sigma": ncsn}
+
+
+def _score_samples(model, config: dict, n: int, generator, x0=None):
+    """Samples of a trained score run: annealed Langevin for NCSN, plain (score) Langevin otherwise."""
+    import torch
+
+    from .score_training import sample_scores
+
+    tr = config["train"]
+    sigmas = tr.get("sigmas")
+    return sample_scores(model, method=tr["method"], n=n, bounds=[tuple(b) for b in config["data"]["bounds"]],
+                         x0=x0, sigmas=torch.tensor(sigmas) if sigmas else None,
+                         steps_per_level=100 if tr["method"] == "ncsn" else 1000, generator=generator)
+
+
+def run_train_score(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool) -> dict:
+    """Score matching (ISM, SSM, SSM-VR, DSM, NCSN) on 2-D data."""
+    import torch
+
+    from .data import toy
+    from .evaluation import evaluate_density_model, mmd, sliced_wasserstein
+    from .runs import build_energy, load_data, save_config
+    from .score_training import default_sigmas, train_score
+
+    device = _device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if cfg.data == "digits":
+        raise UsageFailure("score methods from the command line train 2-D data; for digits use "
+                           "ebmlab.score_training.train_score with a ScoreConvNet")
+    try:
+        toy.get(cfg.data)
+    except ValueError as err:
+        raise UsageFailure(str(err)) from err
+    data_cfg = {"name": cfg.data, "n_train": cfg.n_train, "n_test": cfg.n_test, "seed": cfg.seed}
+    train, test = load_data(data_cfg, device=device)
+    data_cfg["bounds"] = _data_bounds(cfg.data, train.cpu())
+    model_cfg = _score_model_config(cfg, int(train.shape[1]))
+    sigmas = None
+    if cfg.method == "ncsn":
+        sigmas = default_sigmas(train, sigma_max=cfg.sigma_max, sigma_min=cfg.sigma_min, num_sigmas=cfg.num_sigmas)
+    elif cfg.method == "dsm":
+        sigmas = torch.tensor([cfg.sigma])
+    train_section = {**asdict(cfg), "sigmas": None if sigmas is None else [float(v) for v in sigmas]}
+    config = {"model": model_cfg, "data": data_cfg, "train": train_section}
+    if resume and not (out / "config.json").is_file():
+        raise UsageFailure(f"--resume {out}: no config.json there")
+    model = build_energy(model_cfg).to(device)
+    bounds = [tuple(b) for b in data_cfg["bounds"]]
+    entropy = toy.entropy(cfg.data)
+    eval_gen = torch.Generator().manual_seed(cfg.seed + 17)
+
+    def evaluate(m, step):
+        x = _score_samples(m, config, 1000, eval_gen)
+        row = {"mmd": mmd(x, test, generator=eval_gen), "sliced_w": sliced_wasserstein(x, test, generator=eval_gen)}
+        if cfg.method == "ism":  # an energy: exact NLL by quadrature
+            energy = m.energy
+            with torch.no_grad():
+                ev = evaluate_density_model(energy, test, bounds, entropy=entropy, resolution=256,
+                                            generator=eval_gen, num_chains=10, num_steps=2)
+            row["test_nll"] = ev["test_nll"]
+        return row
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        save_config(out, config)
+    bar = _Progress(f"train {cfg.method} on {cfg.data}", cfg.steps, progress)
+    try:
+        result = train_score(
+            model, train, method=cfg.method, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+            sigma=cfg.sigma, sigmas=sigmas, ema_decay=cfg.ema, grad_clip=cfg.grad_clip,
+            generator=torch.Generator(device=device).manual_seed(cfg.seed), run_dir=out, resume=resume,
+            log_every=max(1, min(50, cfg.eval_every)), checkpoint_every=cfg.eval_every, evaluate=evaluate,
+            eval_every=cfg.eval_every, max_seconds=cfg.max_seconds,
+            callback=lambda step, row: bar.update(step, f"loss {row['loss']:+.3f}"),
+        )
+    finally:
+        bar.stop()
+    last = result.history[-1] if result.history else {}
+    return {"run_dir": str(out), "steps": result.step, "seconds": result.seconds, **last}
+
+
 def _parse_hidden(text: str) -> tuple:
     try:
         sizes = tuple(int(v) for v in text.split(","))
@@ -519,8 +664,10 @@ def train(
     data: str = typer.Option("eight_gaussians", help="2-D data: eight_gaussians, two_moons, swiss_roll, "
                              "checkerboard, pinwheel, rings, circles, two_spirals, or any analytic target; "
                              "or digits (scikit-learn's 8x8 digits, a ConvEnergy)."),
-    method: MethodName = typer.Option(MethodName.buffer, help="Where negative chains start: data (cd), noise "
-                                      "(short-run), persistent chains (pcd), replay buffer (buffer)."),
+    method: MethodName = typer.Option(MethodName.buffer, help="EBM by maximum likelihood, negatives from: data "
+                                      "(cd), noise (short-run), persistent chains (pcd), replay buffer (buffer); or "
+                                      "score matching: implicit (ism, on an energy), sliced (ssm, ssm-vr), "
+                                      "denoising (dsm), noise-conditional (ncsn)."),
     sampler: ChainSampler = typer.Option(ChainSampler.ula, help="MCMC for the negatives."),
     steps: int = typer.Option(3000, min=1, help="Optimiser steps."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Data points and negative chains per step "
@@ -547,13 +694,19 @@ def train(
     eval_every: int = typer.Option(500, min=1, help="Evaluate and checkpoint every this many steps."),
     max_seconds: Optional[float] = typer.Option(None, help="Stop after this much wall time (the last step is "
                                                 "evaluated and checkpointed)."),
+    sigma: float = typer.Option(0.1, help="dsm: the noise level."),
+    sigma_max: Optional[float] = typer.Option(None, help="ncsn: largest noise level (default: the largest "
+                                              "pairwise distance in the data, Song & Ermon 2020)."),
+    sigma_min: float = typer.Option(0.01, help="ncsn: smallest noise level."),
+    num_sigmas: int = typer.Option(20, min=2, help="ncsn: number of geometric noise levels."),
     out: Path = typer.Option(Path("runs/ebm"), help="Run directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
     seed: int = typer.Option(0, help="Seed of data, initialisation and sampling."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
 ) -> None:
-    """Train an energy-based model by maximum likelihood with MCMC negatives (2-D data or the 8x8 digits)."""
+    """Train an EBM by maximum likelihood with MCMC negatives (2-D data or the 8x8 digits), or a score model
+    by score matching (2-D data)."""
     defaults = TRAIN_DEFAULTS["digits" if data == "digits" else "toy"]
     step_size = defaults["step_size"] if step_size is None else step_size
     noise_scale = defaults["noise_scale"] if noise_scale is None else noise_scale
@@ -574,7 +727,8 @@ def train(
         langevin_steps=langevin_steps, step_size=step_size, noise_scale=noise_scale, lr=lr, alpha=alpha,
         grad_clip=grad_clip, data_noise=data_noise, hidden=_parse_hidden(hidden), spectral_norm=spectral_norm,
         buffer_size=buffer_size, reinit_prob=reinit_prob, ema=ema or None, n_train=n_train, n_test=n_test,
-        eval_every=eval_every, seed=seed, device=device, max_seconds=max_seconds,
+        eval_every=eval_every, seed=seed, device=device, max_seconds=max_seconds, sigma=sigma,
+        sigma_max=sigma_max, sigma_min=sigma_min, num_sigmas=num_sigmas,
     )
     result = run_train(cfg, out, resume=resume, progress=not json_output)
     if json_output:
@@ -599,6 +753,8 @@ def run_evaluate(run_dir: Path, *, seed: int, device: str, plot: bool) -> dict:
     _, test = load_data(config["data"], device=_device(device))
     if config["model"]["kind"] == "conv":
         return _evaluate_images(run_dir, model, config, meta, test, seed=seed, plot=plot)
+    if config["model"]["kind"] in ("score_mlp", "energy_score"):
+        return _evaluate_scores(run_dir, model, config, meta, test, seed=seed, plot=plot)
     bounds = [tuple(b) for b in config["data"]["bounds"]]
     name = config["data"]["name"]
     g = torch.Generator().manual_seed(seed)
@@ -620,6 +776,52 @@ def run_evaluate(run_dir: Path, *, seed: int, device: str, plot: bool) -> dict:
                            f"test NLL {result['test_nll']:.3f}, MMD^2 {result['mmd']:.2e}", generator=g,
                            density_label="model")
         result["plot"] = str(save_figure(fig, Path(run_dir) / "density.png"))
+    return result
+
+
+def _scatter_figure(x, test, title: str):
+    import matplotlib.pyplot as plt
+
+    fig, axs = plt.subplots(1, 2, figsize=(10, 4.6), sharex=True, sharey=True)
+    for ax, pts, name in ((axs[0], test, "held-out data"), (axs[1], x, "model samples")):
+        pts = pts[:3000].detach().cpu()
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.4, linewidths=0)
+        ax.set_title(name)
+        ax.set_aspect("equal")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _evaluate_scores(run_dir: Path, model, config: dict, meta: dict, test, *, seed: int, plot: bool) -> dict:
+    """Score runs: MMD and sliced-W of (annealed) Langevin samples; exact NLL and KL when the score is an energy's."""
+    import torch
+
+    from .data import toy
+    from .evaluation import evaluate_density_model, mmd, normalized_log_prob, sliced_wasserstein
+
+    g = torch.Generator().manual_seed(seed)
+    x = _score_samples(model, config, 2000, g)
+    name, method = config["data"]["name"], config["train"]["method"]
+    result = {"run_dir": str(run_dir), "step": meta["step"], "data": name, "method": method,
+              "mmd": mmd(x, test, generator=g), "sliced_w": sliced_wasserstein(x, test, generator=g)}
+    if config["model"]["kind"] == "energy_score":
+        bounds = [tuple(b) for b in config["data"]["bounds"]]
+        energy = model.energy
+        with torch.no_grad():
+            ev = evaluate_density_model(energy, test, bounds, entropy=toy.entropy(name), generator=g,
+                                        num_chains=10, num_steps=2)
+        result.update({k: ev[k] for k in ("test_nll", "log_z", "entropy") if k in ev})
+        true = toy.true_density(name)
+        if true is not None:
+            with torch.no_grad():
+                result["kl"] = float((-normalized_log_prob(energy, test, bounds, 512, log_z=ev["log_z"])
+                                      - true(test)).mean())
+    if plot:
+        from .viz import save_figure
+
+        fig = _scatter_figure(x, test, f"{method} on {name} after {meta['step']} steps: MMD^2 {result['mmd']:.2e}")
+        result["plot"] = str(save_figure(fig, Path(run_dir) / "samples.png"))
     return result
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint
 from .energies.nets import ConvEnergy, MLPEnergy
+from .energies.score_nets import EnergyScore, ScoreMLP
 from .io import atomic_write
 from .training import CHECKPOINT
 
@@ -36,7 +37,13 @@ def build_energy(model: dict[str, Any]) -> nn.Module:
     if kind == "conv":
         return ConvEnergy(model["in_channels"], model["image_size"], width=model["width"], activation=act,
                           spectral_norm=model.get("spectral_norm", False))
-    raise ValueError(f"unknown model kind {kind!r}; expected 'mlp' or 'conv'")
+    if kind == "score_mlp":  # a direct score network (noise-conditional for NCSN)
+        return ScoreMLP(model["dim"], hidden=tuple(model["hidden"]), activation=act,
+                        noise_conditional=model.get("noise_conditional", False),
+                        scale_by_sigma=model.get("scale_by_sigma", False))
+    if kind == "energy_score":  # an energy trained through its score s = -grad E (score matching)
+        return EnergyScore(MLPEnergy(model["dim"], hidden=tuple(model["hidden"]), activation=act))
+    raise ValueError(f"unknown model kind {kind!r}; expected 'mlp', 'conv', 'score_mlp' or 'energy_score'")
 
 
 def load_data(data: dict[str, Any], *, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
