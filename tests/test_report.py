@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,32 @@ def test_quick_report_writes_every_section(tmp_path, capsys):
     assert all(0 < sc[f"{m}_relative_fisher"] < 0.5 for m in ("ism", "ssm-vr", "dsm"))
     im = s["images"]["metrics"]  # quick mode trains 150 steps: sane, not yet good
     assert 0.1 < im["mean_max_prob"] <= 1 and im["nearest_min"] > 0
+
+    _render_in_a_browser(out / "index.html")
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "report.png"
+
+
+def _render_in_a_browser(page_path: Path) -> None:
+    """The page renders in Chromium with every figure loaded and no console error; its top is the README's
+    screenshot."""
+    if not CHROMIUM.exists():
+        pytest.skip("rendering the report needs Chromium at /usr/bin/chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=args, headless=True)
+        page = browser.new_page(viewport={"width": 1200, "height": 1500})
+        errors = []
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.goto(page_path.resolve().as_uri())
+        page.wait_for_load_state("load")
+        broken = page.evaluate("[...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).length")
+        assert broken == 0 and not errors, (broken, errors)
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT))
+        browser.close()
+    assert SCREENSHOT.stat().st_size > 20_000

@@ -5,7 +5,7 @@ Define an energy ``x -> (batch,)``, compute what is tractable about it
 and measure the samples.
 """
 
-from . import evaluation, objectives, samplers
+from . import data, evaluation, objectives, samplers, training
 from .energies import (
     ConvEnergy,
     EnergyScore,
@@ -38,6 +38,8 @@ from .score_training import sample_scores, train_score
 __version__ = "0.1.0"
 
 __all__ = [
+    "data",
+    "training",
     "EnergyScore",
     "ScoreMLP",
     "sample_scores",
