@@ -21,4 +21,4 @@ def test_readme_python_example_runs_and_matches_its_comments():
     assert abs(float(lines[1]) - 1.01) < 0.02
     assert abs(float(lines[2]) - 2.07) < 0.01
     assert abs(float(lines[3])) < 0.01
-    assert 0 < float(lines[4]) < 1.5  # 500 training steps: a KL well below the untrained model's (several nats)
+    assert 0 < float(lines[4]) < 1.0  # 500 steps give about 0.43; an untrained MLPEnergy scores about 1.76
