@@ -55,6 +55,7 @@ def test_quick_report_writes_every_section(tmp_path, capsys):
     assert all(0 < sc[f"{m}_relative_fisher"] < 0.5 for m in ("ism", "ssm-vr", "dsm"))
     im = s["images"]["metrics"]  # quick mode trains 150 steps: sane, not yet good
     assert 0.1 < im["mean_max_prob"] <= 1 and im["nearest_min"] > 0
+    assert 0.1 < im["ncsn_mean_max_prob"] <= 1 and im["ncsn_nearest_min"] > 0
 
     _render_in_a_browser(out / "index.html")
 
