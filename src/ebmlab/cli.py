@@ -880,8 +880,9 @@ def report(
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     json_output: bool = typer.Option(False, "--json", help="Print metrics.json's content instead of a summary."),
 ) -> None:
-    """Run the lecture end to end (tractable quantities, rejection, Langevin/MALA, training, products of
-    experts) and write an HTML report with figures and measured numbers."""
+    """Run the lecture end to end and write an HTML report with figures and measured numbers: tractable
+    quantities, rejection sampling, Langevin and MALA, EBM training, products of experts, score models,
+    and images."""
     from .report import SECTIONS, write_report
 
     bar = _Progress("report", len(SECTIONS), not json_output)
