@@ -19,7 +19,14 @@ from torch import Tensor
 
 from .io import atomic_write
 
-__all__ = ["load_checkpoint", "optimizer_from_tensors", "optimizer_to_tensors", "save_checkpoint"]
+__all__ = [
+    "load_checkpoint",
+    "optimizer_from_tensors",
+    "optimizer_to_tensors",
+    "restore_training_state",
+    "save_checkpoint",
+    "training_state",
+]
 
 
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
@@ -74,3 +81,32 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
             pid, name = key[len(prefix):].split(".", 1)
             state.setdefault(int(pid), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                   ema: torch.nn.Module | None = None) -> tuple[dict[str, Tensor], dict]:
+    """What a training loop saves to resume exactly: parameters, optimiser, EMA and generator state.
+
+    Returns:
+        ``(tensors, meta)``; callers add their own entries (buffer, noise
+        levels, step) before :func:`save_checkpoint`.
+    """
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
+    tensors.update(opt_tensors)
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    tensors["generator"] = generator.get_state()
+    return tensors, {"optimizer": opt_meta}
+
+
+def restore_training_state(tensors: dict[str, Tensor], meta: dict, model: torch.nn.Module,
+                           optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                           ema: torch.nn.Module | None = None) -> int:
+    """Inverse of :func:`training_state`; returns the saved step."""
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
+    if ema is not None:
+        ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
+    generator.set_state(tensors["generator"].cpu())
+    return int(meta["step"])

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_checkpoint, optimizer_from_tensors, optimizer_to_tensors, save_checkpoint
+from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from .objectives.score_matching import (
     EXACT_TRACE_WARN_DIM,
     denoising_score_matching,
@@ -235,12 +235,7 @@ def train_score(
             if sigmas is not None and not torch.equal(saved, levels):
                 raise ValueError(f"{ckpt_path} was trained at sigmas {saved.tolist()}, not {levels.tolist()}")
             levels = saved  # the default levels are recomputed identically; the checkpoint's are authoritative
-        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-        optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
-        if ema is not None:
-            ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
-        generator.set_state(tensors["generator"].cpu())
-        start = int(meta["step"])
+        start = restore_training_state(tensors, meta, model, optimizer, generator, ema)
         truncate_metrics(run_path / METRICS, start)
     if run_path is not None:
         run_path.mkdir(parents=True, exist_ok=True)
@@ -252,15 +247,10 @@ def train_score(
         nonlocal last_good
         if ckpt_path is None:
             return
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
-        tensors.update(opt_tensors)
-        if ema is not None:
-            tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+        tensors, meta = training_state(model, optimizer, generator, ema)
         if levels is not None:
             tensors["sigmas"] = levels
-        tensors["generator"] = generator.get_state()
-        save_checkpoint(ckpt_path, tensors, {"step": step, "method": method, "optimizer": opt_meta})
+        save_checkpoint(ckpt_path, tensors, {**meta, "step": step, "method": method})
         last_good = str(ckpt_path)
 
     def diverged(step: int, what: str) -> TrainingDiverged:

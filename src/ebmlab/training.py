@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_checkpoint, optimizer_from_tensors, optimizer_to_tensors, save_checkpoint
+from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from .io import atomic_write
 from .objectives.buffer import ReplayBuffer
 from .objectives.contrastive import METHODS, contrastive_divergence, run_chains, start_negatives
@@ -195,14 +195,9 @@ def train_ebm(
     start = 0
     if resume:
         tensors, meta = load_checkpoint(ckpt_path, device=device)
-        energy.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-        optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
+        start = restore_training_state(tensors, meta, energy, optimizer, generator, ema)
         if buffer is not None:
             buffer.load_state_dict({"data": tensors["buffer.data"]})
-        if ema is not None:
-            ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
-        generator.set_state(tensors["generator"].cpu())
-        start = int(meta["step"])
         truncate_metrics(run_path / METRICS, start)
     if run_path is not None:
         run_path.mkdir(parents=True, exist_ok=True)
@@ -212,15 +207,10 @@ def train_ebm(
         nonlocal last_good
         if ckpt_path is None:
             return
-        tensors = {f"model.{k}": v for k, v in energy.state_dict().items()}
-        opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
-        tensors.update(opt_tensors)
+        tensors, meta = training_state(energy, optimizer, generator, ema)
         if buffer is not None:
             tensors["buffer.data"] = buffer.data
-        if ema is not None:
-            tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-        tensors["generator"] = generator.get_state()
-        save_checkpoint(ckpt_path, tensors, {"step": step, "method": method, "optimizer": opt_meta})
+        save_checkpoint(ckpt_path, tensors, {**meta, "step": step, "method": method})
         last_good = str(ckpt_path)
 
     def diverged(step: int, what: str) -> TrainingDiverged:
