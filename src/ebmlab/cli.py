@@ -437,8 +437,9 @@ class TrainConfig:
 # near 1 (eps ~ 1.4) with a much smaller, tempered noise (Nijkamp et al. 2019;
 # Grathwohl et al. 2020), clamped to the pixel range.
 TRAIN_DEFAULTS = {
-    "toy": {"step_size": 0.1, "noise_scale": None, "lr": 1e-3, "batch_size": 256, "data_noise": 0.0},
-    "digits": {"step_size": 1.41, "noise_scale": 0.01, "lr": 1e-4, "batch_size": 128, "data_noise": 0.01},
+    "toy": {"step_size": 0.1, "noise_scale": None, "lr": 1e-3, "batch_size": 256, "data_noise": 0.0, "alpha": 0.03},
+    "digits": {"step_size": 1.41, "noise_scale": 0.01, "lr": 1e-4, "batch_size": 128, "data_noise": 0.01,
+               "alpha": 0.1},
 }
 
 
@@ -664,7 +665,7 @@ def train(
     data: str = typer.Option("eight_gaussians", help="2-D data: eight_gaussians, two_moons, swiss_roll, "
                              "checkerboard, pinwheel, rings, circles, two_spirals, or any analytic target; "
                              "or digits (scikit-learn's 8x8 digits, a ConvEnergy)."),
-    method: MethodName = typer.Option(MethodName.buffer, help="EBM by maximum likelihood, negatives from: data "
+    method: MethodName = typer.Option(MethodName.pcd, help="EBM by maximum likelihood, negatives from: data "
                                       "(cd), noise (short-run), persistent chains (pcd), replay buffer (buffer); or "
                                       "score matching: implicit (ism, on an energy), sliced (ssm, ssm-vr), "
                                       "denoising (dsm), noise-conditional (ncsn)."),
@@ -679,7 +680,8 @@ def train(
                                                 "digits; smaller than eps = tempered)."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate, betas (0, 0.999) (default 1e-3 for 2-D "
                                        "data, 1e-4 for digits)."),
-    alpha: float = typer.Option(0.1, min=0.0, help="Energy-magnitude regulariser (Du & Mordatch 2019)."),
+    alpha: Optional[float] = typer.Option(None, min=0.0, help="Energy-magnitude regulariser (Du & Mordatch 2019; "
+                                          "default 0.03 for 2-D data, 0.1 for digits)."),
     grad_clip: float = typer.Option(1.0, help="Clip the parameter gradient norm."),
     data_noise: Optional[float] = typer.Option(None, min=0.0, help="Std of Gaussian noise added to data batches "
                                                "(default 0 for 2-D data, 0.01 for digits)."),
@@ -713,6 +715,7 @@ def train(
     lr = defaults["lr"] if lr is None else lr
     batch_size = defaults["batch_size"] if batch_size is None else batch_size
     data_noise = defaults["data_noise"] if data_noise is None else data_noise
+    alpha = defaults["alpha"] if alpha is None else alpha
     for name, value in (("step-size", step_size), ("lr", lr), ("grad-clip", grad_clip)):
         if not math.isfinite(value) or value <= 0:
             raise UsageFailure(f"--{name} must be a finite number > 0, got {value}")

@@ -253,7 +253,7 @@ def section_training(ctx: Context) -> Section:
             model = MLPEnergy(2)
         steps_k = 60 if method == "short-run" else 20
         res = train_ebm(model, train, sampler=samplers.Langevin(0.1), method=method, steps=10**7,
-                        mcmc_steps=steps_k, alpha=0.1, ema_decay=0.999, generator=g, max_seconds=budget,
+                        mcmc_steps=steps_k, alpha=0.03, ema_decay=0.999, generator=g, max_seconds=budget,
                         log_every=10**9)
         final = res.ema.eval()
         for p in final.parameters():
