@@ -312,3 +312,22 @@ def test_perturbed_is_the_convolution(name: str, sigma: float) -> None:
     d = y - tp.mean
     _assert_within_se((d[:, :, None] * d[:, None, :]).reshape(len(y), -1), tp.cov.reshape(-1), what="perturbed cov")
     torch.testing.assert_close(t.perturbed(0.0).energy(y[:100]), t.energy(y[:100]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["eight_gaussians", "multimodal"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mixture_compiled_path_matches_eager(name: str, dtype: torch.dtype) -> None:
+    """Under torch.compile a small mixture takes its per-column path: same energy, score and gradient."""
+    torch._dynamo.reset()
+    t = T.get(name)
+    x = _uniform_in(t.bounds, 1000).to(dtype)
+    e0, s0 = t.energy_and_score(x)
+    e1, s1 = torch.compile(t.energy_and_score)(x)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(e1, e0, **tol)
+    torch.testing.assert_close(s1, s0, **tol)
+    torch.testing.assert_close(torch.compile(t.energy)(x), e0, **tol)
+    xg = x[:50].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(torch.compile(lambda z: t.energy(z).sum())(xg), xg)
+    torch.testing.assert_close(-g, s0[:50], **tol)

@@ -150,6 +150,28 @@ def _components(
     return torch.searchsorted(cdf, u, right=True).clamp_max_(weights.numel() - 1)
 
 
+#: Largest ``K * d`` for which a mixture's compiled CPU path unrolls components and columns.
+_FUSED_MAX_TERMS = 64
+
+
+@torch.library.custom_op("ebmlab::columns", mutates_args=())
+def _columns(x: Tensor) -> Tensor:
+    """``x.T`` as a new contiguous ``(d, B)`` tensor: an opaque op, so torch.compile materialises it."""
+    return x.t().contiguous()
+
+
+@_columns.register_fake
+def _(x: Tensor) -> Tensor:
+    return x.new_empty((x.shape[1], x.shape[0]))
+
+
+def _columns_backward(ctx, grad: Tensor) -> Tensor:
+    return grad.t()
+
+
+_columns.register_autograd(_columns_backward)
+
+
 def _logsumexp_softmax(logits: Tensor) -> tuple[Tensor, Tensor]:
     """``(logsumexp(logits, -1), softmax(logits, -1))`` sharing one ``exp``.
 
@@ -418,6 +440,7 @@ class GaussianMixture(Target):
         # logits = bias_k + x . m_k / v_k - ||x||^2 / (2 v_k).
         bias = logc - 0.5 * (m * m).sum(-1) / v
         self._master = (m, bias, (m / v[:, None]).T.contiguous(), 0.5 / v, 1.0 / v, v.sqrt())
+        self._fused_constants = tuple(t.tolist() for t in self._master[1:5]) + (m.tolist(),)
         self._cache: dict = {}
         sd = v.sqrt()[:, None]
         self.bounds = _nice_box((m - 6 * sd).min(0).values.tolist(), (m + 6 * sd).max(0).values.tolist())
@@ -463,12 +486,63 @@ class GaussianMixture(Target):
             raise ValueError(f"sigma must be >= 0, got {sigma}")
         return GaussianMixture(self._m, self._v + float(sigma) ** 2, self._w, name=f"{self.name}+N(0,{sigma:g}^2)")
 
+    def _fused(self, x: Tensor) -> bool:
+        """Take the per-column path: inside ``torch.compile`` on CPU, for small ``K * d``."""
+        return x.device.type == "cpu" and self._m.numel() <= _FUSED_MAX_TERMS and torch.compiler.is_compiling()
+
+    def _energy_and_score_fused(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The same energy and score written one column and one component at a time.
+
+        Only used while ``torch.compile`` traces (see :meth:`_fused`). Inductor's CPU
+        code vectorises along the contiguous dimension, which for ``(B, K)`` logits
+        is ``K`` (8 lanes of a 16-lane register, with a horizontal reduction per
+        row) and for the ``(B, d)`` points is ``d`` (strided loads: not vectorised
+        at all). Here every intermediate is a ``(B,)`` column and the constants are
+        Python floats, so the whole energy and score become one kernel vectorised
+        over the batch; :func:`_columns` materialises ``x`` transposed first
+        (inductor would otherwise fold the transpose back into strided loads).
+        Measured: MALA on eight_gaussians, 10k chains, about 2.3x faster per step
+        than the matrix form compiled (docs/benchmarks.md).
+        """
+        bias, m_prec, half_prec, prec, means = self._fused_constants
+        xt = _columns(x)
+        cols = [xt[j] for j in range(self.dim)]
+        sq = sum(c * c for c in cols[1:]) + cols[0] * cols[0]
+        logits = []
+        for k in range(len(bias)):
+            z = bias[k] - half_prec[k] * sq
+            for j, c in enumerate(cols):
+                z = z + m_prec[j][k] * c
+            logits.append(z)
+        mx = logits[0]
+        for z in logits[1:]:
+            mx = torch.maximum(mx, z)
+        mx = mx.detach()
+        ez = [torch.exp((z - mx).clamp_min(-80.0)) for z in logits]  # clamp: see _logsumexp_softmax
+        total = ez[0]
+        for e in ez[1:]:
+            total = total + e
+        w = [e * prec[k] for k, e in enumerate(ez)]  # unnormalised responsibilities / v_k
+        w_sum = w[0]
+        for e in w[1:]:
+            w_sum = w_sum + e
+        inv = 1.0 / total
+        score = []
+        for j, c in enumerate(cols):
+            acc = w[0] * means[0][j]
+            for k in range(1, len(w)):
+                acc = acc + w[k] * means[k][j]
+            score.append((acc - w_sum * c) * inv)
+        return -(mx + total.log()), torch.stack(score, -1)
+
     def _logits(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         m, bias, m_prec, half_prec, prec, _ = _cast(self._cache, self._master, x.device, x.dtype)
         return torch.addmm(bias, x, m_prec) - (x * x).sum(-1, keepdim=True) * half_prec, m, prec
 
     def energy(self, x: Tensor) -> Tensor:
         self._check(x)
+        if self._fused(x):
+            return self._energy_and_score_fused(x)[0]
         return -_logsumexp_softmax(self._logits(x)[0])[0]
 
     def score(self, x: Tensor) -> Tensor:
@@ -476,6 +550,8 @@ class GaussianMixture(Target):
 
     def energy_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self._check(x)
+        if self._fused(x):
+            return self._energy_and_score_fused(x)
         logits, m, prec = self._logits(x)
         lse, r = _logsumexp_softmax(logits)
         r = r * prec  # responsibilities / v_k
