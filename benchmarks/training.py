@@ -1,4 +1,4 @@
-"""Quality and speed of EBM training with the CLI's default settings.
+"""Quality and speed of EBM and score-model training with the CLI's default settings.
 
 For each data set and method, runs ``ebmlab train`` (in-process, defaults
 except --method, --data and a wall-time budget) and ``ebmlab evaluate``, and
@@ -7,9 +7,11 @@ writes the "## Training" section of docs/benchmarks.md:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/training.py --seconds 120 --write docs/benchmarks.md
 
 Columns: optimiser steps reached in the budget, wall time, exact test NLL
-(quadrature on the evaluation box), KL(p_data || p_model) (paired estimate,
-for data whose density is known), MMD^2 between 2000 long-run MALA samples
-of the model and held-out data, and sliced Wasserstein.
+(quadrature on the evaluation box; models with an energy only),
+KL(p_data || p_model) (paired estimate, for data whose density is known),
+MMD^2 between 2000 model samples (long-run MALA for energies, annealed or
+plain Langevin for score networks, as `ebmlab evaluate` draws them) and
+held-out data, and sliced Wasserstein.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ import torch
 from ebmlab.cli import main
 
 DATASETS = ("eight_gaussians", "two_moons", "rings")
-METHODS = ("cd", "short-run", "pcd", "buffer")
+EBM_METHODS = ("cd", "short-run", "pcd", "buffer")
+SCORE_METHODS = ("ism", "ssm", "ssm-vr", "dsm", "ncsn")
+METHODS = EBM_METHODS + SCORE_METHODS
 
 
 def run(args: list[str]) -> dict:
@@ -93,16 +97,24 @@ def main_bench() -> None:
     body = table(rows)
     print(body)
     if a.write is not None:
-        eg = [r for r in rows if r["data"] == "eight_gaussians" and r["kl"] is not None]
-        best = min(eg, key=lambda r: r["kl"]) if eg else None
-        pcd = next((r for r in eg if r["method"] == "pcd"), None)
         findings = []
+        eg = [r for r in rows if r["data"] == "eight_gaussians" and r["kl"] is not None]
+        pcd = next((r for r in eg if r["method"] == "pcd"), None)
         if pcd is not None:
             verdict = "meets" if pcd["kl"] <= 0.05 else "does not meet"
-            findings.append(f"eight_gaussians PCD: KL {pcd['kl']:.3f} nat after {pcd['train_seconds']:.0f} s "
+            findings.append(f"- eight_gaussians PCD: KL {pcd['kl']:.3f} nat after {pcd['train_seconds']:.0f} s "
                             f"({verdict} the 0.05-nat target).")
-        if best is not None:
-            findings.append(f"Best on eight_gaussians: {best['method']} with KL {best['kl']:.3f} nat.")
+        if eg:
+            best = min(eg, key=lambda r: r["kl"])
+            findings.append(f"- Best KL on eight_gaussians: {best['method']} with {best['kl']:.3f} nat.")
+        for data in ("two_moons", "eight_gaussians"):
+            got = {r["method"]: r for r in rows if r["data"] == data}
+            if "ncsn" in got and "pcd" in got and None not in (got["ncsn"]["mmd"], got["pcd"]["mmd"]):
+                n, p_ = got["ncsn"], got["pcd"]
+                verdict = "meets" if n["mmd"] <= p_["mmd"] else "does not meet"
+                findings.append(f"- {data}: NCSN MMD^2 {n['mmd']:.2e} (sliced-W {n['sliced_w']:.3f}) vs PCD "
+                                f"{p_['mmd']:.2e} ({p_['sliced_w']:.3f}) after {n['train_seconds']:.0f} s: {verdict} "
+                                "the target NCSN MMD <= PCD MMD.")
         cmd = f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/training.py --seconds {a.seconds:g} --write {a.write}"
         write_section(a.write, f"""
 Each run is `ebmlab train` with the CLI's default settings except `--data`,
@@ -118,7 +130,9 @@ Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}
 
 {body}
 
-Findings: {' '.join(findings) if findings else 'see table.'}
+Findings:
+
+{chr(10).join(findings) if findings else 'see table.'}
 """)
 
 
