@@ -447,16 +447,16 @@ def section_images(ctx: Context) -> Section:
                  "nearest_min": float(dist.min())}
 
     # A noise-conditional score network on the same digits, sampled by annealed Langevin.
-    from .energies.score_nets import ScoreConvNet
-    from .score_training import sample_scores, train_score
+    from .runs import build_energy, image_score_config
+    from .score_training import sample_images, train_score
 
     with torch.random.fork_rng():
         torch.manual_seed(ctx.seed)
-        net = ScoreConvNet(1, 8, width=32)
+        net = build_energy(image_score_config(1, 8, method="ncsn"))
     res_s = train_score(net, train.images, method="ncsn", steps=10**7, max_seconds=10.0 if ctx.quick else 60.0,
                         batch_size=128, sigma_min=0.01, num_sigmas=20, generator=g, log_every=10**9)
-    xs = sample_scores(res_s.ema, method="ncsn", n=ctx.size(200, 500), bounds=(-1.0, 1.0), sigmas=res_s.sigmas,
-                       steps_per_level=ctx.size(10, 50), generator=g).clamp(-1, 1)
+    xs = sample_images(res_s.ema, method="ncsn", n=ctx.size(200, 500), sigmas=res_s.sigmas,
+                       steps_per_level=ctx.size(10, 50), generator=g)
     ms = classifier_metrics(xs, clf, reference=test.images, generator=g)
     dist_s, _ = nearest_neighbours(xs[:200], train.images)
     s.rows.insert(1, {"model": f"NCSN (ScoreConvNet), {res_s.step} steps ({res_s.seconds:.0f} s), annealed Langevin "

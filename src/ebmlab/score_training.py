@@ -40,7 +40,7 @@ from .samplers.annealed import AnnealedLangevin
 from .samplers.base import sample
 from .training import CHECKPOINT, METRICS, TrainingDiverged, TrainResult, ema_update, truncate_metrics
 
-__all__ = ["SCORE_METHODS", "ScoreTrainResult", "default_sigmas", "sample_scores", "train_score"]
+__all__ = ["SCORE_METHODS", "ScoreTrainResult", "default_sigmas", "sample_images", "sample_scores", "train_score"]
 
 #: ``ism`` (Hyvarinen 2005), ``ssm`` / ``ssm-vr`` (Song et al. 2019, eq. 7 / 8),
 #: ``dsm`` (Vincent 2011, one level) and ``ncsn`` (Song & Ermon 2019, a ladder of levels).
@@ -435,3 +435,28 @@ def sample_scores(
             model.train(was_training)
     return trace.samples[-1]
 
+
+def sample_images(
+    model: Callable[..., Tensor],
+    *,
+    method: str,
+    n: int,
+    sigmas: Tensor | Sequence[float] | None,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    steps_per_level: int = 50,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Images from a trained image score model (e.g. a ``ScoreConvNet``), as the report and the CLI draw them.
+
+    :func:`sample_scores` with chains started uniformly over the pixel range
+    ``value_range``: annealed Langevin over ``sigmas`` for ``ncsn``, one level
+    ``sigmas = (sigma,)`` for ``dsm``, both ending with Tweedie's denoising
+    step; the result is clamped to ``value_range`` (the last step can leave it
+    slightly).
+
+    Returns:
+        ``(n, *model.event_shape)`` images in ``value_range``.
+    """
+    x = sample_scores(model, method=method, n=n, bounds=tuple(value_range), sigmas=sigmas,
+                      steps_per_level=steps_per_level, generator=generator)
+    return x.clamp(*value_range)
