@@ -1,4 +1,5 @@
-"""The playground's REST endpoints and WebSocket protocol, through FastAPI's TestClient."""
+"""The playground's REST endpoints and WebSocket protocol, through FastAPI's TestClient
+(and its Session directly where a test needs many steps without the time budget)."""
 
 import base64
 import io
@@ -15,7 +16,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ebmlab.energies import targets  # noqa: E402
-from ebmlab.playground.app import LIMITS, create_app, load_models  # noqa: E402
+from ebmlab.playground.app import LIMITS, Registry, Session, create_app, load_models  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -56,7 +57,24 @@ def test_targets_lists_every_2d_analytic_target_with_bounds(client):
     assert set(targets.names()) <= set(names)
     assert names["banana"]["bounds"] == [list(b) for b in targets.get("banana").bounds]
     assert info["product"] == "product"
-    assert set(info["algorithms"]) == {"rwmh", "ula", "mala", "hmc", "rejection"}
+    assert set(info["algorithms"]) == {"rwmh", "ula", "mala", "hmc", "rejection", "annealed"}
+
+
+def test_targets_list_what_each_target_can_run(client):
+    info = client.get("/api/targets").json()
+    names = {t["name"]: t for t in info["targets"]}
+    energies = ["rwmh", "ula", "mala", "hmc", "rejection"]
+    # Gaussians and Gaussian mixtures have an exact noise-conditional score; the others only an energy.
+    for name in ("song_ermon_mixture", "eight_gaussians", "multimodal", "standard", "ill_conditioned"):
+        assert names[name]["algorithms"] == [*energies, "annealed"], name
+        schedule = names[name]["annealed"]
+        assert schedule["sigma_min"] < schedule["sigma_max"] and 0 < schedule["eps"] <= LIMITS["max_eps"]
+    for name in ("banana", "donut", "funnel", "rings", "squiggle"):
+        assert names[name]["algorithms"] == energies and names[name]["annealed"] is None, name
+    assert all(t["density"] for t in info["targets"])
+    assert info["product_algorithms"] == energies
+    # Song & Ermon's rule: sigma_max about the largest distance between two draws (modes 14.1 apart).
+    assert 17 < names["song_ermon_mixture"]["annealed"]["sigma_max"] < 24
 
 
 def test_density_is_normalised_with_marginals(client):
@@ -198,10 +216,26 @@ def test_soft_settings_keep_the_chains(client):
     ({"type": "configure", "animate_proposal": "yes"}, "animate_proposal"),
     ({"type": "configure", "histogram_bins": 1}, "histogram_bins"),
     ({"type": "configure", "seed": -1}, "seed"),
+    ({"type": "configure", "compare": "gibbs"}, "unknown compare algorithm"),
+    ({"type": "configure", "num_levels": 1}, "num_levels"),
+    ({"type": "configure", "num_levels": LIMITS["max_levels"] + 1}, "num_levels"),
+    ({"type": "configure", "steps_per_level": 0}, "steps_per_level"),
+    ({"type": "configure", "sigma_min": 5.0, "sigma_max": 2.0}, "sigma_min must be below sigma_max"),
+    ({"type": "configure", "sigma_min": 0.0}, "sigma_min"),
+    ('{"type": "configure", "sigma_max": Infinity}', "sigma_max"),
+    ({"type": "configure", "sigma_max": LIMITS["max_sigma"] * 2}, "sigma_max"),
+    ({"type": "configure", "eps": 0}, "eps"),
+    ({"type": "configure", "eps": LIMITS["max_eps"] * 2}, "eps"),
+    ('{"type": "configure", "eps": NaN}', "eps"),
+    ({"type": "configure", "algorithm": "annealed"}, "needs a noise-conditional score"),
+    ({"type": "configure", "target": "song_ermon_mixture", "algorithm": "annealed", "compare": "hmc",
+      "chains": 3, "target_typo": 1}, "unknown setting"),
     ({"type": "step", "n": LIMITS["max_steps_per_message"] + 1}, "n must be"),
     ({"type": "step", "n": 0}, "n must be"),
     ({"type": "step", "n": "5"}, "n must be"),
     ({"type": "export", "format": "pickle"}, "unknown export format"),
+    ({"type": "export", "format": ["gif"]}, "unknown export format"),
+    ({"type": "export", "format": "gif"}, "nothing to animate"),
     ({"type": "eval", "code": "1"}, "unknown message type"),
     ({"n": 1}, '"type"'),
     ("[1, 2]", '"type"'),
@@ -338,3 +372,291 @@ def test_cached_kl_equals_the_librarys_histogram_kl():
         x = torch.randn(500, 2, generator=torch.Generator().manual_seed(0))
         expected = histogram_kl(x, model.energy, model.bounds, bins=17, subdivisions=KL_SUBDIVISIONS)
         assert _histogram_kl(x, model, 17) == pytest.approx(expected, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- annealed Langevin
+
+
+def test_annealed_langevin_recovers_the_mode_weight_of_song_ermons_mixture():
+    """0.2 N((-5,-5), I) + 0.8 N((5,5), I) from a uniform start: annealing gets the weights right.
+
+    Tolerance: the default schedule's bias with the exact score, measured on 80,000 chains
+    (4 seeds x 20,000), is -0.013 (weight 0.787, SE 0.0014), so 0.017 allows for it; plus
+    3 binomial standard errors at 2000 chains (3 x sqrt(0.16 / 2000) = 0.027): 0.045.
+    """
+    session = Session(Registry())
+    cfg = session.configure({"algorithm": "annealed", "target": "song_ermon_mixture", "chains": 2000, "seed": 0})
+    x0 = np.array(cfg["x"])
+    assert (x0 > -11).all() and (x0 < 11).all() and abs((x0.sum(1) > 0).mean() - 0.5) < 0.05  # uniform start
+    s = cfg["settings"]
+    total = s["num_levels"] * s["steps_per_level"]
+    sigmas = []
+    while session.runs[0].num_steps < total:
+        msg = session.step(LIMITS["max_steps_per_message"], budget_s=math.inf)
+        sigmas += [f["sigma"] for f in msg["frames"]]
+    x = np.array(msg["frames"][-1]["x"])
+    weight = (x.sum(1) > 0).mean()
+    assert abs(weight - 0.8) < 0.045, f"weight of the (5, 5) mode {weight:.3f}, expected 0.8"
+    upper = x[x.sum(1) > 0]
+    assert np.abs(upper.mean(0) - 5).max() < 0.15 and abs(upper.std(0).mean() - 1) < 0.1
+    # the schedule: geometric from sigma_max to sigma_min, steps_per_level steps each, decreasing
+    assert sigmas[0] == pytest.approx(s["sigma_max"], rel=1e-3) and sigmas[-1] == pytest.approx(s["sigma_min"], rel=1e-3)
+    assert len(set(sigmas)) == s["num_levels"] and all(a >= b for a, b in zip(sigmas, sigmas[1:]))
+    d = msg["diagnostics"]
+    assert d["sigma"] == pytest.approx(s["sigma_min"]) and d["level"] == d["num_levels"] == s["num_levels"]
+    assert d["acceptance_rate"] == 1.0 and d["num_samples"] == total * 2000
+    # only the last level's draws are kept for diagnostics and export: the annealing is burn-in
+    assert d["kept_draws"] == s["steps_per_level"] and d["kl"] is not None
+
+
+def test_annealed_frames_show_the_noise_level_and_keep_only_the_last_levels_draws(client):
+    with client.websocket_connect("/ws") as ws:
+        cfg = configure(ws, algorithm="annealed", target="eight_gaussians", chains=5, num_levels=3,
+                        sigma_max=8.0, sigma_min=0.5, steps_per_level=4, eps=0.05, seed=2)
+        assert cfg["diagnostics"]["sigma"] == 8.0 and cfg["diagnostics"]["level"] == 1
+        msg = step(ws, 14)
+    frames = msg["frames"]
+    assert [f["sigma"] for f in frames] == [8.0] * 4 + [2.0] * 4 + [0.5] * 6
+    assert [f["annealing"] for f in frames] == [True] * 8 + [False] * 6
+    assert all(all(f["accepted"]) for f in frames)
+    d = msg["diagnostics"]
+    assert (d["sigma"], d["level"], d["num_levels"], d["num_steps"], d["kept_draws"]) == (0.5, 3, 3, 14, 6)
+
+
+def test_annealed_stepping_respects_the_time_budget():
+    session = Session(Registry())
+    session.configure({"algorithm": "annealed", "target": "song_ermon_mixture", "chains": 50, "compare": "mala"})
+    msg = session.step(LIMITS["max_steps_per_message"], budget_s=0.0)
+    assert msg["truncated"] is True and len(msg["frames"]) == len(msg["compare"]["frames"]) == 1
+
+
+def test_eps_is_soft_but_the_schedule_resets_annealed_chains(client):
+    with client.websocket_connect("/ws") as ws:
+        configure(ws, algorithm="annealed", target="standard", chains=2)
+        step(ws, 5)
+        assert configure(ws, eps=0.001)["reset"] is False
+        assert configure(ws, sigma_max=5.0)["reset"] is True
+        configure(ws, algorithm="mala")
+        step(ws, 5)
+        assert configure(ws, sigma_max=6.0, num_levels=5)["reset"] is False  # no sampler anneals
+
+
+@pytest.mark.parametrize("settings", [
+    {"algorithm": "annealed", "target": "banana"},
+    {"algorithm": "mala", "compare": "annealed", "target": "banana"},
+    {"algorithm": "annealed", "target": "product", "expert1": "standard", "expert2": "standard"},
+])
+def test_annealed_without_a_noise_conditional_score_is_refused_clearly(client, settings):
+    with client.websocket_connect("/ws") as ws:
+        before = configure(ws, algorithm="mala", target="banana", chains=2)
+        message = error_of(ws, {"type": "configure", **settings})
+        ws.send_json({"type": "reset"})
+        assert ws.receive_json()["settings"] == before["settings"]
+    role = "compare" if settings.get("compare") else "algorithm"
+    # what was expected, what was given, and where annealed Langevin is available
+    assert f"{role} 'annealed' needs a noise-conditional score s(x, sigma)" in message
+    assert f"target {settings['target']!r} is a" in message
+    assert "song_ermon_mixture" in message and "--model" in message
+
+
+def test_annealed_divergence_is_reported(client):
+    with client.websocket_connect("/ws") as ws:
+        configure(ws, algorithm="annealed", target="standard", chains=3, eps=1.0, sigma_min=0.01,
+                  sigma_max=1.0, num_levels=2, steps_per_level=50)
+        msg = step(ws, 200)
+        assert "diverged (non-finite score)" in msg["error"] and "reduce eps" in msg["error"]
+        assert "diverged" in error_of(ws, {"type": "step", "n": 1})
+
+
+# --------------------------------------------------------------------------- side by side
+
+
+def test_side_by_side_runs_two_independent_samplers_with_equal_budgets(client):
+    with client.websocket_connect("/ws") as ws:
+        cfg = configure(ws, algorithm="mala", compare="rwmh", target="donut", chains=6, step_size=0.4, seed=7)
+        assert cfg["compare"]["algorithm"] == "rwmh" and np.array(cfg["compare"]["x"]).shape == (6, 2)
+        assert cfg["compare"]["x"] == cfg["x"]  # same seed, same start
+        a = step(ws, 30)
+        b = step(ws, 20)
+    for msg in (a, b):
+        assert len(msg["frames"]) == len(msg["compare"]["frames"])
+        assert msg["compare"]["algorithm"] == "rwmh"
+    da, db = b["diagnostics"], b["compare"]["diagnostics"]
+    assert da["num_samples"] == db["num_samples"] == 50 * 6 and da["num_steps"] == db["num_steps"] == 50
+    for d in (da, db):
+        assert 0 < d["acceptance_rate"] <= 1 and d["ess"] > 0 and d["rhat"] > 0 and d["kl"] > 0
+    assert da["acceptance_rate"] != db["acceptance_rate"]  # two kernels, two panels
+    assert a["frames"][-1]["x"] != a["compare"]["frames"][-1]["x"]
+
+
+def test_side_by_side_panel_equals_the_same_sampler_run_alone(client):
+    """Same seed and budget, no coupling: panel B is exactly what HMC alone would draw."""
+    settings = dict(target="banana", chains=3, step_size=0.2, leapfrog_steps=5, seed=11)
+    with client.websocket_connect("/ws") as ws:
+        configure(ws, algorithm="mala", compare="hmc", **settings)
+        both = [step(ws, 10), step(ws, 7)]
+        configure(ws, algorithm="hmc", compare="", **settings)
+        alone = [step(ws, 10), step(ws, 7)]
+    for pair, single in zip(both, alone):
+        assert pair["compare"]["frames"] == single["frames"]
+        assert pair["compare"]["diagnostics"] == single["diagnostics"]
+    assert "compare" not in alone[0]
+
+
+def test_side_by_side_divergence_names_the_sampler(client):
+    with client.websocket_connect("/ws") as ws:
+        configure(ws, algorithm="mala", compare="ula", target="banana", chains=4, step_size=50.0)
+        msg = step(ws, 200)
+        assert "sampler B (ula)" in msg["error"] and "diverged" in msg["error"]
+        assert len(msg["frames"]) == len(msg["compare"]["frames"])
+        assert "sampler B (ula)" in error_of(ws, {"type": "step", "n": 1})
+
+
+def test_side_by_side_exports_both_samplers(client):
+    with client.websocket_connect("/ws") as ws:
+        configure(ws, algorithm="rwmh", compare="mala", target="standard", chains=2, seed=0)
+        msg = step(ws, 3)
+        ws.send_json({"type": "export", "format": "csv"})
+        lines = ws.receive_json()["data"].strip().split("\n")
+        ws.send_json({"type": "export", "format": "npz"})
+        npz = np.load(io.BytesIO(base64.b64decode(ws.receive_json()["data"])))
+    assert lines[0] == "sampler,step,chain,x1,x2" and len(lines) == 1 + 2 * 3 * 2
+    assert lines[1].startswith("A:rwmh,1,0,") and lines[-1].startswith("B:mala,3,1,")
+    assert npz["samples"].shape == npz["compare_samples"].shape == (3, 2, 2)
+    assert str(npz["algorithm"]) == "rwmh" and str(npz["compare_algorithm"]) == "mala"
+    np.testing.assert_allclose(npz["compare_samples"][-1], msg["compare"]["frames"][-1]["x"], atol=1e-3)
+
+
+# --------------------------------------------------------------------------- GIF export
+
+
+def gif_of(ws):
+    from PIL import Image
+
+    ws.send_json({"type": "export", "format": "gif"})
+    msg = ws.receive_json()
+    assert msg["type"] == "export" and msg["format"] == "gif" and msg["filename"].endswith(".gif"), msg
+    data = base64.b64decode(msg["data"])
+    assert data[:6] == b"GIF89a"
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return data, img
+
+
+def test_gif_export_animates_the_recent_steps(client):
+    with client.websocket_connect("/ws") as ws:
+        configure(ws, algorithm="hmc", target="banana", chains=6, step_size=0.2, leapfrog_steps=5)
+        step(ws, 12)
+        data, img = gif_of(ws)
+        assert img.format == "GIF" and img.size == (LIMITS["gif_px"], LIMITS["gif_px"])
+        assert img.n_frames == 13  # the start + 12 steps
+        assert img.info.get("loop") == 0
+        configure(ws, compare="rwmh")  # side by side: two panels per frame
+        step(ws, 3)
+        _, img = gif_of(ws)
+        assert img.size == (2 * LIMITS["gif_px"], LIMITS["gif_px"]) and img.n_frames == 4
+
+
+def test_gif_export_is_bounded_in_frames_bytes_and_time(client, monkeypatch):
+    from ebmlab.playground import app as playground
+
+    with client.websocket_connect("/ws") as ws:
+        configure(ws, algorithm="rwmh", target="standard", chains=LIMITS["max_chains"], step_size=1.0)
+        for _ in range(3):
+            step(ws, 40)
+        data, img = gif_of(ws)
+        assert 2 <= img.n_frames <= LIMITS["gif_frames"] and len(data) <= LIMITS["gif_max_bytes"]
+        monkeypatch.setitem(playground.LIMITS, "gif_budget_s", 0.0)  # out of time: the two newest frames
+        _, img = gif_of(ws)
+        assert img.n_frames == 2
+        monkeypatch.setitem(playground.LIMITS, "gif_budget_s", 5.0)
+        monkeypatch.setitem(playground.LIMITS, "gif_max_bytes", 1)  # too big: halved down to two frames
+        _, img = gif_of(ws)
+        assert img.n_frames == 2
+
+
+# --------------------------------------------------------------------------- score runs
+
+
+def _score_run(path, *, noise_conditional=True, kind="score_mlp"):
+    from ebmlab.checkpoint import save_checkpoint
+    from ebmlab.energies.nets import MLPEnergy
+    from ebmlab.energies.score_nets import EnergyScore, ScoreMLP
+    from ebmlab.runs import save_config
+    from ebmlab.training import CHECKPOINT
+
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    if kind == "energy_score":
+        net = EnergyScore(MLPEnergy(2, hidden=(16, 16)))
+        model = {"kind": "energy_score", "dim": 2, "hidden": [16, 16], "activation": "silu"}
+        train = {"method": "ism", "sigmas": None}
+    else:
+        net = ScoreMLP(2, hidden=(16, 16), noise_conditional=noise_conditional, scale_by_sigma=noise_conditional)
+        model = {"kind": "score_mlp", "dim": 2, "hidden": [16, 16], "activation": "silu",
+                 "noise_conditional": noise_conditional, "scale_by_sigma": noise_conditional}
+        train = {"method": "ncsn", "sigmas": [8.0, 2.0, 0.5, 0.1]} if noise_conditional else {"method": "dsm",
+                                                                                              "sigmas": [0.1]}
+    save_checkpoint(path / CHECKPOINT, {f"model.{k}": v for k, v in net.state_dict().items()}, {})
+    save_config(path, {"model": model, "data": {"name": "two_moons", "bounds": [[-3, 3], [-2.5, 3.5]]},
+                       "train": train})
+    return path
+
+
+def test_noise_conditional_score_run_samples_with_annealed_langevin_only(tmp_path):
+    models = load_models([_score_run(tmp_path / "ncsn")])
+    m = models["model:ncsn"]
+    assert m.energy is None and m.score is not None and m.algorithms == ("annealed",)
+    assert m.schedule == {"num_levels": 4, "sigma_max": 8.0, "sigma_min": 0.1, "eps": 0.002}
+    with TestClient(create_app(models)) as c:
+        info = next(t for t in c.get("/api/targets").json()["targets"] if t["name"] == "model:ncsn")
+        assert info["algorithms"] == ["annealed"] and info["density"] is False and info["model"] is True
+        r = c.get("/api/density", params={"target": "model:ncsn", "resolution": 16})
+        assert r.status_code == 422 and "no density" in r.json()["detail"]
+        with c.websocket_connect("/ws") as ws:
+            message = error_of(ws, {"type": "configure", "algorithm": "mala", "target": "model:ncsn"})
+            assert "algorithm 'mala' needs an energy" in message and "expected algorithm 'annealed'" in message
+            message = error_of(ws, {"type": "configure", "target": "product", "expert1": "model:ncsn"})
+            assert "both experts need an energy" in message
+            cfg = configure(ws, algorithm="annealed", target="model:ncsn", chains=8, num_levels=4, sigma_max=8.0,
+                            sigma_min=0.1, steps_per_level=3, eps=0.002)
+            x0 = np.array(cfg["x"])
+            assert (x0[:, 0] >= -3).all() and (x0[:, 0] <= 3).all() and (x0[:, 1] >= -2.5).all()
+            msg = step(ws, 15)
+            assert len(msg["frames"]) == 15 and np.isfinite(np.array(msg["frames"][-1]["x"])).all()
+            d = msg["diagnostics"]
+            assert d["kl"] is None and d["sigma"] == pytest.approx(0.1) and d["kept_draws"] == 6
+            _, img = gif_of(ws)  # no density to draw: a plain background
+            assert img.n_frames == 16
+
+
+def test_energy_score_run_is_an_energy_for_every_algorithm_but_annealed(tmp_path):
+    models = load_models([_score_run(tmp_path / "ism", kind="energy_score")])
+    m = models["model:ism"]
+    assert m.energy is not None and m.score is None and "annealed" not in m.algorithms
+    with TestClient(create_app(models)) as c:
+        d = c.get("/api/density", params={"target": "model:ism", "resolution": 16}).json()
+        assert np.array(d["density"]).shape == (16, 16)
+        with c.websocket_connect("/ws") as ws:
+            configure(ws, algorithm="mala", compare="rwmh", target="model:ism", chains=3, step_size=0.1)
+            msg = step(ws, 4)
+            assert len(msg["frames"]) == len(msg["compare"]["frames"]) == 4
+            assert "needs a noise-conditional score" in error_of(ws, {"type": "configure", "algorithm": "annealed"})
+
+
+def test_unconditional_score_runs_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="noise-conditional"):
+        load_models([_score_run(tmp_path / "dsm", noise_conditional=False)])
+
+
+def test_a_score_model_that_fails_to_start_leaves_the_session_as_it_was():
+    from ebmlab.playground.app import Model
+
+    bad = Model(None, ((-2.0, 2.0), (-2.0, 2.0)), score=lambda x, sigma: x[:, :1], kind="broken score model")
+    with TestClient(create_app({"bad": bad})) as c, c.websocket_connect("/ws") as ws:
+        before = configure(ws, algorithm="mala", target="banana", chains=2)
+        message = error_of(ws, {"type": "configure", "algorithm": "annealed", "target": "bad"})
+        assert message.startswith("could not start the chains") and "shape of its input" in message
+        ws.send_json({"type": "reset"})
+        after = ws.receive_json()
+        assert after["settings"] == before["settings"] and after["x"] == before["x"]
