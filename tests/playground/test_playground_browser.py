@@ -1,5 +1,6 @@
 """The playground page in a real browser: Playwright (sync API) driving Debian's /usr/bin/chromium
-against a uvicorn server started on a free loopback port."""
+against a uvicorn server started on a free loopback port (with one tiny noise-conditional score
+run, so the page's score-model path runs too)."""
 
 import os
 import socket
@@ -28,11 +29,34 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
+def score_run(tmp_path_factory):
+    """A tiny untrained noise-conditional score run (``score_mlp``, as ``ebmlab train --method ncsn`` writes)."""
+    import torch
+
+    from ebmlab.checkpoint import save_checkpoint
+    from ebmlab.energies.score_nets import ScoreMLP
+    from ebmlab.runs import save_config
+    from ebmlab.training import CHECKPOINT
+
+    run = tmp_path_factory.mktemp("runs") / "ncsn"
+    run.mkdir()
+    torch.manual_seed(0)
+    net = ScoreMLP(2, hidden=(16, 16), noise_conditional=True, scale_by_sigma=True)
+    save_checkpoint(run / CHECKPOINT, {f"model.{k}": v for k, v in net.state_dict().items()}, {})
+    save_config(run, {"model": {"kind": "score_mlp", "dim": 2, "hidden": [16, 16], "activation": "silu",
+                                "noise_conditional": True, "scale_by_sigma": True},
+                      "data": {"name": "two_moons", "bounds": [[-3, 3], [-3, 3]]},
+                      "train": {"method": "ncsn", "sigmas": [8.0, 2.0, 0.5, 0.1]}})
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(score_run):
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
-        [sys.executable, "-c", f"from ebmlab.playground.app import serve; serve('127.0.0.1', {port}, [])"],
+        [sys.executable, "-c",
+         f"from ebmlab.playground.app import serve; serve('127.0.0.1', {port}, [{str(score_run)!r}])"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
@@ -217,3 +241,100 @@ def test_screenshot(open_page):
         return nonWhite / (d.length / 4);
     }""")
     assert canvas > 0.05
+
+
+def test_side_by_side_panels_share_the_budget(open_page, tmp_path):
+    page = open_page("?tween=0&target=donut&chains=5&seed=3")
+    assert page.is_hidden("[data-testid=canvas-b]") and page.is_hidden("[data-testid=num-samples-b]")
+    page.select_option("[data-testid=compare-algorithm]", "hmc")
+    wait_idle(page)
+    assert page.is_visible("[data-testid=canvas-b]") and page.is_visible("[data-testid=num-samples-b]")
+    assert page.is_visible("[data-testid=leapfrog-steps]")  # sampler B needs it
+    run_steps(page, 60, per_click=20)
+    assert text(page, "num-samples-b") == text(page, "num-samples") == str(60 * 5)
+    for testid in ("acceptance-rate", "ess", "rhat", "kl"):
+        a, b = float(text(page, testid)), float(text(page, testid + "-b"))
+        assert a > 0 and b > 0, testid
+    assert text(page, "acceptance-rate") != text(page, "acceptance-rate-b")
+    assert len(page.evaluate("window.ebmlabPlayground.samplesB()")) == 2 * 60 * 5
+    assert page.evaluate("window.ebmlabPlayground.chainsB()") != page.evaluate("window.ebmlabPlayground.chains()")
+    inked = """(id) => {
+        const c = document.querySelector(`[data-testid=${id}]`);
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250) n++;
+        return n / (d.length / 4);
+    }"""
+    assert page.evaluate(inked, "canvas-b") > 0.05 and page.evaluate(inked, "canvas") > 0.05
+    page.screenshot(path=str(tmp_path / "side-by-side.png"))
+
+    url = page.url
+    assert "compare=hmc" in url
+    copy = open_page("?" + url.split("?", 1)[1])
+    assert copy.input_value("[data-testid=compare-algorithm]") == "hmc"
+    run_steps(copy, 60, per_click=20)
+    for testid in ("num-samples", "acceptance-rate", "ess", "rhat", "kl"):
+        assert text(copy, testid + "-b") == text(page, testid + "-b"), testid  # the permalink reproduces B too
+
+    page.select_option("[data-testid=compare-algorithm]", "")
+    wait_idle(page)
+    assert page.is_hidden("[data-testid=canvas-b]") and "compare=" not in page.url
+
+
+def test_annealed_langevin_on_song_ermons_mixture(open_page, tmp_path):
+    page = open_page("?tween=0&chains=20")
+    disabled = "(v) => document.querySelector(`[data-testid=algorithm] option[value=${v}]`).disabled"
+    assert page.evaluate(disabled, "annealed")  # banana has no noise-conditional score
+    assert page.is_hidden("[data-testid=sigma-max]") and page.is_hidden("[data-testid=sigma]")
+    page.select_option("[data-testid=target]", "song_ermon_mixture")
+    wait_idle(page)
+    assert not page.evaluate(disabled, "annealed")
+    page.select_option("[data-testid=algorithm]", "annealed")
+    wait_idle(page)
+    assert page.is_visible("[data-testid=sigma-max]") and page.is_visible("[data-testid=sigma]")
+    assert float(page.input_value("[data-testid=sigma-max]")) > 10  # the target's suggested schedule
+    assert page.is_disabled("[data-testid=step-size]")
+    set_value(page, "num-levels", 3)
+    set_value(page, "steps-per-level", 10)
+    run_steps(page, 15, per_click=15)
+    assert text(page, "sigma").endswith("(2/3)") and "annealing" in page.text_content("#caption")
+    assert page.evaluate("window.ebmlabPlayground.samples().length") == 0  # annealing draws are not kept
+    run_steps(page, 25, per_click=25)
+    assert text(page, "sigma") == f"{float(page.input_value('[data-testid=sigma-min]')):g} (3/3)"
+    assert page.evaluate("window.ebmlabPlayground.samples().length") == 2 * 20 * 20  # the last level's draws
+    page.screenshot(path=str(tmp_path / "annealed.png"))
+    assert float(text(page, "kl")) > 0 and text(page, "acceptance-rate") == "1.000"
+    assert "algorithm=annealed" in page.url and "levels=3" in page.url and "per_level=10" in page.url
+
+    # Back to a target without a score: the page moves to MALA rather than send a refused setting.
+    page.select_option("[data-testid=target]", "banana")
+    wait_idle(page)
+    assert page.input_value("[data-testid=algorithm]") == "mala" and "not available" in page.text_content("#hint")
+    # A permalink asking for it anyway gets the server's reason.
+    copy = open_page("?algorithm=annealed&target=banana")
+    assert "needs a noise-conditional score" in text(copy, "error")
+
+
+def test_score_model_has_no_density_and_runs_annealed_only(open_page):
+    page = open_page("?tween=0&target=model:ncsn&algorithm=annealed&chains=6&levels=4&sigma_max=8&sigma_min=0.1"
+                     "&per_level=3&eps=0.002")
+    assert page.is_hidden("[data-testid=error]")
+    enabled = page.eval_on_selector_all("[data-testid=algorithm] option", "els => els.filter(e => !e.disabled).map(e => e.value)")
+    assert enabled == ["annealed"]
+    experts = page.eval_on_selector_all("[data-testid=expert1] option", "els => els.map(e => e.value)")
+    assert "model:ncsn" not in experts
+    run_steps(page, 15, per_click=15)
+    assert "no density to draw" in page.text_content("#caption")
+    assert text(page, "kl") == "—" and text(page, "sigma") == "0.1 (4/4)"
+
+
+def test_gif_export_downloads_an_animation(open_page):
+    page = open_page("?tween=0&algorithm=hmc&target=banana&chains=4")
+    run_steps(page, 10, per_click=10)
+    with page.expect_download() as dl:
+        page.click("[data-testid=export-gif]")
+    assert dl.value.suggested_filename.endswith(".gif")
+    from PIL import Image
+
+    data = Path(dl.value.path()).read_bytes()
+    assert data[:6] == b"GIF89a" and Image.open(dl.value.path()).n_frames == 11

@@ -1,5 +1,6 @@
 // ebmlab MCMC playground: drawing only. Every step is computed by the server
-// (ebmlab.samplers) and streamed over the /ws WebSocket.
+// (ebmlab.samplers) and streamed over the /ws WebSocket. Side by side, a second
+// pane ("-b" ids) draws the second sampler the server runs with the same budget.
 
 const $ = (id) => document.getElementById(id);
 
@@ -23,6 +24,7 @@ const MAX_SAMPLES = 400000; // client-side sample buffer (points); histograms us
 // Server settings (sent with "configure") <-> control ids <-> URL query keys.
 const SERVER = [
   ["algorithm", "algorithm", "algorithm", "str"],
+  ["compare", "compare-algorithm", "compare", "str"],
   ["target", "target", "target", "str"],
   ["expert1", "expert1", "expert1", "str"],
   ["expert2", "expert2", "expert2", "str"],
@@ -32,7 +34,14 @@ const SERVER = [
   ["seed", "seed", "seed", "int"],
   ["histogram_bins", "histogram-bins", "bins", "int"],
   ["animate_proposal", "animate-proposal", "animate", "bool"],
+  ["num_levels", "num-levels", "levels", "int"],
+  ["sigma_max", "sigma-max", "sigma_max", "num"],
+  ["sigma_min", "sigma-min", "sigma_min", "num"],
+  ["steps_per_level", "steps-per-level", "per_level", "int"],
+  ["eps", "eps", "eps", "num"],
 ];
+// Annealed Langevin's settings go into the permalink only when a sampler uses them.
+const ANNEALED_KEYS = new Set(["num_levels", "sigma_max", "sigma_min", "steps_per_level", "eps"]);
 const CLIENT = [
   ["autoplay", "autoplay", "bool"],
   ["autoplay-delay", "delay", "int"],
@@ -43,26 +52,38 @@ const CLIENT = [
   ["show-histogram", "show_hist", "bool"],
 ];
 
+// One pane per sampler: its canvases and what it draws.
+function makePane(suffix, label) {
+  return {
+    suffix, label,
+    algorithm: "",
+    x: [], // current chain positions
+    prevX: null,
+    frame: null, // last frame (proposal, accepted, trajectory)
+    samples: new Float32Array(1 << 16),
+    n: 0, // points in samples
+    diagnostics: null,
+  };
+}
+const panes = [makePane("", "A"), makePane("-b", "B")];
+
 const st = {
   ws: null,
   info: null,
   bounds: [[-4, 4], [-4, 4]],
   density: null,
   densityKey: "",
+  densityNote: "", // why there is no density (a score model has no energy)
   heat: null, // offscreen canvas with the heatmap
   contours: [], // [[x1a, x2a, x1b, x2b], ...] in data coordinates
-  x: [], // current chain positions
-  prevX: null,
-  frame: null, // last frame (proposal, accepted, trajectory)
-  samples: new Float32Array(1 << 16),
-  n: 0, // points in samples
+  compare: false, // the server runs a second sampler (pane B)
   configuring: 0, // configure/reset messages awaiting their reply
   pending: 0, // steps requested but not yet sent
   inFlight: false,
   tween: null, // {start, dur}
   autoplayTimer: null,
-  diagnostics: null,
 };
+const activePanes = () => (st.compare ? panes : [panes[0]]);
 
 // ------------------------------------------------------------------ helpers
 function readControl(id, kind) {
@@ -105,6 +126,8 @@ function updateURL() {
   for (const [, id, key, kind] of SERVER) {
     const v = readControl(id, kind);
     if ((key === "expert1" || key === "expert2") && $("target").value !== "product") continue;
+    if (key === "compare" && !v) continue;
+    if (ANNEALED_KEYS.has(key) && !uses("annealed")) continue;
     q.set(key, kind === "bool" ? (v ? "1" : "0") : String(v));
   }
   for (const [id, key, kind] of CLIENT) {
@@ -177,8 +200,16 @@ function buildHeatmap() {
   }
 }
 
-function drawMain(progress) {
-  const canvas = $("main");
+function uses(algorithm) {
+  return $("algorithm").value === algorithm || $("compare-algorithm").value === algorithm;
+}
+function algorithmName(value) {
+  const o = $("algorithm").querySelector(`option[value="${value}"]`);
+  return o ? o.textContent : value;
+}
+
+function drawMain(pane, progress) {
+  const canvas = $("main" + pane.suffix);
   const [w, h, dpr] = fitCanvas(canvas);
   const ctx = canvas.getContext("2d");
   ctx.fillStyle = "#fff";
@@ -194,26 +225,31 @@ function drawMain(progress) {
       ctx.moveTo(p1, q1); ctx.lineTo(p2, q2);
     }
     ctx.stroke();
+  } else if ($("show-target").checked && st.densityNote) {
+    ctx.fillStyle = "#8b949e";
+    ctx.font = `${12 * dpr}px system-ui, sans-serif`;
+    ctx.textAlign = "center"; ctx.textBaseline = "middle";
+    ctx.fillText("no density to draw: a score model has no energy", w / 2, h / 2);
   }
-  if ($("show-samples").checked && st.n > 0) {
+  if ($("show-samples").checked && pane.n > 0) {
     ctx.fillStyle = COLORS.sample;
     const r = 1.6 * dpr;
-    for (let k = Math.max(0, st.n - MAX_DRAWN_SAMPLES); k < st.n; k++) {
-      const [p, q] = toPx(st.samples[2 * k], st.samples[2 * k + 1], w, h);
+    for (let k = Math.max(0, pane.n - MAX_DRAWN_SAMPLES); k < pane.n; k++) {
+      const [p, q] = toPx(pane.samples[2 * k], pane.samples[2 * k + 1], w, h);
       ctx.fillRect(p - r / 2, q - r / 2, r, r);
     }
   }
-  const f = st.frame;
+  const f = pane.frame;
   const animate = $("animate-proposal").checked;
   const t = progress === undefined ? 1 : progress;
   const moveT = Math.min(1, Math.max(0, (t - 0.6) / 0.4)); // chains move in the last 40%
   const growT = Math.min(1, t / 0.6); // proposals grow in the first 60%
-  const nDraw = Math.min(st.x.length, MAX_DRAWN_CHAINS);
-  if (f && animate && st.prevX) {
+  const nDraw = Math.min(pane.x.length, MAX_DRAWN_CHAINS);
+  if (f && animate && pane.prevX) {
     ctx.lineWidth = 1.8 * dpr;
     for (let c = 0; c < Math.min(nDraw, f.proposal.length); c++) {
       const color = f.accepted[c] ? COLORS.accept : COLORS.reject;
-      const from = st.prevX[c];
+      const from = pane.prevX[c];
       if (f.trajectory && f.trajectory[c]) {
         const path = f.trajectory[c];
         const upto = Math.max(1, Math.round(growT * (path.length - 1)));
@@ -251,14 +287,14 @@ function drawMain(progress) {
   ctx.textBaseline = "bottom"; ctx.textAlign = "left";
   ctx.fillText(`x₁ ∈ [${a1}, ${b1}]   x₂ ∈ [${a2}, ${b2}]`, 6 * dpr, h - 4 * dpr);
   // Current chain positions (tweened from the previous ones).
-  for (let c = 0; c < st.x.length; c++) {
-    let [a, b] = st.x[c];
-    if (st.prevX && st.prevX[c] && t < 1) {
-      a = st.prevX[c][0] + moveT * (a - st.prevX[c][0]);
-      b = st.prevX[c][1] + moveT * (b - st.prevX[c][1]);
+  for (let c = 0; c < pane.x.length; c++) {
+    let [a, b] = pane.x[c];
+    if (pane.prevX && pane.prevX[c] && t < 1) {
+      a = pane.prevX[c][0] + moveT * (a - pane.prevX[c][0]);
+      b = pane.prevX[c][1] + moveT * (b - pane.prevX[c][1]);
     }
     const [p, q] = toPx(a, b, w, h);
-    const big = st.x.length <= MAX_DRAWN_CHAINS;
+    const big = pane.x.length <= MAX_DRAWN_CHAINS;
     ctx.beginPath();
     ctx.arc(p, q, (big ? 4.5 : 2.2) * dpr, 0, 2 * Math.PI);
     ctx.fillStyle = COLORS.chain; ctx.fill();
@@ -266,8 +302,11 @@ function drawMain(progress) {
   }
 }
 
-function drawHist(axis) {
-  const canvas = $(axis === 0 ? "hist-x" : "hist-y");
+function drawHist(pane, axis) {
+  const canvas = $((axis === 0 ? "hist-x" : "hist-y") + pane.suffix);
+  // The x2 histogram is as tall as its main canvas (set explicitly: a canvas keeps its old
+  // drawing-buffer height as intrinsic size, which would stretch the grid row on a relayout).
+  if (axis === 1) canvas.style.height = `${$("main" + pane.suffix).getBoundingClientRect().height}px`;
   const [w, h, dpr] = fitCanvas(canvas);
   const ctx = canvas.getContext("2d");
   ctx.fillStyle = "#fff";
@@ -278,8 +317,8 @@ function drawHist(axis) {
   const width = (hi - lo) / bins;
   const counts = new Float64Array(bins);
   let inside = 0;
-  for (let k = 0; k < st.n; k++) {
-    const v = st.samples[2 * k + axis];
+  for (let k = 0; k < pane.n; k++) {
+    const v = pane.samples[2 * k + axis];
     if (v < lo || v > hi) continue;
     counts[Math.min(bins - 1, Math.floor((v - lo) / width))] += 1;
     inside += 1;
@@ -315,47 +354,100 @@ function drawHist(axis) {
 }
 
 function drawAll(progress) {
-  drawMain(progress);
-  drawHist(0);
-  drawHist(1);
+  for (const pane of activePanes()) {
+    drawMain(pane, progress);
+    drawHist(pane, 0);
+    drawHist(pane, 1);
+  }
 }
 
 // ------------------------------------------------------------------ data
 function clearSamples() {
-  st.n = 0;
-  st.frame = null;
-  st.prevX = null;
+  for (const pane of panes) {
+    pane.n = 0;
+    pane.frame = null;
+    pane.prevX = null;
+  }
 }
-function pushSamples(points) {
-  const need = 2 * (st.n + points.length);
-  if (need > st.samples.length) {
+function pushSamples(pane, points) {
+  const need = 2 * (pane.n + points.length);
+  if (need > pane.samples.length) {
     if (need <= 2 * MAX_SAMPLES) {
-      const grown = new Float32Array(Math.min(2 * MAX_SAMPLES, Math.max(need, 2 * st.samples.length)));
-      grown.set(st.samples.subarray(0, 2 * st.n));
-      st.samples = grown;
+      const grown = new Float32Array(Math.min(2 * MAX_SAMPLES, Math.max(need, 2 * pane.samples.length)));
+      grown.set(pane.samples.subarray(0, 2 * pane.n));
+      pane.samples = grown;
     } else { // keep the most recent MAX_SAMPLES points
       const keep = Math.max(0, MAX_SAMPLES - points.length);
-      st.samples.copyWithin(0, 2 * (st.n - keep), 2 * st.n);
-      st.n = keep;
+      pane.samples.copyWithin(0, 2 * (pane.n - keep), 2 * pane.n);
+      pane.n = keep;
     }
   }
   for (const [a, b] of points.slice(-MAX_SAMPLES)) {
-    st.samples[2 * st.n] = a; st.samples[2 * st.n + 1] = b; st.n += 1;
+    pane.samples[2 * pane.n] = a; pane.samples[2 * pane.n + 1] = b; pane.n += 1;
   }
 }
-function showDiagnostics(d) {
-  st.diagnostics = d;
-  $("num-samples").textContent = String(d.num_samples);
-  $("acceptance-rate").textContent = fmt(d.acceptance_rate, 3);
-  $("ess").textContent = d.ess === null ? "—" : d.ess.toFixed(1);
-  $("rhat").textContent = fmt(d.rhat, 3);
-  $("kl").textContent = fmt(d.kl, 3);
-  $("caption").textContent = `step ${d.num_steps} · ${st.x.length} chain${st.x.length === 1 ? "" : "s"}` +
-    (d.kept_draws < d.num_steps ? ` · diagnostics over the last ${d.kept_draws} draws` : "");
+function sigmaText(d) {
+  return d.sigma === null || d.sigma === undefined ? "—" : `${Number(d.sigma.toPrecision(3))} (${d.level}/${d.num_levels})`;
+}
+function showDiagnostics(pane, d) {
+  pane.diagnostics = d;
+  const s = pane.suffix;
+  $("num-samples" + s).textContent = String(d.num_samples);
+  $("acceptance-rate" + s).textContent = fmt(d.acceptance_rate, 3);
+  $("ess" + s).textContent = d.ess === null ? "—" : d.ess.toFixed(1);
+  $("rhat" + s).textContent = fmt(d.rhat, 3);
+  $("kl" + s).textContent = fmt(d.kl, 3);
+  $("sigma" + s).textContent = sigmaText(d);
+}
+function updateCaption() {
+  const d = panes[0].diagnostics;
+  if (!d) return;
+  const n = panes[0].x.length;
+  let text = `step ${d.num_steps} · ${n} chain${n === 1 ? "" : "s"}`;
+  if (st.compare) text += " each, same seed and budget";
+  const annealed = activePanes().map((p) => p.diagnostics).find((x) => x && x.sigma !== null && x.sigma !== undefined);
+  if (annealed) {
+    text += annealed.level < annealed.num_levels
+      ? ` · annealing: σ = ${Number(annealed.sigma.toPrecision(3))}, level ${annealed.level}/${annealed.num_levels}` +
+        " (draws are kept from the last level on)"
+      : ` · last noise level σ = ${Number(annealed.sigma.toPrecision(3))}: diagnostics over its ${annealed.kept_draws} draws`;
+  } else if (d.kept_draws < d.num_steps) text += ` · diagnostics over the last ${d.kept_draws} draws`;
+  if (st.densityNote) text += ` · ${st.densityNote}`;
+  $("caption").textContent = text;
+}
+function layoutPanes() {
+  $("panes").classList.toggle("two", st.compare);
+  $("pane-b").hidden = !st.compare;
+  $("title-a").hidden = !st.compare;
+  $("diag").classList.toggle("two", st.compare);
+  for (const pane of panes) {
+    const title = $("title-" + pane.label.toLowerCase());
+    title.innerHTML = "";
+    const tag = document.createElement("span");
+    tag.className = "tag"; tag.textContent = pane.label;
+    title.append(tag, algorithmName(pane.algorithm));
+    $("head-" + pane.label.toLowerCase()).textContent = `${pane.label} · ${pane.algorithm}`;
+  }
+  const annealed = activePanes().some((p) => p.algorithm === "annealed");
+  for (const el of document.querySelectorAll("#diag .compare-only, #diag .sigma-row")) {
+    el.hidden = (el.classList.contains("compare-only") && !st.compare) ||
+                (el.classList.contains("sigma-row") && !annealed);
+  }
 }
 
 async function loadDensity() {
   const s = serverSettings();
+  const info = targetInfo();
+  if (info && !info.density) { // a score model: no energy, so no density or marginal curves
+    st.densityKey = "score:" + s.target;
+    st.density = null; st.heat = null; st.contours = [];
+    st.bounds = info.bounds;
+    st.densityNote = `${s.target} is a ${info.kind}: no density to draw`;
+    updateCaption();
+    drawAll();
+    return;
+  }
+  st.densityNote = "";
   const q = new URLSearchParams({ target: s.target, resolution: "128" });
   if (s.target === "product") { q.set("expert1", s.expert1); q.set("expert2", s.expert2); }
   const key = q.toString();
@@ -412,37 +504,50 @@ function scheduleAutoplay() {
   }, clientInt("autoplay-delay", 0, 60000, 100));
 }
 
+// Take a pane's frames: all but the last go to its samples (annealing frames are
+// animated but not kept, as on the server); the last one is animated.
+function takeFrames(pane, frames) {
+  if (!frames || !frames.length) return null;
+  for (let i = 0; i < frames.length - 1; i++) if (!frames[i].annealing) pushSamples(pane, frames[i].x);
+  const last = frames[frames.length - 1];
+  pane.prevX = frames.length > 1 ? frames[frames.length - 2].x : pane.x;
+  pane.frame = last;
+  pane.x = last.x;
+  return last;
+}
+
 function onFrames(msg) {
   st.inFlight = false;
   if (msg.error) showError(msg.error);
-  const frames = msg.frames;
-  if (frames.length) {
-    for (let i = 0; i < frames.length - 1; i++) pushSamples(frames[i].x);
-    const last = frames[frames.length - 1];
-    st.prevX = frames.length > 1 ? frames[frames.length - 2].x : st.x;
-    st.frame = last;
-    st.x = last.x;
-    const dur = clientInt("tweening-delay", 0, 60000, 0);
-    if (dur > 0 && document.visibilityState === "visible") {
-      const tween = { start: performance.now(), dur };
-      st.tween = tween;
-      const tick = (now) => {
-        if (st.tween !== tween) return; // cancelled by a reset/configure
-        const p = Math.min(1, (now - tween.start) / tween.dur);
-        drawMain(p);
-        if (p < 1) requestAnimationFrame(tick);
-        else { st.tween = null; pushSamples(last.x); showDiagnostics(msg.diagnostics); drawAll(); pump(); scheduleAutoplay(); }
-      };
-      requestAnimationFrame(tick);
-      updateIdle();
-      return;
-    }
-    pushSamples(last.x);
+  const parts = [[panes[0], msg.frames, msg.diagnostics]];
+  if (msg.compare && st.compare) parts.push([panes[1], msg.compare.frames, msg.compare.diagnostics]);
+  const lasts = parts.map(([pane, frames]) => takeFrames(pane, frames));
+  const finish = () => {
+    parts.forEach(([pane, , diag], i) => {
+      if (lasts[i] && !lasts[i].annealing) pushSamples(pane, lasts[i].x);
+      showDiagnostics(pane, diag);
+    });
+    updateCaption();
+    drawAll();
+    pump();
+    scheduleAutoplay();
+  };
+  const dur = clientInt("tweening-delay", 0, 60000, 0);
+  if (lasts[0] && dur > 0 && document.visibilityState === "visible") {
+    const tween = { start: performance.now(), dur };
+    st.tween = tween;
+    const tick = (now) => {
+      if (st.tween !== tween) return; // cancelled by a reset/configure
+      const p = Math.min(1, (now - tween.start) / tween.dur);
+      for (const [pane] of parts) drawMain(pane, p);
+      if (p < 1) requestAnimationFrame(tick);
+      else { st.tween = null; finish(); }
+    };
+    requestAnimationFrame(tick);
+    updateIdle();
+    return;
   }
-  showDiagnostics(msg.diagnostics);
-  drawAll();
-  pump();
-  scheduleAutoplay();
+  finish();
 }
 
 function onMessage(ev) {
@@ -458,9 +563,20 @@ function onMessage(ev) {
   if (msg.type === "configured") {
     st.configuring = Math.max(0, st.configuring - 1);
     showError("");
-    if (msg.reset) { st.tween = null; clearSamples(); st.x = msg.x; }
+    st.compare = Boolean(msg.compare);
+    panes[0].algorithm = msg.settings.algorithm;
+    panes[1].algorithm = msg.compare ? msg.compare.algorithm : "";
+    if (msg.reset) {
+      st.tween = null;
+      clearSamples();
+      panes[0].x = msg.x;
+      panes[1].x = msg.compare ? msg.compare.x : [];
+    }
     st.bounds = msg.bounds;
-    showDiagnostics(msg.diagnostics);
+    layoutPanes();
+    showDiagnostics(panes[0], msg.diagnostics);
+    if (msg.compare) showDiagnostics(panes[1], msg.compare.diagnostics);
+    updateCaption();
     drawAll();
     updateIdle();
     scheduleAutoplay();
@@ -469,7 +585,8 @@ function onMessage(ev) {
   } else if (msg.type === "export") {
     const blob = msg.format === "csv"
       ? new Blob([msg.data], { type: "text/csv" })
-      : new Blob([Uint8Array.from(atob(msg.data), (c) => c.charCodeAt(0))], { type: "application/octet-stream" });
+      : new Blob([Uint8Array.from(atob(msg.data), (c) => c.charCodeAt(0))],
+                 { type: msg.format === "gif" ? "image/gif" : "application/octet-stream" });
     const a = document.createElement("a");
     a.href = URL.createObjectURL(blob);
     a.download = msg.filename;
@@ -494,18 +611,66 @@ function connect() {
 
 // ------------------------------------------------------------------ controls
 function syncVisibility() {
-  const algo = $("algorithm").value;
+  const algos = [$("algorithm").value, $("compare-algorithm").value].filter(Boolean);
   $("experts").hidden = $("target").value !== "product";
-  for (const el of document.querySelectorAll(".hmc-only")) el.hidden = algo !== "hmc";
-  $("step-size").disabled = algo === "rejection";
-  $("step-size-label").textContent = algo === "rwmh" ? "Proposal scale σ" : "Step size ε";
+  for (const el of document.querySelectorAll(".hmc-only")) el.hidden = !algos.includes("hmc");
+  for (const el of document.querySelectorAll(".annealed-only")) el.hidden = !algos.includes("annealed");
+  $("step-size").disabled = algos.every((a) => a === "rejection" || a === "annealed");
+  $("step-size-label").textContent = algos.length === 1 && algos[0] === "rwmh" ? "Proposal scale σ" : "Step size ε";
+}
+
+function targetInfo() {
+  if (!st.info) return null;
+  const name = $("target").value;
+  if (name === st.info.product) {
+    return { name, algorithms: st.info.product_algorithms, density: true, annealed: null, kind: "product of experts" };
+  }
+  return st.info.targets.find((t) => t.name === name) || null;
+}
+
+// Mark the algorithms the chosen target cannot run (the server refuses them with a reason);
+// on a change of target by hand, also move off an algorithm that became unavailable.
+function syncAvailability(autoSwitch) {
+  const info = targetInfo();
+  if (!info) return;
+  const allowed = new Set(info.algorithms);
+  for (const sel of [$("algorithm"), $("compare-algorithm")]) {
+    for (const o of sel.options) {
+      if (!o.value) continue;
+      o.disabled = !allowed.has(o.value);
+      o.title = !o.disabled ? "" : o.value === "annealed"
+        ? `needs a noise-conditional score; ${info.name} has none`
+        : `needs an energy; ${info.name} is a score model`;
+    }
+  }
+  if (!autoSwitch) return;
+  const notes = [];
+  if (!allowed.has($("algorithm").value)) {
+    const to = allowed.has("mala") ? "mala" : info.algorithms[0];
+    notes.push(`${algorithmName($("algorithm").value)} is not available for ${info.name}; switched to ${algorithmName(to)}.`);
+    $("algorithm").value = to;
+  }
+  const cmp = $("compare-algorithm").value;
+  if (cmp && !allowed.has(cmp)) {
+    notes.push(`${algorithmName(cmp)} is not available for ${info.name}; side by side is off.`);
+    $("compare-algorithm").value = "";
+  }
+  if (notes.length) $("hint").textContent = notes.join(" ");
+  if (info.annealed) { // the target's suggested annealing schedule (its noise scale)
+    writeControl("num-levels", "int", info.annealed.num_levels);
+    writeControl("sigma-max", "num", info.annealed.sigma_max);
+    writeControl("sigma-min", "num", info.annealed.sigma_min);
+    writeControl("eps", "num", info.annealed.eps);
+  }
 }
 
 function fillTargets(info) {
   const opts = (sel, withProduct) => {
     sel.innerHTML = "";
-    const groups = [["Analytic targets", info.targets.filter((t) => t.analytic)],
-                    ["Trained models", info.targets.filter((t) => !t.analytic)]];
+    // Experts of a product need an energy: score models are offered as targets only.
+    const list = withProduct ? info.targets : info.targets.filter((t) => t.density);
+    const groups = [["Analytic targets", list.filter((t) => t.analytic)],
+                    ["Trained models", list.filter((t) => !t.analytic)]];
     for (const [label, list] of groups) {
       if (!list.length) continue;
       const g = document.createElement("optgroup");
@@ -530,6 +695,7 @@ async function main() {
   st.info = await r.json();
   fillTargets(st.info);
   restoreFromURL();
+  syncAvailability(false);
   syncVisibility();
   updateURL();
   await loadDensity();
@@ -537,6 +703,7 @@ async function main() {
   const serverIds = SERVER.map(([, id]) => id);
   for (const id of serverIds) {
     $(id).addEventListener("change", () => {
+      if (id === "target" || id === "expert1" || id === "expert2") syncAvailability(true);
       syncVisibility();
       updateURL();
       if (["target", "expert1", "expert2"].includes(id)) loadDensity();
@@ -563,15 +730,18 @@ async function main() {
   });
   $("export-csv").addEventListener("click", () => send({ type: "export", format: "csv" }));
   $("export-npz").addEventListener("click", () => send({ type: "export", format: "npz" }));
+  $("export-gif").addEventListener("click", () => send({ type: "export", format: "gif" }));
   window.addEventListener("resize", () => drawAll());
   connect();
 }
 
 // Read-only hook for tests and debugging in the console.
 window.ebmlabPlayground = {
-  samples: () => Array.from(st.samples.subarray(0, 2 * st.n)),
+  samples: () => Array.from(panes[0].samples.subarray(0, 2 * panes[0].n)),
+  samplesB: () => Array.from(panes[1].samples.subarray(0, 2 * panes[1].n)),
   bounds: () => st.bounds,
-  chains: () => st.x,
+  chains: () => panes[0].x,
+  chainsB: () => panes[1].x,
 };
 
 main().catch((err) => { showError(String(err)); setStatus("failed to start", false); });
