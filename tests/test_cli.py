@@ -176,3 +176,230 @@ def test_score_methods_train_evaluate_and_sample(method, tmp_path, capsys):
     code, out, err = run_cli(["sample", "--model", str(run), "--chains", "50", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["sampler"] == ("annealed" if method == "ncsn" else "score-langevin")
+
+
+# --------------------------------------------------------------------------- score models on images
+
+
+def _finite_image_metrics(result):
+    for key in ("mean_max_prob", "min_class_fraction", "feature_mmd", "pixel_mmd"):
+        assert np.isfinite(result[key]), key
+    assert 0 < result["mean_max_prob"] <= 1 and 0 <= result["min_class_fraction"] <= 0.1
+
+
+@pytest.mark.parametrize("method", ["ncsn", "dsm"])
+def test_digits_score_model_trains_samples_and_evaluates(method, tmp_path, capsys):
+    run = tmp_path / method
+    args = ["train", "--data", "digits", "--method", method, "--eval-every", "10", "--num-sigmas", "4",
+            "--steps-per-level", "5", "--out", str(run), "--json"]
+    code, out, err = run_cli([*args, "--steps", "20"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["steps"] == 20 and np.isfinite(result["loss"])
+    _finite_image_metrics(result)
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == {"kind": "score_conv", "in_channels": 1, "image_size": 8, "width": 32,
+                               "noise_conditional": method == "ncsn", "activation": "silu"}
+    tr = config["train"]  # the report's digits NCSN settings are the defaults
+    assert tr["lr"] == 1e-3 and tr["batch_size"] == 128 and tr["steps_per_level"] == 5
+    assert len(tr["sigmas"]) == (4 if method == "ncsn" else 1)
+    assert (run / "samples_10.png").is_file() and (run / "samples_20.png").is_file()
+
+    grid, npz = tmp_path / f"{method}.png", tmp_path / f"{method}.npz"
+    code, out, err = run_cli(["sample", "--model", str(run), "--sampler", "annealed", "--chains", "40",
+                              "--plot", str(grid), "--out", str(npz), "--json"], capsys)
+    assert code == 0, err
+    sampled = json.loads(out)
+    assert sampled["sampler"] == ("annealed" if method == "ncsn" else "score-langevin")
+    assert np.isfinite(sampled["mmd_to_test_data"]) and -1 <= sampled["pixel_mean"] <= 1
+    with np.load(npz) as data:
+        assert data["samples"].shape == (40, 1, 8, 8)
+        assert data["samples"].min() >= -1 and data["samples"].max() <= 1
+    assert grid.stat().st_size > 1000
+
+    code, out, err = run_cli(["evaluate", str(run), "--json"], capsys)
+    assert code == 0, err
+    ev = json.loads(out)
+    assert {"run_dir", "step", "data", "method", "samples", "mean_max_prob", "min_class_fraction", "feature_mmd",
+            "pixel_mmd", "classifier_test_accuracy", "nearest_train_distance_min", "nearest_train_distance_mean",
+            "samples_plot", "plot", "class_fractions"} <= set(ev)
+    assert ev["method"] == method and ev["step"] == 20 and ev["samples"] == 500
+    assert len(ev["class_fractions"]) == 10 and abs(sum(ev["class_fractions"]) - 1) < 1e-6
+    _finite_image_metrics(ev)
+    assert ev["classifier_test_accuracy"] > 0.9 and ev["nearest_train_distance_min"] > 0
+    assert (run / "nearest_neighbours.png").is_file() and (run / "classifier.safetensors").is_file()
+
+    if method == "ncsn":
+        code, out, err = run_cli([*args, "--steps", "30", "--resume"], capsys)
+        assert code == 0, err
+        assert json.loads(out)["step"] == 30
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [10, 20, 30]
+
+
+def test_digits_score_model_refuses_what_does_not_apply(tmp_path, capsys):
+    run = tmp_path / "ncsn"
+    code, out, err = run_cli(["train", "--data", "digits", "--method", "ssm", "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "dsm or ncsn" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(["train", "--data", "digits", "--method", "ncsn", "--steps", "2", "--eval-every", "2",
+                              "--num-sigmas", "2", "--steps-per-level", "1", "--out", str(run), "--json"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["sample", "--model", str(run), "--sampler", "mala", "--json"], capsys)
+    assert code == 2 and "annealed" in err
+    code, out, err = run_cli(["sample", "--sampler", "annealed", "--json"], capsys)  # an analytic target
+    assert code == 2 and "--model" in err
+
+
+# --------------------------------------------------------------------------- MNIST / Fashion-MNIST from IDX files
+
+
+def _write_idx(path, array):
+    """An IDX file (http://yann.lecun.com/exdb/mnist/): 00 00 08 ndim, big-endian u32 sizes, uint8 data."""
+    import struct
+
+    path.write_bytes(bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+                     + array.astype(np.uint8).tobytes())
+
+
+def _tiny_mnist(root, n_train=40, n_test=20, seed=0):
+    """Four tiny IDX files in ``root``: random 28x28 pixels, labels cycling through 0..9."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        _write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        _write_idx(root / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    return root
+
+
+def test_mnist_ebm_trains_and_evaluates_from_local_idx_files(tmp_path, capsys):
+    root, run = _tiny_mnist(tmp_path / "idx"), tmp_path / "mnist"
+    code, out, err = run_cli(["train", "--data", "mnist", "--data-root", str(root), "--method", "pcd",
+                              "--steps", "4", "--eval-every", "4", "--langevin-steps", "2", "--batch-size", "8",
+                              "--n-train", "30", "--out", str(run), "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["steps"] == 4 and np.isfinite(result["loss"]) and np.isfinite(result["feature_mmd"])
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["kind"] == "conv" and config["model"]["image_size"] == 28
+    assert config["data"] == {"name": "mnist", "range": [-1.0, 1.0], "root": str(root.resolve()), "n_train": 30,
+                              "n_test": None}
+    assert config["train"]["clamp"] == [-1.0, 1.0] and config["train"]["clamp_data"]  # the pixel range
+    code, out, err = run_cli(["evaluate", str(run), "--json"], capsys)
+    assert code == 0, err
+    ev = json.loads(out)
+    assert ev["data"] == "mnist" and ev["samples"] == 8 and np.isfinite(ev["feature_mmd"])
+    # the classifier is trained on the 28x28 training split itself (all of it, not the --n-train subset)
+    assert ev["classifier_train_images"] == 40 and ev["nearest_train_distance_min"] > 0
+    assert (run / "nearest_neighbours.png").is_file()
+
+
+def test_fashion_mnist_ncsn_from_torchvision_layout(tmp_path, capsys):
+    root, run = tmp_path / "idx", tmp_path / "fashion"
+    _tiny_mnist(root / "FashionMNIST" / "raw", seed=1)
+    code, out, err = run_cli(["train", "--data", "fashion_mnist", "--data-root", str(root), "--method", "ncsn",
+                              "--steps", "3", "--eval-every", "3", "--batch-size", "8", "--num-sigmas", "3",
+                              "--steps-per-level", "1", "--out", str(run), "--json"], capsys)
+    assert code == 0, err
+    assert np.isfinite(json.loads(out)["mean_max_prob"])
+    code, out, err = run_cli(["sample", "--model", str(run), "--chains", "5", "--out", str(tmp_path / "s.npz"),
+                              "--json"], capsys)
+    assert code == 0, err
+    with np.load(tmp_path / "s.npz") as data:
+        assert data["samples"].shape == (5, 1, 28, 28)
+
+
+@pytest.mark.parametrize("data", ["mnist", "fashion_mnist"])
+def test_mnist_without_files_exits_2_with_a_clear_message(data, tmp_path, capsys):
+    code, out, err = run_cli(["train", "--data", data, "--out", str(tmp_path / "r"), "--json"], capsys)
+    assert code == 2 and "--data-root" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "empty").mkdir()
+    code, out, err = run_cli(["train", "--data", data, "--data-root", str(tmp_path / "empty"),
+                              "--out", str(tmp_path / "r"), "--json"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "train-images-idx3-ubyte" in err and "never downloads" in err and "Traceback" not in err
+    code, out, err = run_cli(["train", "--data", "digits", "--data-root", str(tmp_path), "--out",
+                              str(tmp_path / "r"), "--json"], capsys)
+    assert code == 2 and "--data-root" in err
+
+
+# --------------------------------------------------------------------------- ULA options for EBM training
+
+
+def test_langevin_options_reach_the_sampler(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from ebmlab.cli import _chain_sampler
+    from ebmlab.samplers import Langevin
+
+    run = tmp_path / "clamped"
+    code, out, err = run_cli(["train", "--data", "two_moons", "--steps", "6", "--batch-size", "32",
+                              "--langevin-steps", "3", "--eval-every", "6", "--hidden", "16", "--n-train", "300",
+                              "--n-test", "100", "--noise-scale", "0.05", "--score-clip", "0.5",
+                              "--clamp", "-0.25", "0.5", "--out", str(run), "--json"], capsys)
+    assert code == 0, err
+    tr = json.loads((run / "config.json").read_text())["train"]
+    assert (tr["noise_scale"], tr["score_clip"], tr["clamp"], tr["clamp_data"]) == (0.05, 0.5, [-0.25, 0.5], False)
+    assert _chain_sampler(tr, images=False) == Langevin(0.1, noise_scale=0.05, grad_clip=0.5, clamp=(-0.25, 0.5))
+    chains = load_file(str(run / "checkpoint.safetensors"))["buffer.data"]  # PCD: every chain moved each step
+    assert chains.min() >= -0.25 and chains.max() <= 0.5 and chains.max() > chains.min()
+
+    run = tmp_path / "data_range"
+    code, out, err = run_cli(["train", "--data", "two_moons", "--steps", "2", "--batch-size", "16",
+                              "--langevin-steps", "1", "--eval-every", "2", "--hidden", "8", "--n-train", "200",
+                              "--n-test", "50", "--clamp-data", "--out", str(run), "--json"], capsys)
+    assert code == 0, err
+    tr = json.loads((run / "config.json").read_text())["train"]
+    from ebmlab.runs import load_data
+
+    train, _ = load_data(json.loads((run / "config.json").read_text())["data"])
+    assert tr["clamp_data"] and tr["clamp"] == [float(train.min()), float(train.max())]
+    assert tr["score_clip"] is None and tr["noise_scale"] is None  # 2-D defaults: untempered, unclipped
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--score-clip", "nan"], "--score-clip"),
+    (["--score-clip", "-1"], "--score-clip"),
+    (["--noise-scale", "0"], "--noise-scale"),
+    (["--clamp", "1", "0"], "--clamp"),
+    (["--clamp", "0", "inf"], "--clamp"),
+    (["--clamp", "0", "1", "--clamp-data"], "not both"),
+    (["--score-clip", "1", "--sampler", "mala"], "--sampler mala"),
+    (["--clamp-data", "--method", "dsm"], "--method dsm"),
+])
+def test_langevin_options_are_validated(args, needle, tmp_path, capsys):
+    code, out, err = run_cli(["train", "--data", "two_moons", *args, "--out", str(tmp_path / "x"), "--json"], capsys)
+    assert code == 2, err
+    assert needle in err and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- TensorBoard
+
+
+def test_tensorboard_event_files_hold_the_logged_metrics(tmp_path, capsys):
+    pytest.importorskip("tensorboard", reason="--tensorboard needs the optional extra: "
+                                              "pip install 'ebmlab[tensorboard]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "tb"
+    args = ["train", "--data", "two_moons", "--batch-size", "32", "--langevin-steps", "2", "--eval-every", "10",
+            "--hidden", "16", "--n-train", "300", "--n-test", "100", "--tensorboard", "--out", str(run), "--json"]
+    code, out, err = run_cli([*args, "--steps", "20"], capsys)
+    assert code == 0, err
+    assert list(run.glob("events.out.tfevents.*"))
+    code, out, err = run_cli([*args, "--steps", "30", "--resume"], capsys)
+    assert code == 0, err
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert {"loss", "energy_gap", "grad_norm", "test_nll"} <= set(events.Tags()["scalars"])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = events.Scalars("loss")
+    assert [e.step for e in logged] == [r["step"] for r in rows] == [10, 20, 30]
+    assert np.allclose([e.value for e in logged], [r["loss"] for r in rows], rtol=1e-6)
+
+
+def test_tensorboard_without_the_package_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    code, out, err = run_cli(["train", "--data", "two_moons", "--steps", "2", "--tensorboard",
+                              "--out", str(tmp_path / "r"), "--json"], capsys)
+    assert code == 2 and "pip install 'ebmlab[tensorboard]'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()  # refused before any work

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -44,6 +44,7 @@ class SamplerName(str, Enum):
     mala = "mala"
     hmc = "hmc"
     rejection = "rejection"
+    annealed = "annealed"
 
 
 class InitName(str, Enum):
@@ -105,6 +106,9 @@ def _build_sampler(cfg: SampleConfig, target, device, dtype):
         return samplers.MALA(step_size=cfg.step_size)
     if cfg.sampler == "hmc":
         return samplers.HMC(step_size=cfg.step_size, num_leapfrog=cfg.num_leapfrog)
+    if cfg.sampler == "annealed":
+        raise UsageFailure("--sampler annealed draws from a trained score model: pass --model RUN_DIR of a run "
+                           "trained with --method ncsn or dsm")
     # Rejection: a Student-t proposal around the target's mean, scale --step-size
     # times its marginal sds; C found on a grid (which refuses a non-dominating q).
     if target.dim > 2:
@@ -176,8 +180,12 @@ class _ScoreRun(Exception):
         self.model, self.config = model, config
 
 
-def _sample_score_run(cfg: SampleConfig, run: _ScoreRun, model_dir: Path, *, out, plot) -> dict:
-    """`ebmlab sample --model` for score models: annealed Langevin (ncsn) or score Langevin, as trained."""
+def _sample_score_run(cfg: SampleConfig, run: _ScoreRun, model_dir: Path, *, out, plot,
+                      sampler_given: bool = True) -> dict:
+    """`ebmlab sample --model` for score models: annealed Langevin (ncsn) or score Langevin, as trained.
+
+    Image runs (``score_conv``) return pixel statistics and the pixel MMD to the test images
+    (``ebmlab evaluate`` adds the classifier's metrics); ``--plot`` draws a grid of samples."""
     import time
 
     import numpy as np
@@ -186,14 +194,27 @@ def _sample_score_run(cfg: SampleConfig, run: _ScoreRun, model_dir: Path, *, out
     from .evaluation import mmd
     from .runs import load_data
 
+    method = run.config["train"]["method"]
+    allowed = ("annealed",) if method == "ncsn" else ("annealed", "ula")
+    if sampler_given and cfg.sampler not in allowed:
+        raise UsageFailure(f"--model {model_dir} is a score model trained by {method}: it is sampled by "
+                           f"{' or '.join(allowed)} (Langevin dynamics on its score), not {cfg.sampler}")
+    images = run.config["model"]["kind"] == "score_conv"
     g = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
     x = _score_samples(run.model, run.config, cfg.chains, g)
+    seconds = time.perf_counter() - t0
     _, test = load_data(run.config["data"])
-    method = run.config["train"]["method"]
     result = {"target": f"model:{model_dir}", "sampler": "annealed" if method == "ncsn" else "score-langevin",
-              "chains": cfg.chains, "seconds": time.perf_counter() - t0, "mean": x.mean(0).tolist(),
-              "cov": torch.cov(x.T).tolist(), "mmd_to_test_data": mmd(x, test, generator=g)}
+              "chains": cfg.chains, "seconds": seconds}
+    if images:
+        from .evaluation.images import pixel_mmd
+
+        result.update({"steps_per_level": _steps_per_level(run.config), "pixel_mean": float(x.mean()),
+                       "pixel_std": float(x.std()), "mmd_to_test_data": pixel_mmd(x, test, generator=g)})
+    else:
+        result.update({"mean": x.mean(0).tolist(), "cov": torch.cov(x.T).tolist(),
+                       "mmd_to_test_data": mmd(x, test, generator=g)})
     if out is not None:
         from .io import save_npz
 
@@ -202,7 +223,13 @@ def _sample_score_run(cfg: SampleConfig, run: _ScoreRun, model_dir: Path, *, out
     if plot is not None:
         from .viz import save_figure
 
-        result["plot"] = str(save_figure(_scatter_figure(x, test, f"{method} samples from {model_dir}"), plot))
+        if images:
+            from .evaluation.images import sample_grid
+
+            fig = sample_grid(x[:64], nrow=8, title=f"{method} samples from {model_dir}")
+        else:
+            fig = _scatter_figure(x, test, f"{method} samples from {model_dir}")
+        result["plot"] = str(save_figure(fig, plot))
     return result
 
 
@@ -213,7 +240,7 @@ def _load_model_target(run_dir: Path, device) -> _ModelTarget:
         model, config, _ = load_run(run_dir, device=device)
     except (FileNotFoundError, ValueError) as err:
         raise UsageFailure(str(err)) from err
-    if config["model"]["kind"] in ("score_mlp", "energy_score"):
+    if config["model"]["kind"] in SCORE_KINDS:
         raise _ScoreRun(model, config)
     if config["model"]["kind"] != "mlp":
         raise UsageFailure(f"--model {run_dir}: sampling from the command line handles vector models; "
@@ -226,8 +253,10 @@ def _load_model_target(run_dir: Path, device) -> _ModelTarget:
 
 
 def run_sample(cfg: SampleConfig, *, progress: bool, out: Optional[Path], plot: Optional[Path],
-               model: Optional[Path] = None) -> dict:
-    """Sample a target (or a trained model) with the configured sampler and return the summary dict."""
+               model: Optional[Path] = None, sampler_given: bool = True) -> dict:
+    """Sample a target (or a trained model) with the configured sampler and return the summary dict.
+
+    ``sampler_given=False`` (no ``--sampler`` on the command line) lets a score model use its own sampler."""
     import numpy as np
     import torch
 
@@ -239,7 +268,7 @@ def run_sample(cfg: SampleConfig, *, progress: bool, out: Optional[Path], plot: 
         try:
             target = _load_model_target(model, device) if model is not None else targets.get(cfg.target)
         except _ScoreRun as run:
-            return _sample_score_run(cfg, run, model, out=out, plot=plot)
+            return _sample_score_run(cfg, run, model, out=out, plot=plot, sampler_given=sampler_given)
         if model is not None and cfg.sampler == "rejection":
             raise UsageFailure("--sampler rejection needs an analytic target (a model has no mean/cov for q)")
         if model is not None and cfg.init == "exact":
@@ -340,7 +369,10 @@ def _print_summary(result: dict) -> None:
 def sample(
     target: str = typer.Option("banana", help="Analytic target: banana, donut, multimodal, funnel, squiggle, "
                                "standard, eight_gaussians, rings, song_ermon_mixture, ill_conditioned."),
-    sampler: SamplerName = typer.Option(SamplerName.mala, help="Sampling algorithm."),
+    sampler: Optional[SamplerName] = typer.Option(None, help="Sampling algorithm (default mala). A trained "
+                                                  "score model (--model) is sampled as trained: annealed "
+                                                  "Langevin for ncsn (the only choice), score Langevin (ula) or "
+                                                  "annealed with one level for the others."),
     step_size: float = typer.Option(0.3, help="eps for ULA/MALA/HMC; proposal sigma for RWMH; "
                                    "for rejection, the Student-t proposal's scale in target sds."),
     num_leapfrog: int = typer.Option(10, min=1, help="HMC: leapfrog steps per transition."),
@@ -369,11 +401,12 @@ def sample(
     if burn_in >= steps:
         raise UsageFailure(f"--burn-in must be smaller than --steps, got burn-in {burn_in} and steps {steps}")
     cfg = SampleConfig(
-        target=target, sampler=sampler.value, step_size=step_size, num_leapfrog=num_leapfrog, chains=chains,
-        steps=steps, burn_in=burn_in, thin=thin, init=init.value, seed=seed, device=device, dtype=dtype,
-        compile=compile,
+        target=target, sampler=sampler.value if sampler is not None else "mala", step_size=step_size,
+        num_leapfrog=num_leapfrog, chains=chains, steps=steps, burn_in=burn_in, thin=thin, init=init.value,
+        seed=seed, device=device, dtype=dtype, compile=compile,
     )
-    result = run_sample(cfg, progress=not json_output, out=out, plot=plot, model=model)
+    result = run_sample(cfg, progress=not json_output, out=out, plot=plot, model=model,
+                        sampler_given=sampler is not None)
     if json_output:
         print(json.dumps(result))
     else:
@@ -393,6 +426,10 @@ class MethodName(str, Enum):
 
 
 SCORE_METHODS = ("ism", "ssm", "ssm-vr", "dsm", "ncsn")
+#: Score methods the command line trains on images (a ScoreConvNet; ism/ssm would need Jacobian traces).
+IMAGE_SCORE_METHODS = ("dsm", "ncsn")
+#: Model kinds in config.json that are score models (sampled by Langevin dynamics on the score).
+SCORE_KINDS = ("score_mlp", "score_conv", "energy_score")
 
 
 class ChainSampler(str, Enum):
@@ -420,8 +457,8 @@ class TrainConfig:
     buffer_size: int
     reinit_prob: float
     ema: Optional[float]
-    n_train: int
-    n_test: int
+    n_train: Optional[int]
+    n_test: Optional[int]
     eval_every: int
     seed: int
     device: str
@@ -430,17 +467,52 @@ class TrainConfig:
     sigma_max: Optional[float] = None
     sigma_min: float = 0.01
     num_sigmas: int = 20
+    data_root: Optional[str] = None  # mnist / fashion_mnist: the folder holding the IDX files
+    score_clip: Optional[float] = None  # ULA: clamp each score coordinate to [-c, c] (Langevin's grad_clip)
+    clamp: Optional[tuple] = None  # ULA: clamp every new point to (lo, hi); resolved from --clamp / --clamp-data
+    clamp_data: bool = False  # the clamp is the data's range
+    steps_per_level: Optional[int] = None  # score models: Langevin steps per noise level when sampling
+    tensorboard: bool = False
 
 
 # Defaults measured per kind of data (docs/benchmarks.md): 2-D toy sets use small
 # Langevin steps at the data's scale; 8x8 digits in [-1, 1] need gradient moves
 # near 1 (eps ~ 1.4) with a much smaller, tempered noise (Nijkamp et al. 2019;
-# Grathwohl et al. 2020), clamped to the pixel range.
+# Grathwohl et al. 2020), clamped to the pixel range. MNIST / Fashion-MNIST (same
+# pixel range) use the digits values, not tuned at 28x28. Score models on images
+# use the report's digits NCSN settings (section 7): Adam lr 1e-3, batch 128, 20
+# levels down to 0.01, 50 annealed Langevin steps per level when sampling.
 TRAIN_DEFAULTS = {
     "toy": {"step_size": 0.1, "noise_scale": None, "lr": 1e-3, "batch_size": 256, "data_noise": 0.0, "alpha": 0.03},
     "digits": {"step_size": 1.41, "noise_scale": 0.01, "lr": 1e-4, "batch_size": 128, "data_noise": 0.01,
                "alpha": 0.1},
+    "digits_score": {"step_size": 1.41, "noise_scale": 0.01, "lr": 1e-3, "batch_size": 128, "data_noise": 0.0,
+                     "alpha": 0.1, "steps_per_level": 50},
 }
+#: Langevin steps per level when sampling a 2-D score model (ncsn / the others' single level).
+TOY_STEPS_PER_LEVEL = {"ncsn": 100, "other": 1000}
+#: Image runs' classifier (evaluation only) on 28x28 data: trained on the first images of the training split.
+CLASSIFIER_MAX_TRAIN_28, CLASSIFIER_EPOCHS_28 = 10_000, 5
+#: Samples scored by the classifier while training an image score model (annealed Langevin is costly).
+IMAGE_SCORE_EVAL_SAMPLES = 200
+
+
+def _train_defaults(data: str, method: str) -> dict:
+    from .runs import IMAGE_DATA
+
+    if data not in IMAGE_DATA:
+        return TRAIN_DEFAULTS["toy"]
+    return TRAIN_DEFAULTS["digits_score" if method in SCORE_METHODS else "digits"]
+
+
+def _steps_per_level(config: dict) -> int:
+    """Langevin steps per noise level a score run is sampled with (from config.json, else the defaults)."""
+    tr = config["train"]
+    if tr.get("steps_per_level"):
+        return int(tr["steps_per_level"])
+    if config["model"]["kind"] == "score_conv":
+        return TRAIN_DEFAULTS["digits_score"]["steps_per_level"]
+    return TOY_STEPS_PER_LEVEL["ncsn" if tr["method"] == "ncsn" else "other"]
 
 
 def _data_bounds(name: str, train) -> list:
@@ -455,55 +527,173 @@ def _data_bounds(name: str, train) -> list:
     return [[float(a - p), float(b + p)] for a, b, p in zip(lo, hi, pad)]
 
 
+def _data_config(cfg: TrainConfig) -> dict:
+    """The config's data section (before the bounds / range that need the data)."""
+    from .data import toy
+    from .runs import IMAGE_DATA
+
+    if cfg.data in IMAGE_DATA:
+        data_cfg = {"name": cfg.data, "range": [-1.0, 1.0]}
+        if cfg.data != "digits":
+            data_cfg.update({"root": cfg.data_root, "n_train": cfg.n_train, "n_test": cfg.n_test})
+        return data_cfg
+    try:
+        toy.get(cfg.data)
+    except ValueError as err:
+        raise UsageFailure(f"{err}; or an image set: {', '.join(IMAGE_DATA)}") from err
+    return {"name": cfg.data, "n_train": cfg.n_train, "n_test": cfg.n_test, "seed": cfg.seed}
+
+
+def _load_train_data(data_cfg: dict, device):
+    from .runs import load_data
+
+    try:
+        return load_data(data_cfg, device=device)
+    except FileNotFoundError as err:  # missing IDX files: the loader's message says how to get them
+        raise UsageFailure(str(err)) from err
+
+
+def _chain_sampler(tr: dict, *, images: bool):
+    """The MCMC sampler of an EBM run's negatives from its config's train section (training and evaluation)."""
+    from . import samplers
+
+    if tr["sampler"] == "ula":
+        clamp = tr.get("clamp", [-1.0, 1.0] if images else None)  # runs before --clamp clamped images to [-1, 1]
+        return samplers.Langevin(tr["step_size"], noise_scale=tr["noise_scale"], grad_clip=tr.get("score_clip"),
+                                 clamp=tuple(clamp) if clamp is not None else None)
+    if tr["sampler"] == "mala":
+        return samplers.MALA(tr["step_size"])
+    return samplers.HMC(tr["step_size"], num_leapfrog=5)
+
+
+def _check_resume(out: Path, model_cfg: dict, name: str) -> None:
+    saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else None
+    if saved is None:
+        raise UsageFailure(f"--resume {out}: no config.json there")
+    if saved["model"] != model_cfg or saved["data"]["name"] != name:
+        raise UsageFailure(f"--resume {out}: the model or data differ from the run's config.json")
+
+
+def _tensorboard_writer(out: Path, resume: bool):
+    """A SummaryWriter writing event files into the run directory (on resume, dropping events past the checkpoint)."""
+    from .checkpoint import load_checkpoint
+    from .training import CHECKPOINT
+
+    SummaryWriter = _summary_writer_class()
+    purge_step = None
+    if resume and (out / CHECKPOINT).is_file():
+        purge_step = int(load_checkpoint(out / CHECKPOINT)[1]["step"]) + 1
+    return SummaryWriter(log_dir=str(out), purge_step=purge_step)
+
+
+def _summary_writer_class():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise UsageFailure("--tensorboard needs the tensorboard package: pip install 'ebmlab[tensorboard]'") from err
+    return SummaryWriter
+
+
+def _log_callback(bar_info, writer):
+    """``callback(step, row)`` for the training loops: progress bar text, and TensorBoard scalars when asked."""
+
+    def callback(step, row):
+        if writer is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    writer.add_scalar(key, value, step)
+        bar_info(step, row)
+
+    return callback
+
+
+def _image_classifier(run_dir: Path, data_cfg: dict):
+    """The run's evaluation classifier, trained once and cached in ``run_dir/classifier.safetensors``.
+
+    Digits: on the digits' training split, exactly as
+    :func:`~ebmlab.evaluation.images.digits_evaluator` trains it. 28x28 data: the same
+    classifier architecture on the first :data:`CLASSIFIER_MAX_TRAIN_28` images of the
+    data set's full training split for :data:`CLASSIFIER_EPOCHS_28` epochs (deterministic).
+    """
+    from .data import ImageDataset
+    from .evaluation.images import load_or_train_classifier
+    from .runs import load_image_data
+
+    path = Path(run_dir) / "classifier.safetensors"
+    if data_cfg["name"] == "digits":
+        train, test = load_image_data(data_cfg, "train"), load_image_data(data_cfg, "test")
+        return load_or_train_classifier(path, train, test=test)
+    full = {**data_cfg, "n_train": None, "n_test": None}
+    train, test = load_image_data(full, "train"), load_image_data(full, "test")
+    k = min(len(train), CLASSIFIER_MAX_TRAIN_28)
+    train = ImageDataset(images=train.images[:k], labels=train.labels[:k], name=train.name, scale=train.scale)
+    return load_or_train_classifier(path, train, test=test, epochs=CLASSIFIER_EPOCHS_28)
+
+
+_IMAGE_METRICS = ("mean_max_prob", "min_class_fraction", "feature_mmd", "pixel_mmd")
+
+
+def _image_evaluator(run_dir: Path, data_cfg: dict, test, draw, generator, classifier=None):
+    """``evaluate(model, step, negatives=None)`` for image runs: the classifier's metrics of
+    ``draw(model, negatives)`` against the test images, and ``samples_{step}.png``. The classifier
+    (:func:`_image_classifier`) is loaded or trained at the first call unless given."""
+    from .evaluation.images import classifier_metrics, sample_grid
+    from .viz import save_figure
+
+    state: dict = {} if classifier is None else {"clf": classifier}
+
+    def evaluate(model, step, negatives=None):
+        if "clf" not in state:
+            state["clf"] = _image_classifier(run_dir, data_cfg)
+        x = draw(model, negatives)
+        m = classifier_metrics(x, state["clf"], reference=test, generator=generator)
+        save_figure(sample_grid(x[:64], nrow=8, title=f"samples after {step} steps"),
+                    Path(run_dir) / f"samples_{step}.png")
+        return {k: float(m[k]) for k in _IMAGE_METRICS}
+
+    return evaluate
+
+
 def run_train(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool) -> dict:
     if cfg.method in SCORE_METHODS:
         return run_train_score(cfg, out, resume=resume, progress=progress)
     import torch
 
-    from . import samplers
     from .data import toy
     from .evaluation import evaluate_density_model
-    from .runs import build_energy, load_data, save_config
+    from .objectives.contrastive import run_chains
+    from .runs import IMAGE_DATA, build_energy, save_config
     from .training import train_ebm
 
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)  # network initialisation; the CLI is the one place seeds are set
-    images = cfg.data == "digits"
-    if not images:
-        try:
-            toy.get(cfg.data)
-        except ValueError as err:
-            raise UsageFailure(str(err)) from err
-    data_cfg = {"name": cfg.data, "n_train": cfg.n_train, "n_test": cfg.n_test, "seed": cfg.seed}
-    train, test = load_data(data_cfg, device=device)
+    images = cfg.data in IMAGE_DATA
+    data_cfg = _data_config(cfg)
+    train, test = _load_train_data(data_cfg, device)
     if images:
-        data_cfg["range"] = [-1.0, 1.0]
-        model_cfg = {"kind": "conv", "in_channels": 1, "image_size": 8, "width": 32,
-                     "spectral_norm": cfg.spectral_norm, "activation": "silu"}
+        model_cfg = {"kind": "conv", "in_channels": int(train.shape[1]), "image_size": int(train.shape[-1]),
+                     "width": 32, "spectral_norm": cfg.spectral_norm, "activation": "silu"}
     else:
         data_cfg["bounds"] = _data_bounds(cfg.data, train.cpu())
         model_cfg = {"kind": "mlp", "dim": int(train.shape[1]), "hidden": list(cfg.hidden),
                      "spectral_norm": cfg.spectral_norm, "activation": "silu"}
+    if cfg.clamp_data and cfg.clamp is None:  # the data's range: the declared pixel range for images
+        lo, hi = data_cfg["range"] if images else (float(train.min()), float(train.max()))
+        cfg = replace(cfg, clamp=(float(lo), float(hi)))
     config = {"model": model_cfg, "data": data_cfg, "train": asdict(cfg)}
     if resume:
-        saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else None
-        if saved is None:
-            raise UsageFailure(f"--resume {out}: no config.json there")
-        if saved["model"] != model_cfg or saved["data"]["name"] != cfg.data:
-            raise UsageFailure(f"--resume {out}: the model or data differ from the run's config.json")
+        _check_resume(out, model_cfg, cfg.data)
     energy = build_energy(model_cfg).to(device)
-    if cfg.sampler == "ula":
-        sampler = samplers.Langevin(cfg.step_size, noise_scale=cfg.noise_scale,
-                                    clamp=(-1.0, 1.0) if images else None)
-    elif cfg.sampler == "mala":
-        sampler = samplers.MALA(cfg.step_size)
-    else:
-        sampler = samplers.HMC(cfg.step_size, num_leapfrog=5)
+    try:
+        sampler = _chain_sampler(config["train"], images=images)
+    except ValueError as err:
+        raise UsageFailure(str(err)) from err
     eval_gen = torch.Generator().manual_seed(cfg.seed + 17)
     if images:
-        from .evaluation.images import digits_evaluator
+        def draw(model, negatives):  # Du & Mordatch (2019): the current chains run 60 more steps
+            return run_chains(model, sampler, negatives[:500], 60, generator=eval_gen)[0]
 
-        evaluate = digits_evaluator(out, test, sampler, eval_gen, num_samples=500, extra_steps=60)
+        evaluate = _image_evaluator(out, data_cfg, test, draw, eval_gen)
         entropy = true = bounds = None
     else:
         entropy = toy.entropy(cfg.data)
@@ -527,15 +717,16 @@ def run_train(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool) -> d
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         save_config(out, config)
+    writer = _tensorboard_writer(out, resume) if cfg.tensorboard else None
     bar = _Progress(f"train {cfg.method} on {cfg.data}", cfg.steps, progress)
 
-    def callback(step, row):
-        info = f"loss {row['loss']:+.3f} gap {row['energy_gap']:+.3f}"
+    def info(step, row):
+        text = f"loss {row['loss']:+.3f} gap {row['energy_gap']:+.3f}"
         if "test_nll" in row:
-            info += f" nll {row['test_nll']:.3f}"
+            text += f" nll {row['test_nll']:.3f}"
         if "mean_max_prob" in row:
-            info += f" max-prob {row['mean_max_prob']:.2f}"
-        bar.update(step, info)
+            text += f" max-prob {row['mean_max_prob']:.2f}"
+        bar.update(step, text)
 
     try:
         result = train_ebm(
@@ -544,13 +735,16 @@ def run_train(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool) -> d
             data_noise=cfg.data_noise, buffer_size=cfg.buffer_size, reinit_prob=cfg.reinit_prob,
             ema_decay=cfg.ema, generator=torch.Generator(device=device).manual_seed(cfg.seed), run_dir=out,
             resume=resume, log_every=max(1, min(50, cfg.eval_every)), checkpoint_every=cfg.eval_every,
-            evaluate=evaluate, eval_every=cfg.eval_every, callback=callback, max_seconds=cfg.max_seconds,
+            evaluate=evaluate, eval_every=cfg.eval_every, callback=_log_callback(info, writer),
+            max_seconds=cfg.max_seconds,
         )
     finally:
         bar.stop()
+        if writer is not None:
+            writer.close()
     last = result.history[-1] if result.history else {}
     summary = {"run_dir": str(out), "steps": result.step, "seconds": result.seconds, **last}
-    if result.buffer is not None and train.shape[1] == 2:  # the chains the model trained against
+    if result.buffer is not None and not images and train.shape[1] == 2:  # the chains the model trained against
         from .viz import plot_samples, save_figure
 
         model = result.ema if result.ema is not None else energy
@@ -572,80 +766,105 @@ def _score_model_config(cfg: TrainConfig, dim: int) -> dict:
 
 
 def _score_samples(model, config: dict, n: int, generator, x0=None):
-    """Samples of a trained score run: annealed Langevin for NCSN, plain (score) Langevin otherwise."""
+    """Samples of a trained score run: annealed Langevin for NCSN, plain (score) Langevin otherwise;
+    image runs start uniformly over the pixel range and are clamped to it."""
     import torch
 
-    from .score_training import sample_scores
+    from .score_training import sample_images, sample_scores
 
     tr = config["train"]
     sigmas = tr.get("sigmas")
+    sigmas = torch.tensor(sigmas) if sigmas else None
+    if config["model"]["kind"] == "score_conv":
+        return sample_images(model, method=tr["method"], n=n, sigmas=sigmas,
+                             value_range=tuple(config["data"].get("range", (-1.0, 1.0))),
+                             steps_per_level=_steps_per_level(config), generator=generator)
     return sample_scores(model, method=tr["method"], n=n, bounds=[tuple(b) for b in config["data"]["bounds"]],
-                         x0=x0, sigmas=torch.tensor(sigmas) if sigmas else None,
-                         steps_per_level=100 if tr["method"] == "ncsn" else 1000, generator=generator)
+                         x0=x0, sigmas=sigmas, steps_per_level=_steps_per_level(config), generator=generator)
 
 
 def run_train_score(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool) -> dict:
-    """Score matching (ISM, SSM, SSM-VR, DSM, NCSN) on 2-D data."""
+    """Score matching (ISM, SSM, SSM-VR, DSM, NCSN) on 2-D data; DSM and NCSN (a ScoreConvNet) on images."""
     import torch
 
     from .data import toy
     from .evaluation import evaluate_density_model, mmd, sliced_wasserstein
-    from .runs import build_energy, load_data, save_config
+    from .runs import IMAGE_DATA, build_energy, image_score_config, save_config
     from .score_training import default_sigmas, train_score
 
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
-    if cfg.data == "digits":
-        raise UsageFailure("score methods from the command line train 2-D data; for digits use "
-                           "ebmlab.score_training.train_score with a ScoreConvNet")
+    images = cfg.data in IMAGE_DATA
+    if images and cfg.method not in IMAGE_SCORE_METHODS:
+        raise UsageFailure(f"--method {cfg.method} on images: the command line trains image score models by "
+                           f"{' or '.join(IMAGE_SCORE_METHODS)} (a ScoreConvNet)")
+    data_cfg = _data_config(cfg)
+    train, test = _load_train_data(data_cfg, device)
+    if images:
+        model_cfg = image_score_config(int(train.shape[1]), int(train.shape[-1]), method=cfg.method)
+    else:
+        data_cfg["bounds"] = _data_bounds(cfg.data, train.cpu())
+        model_cfg = _score_model_config(cfg, int(train.shape[1]))
+    sigmas = None
     try:
-        toy.get(cfg.data)
+        if cfg.method == "ncsn":
+            sigmas = default_sigmas(train, sigma_max=cfg.sigma_max, sigma_min=cfg.sigma_min,
+                                    num_sigmas=cfg.num_sigmas)
+        elif cfg.method == "dsm":
+            sigmas = torch.tensor([cfg.sigma])
     except ValueError as err:
         raise UsageFailure(str(err)) from err
-    data_cfg = {"name": cfg.data, "n_train": cfg.n_train, "n_test": cfg.n_test, "seed": cfg.seed}
-    train, test = load_data(data_cfg, device=device)
-    data_cfg["bounds"] = _data_bounds(cfg.data, train.cpu())
-    model_cfg = _score_model_config(cfg, int(train.shape[1]))
-    sigmas = None
-    if cfg.method == "ncsn":
-        sigmas = default_sigmas(train, sigma_max=cfg.sigma_max, sigma_min=cfg.sigma_min, num_sigmas=cfg.num_sigmas)
-    elif cfg.method == "dsm":
-        sigmas = torch.tensor([cfg.sigma])
     train_section = {**asdict(cfg), "sigmas": None if sigmas is None else [float(v) for v in sigmas]}
     config = {"model": model_cfg, "data": data_cfg, "train": train_section}
-    if resume and not (out / "config.json").is_file():
-        raise UsageFailure(f"--resume {out}: no config.json there")
+    if resume:
+        _check_resume(out, model_cfg, cfg.data)
     model = build_energy(model_cfg).to(device)
-    bounds = [tuple(b) for b in data_cfg["bounds"]]
-    entropy = toy.entropy(cfg.data)
     eval_gen = torch.Generator().manual_seed(cfg.seed + 17)
+    if images:
+        evaluate = _image_evaluator(out, data_cfg, test, lambda m, _: _score_samples(
+            m, config, IMAGE_SCORE_EVAL_SAMPLES, eval_gen), eval_gen)
+    else:
+        bounds = [tuple(b) for b in data_cfg["bounds"]]
+        entropy = toy.entropy(cfg.data)
 
-    def evaluate(m, step):
-        x = _score_samples(m, config, 1000, eval_gen)
-        row = {"mmd": mmd(x, test, generator=eval_gen), "sliced_w": sliced_wasserstein(x, test, generator=eval_gen)}
-        if cfg.method == "ism":  # an energy: exact NLL by quadrature
-            energy = m.energy
-            with torch.no_grad():
-                ev = evaluate_density_model(energy, test, bounds, entropy=entropy, resolution=256,
-                                            generator=eval_gen, num_chains=10, num_steps=2)
-            row["test_nll"] = ev["test_nll"]
-        return row
+        def evaluate(m, step):
+            x = _score_samples(m, config, 1000, eval_gen)
+            row = {"mmd": mmd(x, test, generator=eval_gen),
+                   "sliced_w": sliced_wasserstein(x, test, generator=eval_gen)}
+            if cfg.method == "ism":  # an energy: exact NLL by quadrature
+                energy = m.energy
+                with torch.no_grad():
+                    ev = evaluate_density_model(energy, test, bounds, entropy=entropy, resolution=256,
+                                                generator=eval_gen, num_chains=10, num_steps=2)
+                row["test_nll"] = ev["test_nll"]
+            return row
 
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         save_config(out, config)
+    writer = _tensorboard_writer(out, resume) if cfg.tensorboard else None
     bar = _Progress(f"train {cfg.method} on {cfg.data}", cfg.steps, progress)
+
+    def info(step, row):
+        text = f"loss {row['loss']:+.3f}"
+        if "mean_max_prob" in row:
+            text += f" max-prob {row['mean_max_prob']:.2f}"
+        bar.update(step, text)
+
     try:
         result = train_score(
             model, train, method=cfg.method, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
             sigma=cfg.sigma, sigmas=sigmas, ema_decay=cfg.ema, grad_clip=cfg.grad_clip,
             generator=torch.Generator(device=device).manual_seed(cfg.seed), run_dir=out, resume=resume,
             log_every=max(1, min(50, cfg.eval_every)), checkpoint_every=cfg.eval_every, evaluate=evaluate,
-            eval_every=cfg.eval_every, max_seconds=cfg.max_seconds,
-            callback=lambda step, row: bar.update(step, f"loss {row['loss']:+.3f}"),
+            eval_every=cfg.eval_every, max_seconds=cfg.max_seconds, callback=_log_callback(info, writer),
         )
+    except ValueError as err:  # e.g. a resume whose checkpoint holds other noise levels
+        raise UsageFailure(str(err)) from err
     finally:
         bar.stop()
+        if writer is not None:
+            writer.close()
     last = result.history[-1] if result.history else {}
     return {"run_dir": str(out), "steps": result.step, "seconds": result.seconds, **last}
 
@@ -664,35 +883,52 @@ def _parse_hidden(text: str) -> tuple:
 def train(
     data: str = typer.Option("eight_gaussians", help="2-D data: eight_gaussians, two_moons, swiss_roll, "
                              "checkerboard, pinwheel, rings, circles, two_spirals, or any analytic target; "
-                             "or digits (scikit-learn's 8x8 digits, a ConvEnergy)."),
+                             "or images: digits (scikit-learn's bundled 8x8 digits), mnist or fashion_mnist "
+                             "(28x28, from local IDX files in --data-root)."),
+    data_root: Optional[Path] = typer.Option(None, help="mnist / fashion_mnist: folder holding the four IDX "
+                                             "files (train-images-idx3-ubyte, ..., raw or .gz; torchvision's "
+                                             "MNIST/raw layout works too). Nothing is downloaded."),
     method: MethodName = typer.Option(MethodName.pcd, help="EBM by maximum likelihood, negatives from: data "
                                       "(cd), noise (short-run), persistent chains (pcd), replay buffer (buffer); or "
                                       "score matching: implicit (ism, on an energy), sliced (ssm, ssm-vr), "
-                                      "denoising (dsm), noise-conditional (ncsn)."),
+                                      "denoising (dsm), noise-conditional (ncsn). Images: EBM methods (a "
+                                      "ConvEnergy), dsm or ncsn (a ScoreConvNet)."),
     sampler: ChainSampler = typer.Option(ChainSampler.ula, help="MCMC for the negatives."),
     steps: int = typer.Option(3000, min=1, help="Optimiser steps."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Data points and negative chains per step "
-                                             "(default 256 for 2-D data, 128 for digits)."),
+                                             "(default 256 for 2-D data, 128 for images)."),
     langevin_steps: int = typer.Option(20, min=0, help="Sampler steps per update (k of CD-k)."),
     step_size: Optional[float] = typer.Option(None, help="Sampler step size eps (default 0.1 for 2-D data, "
-                                              "1.41 for digits)."),
+                                              "1.41 for images)."),
     noise_scale: Optional[float] = typer.Option(None, help="ULA noise std (default eps for 2-D data, 0.01 for "
-                                                "digits; smaller than eps = tempered)."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate, betas (0, 0.999) (default 1e-3 for 2-D "
-                                       "data, 1e-4 for digits)."),
+                                                "images; smaller than eps = tempered)."),
+    score_clip: Optional[float] = typer.Option(None, help="ULA: clamp each coordinate of the score -grad E to "
+                                               "[-c, c] before the drift (Du & Mordatch 2019; default off). "
+                                               "Not --grad-clip, which clips the parameter gradient."),
+    clamp: Optional[tuple[float, float]] = typer.Option(None, "--clamp", metavar="LO HI",
+                                                        help="ULA: clamp every coordinate of each new chain "
+                                                        "state to [LO, HI]."),
+    clamp_data: Optional[bool] = typer.Option(None, "--clamp-data/--no-clamp-data", help="ULA: clamp chain "
+                                              "states to the data's range (default on for images, where the "
+                                              "range is the pixel range [-1, 1]; off for 2-D data)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default 1e-3 for 2-D data and image "
+                                       "score models, 1e-4 for image EBMs); betas (0, 0.999) for EBMs."),
     alpha: Optional[float] = typer.Option(None, min=0.0, help="Energy-magnitude regulariser (Du & Mordatch 2019; "
-                                          "default 0.03 for 2-D data, 0.1 for digits)."),
-    grad_clip: float = typer.Option(1.0, help="Clip the parameter gradient norm."),
+                                          "default 0.03 for 2-D data, 0.1 for images)."),
+    grad_clip: float = typer.Option(1.0, help="Clip the parameter gradient's global norm."),
     data_noise: Optional[float] = typer.Option(None, min=0.0, help="Std of Gaussian noise added to data batches "
-                                               "(default 0 for 2-D data, 0.01 for digits)."),
+                                               "(default 0 for 2-D data, 0.01 for image EBMs)."),
     hidden: str = typer.Option("128,128", help="MLP hidden widths."),
     spectral_norm: bool = typer.Option(False, "--spectral-norm", help="Spectral-normalise every layer."),
     buffer_size: int = typer.Option(10000, min=1, help="Replay buffer capacity (method buffer)."),
     reinit_prob: float = typer.Option(0.05, min=0.0, max=1.0, help="Buffer restart probability."),
     ema: float = typer.Option(0.999, help="Decay of the weights' moving average used for evaluation and "
                               "sampling (0 turns it off)."),
-    n_train: int = typer.Option(10000, min=1, help="Training points generated."),
-    n_test: int = typer.Option(5000, min=1, help="Held-out points generated."),
+    n_train: Optional[int] = typer.Option(None, min=1, help="Training points generated (2-D data, default "
+                                          "10000); mnist / fashion_mnist: use the first N training images "
+                                          "(default all). Digits use their fixed split."),
+    n_test: Optional[int] = typer.Option(None, min=1, help="Held-out points generated (2-D data, default "
+                                         "5000); mnist / fashion_mnist: the first N test images (default all)."),
     eval_every: int = typer.Option(500, min=1, help="Evaluate and checkpoint every this many steps."),
     max_seconds: Optional[float] = typer.Option(None, help="Stop after this much wall time (the last step is "
                                                 "evaluated and checkpointed)."),
@@ -701,28 +937,73 @@ def train(
                                               "pairwise distance in the data, Song & Ermon 2020)."),
     sigma_min: float = typer.Option(0.01, help="ncsn: smallest noise level."),
     num_sigmas: int = typer.Option(20, min=2, help="ncsn: number of geometric noise levels."),
+    steps_per_level: Optional[int] = typer.Option(None, min=1, help="Score models: Langevin steps per noise "
+                                                  "level when sampling (evaluation, `ebmlab sample`); default "
+                                                  "100 for 2-D ncsn, 1000 for the other 2-D methods, 50 for "
+                                                  "images."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard event files of the "
+                                     "logged metrics into the run directory (pip install 'ebmlab[tensorboard]')."),
     out: Path = typer.Option(Path("runs/ebm"), help="Run directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
     seed: int = typer.Option(0, help="Seed of data, initialisation and sampling."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
 ) -> None:
-    """Train an EBM by maximum likelihood with MCMC negatives (2-D data or the 8x8 digits), or a score model
-    by score matching (2-D data)."""
-    defaults = TRAIN_DEFAULTS["digits" if data == "digits" else "toy"]
+    """Train an EBM by maximum likelihood with MCMC negatives, or a score model by score matching, on 2-D
+    data or images (digits, MNIST, Fashion-MNIST)."""
+    from .runs import IMAGE_DATA
+
+    images = data in IMAGE_DATA
+    score = method.value in SCORE_METHODS
+    defaults = _train_defaults(data, method.value)
+    explicit_noise_scale = noise_scale is not None
     step_size = defaults["step_size"] if step_size is None else step_size
     noise_scale = defaults["noise_scale"] if noise_scale is None else noise_scale
     lr = defaults["lr"] if lr is None else lr
     batch_size = defaults["batch_size"] if batch_size is None else batch_size
     data_noise = defaults["data_noise"] if data_noise is None else data_noise
     alpha = defaults["alpha"] if alpha is None else alpha
+    if steps_per_level is None and score and images:
+        steps_per_level = defaults["steps_per_level"]
     for name, value in (("step-size", step_size), ("lr", lr), ("grad-clip", grad_clip)):
         if not math.isfinite(value) or value <= 0:
             raise UsageFailure(f"--{name} must be a finite number > 0, got {value}")
-    if noise_scale is not None and not (math.isfinite(noise_scale) and noise_scale > 0):
-        raise UsageFailure(f"--noise-scale must be a finite number > 0, got {noise_scale}")
+    for name, value in (("noise-scale", noise_scale), ("score-clip", score_clip)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageFailure(f"--{name} must be a finite number > 0, got {value}")
+    if clamp is not None:
+        lo, hi = clamp
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise UsageFailure(f"--clamp LO HI must be finite numbers with LO < HI, got {lo} {hi}")
+        if clamp_data:
+            raise UsageFailure("give either --clamp LO HI or --clamp-data, not both")
+        clamp = (float(lo), float(hi))
+    langevin_options = [name for name, given in (("--noise-scale", explicit_noise_scale),
+                                                 ("--score-clip", score_clip is not None),
+                                                 ("--clamp", clamp is not None), ("--clamp-data", clamp_data))
+                        if given]
+    if langevin_options and (score or sampler != ChainSampler.ula):
+        what = f"--method {method.value}" if score else f"--sampler {sampler.value}"
+        raise UsageFailure(f"{', '.join(langevin_options)}: options of ULA's EBM-training negatives, which "
+                           f"{what} does not use (MALA and HMC would lose their exactness)")
+    clamp_data = (images and sampler == ChainSampler.ula and not score) if clamp_data is None else clamp_data
+    if clamp is not None:
+        clamp_data = False
     if not 0 <= ema < 1:
         raise UsageFailure(f"--ema must be a decay in [0, 1), got {ema}")
+    if data in ("mnist", "fashion_mnist"):
+        if data_root is None:
+            raise UsageFailure(f"--data {data} reads the standard IDX files from a local folder: pass "
+                               f"--data-root DIR (ebmlab never downloads)")
+        if not data_root.is_dir():
+            raise UsageFailure(f"--data-root {data_root}: no such directory")
+    elif data_root is not None:
+        raise UsageFailure(f"--data-root is read for --data mnist or fashion_mnist only, not {data}")
+    if not images:
+        n_train = 10000 if n_train is None else n_train
+        n_test = 5000 if n_test is None else n_test
+    if tensorboard:
+        _summary_writer_class()  # fail before any work when the package is missing
     if resume and not out.is_dir():
         raise UsageFailure(f"--resume: run directory {out} does not exist")
     cfg = TrainConfig(
@@ -732,6 +1013,8 @@ def train(
         buffer_size=buffer_size, reinit_prob=reinit_prob, ema=ema or None, n_train=n_train, n_test=n_test,
         eval_every=eval_every, seed=seed, device=device, max_seconds=max_seconds, sigma=sigma,
         sigma_max=sigma_max, sigma_min=sigma_min, num_sigmas=num_sigmas,
+        data_root=str(data_root.resolve()) if data_root is not None else None, score_clip=score_clip,
+        clamp=clamp, clamp_data=bool(clamp_data), steps_per_level=steps_per_level, tensorboard=tensorboard,
     )
     result = run_train(cfg, out, resume=resume, progress=not json_output)
     if json_output:
@@ -745,7 +1028,7 @@ def run_evaluate(run_dir: Path, *, seed: int, device: str, plot: bool) -> dict:
 
     from .data import toy
     from .evaluation import evaluate_density_model, normalized_log_prob
-    from .runs import load_data, load_run
+    from .runs import IMAGE_DATA, load_run
 
     try:
         model, config, meta = load_run(run_dir, device=_device(device))
@@ -753,10 +1036,10 @@ def run_evaluate(run_dir: Path, *, seed: int, device: str, plot: bool) -> dict:
         raise UsageFailure(str(err)) from err
     for p in model.parameters():
         p.requires_grad_(False)
-    _, test = load_data(config["data"], device=_device(device))
-    if config["model"]["kind"] == "conv":
+    _, test = _load_train_data(config["data"], _device(device))
+    if config["data"]["name"] in IMAGE_DATA:
         return _evaluate_images(run_dir, model, config, meta, test, seed=seed, plot=plot)
-    if config["model"]["kind"] in ("score_mlp", "energy_score"):
+    if config["model"]["kind"] in SCORE_KINDS:
         return _evaluate_scores(run_dir, model, config, meta, test, seed=seed, plot=plot)
     bounds = [tuple(b) for b in config["data"]["bounds"]]
     name = config["data"]["name"]
@@ -828,33 +1111,68 @@ def _evaluate_scores(run_dir: Path, model, config: dict, meta: dict, test, *, se
     return result
 
 
+#: Samples ``ebmlab evaluate`` draws from an image model (EBM: 60 more steps of its chains; score model:
+#: annealed Langevin from noise), and how many of them the nearest-neighbour check compares with every
+#: training image.
+EVAL_IMAGE_SAMPLES = {"ebm": 1000, "score": 500}
+EVAL_NEAREST = 100
+
+
 def _evaluate_images(run_dir: Path, model, config: dict, meta: dict, test, *, seed: int, plot: bool) -> dict:
-    """Digits: classifier metrics of buffer chains run 60 more steps, sample and nearest-neighbour grids."""
+    """Images (EBMs and score models alike): classifier metrics of samples, sample and nearest-neighbour grids.
+
+    EBMs: the run's buffer chains (uniform noise for cd / short-run) run 60 more steps of the training
+    sampler. Score models: annealed Langevin from uniform noise, as trained."""
     import torch
 
-    from . import samplers
     from .checkpoint import load_checkpoint
-    from .data import load_digits
-    from .evaluation.images import digits_evaluator, nearest_neighbour_grid, nearest_neighbours
+    from .evaluation.images import classifier_metrics, nearest_neighbour_grid, nearest_neighbours
     from .objectives.contrastive import run_chains
+    from .runs import load_image_data
     from .training import CHECKPOINT
     from .viz import save_figure
 
+    run_dir = Path(run_dir)
     tr = config["train"]
-    sampler = samplers.Langevin(tr["step_size"], noise_scale=tr["noise_scale"], clamp=(-1.0, 1.0))
     g = torch.Generator().manual_seed(seed)
-    tensors, _ = load_checkpoint(Path(run_dir) / CHECKPOINT)
-    start = tensors.get("buffer.data")
-    if start is None:  # cd / short-run keep no chains: start from uniform noise in the pixel range
-        start = torch.rand((1000, 1, 8, 8), generator=g) * 2 - 1
-    result = digits_evaluator(run_dir, test, sampler, g, num_samples=1000, extra_steps=60)(model, meta["step"], start)
-    train = load_digits(split="train").images
-    x, _ = run_chains(model, sampler, start[:16], 60, generator=g)
-    dist, _ = nearest_neighbours(x, train)
-    result = {"run_dir": str(run_dir), "step": meta["step"], "data": "digits", **result,
-              "nearest_train_distance_min": float(dist.min()), "nearest_train_distance_mean": float(dist.mean())}
+    score = config["model"]["kind"] in SCORE_KINDS
+    if score:
+        n = EVAL_IMAGE_SAMPLES["score"]
+
+        def draw(m, _):
+            return _score_samples(m, config, n, g)
+    else:
+        sampler = _chain_sampler(tr, images=True)
+        tensors, _ = load_checkpoint(run_dir / CHECKPOINT)
+        start = tensors.get("buffer.data")
+        if start is None:  # cd / short-run keep no chains: start from uniform noise in the pixel range
+            shape = (config["model"]["in_channels"], config["model"]["image_size"], config["model"]["image_size"])
+            start = torch.rand((EVAL_IMAGE_SAMPLES["ebm"], *shape), generator=g) * 2 - 1
+        start = start[:EVAL_IMAGE_SAMPLES["ebm"]]
+
+        def draw(m, _):
+            return run_chains(m, sampler, start, 60, generator=g)[0]
+
+    drawn = []
+
+    def keep(m, negatives):  # the evaluator's samples, kept for the nearest-neighbour check
+        drawn.append(draw(m, negatives))
+        return drawn[-1]
+
+    clf = _image_classifier(run_dir, config["data"])
+    result = _image_evaluator(run_dir, config["data"], test, keep, g, classifier=clf)(model, meta["step"])
+    x = drawn[-1]
+    train = load_image_data(config["data"], "train").images
+    dist, _ = nearest_neighbours(x[:EVAL_NEAREST], train)
+    result = {"run_dir": str(run_dir), "step": meta["step"], "data": config["data"]["name"], "method": tr["method"],
+              "samples": int(x.shape[0]), **result,
+              "class_fractions": classifier_metrics(x, clf)["class_fractions"],  # per predicted class
+              "classifier_train_images": int(clf.info["train_size"]),
+              "classifier_test_accuracy": clf.info.get("test_accuracy"),
+              "nearest_train_distance_min": float(dist.min()), "nearest_train_distance_mean": float(dist.mean()),
+              "samples_plot": str(run_dir / f"samples_{meta['step']}.png")}
     if plot:
-        result["plot"] = str(save_figure(nearest_neighbour_grid(x, train), Path(run_dir) / "nearest_neighbours.png"))
+        result["plot"] = str(save_figure(nearest_neighbour_grid(x[:16], train), run_dir / "nearest_neighbours.png"))
     return result
 
 
@@ -867,7 +1185,8 @@ def evaluate(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """2-D: exact test NLL (quadrature), KL to the data when its density is known, MMD and sliced-W of samples.
-    Digits: classifier confidence and class balance of samples, feature/pixel MMD, nearest training images."""
+    Images (EBMs and score models): classifier confidence and class balance of samples, feature/pixel MMD,
+    nearest training images, sample and nearest-neighbour grids."""
     result = run_evaluate(run_dir, seed=seed, device=device, plot=plot)
     if json_output:
         print(json.dumps(result))
