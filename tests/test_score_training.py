@@ -211,3 +211,18 @@ def test_sample_scores_plain_langevin_for_an_unconditional_model():
     # ULA with step eps on N(0, 1) has stationary variance 1 / (1 - eps / 4)
     assert x.mean(0).abs().max() < 0.1
     assert (x.var(0) - 1 / (1 - 0.05 / 4)).abs().max() < 0.1
+
+
+def test_sample_images_is_annealed_langevin_from_the_pixel_range_clamped():
+    from ebmlab.runs import build_energy, image_score_config
+    from ebmlab.score_training import sample_images
+
+    torch.manual_seed(0)
+    net = build_energy(image_score_config(1, 8, method="ncsn")).eval()
+    sigmas = default_sigmas(torch.rand(50, 1, 8, 8) * 2 - 1, num_sigmas=3)
+    x = sample_images(net, method="ncsn", n=6, sigmas=sigmas, steps_per_level=2,
+                      generator=torch.Generator().manual_seed(1))
+    raw = sample_scores(net, method="ncsn", n=6, bounds=(-1.0, 1.0), sigmas=sigmas, steps_per_level=2,
+                        generator=torch.Generator().manual_seed(1))
+    assert x.shape == (6, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
+    torch.testing.assert_close(x, raw.clamp(-1, 1), rtol=0, atol=0)
