@@ -331,3 +331,15 @@ def test_mixture_compiled_path_matches_eager(name: str, dtype: torch.dtype) -> N
     xg = x[:50].clone().requires_grad_(True)
     (g,) = torch.autograd.grad(torch.compile(lambda z: t.energy(z).sum())(xg), xg)
     torch.testing.assert_close(-g, s0[:50], **tol)
+
+
+@pytest.mark.slow
+def test_mixture_compiled_path_takes_column_major_points() -> None:
+    """A transposed view (x.t() of a (d, B) tensor) goes through the compiled path too."""
+    torch._dynamo.reset()
+    t = T.get("eight_gaussians")
+    xt = _uniform_in(t.bounds, 300).to(torch.float32).t().contiguous()
+    e1, s1 = torch.compile(t.energy_and_score)(xt.t())
+    e0, s0 = t.energy_and_score(xt.t().contiguous())
+    torch.testing.assert_close(e1, e0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s1, s0, rtol=1e-5, atol=1e-5)

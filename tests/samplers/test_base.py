@@ -70,3 +70,19 @@ def test_compile_refuses_a_sampler_without_transition():
     sampler = RejectionSampler(UniformProposal(((-5, 5), (-5, 5))), log_c=1.0)
     with pytest.raises(ValueError, match="no deterministic transition"):
         ebmlab.sample(energy, sampler, torch.zeros((4, 2)), 3, compile=True)
+
+
+def test_info_acceptance_prob_is_min_one_alpha():
+    """Info keeps min(0, log alpha); acceptance_prob is its exp: checked on RWMH, where alpha = p(x')/p(x)."""
+    from ebmlab.energies import targets
+    from ebmlab.samplers import RandomWalkMH
+
+    t = targets.get("standard")
+    x = torch.randn((500, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sampler = RandomWalkMH(1.0)
+    state = sampler.init(t, x)
+    _, info = sampler.step(t, state, generator=torch.Generator().manual_seed(1))
+    expected = (t(x) - t(info.proposal)).exp().clamp(max=1.0)
+    torch.testing.assert_close(info.acceptance_prob, expected)
+    torch.testing.assert_close(info.log_acceptance, expected.log())
+    assert 0.2 < float(info.accepted.double().mean()) < 0.9

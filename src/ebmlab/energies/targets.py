@@ -156,8 +156,12 @@ _FUSED_MAX_TERMS = 64
 
 @torch.library.custom_op("ebmlab::columns", mutates_args=())
 def _columns(x: Tensor) -> Tensor:
-    """``x.T`` as a new contiguous ``(d, B)`` tensor: an opaque op, so torch.compile materialises it."""
-    return x.t().contiguous()
+    """``x.T`` as a new contiguous ``(d, B)`` tensor: an opaque op, so torch.compile materialises it.
+
+    Always a copy (a custom op's output may not alias its input, and ``x.t()``
+    of a column-major ``x`` is already contiguous).
+    """
+    return x.t().clone(memory_format=torch.contiguous_format)
 
 
 @_columns.register_fake

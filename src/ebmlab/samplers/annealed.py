@@ -219,8 +219,9 @@ class AnnealedLangevin:
         x_new = state.x + drift * state.score + sd * noise
         t_new = t + 1
         s_new = self._score(score_fn, x_new, _at(sigmas, self.level(t_new)))
-        ones = torch.ones(x_new.shape[0], dtype=x_new.dtype, device=x_new.device)
-        return self._state(x_new, s_new, t_new), Info(proposal=x_new, accepted=ones.bool(), acceptance_prob=ones)
+        zeros = torch.zeros(x_new.shape[0], dtype=x_new.dtype, device=x_new.device)
+        return self._state(x_new, s_new, t_new), Info(proposal=x_new, accepted=torch.ones_like(zeros, dtype=torch.bool),
+                                                      log_acceptance=zeros)
 
 
 def exact_perturbed_score(target: GaussianMixture | Gaussian | DiagonalGaussian) -> NoiseConditionalScoreFn:

@@ -36,6 +36,7 @@ __all__ = [
     "broadcast_chains",
     "mh_accept",
     "normal_like",
+    "random_on",
     "uniform_log",
     "sample",
 ]
@@ -69,7 +70,10 @@ class Info:
         proposal: the proposed points, shape ``(chains, *event)``.
         accepted: whether each proposal was accepted, bool ``(chains,)``.
             Samplers without an accept step (ULA) report all ``True``.
-        acceptance_prob: ``min(1, alpha)`` per chain, shape ``(chains,)``.
+        log_acceptance: ``min(0, log alpha)`` per chain, shape ``(chains,)``;
+            :attr:`acceptance_prob` is its ``exp``, computed when read (an
+            ``exp`` per chain per step is a large part of a cheap compiled
+            step, and nothing in the sampling loop needs it).
         energy_error: HMC only: ``H(x', p') - H(x, p)``, shape ``(chains,)``.
         trajectory: HMC only, when asked for: leapfrog positions,
             ``(num_leapfrog + 1, chains, *event)``.
@@ -79,10 +83,15 @@ class Info:
 
     proposal: Tensor
     accepted: Tensor
-    acceptance_prob: Tensor
+    log_acceptance: Tensor
     energy_error: Tensor | None = None
     trajectory: Tensor | None = None
     num_proposals: Tensor | None = None
+
+    @property
+    def acceptance_prob(self) -> Tensor:
+        """``min(1, alpha)`` per chain, shape ``(chains,)`` (NaN where ``log alpha`` was NaN)."""
+        return self.log_acceptance.exp()
 
 
 class Sampler(Protocol):
@@ -105,7 +114,7 @@ def mh_accept(log_alpha: Tensor, current: State, proposed: State, log_u: Tensor)
     Accept with probability ``min(1, exp(log_alpha))`` (Metropolis et al. 1953;
     Hastings 1970). A proposal whose ``log_alpha`` is NaN or -inf (the energy
     is NaN or +inf there) is rejected: it has zero density under the target;
-    its reported ``acceptance_prob`` is then NaN or 0.
+    its reported log acceptance is then NaN or -inf.
 
     Args:
         log_alpha: log acceptance ratio, shape ``(chains,)``.
@@ -116,7 +125,8 @@ def mh_accept(log_alpha: Tensor, current: State, proposed: State, log_u: Tensor)
             given its inputs and compiles into one graph.
 
     Returns:
-        ``(new_state, accepted, acceptance_prob)``.
+        ``(new_state, accepted, log_acceptance)`` with ``log_acceptance =
+        min(0, log_alpha)`` (see :attr:`Info.acceptance_prob`).
     """
     accepted = log_u < log_alpha  # False for NaN log_alpha: a NaN proposal is rejected
     mask = broadcast_chains(accepted, current.x)
@@ -125,17 +135,33 @@ def mh_accept(log_alpha: Tensor, current: State, proposed: State, log_u: Tensor)
         energy=torch.where(accepted, proposed.energy, current.energy),
         score=None if current.score is None else torch.where(mask, proposed.score, current.score),
     )
-    return new, accepted, log_alpha.clamp(max=0.0).exp()
+    return new, accepted, log_alpha.clamp(max=0.0)
+
+
+def random_on(fn: Callable[..., Tensor], shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None,
+              device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
+    """``fn(shape)`` (``torch.randn`` or ``torch.rand``) from ``generator`` on ``device``.
+
+    A generator on another device type than ``device`` (a CPU generator for
+    CUDA chains) draws on its own device and the numbers are copied over, so
+    a seeded CPU generator gives the same chains on every device. Pass a
+    generator on the chains' device to avoid the copy. ``device=None`` is
+    torch's default device.
+    """
+    device = torch.get_default_device() if device is None else torch.device(device)
+    if generator is not None and generator.device.type != device.type:
+        return fn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+    return fn(shape, generator=generator, device=device, dtype=dtype)
 
 
 def normal_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like ``x``."""
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    """Standard normal noise shaped like ``x`` (see :func:`random_on` for the generator's device)."""
+    return random_on(torch.randn, x.shape, generator, x.device, x.dtype)
 
 
 def uniform_log(x: Tensor, generator: torch.Generator | None) -> Tensor:
     """``log U`` per chain (one per row of ``x``), for :func:`mh_accept`."""
-    return torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype).log()
+    return random_on(torch.rand, (x.shape[0],), generator, x.device, x.dtype).log()
 
 
 @dataclass

@@ -81,11 +81,11 @@ class HMC:
         kinetic1 = 0.5 * _sum_event(p * p / mass)
         energy_error = (e + kinetic1) - (state.energy + kinetic0)
         proposed = State(x=x, energy=e, score=s)
-        new, accepted, prob = mh_accept(-energy_error, state, proposed, log_u)
+        new, accepted, log_acc = mh_accept(-energy_error, state, proposed, log_u)
         return new, Info(
             proposal=x,
             accepted=accepted,
-            acceptance_prob=prob,
+            log_acceptance=log_acc,
             energy_error=energy_error,
             trajectory=None if path is None else torch.stack(path),
         )

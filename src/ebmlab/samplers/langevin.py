@@ -81,5 +81,6 @@ class Langevin:
         if self.clamp is not None:
             x_new = x_new.clamp(*self.clamp)
         e, s = energy_and_score(energy, x_new)
-        ones = torch.ones_like(e)
-        return State(x=x_new, energy=e, score=s), Info(proposal=x_new, accepted=ones.bool(), acceptance_prob=ones)
+        zeros = torch.zeros_like(e)
+        return State(x=x_new, energy=e, score=s), Info(proposal=x_new, accepted=torch.ones_like(e, dtype=torch.bool),
+                                                        log_acceptance=zeros)

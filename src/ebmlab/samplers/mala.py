@@ -66,5 +66,5 @@ class MALA:
         log_q_rev = -_sum_event(reverse * reverse) / (2 * self.step_size**2)
         log_alpha = state.energy - e_new + log_q_rev - log_q_fwd
         proposed = State(x=x_new, energy=e_new, score=s_new)
-        new, accepted, prob = mh_accept(log_alpha, state, proposed, log_u)
-        return new, Info(proposal=x_new, accepted=accepted, acceptance_prob=prob)
+        new, accepted, log_acc = mh_accept(log_alpha, state, proposed, log_u)
+        return new, Info(proposal=x_new, accepted=accepted, log_acceptance=log_acc)

@@ -224,12 +224,12 @@ class RejectionSampler:
                 "for this proposal; rejection sampling would be biased"
             )
         u = torch.rand(n, generator=generator, device=like.device, dtype=like.dtype)
-        return x, e, log_ratio.clamp(max=0).exp(), u.log() <= log_ratio
+        return x, e, log_ratio.clamp(max=0), u.log() <= log_ratio
 
     def step(self, energy, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]:
         n = state.x.shape[0]
-        x, e, prob, acc = self._propose(energy, n, state.x, generator)
-        first_x, first_prob, first_acc = x, prob, acc
+        x, e, log_acc, acc = self._propose(energy, n, state.x, generator)
+        first_x, first_log_acc, first_acc = x, log_acc, acc
         out_x, out_e = x.clone(), e.clone()
         num = torch.ones(n, dtype=torch.long, device=state.x.device)
         pending = torch.nonzero(~acc).flatten()
@@ -246,5 +246,5 @@ class RejectionSampler:
             out_x[done], out_e[done] = x[acc], e[acc]
             pending = pending[~acc]
             rounds += 1
-        info = Info(proposal=first_x, accepted=first_acc, acceptance_prob=first_prob, num_proposals=num)
+        info = Info(proposal=first_x, accepted=first_acc, log_acceptance=first_log_acc, num_proposals=num)
         return State(x=out_x, energy=out_e), info

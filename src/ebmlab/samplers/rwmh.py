@@ -46,5 +46,5 @@ class RandomWalkMH:
         x_new = state.x + self.scale * noise
         with torch.no_grad():
             e_new = evaluate_energy(energy, x_new)
-        new, accepted, prob = mh_accept(state.energy - e_new, state, State(x=x_new, energy=e_new), log_u)
-        return new, Info(proposal=x_new, accepted=accepted, acceptance_prob=prob)
+        new, accepted, log_acc = mh_accept(state.energy - e_new, state, State(x=x_new, energy=e_new), log_u)
+        return new, Info(proposal=x_new, accepted=accepted, log_acceptance=log_acc)
