@@ -403,3 +403,21 @@ def test_tensorboard_without_the_package_says_how_to_install_it(tmp_path, capsys
                               "--out", str(tmp_path / "r"), "--json"], capsys)
     assert code == 2 and "pip install 'ebmlab[tensorboard]'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()  # refused before any work
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("args", [
+    ["--data", "eight_gaussians", "--method", "pcd", "--n-train", "500", "--n-test", "300"],
+    ["--data", "two_moons", "--method", "ncsn", "--n-train", "500", "--n-test", "300"],
+    ["--data", "digits", "--method", "pcd", "--langevin-steps", "3"],
+    ["--data", "digits", "--method", "ncsn", "--num-sigmas", "4", "--steps-per-level", "5"],
+])
+def test_train_and_evaluate_on_cuda(args, tmp_path, capsys):
+    """--device cuda end to end: the CLI's CPU generators and CPU classifier meet CUDA models."""
+    run = tmp_path / "run"
+    code, out, err = run_cli(["train", *args, "--steps", "10", "--eval-every", "10", "--device", "cuda",
+                              "--out", str(run), "--json"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["evaluate", str(run), "--device", "cuda", "--json"], capsys)
+    assert code == 0, err
+    assert np.isfinite(json.loads(out).get("mmd", json.loads(out).get("feature_mmd", 0.0)))

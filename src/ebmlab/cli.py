@@ -645,8 +645,8 @@ def _image_evaluator(run_dir: Path, data_cfg: dict, test, draw, generator, class
     def evaluate(model, step, negatives=None):
         if "clf" not in state:
             state["clf"] = _image_classifier(run_dir, data_cfg)
-        x = draw(model, negatives)
-        m = classifier_metrics(x, state["clf"], reference=test, generator=generator)
+        x = draw(model, negatives).detach().cpu()  # the classifier and its features live on the CPU
+        m = classifier_metrics(x, state["clf"], reference=test.cpu(), generator=generator)
         save_figure(sample_grid(x[:64], nrow=8, title=f"samples after {step} steps"),
                     Path(run_dir) / f"samples_{step}.png")
         return {k: float(m[k]) for k in _IMAGE_METRICS}
@@ -1148,7 +1148,7 @@ def _evaluate_images(run_dir: Path, model, config: dict, meta: dict, test, *, se
         if start is None:  # cd / short-run keep no chains: start from uniform noise in the pixel range
             shape = (config["model"]["in_channels"], config["model"]["image_size"], config["model"]["image_size"])
             start = torch.rand((EVAL_IMAGE_SAMPLES["ebm"], *shape), generator=g) * 2 - 1
-        start = start[:EVAL_IMAGE_SAMPLES["ebm"]]
+        start = start[:EVAL_IMAGE_SAMPLES["ebm"]].to(next(model.parameters()).device)
 
         def draw(m, _):
             return run_chains(m, sampler, start, 60, generator=g)[0]
@@ -1156,7 +1156,7 @@ def _evaluate_images(run_dir: Path, model, config: dict, meta: dict, test, *, se
     drawn = []
 
     def keep(m, negatives):  # the evaluator's samples, kept for the nearest-neighbour check
-        drawn.append(draw(m, negatives))
+        drawn.append(draw(m, negatives).detach().cpu())
         return drawn[-1]
 
     clf = _image_classifier(run_dir, config["data"])

@@ -37,7 +37,7 @@ from .objectives.score_matching import (
     sliced_score_matching,
 )
 from .samplers.annealed import AnnealedLangevin
-from .samplers.base import sample
+from .samplers.base import random_on, sample
 from .training import CHECKPOINT, METRICS, TrainingDiverged, TrainResult, ema_update, truncate_metrics
 
 __all__ = ["SCORE_METHODS", "ScoreTrainResult", "default_sigmas", "sample_images", "sample_scores", "train_score"]
@@ -329,7 +329,7 @@ def _uniform_start(n: int, bounds: Any, event_shape: tuple[int, ...], generator:
         raise ValueError(f"bounds must be one finite (lo, hi) pair with lo < hi, or {d} such pairs "
                          f"(one per coordinate of the event {event_shape}), got {bounds!r}")
     lo, hi = b[:, 0].to(device=device, dtype=dtype), b[:, 1].to(device=device, dtype=dtype)
-    u = torch.rand((n, d), generator=generator, device=device, dtype=dtype)
+    u = random_on(torch.rand, (n, d), generator, device, dtype)
     return (lo + (hi - lo) * u).reshape(n, *event_shape)
 
 

@@ -25,7 +25,7 @@ from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint
 from .io import atomic_write
 from .objectives.buffer import ReplayBuffer
 from .objectives.contrastive import METHODS, contrastive_divergence, run_chains, start_negatives
-from .samplers.base import DivergenceError
+from .samplers.base import DivergenceError, random_on
 
 __all__ = [
     "CHECKPOINT",
@@ -72,7 +72,7 @@ def uniform_noise(low: float, high: float, event_shape: tuple[int, ...], *, devi
         raise ValueError(f"noise range must be finite with low < high, got ({low}, {high})")
 
     def noise(n: int, generator: torch.Generator | None) -> Tensor:
-        u = torch.rand((n, *event_shape), generator=generator, device=device, dtype=dtype)
+        u = random_on(torch.rand, (n, *event_shape), generator, device, dtype)
         return low + (high - low) * u
 
     return noise
