@@ -48,32 +48,51 @@ SCORE_METHODS = ("ism", "ssm", "ssm-vr", "dsm", "ncsn")
 METHODS = EBM_METHODS + SCORE_METHODS
 
 
+class RunFailed(RuntimeError):
+    """An `ebmlab` command exited non-zero; the message is its last stderr line."""
+
+
 def run(args: list[str]) -> dict:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(args)
     if code != 0:
-        raise RuntimeError(f"ebmlab {' '.join(args)} exited {code}")
+        lines = err.getvalue().strip().splitlines()
+        raise RunFailed(f"`ebmlab {args[0]}` exited {code}: {lines[-1] if lines else 'no message'}")
     return json.loads(out.getvalue().strip().splitlines()[-1])
 
 
 def measure(data: str, method: str, seconds: float, seed: int, workdir: Path) -> dict:
+    """One configuration; a failed `train` or `evaluate` is a row with ``error`` set (a finding, kept)."""
     run_dir = workdir / f"{data}-{method}"
     t0 = time.perf_counter()
+    empty = {"data": data, "method": method, "steps": None, "train_seconds": None, "wall_seconds": None,
+             **{k: None for k in ("test_nll", "entropy", "kl", "mmd", "sliced_w")}}
+    try:
+        return _measure(run_dir, data, method, seconds, seed, t0)
+    except RunFailed as err:
+        return {**empty, "wall_seconds": time.perf_counter() - t0, "error": str(err)}
+
+
+def _measure(run_dir: Path, data: str, method: str, seconds: float, seed: int, t0: float) -> dict:
     trained = run(["train", "--data", data, "--method", method, "--steps", "1000000", "--max-seconds", str(seconds),
                    "--seed", str(seed), "--out", str(run_dir), "--json"])
     wall = time.perf_counter() - t0
     ev = run(["evaluate", str(run_dir), "--no-plot", "--seed", str(seed), "--json"])
-    return {"data": data, "method": method, "steps": trained["steps"], "train_seconds": trained["seconds"],
-            "wall_seconds": wall, **{k: ev.get(k) for k in ("test_nll", "entropy", "kl", "mmd", "sliced_w")}}
+    row = {"data": data, "method": method, "steps": trained["steps"], "train_seconds": trained["seconds"],
+           "wall_seconds": wall, **{k: ev.get(k) for k in ("test_nll", "entropy", "kl", "mmd", "sliced_w")}}
+    if "eval_error" in trained:  # the last in-training evaluation diverged, `evaluate` did not
+        row["note"] = trained["eval_error"]
+    return row
 
 
-def null_row(data: str, run_dir: Path, seed: int) -> dict:
+def null_row(data: str, workdir: Path, seed: int) -> dict:
     """What exact samples score: MMD^2 and sliced-W of fresh draws of the data's law against the same
     held-out set, over NULL_REPLICATES replicates; the 95th percentile is the noise floor of the columns
     (a model whose MMD^2 is below it cannot be told from the data by this test)."""
-    config = json.loads((run_dir / "config.json").read_text())
-    _, test = load_data(config["data"])
+    scratch = workdir / f"{data}-data"  # one step of `ebmlab train` writes the data config `evaluate` reads
+    run(["train", "--data", data, "--steps", "1", "--seed", str(seed), "--out", str(scratch), "--json"])
+    _, test = load_data(json.loads((scratch / "config.json").read_text())["data"])
     g = torch.Generator().manual_seed(seed + 1000)
     m, w = [], []
     for _ in range(NULL_REPLICATES):
@@ -91,6 +110,9 @@ def table(rows: list[dict]) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
     for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['data']} | {r['method']} | failed: {r['error']} | | | | | | |")
+            continue
         lines.append(f"| {r['data']} | {r['method']} | {fmt(r['steps'], 'd')} | {fmt(r['train_seconds'], '.0f')} | "
                      f"{fmt(r['test_nll'], '.3f')} | {fmt(r['entropy'], '.3f')} | {fmt(r['kl'], '.3f')} | "
                      f"{fmt(r['mmd'], '.2e')} | {fmt(r['sliced_w'], '.3f')} |")
@@ -116,27 +138,36 @@ def main_bench() -> None:
     p.add_argument("--write", type=Path, default=None)
     p.add_argument("--score-data", nargs="+", default=["eight_gaussians", "two_moons"],
                    help="data sets for the score methods (they have no exact-density metric to add on rings)")
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="a previous run's stdout: configurations whose JSON row it holds are not run again")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at a time, each in its own single-threaded process (at most one per core)")
     a = p.parse_args()
     torch.set_num_threads(1)
     configs = [(d, m) for d in a.data for m in a.methods if m in EBM_METHODS or d in a.score_data]
     rows: dict[tuple[str, str], dict] = {}
+    if a.reuse is not None:
+        for line in a.reuse.read_text().splitlines():
+            if line.startswith("{") and '"method"' in line:
+                r = json.loads(line)
+                if (r["data"], r["method"]) in configs:
+                    rows[r["data"], r["method"]] = r
+    todo = [c for c in configs if c not in rows]
     with tempfile.TemporaryDirectory() as tmp:
         if a.jobs <= 1:
-            for data, method in configs:
+            for data, method in todo:
                 rows[data, method] = r = measure(data, method, a.seconds, a.seed, Path(tmp))
                 print(json.dumps(r), flush=True)
         else:
             ctx = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(a.jobs, mp_context=ctx, initializer=torch.set_num_threads,
                                                         initargs=(1,)) as pool:
-                futures = {pool.submit(measure, d, m, a.seconds, a.seed, Path(tmp)): (d, m) for d, m in configs}
+                futures = {pool.submit(measure, d, m, a.seconds, a.seed, Path(tmp)): (d, m) for d, m in todo}
                 for f in concurrent.futures.as_completed(futures):
                     rows[futures[f]] = r = f.result()
                     print(json.dumps(r), flush=True)
         rows = [rows[c] for c in configs]  # table in a fixed order
-        nulls = {d: null_row(d, Path(tmp) / f"{d}-{m}", a.seed) for d, m in reversed(configs)}
+        nulls = {d: null_row(d, Path(tmp), a.seed) for d in a.data}
     rows = [r for d in a.data for r in [nulls[d]] + [x for x in rows if x["data"] == d]]
     body = table(rows)
     print(body)
@@ -151,6 +182,9 @@ def main_bench() -> None:
         if eg:
             best = min(eg, key=lambda r: r["kl"])
             findings.append(f"- Best KL on eight_gaussians: {best['method']} with {best['kl']:.3f} nat.")
+        for r in rows:
+            if r.get("error") or r.get("note"):
+                findings.append(f"- {r['data']} {r['method']}: {r.get('error') or r.get('note')}")
         for data in ("two_moons", "eight_gaussians"):
             got = {r["method"]: r for r in rows if r["data"] == data}
             if "ncsn" in got and "pcd" in got and None not in (got["ncsn"]["mmd"], got["pcd"]["mmd"]):
