@@ -421,3 +421,17 @@ def test_train_and_evaluate_on_cuda(args, tmp_path, capsys):
     code, out, err = run_cli(["evaluate", str(run), "--device", "cuda", "--json"], capsys)
     assert code == 0, err
     assert np.isfinite(json.loads(out).get("mmd", json.loads(out).get("feature_mmd", 0.0)))
+
+
+@pytest.mark.parametrize("method,alpha", [("pcd", 0.03), ("short-run", 0.1)])
+def test_toy_alpha_default_depends_on_the_method(method, alpha, tmp_path, capsys):
+    """2-D short-run gets the stronger energy regulariser its measurements needed; an explicit --alpha wins."""
+    run = tmp_path / method
+    code, _, err = run_cli(["train", "--method", method, "--steps", "2", "--n-train", "300", "--n-test", "100",
+                            "--out", str(run), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["train"]["alpha"] == alpha
+    code, _, err = run_cli(["train", "--method", method, "--steps", "2", "--n-train", "300", "--n-test", "100",
+                            "--alpha", "0.5", "--out", str(tmp_path / "explicit"), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "explicit" / "config.json").read_text())["train"]["alpha"] == 0.5
