@@ -15,6 +15,7 @@ from ebmlab.energies.nets import MLPEnergy
 from ebmlab.energies.score_nets import EnergyScore, ScoreMLP
 from ebmlab.evaluation import density_on_grid
 from ebmlab.score_training import ScoreTrainResult, default_sigmas, sample_scores, train_score
+from ebmlab.checkpoint import load_checkpoint
 from ebmlab.training import CHECKPOINT, TrainingDiverged
 
 MEAN = torch.tensor([1.0, -1.0])
@@ -177,6 +178,26 @@ def test_divergence_names_the_step_and_last_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match=rf"at step 6: loss is nan; last good checkpoint: .*{CHECKPOINT}"):
         train_score(NaNAfter(6), data, method="dsm", steps=10, batch_size=8, run_dir=tmp_path, checkpoint_every=4)
     assert (tmp_path / CHECKPOINT).exists()
+
+
+def test_a_diverging_evaluation_sampler_is_recorded_and_training_goes_on(tmp_path):
+    """The evaluation's chains blowing up is a fact about the model, not a broken run: the row says so,
+    training continues and the last checkpoint is still written."""
+    from ebmlab.samplers import DivergenceError
+
+    def evaluate(model, step):
+        if step == 4:
+            raise DivergenceError("1 of 10 chains diverged (non-finite energy) at step 7")
+        return {"mmd": 0.5}
+
+    data = torch.randn(100, 2, generator=torch.Generator().manual_seed(0))
+    result = train_score(ScoreMLP(2, hidden=(8,)), data, method="dsm", steps=8, batch_size=8, run_dir=tmp_path,
+                         evaluate=evaluate, eval_every=4, log_every=4)
+    assert result.step == 8
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["eval_error"].startswith("evaluation sampler diverged: 1 of 10 chains") and "mmd" not in rows[0]
+    assert rows[1]["mmd"] == 0.5 and "eval_error" not in rows[1]
+    assert load_checkpoint(tmp_path / CHECKPOINT)[1]["step"] == 8
 
 
 def test_argument_errors_and_default_sigmas():

@@ -16,7 +16,6 @@ Langevin dynamics.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
@@ -27,7 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
+from .checkpoint import load_checkpoint, restore_training_state, training_state
 from .objectives.score_matching import (
     EXACT_TRACE_WARN_DIM,
     denoising_score_matching,
@@ -38,7 +37,7 @@ from .objectives.score_matching import (
 )
 from .samplers.annealed import AnnealedLangevin
 from .samplers.base import random_on, sample
-from .training import CHECKPOINT, METRICS, TrainingDiverged, TrainResult, ema_update, truncate_metrics
+from .training import CHECKPOINT, METRICS, RunRecorder, TrainResult, ema_update, truncate_metrics
 
 __all__ = ["SCORE_METHODS", "ScoreTrainResult", "default_sigmas", "sample_images", "sample_scores", "train_score"]
 
@@ -176,7 +175,8 @@ def train_score(
         resume: continue from ``run_dir``'s checkpoint.
         log_every, checkpoint_every, eval_every: periods in steps.
         evaluate: ``evaluate(model, step) -> metrics``, called with the EMA
-            model when there is one, in eval mode.
+            model when there is one, in eval mode. A divergence of its
+            sampler is recorded as the row's ``eval_error``; training goes on.
         callback: ``callback(step, row)`` after each logged row.
         max_seconds: stop after the first step that ends past this wall-time
             budget (that step is logged, evaluated and checkpointed as the last).
@@ -237,27 +237,16 @@ def train_score(
             levels = saved  # the default levels are recomputed identically; the checkpoint's are authoritative
         start = restore_training_state(tensors, meta, model, optimizer, generator, ema)
         truncate_metrics(run_path / METRICS, start)
-    if run_path is not None:
-        run_path.mkdir(parents=True, exist_ok=True)
-    last_good = str(ckpt_path) if resume else None
+    run = RunRecorder(run_path, resume=resume, callback=callback)
     loss_fn = _loss_fn(method, sigma=float(sigma), num_projections=num_projections, trace=trace,
                        sigmas=levels.to(device=device, dtype=dtype) if levels is not None else None)
 
-    def checkpoint(step: int) -> None:
-        nonlocal last_good
-        if ckpt_path is None:
-            return
+    def state() -> tuple[dict[str, Tensor], dict[str, Any]]:
         tensors, meta = training_state(model, optimizer, generator, ema)
         if levels is not None:
             tensors["sigmas"] = levels
-        save_checkpoint(ckpt_path, tensors, {**meta, "step": step, "method": method})
-        last_good = str(ckpt_path)
+        return tensors, {**meta, "method": method}
 
-    def diverged(step: int, what: str) -> TrainingDiverged:
-        where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was written yet"
-        return TrainingDiverged(f"training diverged at step {step}: {what}; {where}")
-
-    history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     model.train()
     step = start
@@ -267,15 +256,8 @@ def train_score(
         x = train_data[idx]
         # 2. loss: a Fisher divergence rewritten to need only data (no MCMC, no partition function)
         loss, metrics = loss_fn(model, x, generator)
-        if not torch.isfinite(loss):
-            raise diverged(step, f"loss is {float(loss.detach())}")
-        # 3. backward, clip, step, average
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
-        if not torch.isfinite(grad_norm):
-            raise diverged(step, f"parameter gradient norm is {float(grad_norm)}")
-        optimizer.step()
+        # 3. backward, clip, step (a non-finite loss or gradient stops the run), average
+        grad_norm = run.optimizer_step(step, loss, params, optimizer, grad_clip)
         if ema is not None:
             ema_update(ema, model, ema_decay, step)
         # 4. log, evaluate, checkpoint
@@ -286,22 +268,17 @@ def train_score(
                    "seconds": time.perf_counter() - t0}
             if eval_now:
                 model.eval()
-                row.update(evaluate(ema if ema is not None else model, step))
+                row.update(run.evaluate(evaluate, ema if ema is not None else model, step))
                 model.train()
-            history.append(row)
-            if run_path is not None:
-                with open(run_path / METRICS, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            if callback is not None:
-                callback(step, row)
+            run.log(step, row)
         if step % checkpoint_every == 0 or last:
-            checkpoint(step)
+            run.save(step, state)
         if last:
             break
     model.eval()
     if ema is not None:
         ema.eval()
-    return ScoreTrainResult(step=step, history=history, seconds=time.perf_counter() - t0, ema=ema,
+    return ScoreTrainResult(step=step, history=run.history, seconds=time.perf_counter() - t0, ema=ema,
                             sigmas=levels)
 
 

@@ -30,6 +30,7 @@ from .samplers.base import DivergenceError, random_on
 __all__ = [
     "CHECKPOINT",
     "METRICS",
+    "RunRecorder",
     "TrainResult",
     "TrainingDiverged",
     "ema_update",
@@ -97,6 +98,79 @@ def truncate_metrics(path: Path, step: int) -> None:
     atomic_write(path, lambda f: f.write(("\n".join(keep) + ("\n" if keep else "")).encode()))
 
 
+class RunRecorder:
+    """Everything a training loop does around its update, shared by :func:`train_ebm` and
+    :func:`ebmlab.score_training.train_score`: the run directory, checkpoints, divergence
+    reports naming the last good checkpoint, metric rows (``metrics.jsonl``) and the callback.
+
+    Args:
+        run_dir: where metrics and checkpoints go (``None``: nothing is written).
+        resume: the run continues from ``run_dir``'s checkpoint (which is then the last good one).
+        callback: ``callback(step, row)`` after each logged row.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike | None, *, resume: bool,
+                 callback: Callable[[int, dict[str, float]], None] | None) -> None:
+        self.path = Path(run_dir) if run_dir is not None else None
+        self.checkpoint_path = self.path / CHECKPOINT if self.path is not None else None
+        if self.path is not None:
+            self.path.mkdir(parents=True, exist_ok=True)
+        self.last_good = str(self.checkpoint_path) if resume else None
+        self.callback = callback
+        self.history: list[dict[str, float]] = []
+
+    def save(self, step: int, state: Callable[[], tuple[dict[str, Tensor], dict[str, Any]]]) -> None:
+        """Checkpoint ``state() -> (tensors, meta)`` at ``step`` (atomically; ``state`` is not called without a run dir)."""
+        if self.checkpoint_path is None:
+            return
+        tensors, meta = state()
+        save_checkpoint(self.checkpoint_path, tensors, {**meta, "step": step})
+        self.last_good = str(self.checkpoint_path)
+
+    def diverged(self, step: int, what: str) -> TrainingDiverged:
+        where = f"last good checkpoint: {self.last_good}" if self.last_good else "no checkpoint was written yet"
+        return TrainingDiverged(f"training diverged at step {step}: {what}; {where}")
+
+    @staticmethod
+    def evaluate(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+        """``fn(*args)``; when its sampler diverges, ``{"eval_error": message}`` instead.
+
+        An evaluation draws samples from the model; chains that blow up there
+        say something about the model (recorded in the row, so the run's
+        metrics show it) but nothing is wrong with the training state, so the
+        run goes on and its checkpoints are still written.
+        """
+        try:
+            return fn(*args)
+        except DivergenceError as err:
+            return {"eval_error": f"evaluation sampler diverged: {err}"}
+
+    def log(self, step: int, row: dict[str, float]) -> None:
+        self.history.append(row)
+        if self.path is not None:
+            with open(self.path / METRICS, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if self.callback is not None:
+            self.callback(step, row)
+
+    def optimizer_step(self, step: int, loss: Tensor, params: list[Tensor], optimizer: torch.optim.Optimizer,
+                       grad_clip: float | None) -> Tensor:
+        """Backward, clip the gradient norm, step; a non-finite loss or gradient raises :meth:`diverged`.
+
+        Returns:
+            The gradient norm before clipping.
+        """
+        if not torch.isfinite(loss):
+            raise self.diverged(step, f"loss is {float(loss.detach())}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
+        if not torch.isfinite(grad_norm):
+            raise self.diverged(step, f"parameter gradient norm is {float(grad_norm)}")
+        optimizer.step()
+        return grad_norm
+
+
 def train_ebm(
     energy: nn.Module,
     train_data: Tensor,
@@ -154,7 +228,9 @@ def train_ebm(
         log_every, checkpoint_every, eval_every: periods in steps.
         evaluate: ``evaluate(model, step, negatives) -> metrics`` called every
             ``eval_every`` steps; ``negatives`` are the current chains (the
-            replay buffer's contents, or this step's negatives).
+            replay buffer's contents, or this step's negatives). A
+            :class:`~ebmlab.samplers.DivergenceError` inside it is recorded
+            as the row's ``eval_error`` and training goes on.
         callback: ``callback(step, row)`` after each logged row.
         max_seconds: stop after the first step that ends past this wall-time
             budget (that step is logged, evaluated and checkpointed as the last).
@@ -199,25 +275,14 @@ def train_ebm(
         if buffer is not None:
             buffer.load_state_dict({"data": tensors["buffer.data"]})
         truncate_metrics(run_path / METRICS, start)
-    if run_path is not None:
-        run_path.mkdir(parents=True, exist_ok=True)
-    last_good = str(ckpt_path) if resume else None
+    run = RunRecorder(run_path, resume=resume, callback=callback)
 
-    def checkpoint(step: int) -> None:
-        nonlocal last_good
-        if ckpt_path is None:
-            return
+    def state() -> tuple[dict[str, Tensor], dict[str, Any]]:
         tensors, meta = training_state(energy, optimizer, generator, ema)
         if buffer is not None:
             tensors["buffer.data"] = buffer.data
-        save_checkpoint(ckpt_path, tensors, {**meta, "step": step, "method": method})
-        last_good = str(ckpt_path)
+        return tensors, {**meta, "method": method}
 
-    def diverged(step: int, what: str) -> TrainingDiverged:
-        where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was written yet"
-        return TrainingDiverged(f"training diverged at step {step}: {what}; {where}")
-
-    history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     energy.train()
     step = start
@@ -236,16 +301,9 @@ def train_ebm(
             # 3. loss (slide "Contrastive divergence"): lower E on data, raise it on samples
             loss, metrics = contrastive_divergence(energy, x_pos, x_neg, alpha=alpha)
         except DivergenceError as err:
-            raise diverged(step, str(err)) from err
-        if not torch.isfinite(loss):
-            raise diverged(step, f"loss is {float(loss)}")
-        # 4. backward, clip, step
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
-        if not torch.isfinite(grad_norm):
-            raise diverged(step, f"parameter gradient norm is {float(grad_norm)}")
-        optimizer.step()
+            raise run.diverged(step, str(err)) from err
+        # 4. backward, clip, step (a non-finite loss or gradient stops the run)
+        grad_norm = run.optimizer_step(step, loss, params, optimizer, grad_clip)
         if ema is not None:
             ema_update(ema, energy, ema_decay, step)
         # 5. chains' ends go back to the buffer (PCD: they are the persistent chains)
@@ -260,17 +318,12 @@ def train_ebm(
             if eval_now:
                 energy.eval()
                 negatives = buffer.data if buffer is not None else x_neg
-                row.update(evaluate(ema if ema is not None else energy, step, negatives))
+                row.update(run.evaluate(evaluate, ema if ema is not None else energy, step, negatives))
                 energy.train()
-            history.append(row)
-            if run_path is not None:
-                with open(run_path / METRICS, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            if callback is not None:
-                callback(step, row)
+            run.log(step, row)
         if step % checkpoint_every == 0 or last:
-            checkpoint(step)
+            run.save(step, state)
         if last:
             break
     energy.eval()
-    return TrainResult(step=step, history=history, seconds=time.perf_counter() - t0, buffer=buffer, ema=ema)
+    return TrainResult(step=step, history=run.history, seconds=time.perf_counter() - t0, buffer=buffer, ema=ema)
