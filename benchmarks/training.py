@@ -219,6 +219,16 @@ per run (`torch.set_num_threads(1)`), {a.jobs} run(s) at a time, Python {platfor
 
 {body}
 
+Reading it: `evaluate` samples every energy by long-run MALA. Short-run
+models (Nijkamp et al. 2019) are trained to be sampled by their own short
+chains from noise, so their long-run samples drift off the data (high MMD and
+sliced-W) even where their exact NLL is close. Score rows other than `ism`
+have no energy, hence no NLL; their samples come from plain Langevin with the
+learned score (`ssm`, `ssm-vr`, `dsm`; `dsm` learns one noise level's score,
+so its samples are the data blurred at that level before the final denoising
+step) or annealed Langevin (`ncsn`). A failed row is the run's own error
+message: nothing is retried or hidden.
+
 Findings:
 
 {chr(10).join(findings) if findings else 'see table.'}
