@@ -219,6 +219,18 @@ def test_invalid_input_shows_the_servers_message(open_page):
     assert page.is_hidden("[data-testid=error]")
 
 
+def test_side_by_side_screenshot(open_page):
+    """The README's second picture: MALA next to ULA on the eight Gaussians, same seed and budget."""
+    page = open_page("?algorithm=mala&compare=ula&target=eight_gaussians&chains=20&step_size=0.5&tween=0&bins=40")
+    run_steps(page, 300, per_click=100)
+    assert text(page, "num-samples") == text(page, "num-samples-b") == str(300 * 20)
+    path = SCREENSHOT.with_name("playground_side_by_side.png")
+    page.screenshot(path=str(path))
+    import matplotlib.image as mpimg
+
+    assert mpimg.imread(str(path))[..., :3].std() > 0.05  # not blank
+
+
 def test_screenshot(open_page):
     page = open_page("?algorithm=mala&target=banana&chains=8&step_size=0.3&tween=0&bins=40")
     run_steps(page, 200, per_click=100)
