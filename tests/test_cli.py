@@ -175,7 +175,17 @@ def test_score_methods_train_evaluate_and_sample(method, tmp_path, capsys):
     assert ("test_nll" in ev) == (method == "ism")  # only an energy has a likelihood
     code, out, err = run_cli(["sample", "--model", str(run), "--chains", "50", "--json"], capsys)
     assert code == 0, err
-    assert json.loads(out)["sampler"] == ("annealed" if method == "ncsn" else "score-langevin")
+    assert json.loads(out)["sampler"] == ("annealed" if method == "ncsn" else "langevin")  # as trained
+    code, out, err = run_cli(["sample", "--model", str(run), "--sampler", "langevin", "--chains", "50", "--json"],
+                             capsys)
+    assert code == 0, err  # plain Langevin on the learned score (NCSN: at its smallest noise level)
+    sampled = json.loads(out)
+    assert sampled["sampler"] == "langevin" and np.isfinite(sampled["mmd_to_test_data"])
+    code, out, err = run_cli(["sample", "--model", str(run), "--sampler", "annealed", "--json"], capsys)
+    if method == "ncsn":
+        assert code == 0 and json.loads(out)["sampler"] == "annealed"
+    else:
+        assert code == 2 and "needs a noise-conditional score" in err
 
 
 # --------------------------------------------------------------------------- score models on images
@@ -206,11 +216,12 @@ def test_digits_score_model_trains_samples_and_evaluates(method, tmp_path, capsy
     assert (run / "samples_10.png").is_file() and (run / "samples_20.png").is_file()
 
     grid, npz = tmp_path / f"{method}.png", tmp_path / f"{method}.npz"
-    code, out, err = run_cli(["sample", "--model", str(run), "--sampler", "annealed", "--chains", "40",
+    code, out, err = run_cli(["sample", "--model", str(run), "--sampler", "annealed" if method == "ncsn" else
+                              "langevin", "--chains", "40",
                               "--plot", str(grid), "--out", str(npz), "--json"], capsys)
     assert code == 0, err
     sampled = json.loads(out)
-    assert sampled["sampler"] == ("annealed" if method == "ncsn" else "score-langevin")
+    assert sampled["sampler"] == ("annealed" if method == "ncsn" else "langevin")
     assert np.isfinite(sampled["mmd_to_test_data"]) and -1 <= sampled["pixel_mean"] <= 1
     with np.load(npz) as data:
         assert data["samples"].shape == (40, 1, 8, 8)
@@ -246,8 +257,11 @@ def test_digits_score_model_refuses_what_does_not_apply(tmp_path, capsys):
     assert code == 0, err
     code, out, err = run_cli(["sample", "--model", str(run), "--sampler", "mala", "--json"], capsys)
     assert code == 2 and "annealed" in err
-    code, out, err = run_cli(["sample", "--sampler", "annealed", "--json"], capsys)  # an analytic target
-    assert code == 2 and "--model" in err
+    code, out, err = run_cli(["sample", "--model", str(run), "--sampler", "langevin", "--json"], capsys)
+    assert code == 2 and "image NCSN runs are sampled by annealed Langevin" in err
+    for sampler in ("annealed", "langevin"):  # an analytic target has no score model
+        code, out, err = run_cli(["sample", "--sampler", sampler, "--json"], capsys)
+        assert code == 2 and "--model" in err and len(err.strip().splitlines()) == 1
 
 
 # --------------------------------------------------------------------------- MNIST / Fashion-MNIST from IDX files

@@ -45,6 +45,7 @@ class SamplerName(str, Enum):
     hmc = "hmc"
     rejection = "rejection"
     annealed = "annealed"
+    langevin = "langevin"
 
 
 class InitName(str, Enum):
@@ -106,9 +107,9 @@ def _build_sampler(cfg: SampleConfig, target, device, dtype):
         return samplers.MALA(step_size=cfg.step_size)
     if cfg.sampler == "hmc":
         return samplers.HMC(step_size=cfg.step_size, num_leapfrog=cfg.num_leapfrog)
-    if cfg.sampler == "annealed":
-        raise UsageFailure("--sampler annealed draws from a trained score model: pass --model RUN_DIR of a run "
-                           "trained with --method ncsn or dsm")
+    if cfg.sampler in ("annealed", "langevin"):
+        raise UsageFailure(f"--sampler {cfg.sampler} draws from a trained score model: pass --model RUN_DIR of a "
+                           "run trained by a score method (annealed: --method ncsn); for an energy, ULA is --sampler ula")
     # Rejection: a Student-t proposal around the target's mean, scale --step-size
     # times its marginal sds; C found on a grid (which refuses a non-dominating q).
     if target.dim > 2:
@@ -195,18 +196,25 @@ def _sample_score_run(cfg: SampleConfig, run: _ScoreRun, model_dir: Path, *, out
     from .runs import load_data
 
     method = run.config["train"]["method"]
-    allowed = ("annealed",) if method == "ncsn" else ("annealed", "ula")
-    if sampler_given and cfg.sampler not in allowed:
-        raise UsageFailure(f"--model {model_dir} is a score model trained by {method}: it is sampled by "
-                           f"{' or '.join(allowed)} (Langevin dynamics on its score), not {cfg.sampler}")
     images = run.config["model"]["kind"] == "score_conv"
+    allowed = ("annealed",) if method == "ncsn" else ("langevin", "ula")  # ula: ULA on the learned score
+    if method == "ncsn" and not images:
+        allowed += ("langevin",)
+    sampler = cfg.sampler if sampler_given else allowed[0]
+    if sampler not in allowed:
+        why = {"annealed": "annealed Langevin needs a noise-conditional score (a run trained by --method ncsn)",
+               "langevin": "plain Langevin at the smallest noise level does not move at that level's step size "
+                           "in pixel space; image NCSN runs are sampled by annealed Langevin"}.get(
+                   sampler, "a score model has no energy for MH samplers")
+        raise UsageFailure(f"--model {model_dir} is a score model trained by {method}: it is sampled by "
+                           f"{' or '.join(allowed)}, not {sampler} ({why})")
+    sampler = "langevin" if sampler == "ula" else sampler
     g = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    x = _score_samples(run.model, run.config, cfg.chains, g)
+    x = _score_samples(run.model, run.config, cfg.chains, g, plain=sampler == "langevin")
     seconds = time.perf_counter() - t0
     _, test = load_data(run.config["data"])
-    result = {"target": f"model:{model_dir}", "sampler": "annealed" if method == "ncsn" else "score-langevin",
-              "chains": cfg.chains, "seconds": seconds}
+    result = {"target": f"model:{model_dir}", "sampler": sampler, "chains": cfg.chains, "seconds": seconds}
     if images:
         from .evaluation.images import pixel_mmd
 
@@ -370,9 +378,10 @@ def sample(
     target: str = typer.Option("banana", help="Analytic target: banana, donut, multimodal, funnel, squiggle, "
                                "standard, eight_gaussians, rings, song_ermon_mixture, ill_conditioned."),
     sampler: Optional[SamplerName] = typer.Option(None, help="Sampling algorithm (default mala). A trained "
-                                                  "score model (--model) is sampled as trained: annealed "
-                                                  "Langevin for ncsn (the only choice), score Langevin (ula) or "
-                                                  "annealed with one level for the others."),
+                                                  "score model (--model): annealed (Langevin over the noise "
+                                                  "levels; the default for ncsn) or langevin (plain Langevin "
+                                                  "on the learned score; the default for the other methods, "
+                                                  "and at the smallest noise level for 2-D ncsn)."),
     step_size: float = typer.Option(0.3, help="eps for ULA/MALA/HMC; proposal sigma for RWMH; "
                                    "for rejection, the Student-t proposal's scale in target sds."),
     num_leapfrog: int = typer.Option(10, min=1, help="HMC: leapfrog steps per transition."),
@@ -770,16 +779,24 @@ def _score_model_config(cfg: TrainConfig, dim: int) -> dict:
             "noise_conditional": ncsn, "scale_by_sigma": ncsn}
 
 
-def _score_samples(model, config: dict, n: int, generator, x0=None):
+def _score_samples(model, config: dict, n: int, generator, x0=None, *, plain: bool = False):
     """Samples of a trained score run: annealed Langevin for NCSN, plain (score) Langevin otherwise;
-    image runs start uniformly over the pixel range and are clamped to it."""
+    image runs start uniformly over the pixel range and are clamped to it.
+
+    ``plain`` (2-D NCSN runs): plain Langevin with the score at the smallest noise level, as the
+    unconditional runs are sampled (the lecture's "sampling from a trained score model", which
+    annealing improves on)."""
     import torch
 
-    from .score_training import sample_images, sample_scores
+    from .score_training import at_noise_level, sample_images, sample_scores
 
     tr = config["train"]
     sigmas = tr.get("sigmas")
     sigmas = torch.tensor(sigmas) if sigmas else None
+    if plain and tr["method"] == "ncsn":
+        model = at_noise_level(model, float(sigmas[-1]))
+        return sample_scores(model, method="dsm", n=n, bounds=[tuple(b) for b in config["data"]["bounds"]],
+                             x0=x0, steps_per_level=TOY_STEPS_PER_LEVEL["other"], generator=generator)
     if config["model"]["kind"] == "score_conv":
         return sample_images(model, method=tr["method"], n=n, sigmas=sigmas,
                              value_range=tuple(config["data"].get("range", (-1.0, 1.0))),

@@ -39,7 +39,8 @@ from .samplers.annealed import AnnealedLangevin
 from .samplers.base import random_on, sample
 from .training import CHECKPOINT, METRICS, RunRecorder, TrainResult, ema_update, truncate_metrics
 
-__all__ = ["SCORE_METHODS", "ScoreTrainResult", "default_sigmas", "sample_images", "sample_scores", "train_score"]
+__all__ = ["SCORE_METHODS", "ScoreTrainResult", "at_noise_level", "default_sigmas", "sample_images", "sample_scores",
+           "train_score"]
 
 #: ``ism`` (Hyvarinen 2005), ``ssm`` / ``ssm-vr`` (Song et al. 2019, eq. 7 / 8),
 #: ``dsm`` (Vincent 2011, one level) and ``ncsn`` (Song & Ermon 2019, a ladder of levels).
@@ -411,6 +412,30 @@ def sample_scores(
         if isinstance(model, nn.Module):
             model.train(was_training)
     return trace.samples[-1]
+
+
+class _AtNoiseLevel(nn.Module):
+    def __init__(self, model: nn.Module, sigma: float) -> None:
+        super().__init__()
+        self.model, self.sigma = model, float(sigma)
+        shape = getattr(model, "event_shape", None)
+        if shape is not None:
+            self.event_shape = shape
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x, x.new_full((x.shape[0],), self.sigma))
+
+
+def at_noise_level(model: nn.Module, sigma: float) -> nn.Module:
+    """A noise-conditional score ``s(x, sigma)`` as the unconditional score ``x -> s(x, sigma)``.
+
+    For plain Langevin with a trained NCSN at one level (e.g. its smallest, the
+    lecture's "sampling from a trained score model"): ``sample_scores(at_noise_level(
+    model, sigmas[-1]), method="dsm", ...)``.
+    """
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    return _AtNoiseLevel(model, sigma)
 
 
 def sample_images(
