@@ -498,9 +498,6 @@ TRAIN_DEFAULTS = {
     "digits_score": {"step_size": 1.41, "noise_scale": 0.01, "lr": 1e-3, "batch_size": 128, "data_noise": 0.0,
                      "alpha": 0.1, "steps_per_level": 50},
 }
-#: 2-D short-run's alpha: at 0.03 (the other methods' default) it reached KL 0.48 / 0.81 nat on
-#: eight_gaussians / rings in 120 s, at 0.1 it reached 0.060 / 0.083 (docs/benchmarks.md).
-SHORT_RUN_TOY_ALPHA = 0.1
 #: Langevin steps per level when sampling a 2-D score model (ncsn / the others' single level).
 TOY_STEPS_PER_LEVEL = {"ncsn": 100, "other": 1000}
 #: Image runs' classifier (evaluation only) on 28x28 data: trained on the first images of the training split.
@@ -513,9 +510,9 @@ def _train_defaults(data: str, method: str) -> dict:
     from .runs import IMAGE_DATA
 
     if data not in IMAGE_DATA:
-        if method == "short-run":  # chains from noise every update need the stronger regulariser (benchmarks)
-            return {**TRAIN_DEFAULTS["toy"], "alpha": SHORT_RUN_TOY_ALPHA}
-        return TRAIN_DEFAULTS["toy"]
+        from .training import TOY_ALPHA
+
+        return {**TRAIN_DEFAULTS["toy"], "alpha": TOY_ALPHA.get(method, TRAIN_DEFAULTS["toy"]["alpha"])}
     return TRAIN_DEFAULTS["digits_score" if method in SCORE_METHODS else "digits"]
 
 

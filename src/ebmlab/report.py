@@ -232,7 +232,7 @@ def section_training(ctx: Context) -> Section:
     from .energies.nets import MLPEnergy
     from .evaluation import evaluate_density_model, normalized_log_prob
     from .evaluation.partition import density_on_grid
-    from .training import train_ebm
+    from .training import TOY_ALPHA, train_ebm
 
     s = Section("training", "4. Training EBMs by maximum likelihood",
                 "The log-likelihood gradient is -grad E(data) + grad E(model samples): lower the energy of data, "
@@ -253,7 +253,7 @@ def section_training(ctx: Context) -> Section:
             model = MLPEnergy(2)
         steps_k = 60 if method == "short-run" else 20
         res = train_ebm(model, train, sampler=samplers.Langevin(0.1), method=method, steps=10**7,
-                        mcmc_steps=steps_k, alpha=0.03, ema_decay=0.999, generator=g, max_seconds=budget,
+                        mcmc_steps=steps_k, alpha=TOY_ALPHA[method], ema_decay=0.999, generator=g, max_seconds=budget,
                         log_every=10**9)
         final = res.ema.eval()
         for p in final.parameters():

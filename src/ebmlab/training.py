@@ -31,6 +31,7 @@ __all__ = [
     "CHECKPOINT",
     "METRICS",
     "RunRecorder",
+    "TOY_ALPHA",
     "TrainResult",
     "TrainingDiverged",
     "ema_update",
@@ -41,6 +42,12 @@ __all__ = [
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
+
+
+#: Measured 2-D defaults of the energy regulariser alpha per method (docs/benchmarks.md, "Training"):
+#: 0.03 for chains that persist or start at the data; short-run chains start from noise at every update
+#: and at 0.03 reached KL 0.48 / 0.81 nat on eight_gaussians / rings in 120 s, at 0.1 0.060 / 0.086.
+TOY_ALPHA = {"cd": 0.03, "short-run": 0.1, "pcd": 0.03, "buffer": 0.03}
 
 
 class TrainingDiverged(RuntimeError):
