@@ -933,7 +933,7 @@ def train(
     lr: Optional[float] = typer.Option(None, help="Adam learning rate (default 1e-3 for 2-D data and image "
                                        "score models, 1e-4 for image EBMs); betas (0, 0.999) for EBMs."),
     alpha: Optional[float] = typer.Option(None, min=0.0, help="Energy-magnitude regulariser (Du & Mordatch 2019; "
-                                          "default 0.03 for 2-D data, 0.1 for images)."),
+                                          "default 0.03 for 2-D data, 0.1 for 2-D short-run and for images)."),
     grad_clip: float = typer.Option(1.0, help="Clip the parameter gradient's global norm."),
     data_noise: Optional[float] = typer.Option(None, min=0.0, help="Std of Gaussian noise added to data batches "
                                                "(default 0 for 2-D data, 0.01 for image EBMs)."),
@@ -961,7 +961,7 @@ def train(
                                                   "100 for 2-D ncsn, 1000 for the other 2-D methods, 50 for "
                                                   "images."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write TensorBoard event files of the "
-                                     "logged metrics into the run directory (pip install 'ebmlab[tensorboard]')."),
+                                     "logged metrics into the run directory (pip install 'ebmlab\\[tensorboard]')."),
     out: Path = typer.Option(Path("runs/ebm"), help="Run directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
     seed: int = typer.Option(0, help="Seed of data, initialisation and sampling."),
