@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -605,17 +606,36 @@ def _summary_writer_class():
     return SummaryWriter
 
 
-def _log_callback(bar_info, writer):
-    """``callback(step, row)`` for the training loops: progress bar text, and TensorBoard scalars when asked."""
+@contextlib.contextmanager
+def _training_output(cfg: TrainConfig, out: Path, config: dict, *, resume: bool, progress: bool):
+    """What both training commands do around their loop: the run directory and its config.json, the
+    progress bar, TensorBoard event files when asked; yields the loop's ``callback(step, row)``."""
+    from .runs import save_config
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        save_config(out, config)
+    writer = _tensorboard_writer(out, resume) if cfg.tensorboard else None
+    bar = _Progress(f"train {cfg.method} on {cfg.data}", cfg.steps, progress)
 
     def callback(step, row):
         if writer is not None:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     writer.add_scalar(key, value, step)
-        bar_info(step, row)
+        text = f"loss {row['loss']:+.3f}"
+        for key, label, fmt in (("energy_gap", "gap", "+.3f"), ("test_nll", "nll", ".3f"),
+                                ("mean_max_prob", "max-prob", ".2f")):
+            if key in row:
+                text += f" {label} {row[key]:{fmt}}"
+        bar.update(step, text)
 
-    return callback
+    try:
+        yield callback
+    finally:
+        bar.stop()
+        if writer is not None:
+            writer.close()
 
 
 def _image_classifier(run_dir: Path, data_cfg: dict):
@@ -673,7 +693,7 @@ def run_train(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool) -> d
     from .data import toy
     from .evaluation import evaluate_density_model
     from .objectives.contrastive import run_chains
-    from .runs import IMAGE_DATA, build_energy, save_config
+    from .runs import IMAGE_DATA, build_energy
     from .training import train_ebm
 
     device = _device(cfg.device)
@@ -725,34 +745,15 @@ def run_train(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool) -> d
 
     if not images:
         evaluate = evaluate_2d
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        save_config(out, config)
-    writer = _tensorboard_writer(out, resume) if cfg.tensorboard else None
-    bar = _Progress(f"train {cfg.method} on {cfg.data}", cfg.steps, progress)
-
-    def info(step, row):
-        text = f"loss {row['loss']:+.3f} gap {row['energy_gap']:+.3f}"
-        if "test_nll" in row:
-            text += f" nll {row['test_nll']:.3f}"
-        if "mean_max_prob" in row:
-            text += f" max-prob {row['mean_max_prob']:.2f}"
-        bar.update(step, text)
-
-    try:
+    with _training_output(cfg, out, config, resume=resume, progress=progress) as callback:
         result = train_ebm(
             energy, train, sampler=sampler, method=cfg.method, steps=cfg.steps, batch_size=cfg.batch_size,
             mcmc_steps=cfg.langevin_steps, lr=cfg.lr, alpha=cfg.alpha, grad_clip=cfg.grad_clip,
             data_noise=cfg.data_noise, buffer_size=cfg.buffer_size, reinit_prob=cfg.reinit_prob,
             ema_decay=cfg.ema, generator=torch.Generator(device=device).manual_seed(cfg.seed), run_dir=out,
             resume=resume, log_every=max(1, min(50, cfg.eval_every)), checkpoint_every=cfg.eval_every,
-            evaluate=evaluate, eval_every=cfg.eval_every, callback=_log_callback(info, writer),
-            max_seconds=cfg.max_seconds,
+            evaluate=evaluate, eval_every=cfg.eval_every, callback=callback, max_seconds=cfg.max_seconds,
         )
-    finally:
-        bar.stop()
-        if writer is not None:
-            writer.close()
     last = result.history[-1] if result.history else {}
     summary = {"run_dir": str(out), "steps": result.step, "seconds": result.seconds, **last}
     if result.buffer is not None and not images and train.shape[1] == 2:  # the chains the model trained against
@@ -808,7 +809,7 @@ def run_train_score(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool
 
     from .data import toy
     from .evaluation import evaluate_density_model, mmd, sliced_wasserstein
-    from .runs import IMAGE_DATA, build_energy, image_score_config, save_config
+    from .runs import IMAGE_DATA, build_energy, image_score_config
     from .score_training import default_sigmas, train_score
 
     device = _device(cfg.device)
@@ -858,32 +859,17 @@ def run_train_score(cfg: TrainConfig, out: Path, *, resume: bool, progress: bool
                 row["test_nll"] = ev["test_nll"]
             return row
 
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        save_config(out, config)
-    writer = _tensorboard_writer(out, resume) if cfg.tensorboard else None
-    bar = _Progress(f"train {cfg.method} on {cfg.data}", cfg.steps, progress)
-
-    def info(step, row):
-        text = f"loss {row['loss']:+.3f}"
-        if "mean_max_prob" in row:
-            text += f" max-prob {row['mean_max_prob']:.2f}"
-        bar.update(step, text)
-
     try:
-        result = train_score(
-            model, train, method=cfg.method, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-            sigma=cfg.sigma, sigmas=sigmas, ema_decay=cfg.ema, grad_clip=cfg.grad_clip,
-            generator=torch.Generator(device=device).manual_seed(cfg.seed), run_dir=out, resume=resume,
-            log_every=max(1, min(50, cfg.eval_every)), checkpoint_every=cfg.eval_every, evaluate=evaluate,
-            eval_every=cfg.eval_every, max_seconds=cfg.max_seconds, callback=_log_callback(info, writer),
-        )
+        with _training_output(cfg, out, config, resume=resume, progress=progress) as callback:
+            result = train_score(
+                model, train, method=cfg.method, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                sigma=cfg.sigma, sigmas=sigmas, ema_decay=cfg.ema, grad_clip=cfg.grad_clip,
+                generator=torch.Generator(device=device).manual_seed(cfg.seed), run_dir=out, resume=resume,
+                log_every=max(1, min(50, cfg.eval_every)), checkpoint_every=cfg.eval_every, evaluate=evaluate,
+                eval_every=cfg.eval_every, max_seconds=cfg.max_seconds, callback=callback,
+            )
     except ValueError as err:  # e.g. a resume whose checkpoint holds other noise levels
         raise UsageFailure(str(err)) from err
-    finally:
-        bar.stop()
-        if writer is not None:
-            writer.close()
     last = result.history[-1] if result.history else {}
     return {"run_dir": str(out), "steps": result.step, "seconds": result.seconds, **last}
 
