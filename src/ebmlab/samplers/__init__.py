@@ -13,6 +13,7 @@ from .rejection import (
     find_log_c,
     proposal_for,
 )
+from .registry import SAMPLER_NAMES, build_sampler
 from .rwmh import RandomWalkMH
 
 __all__ = [
@@ -27,11 +28,13 @@ __all__ = [
     "Langevin",
     "RandomWalkMH",
     "RejectionSampler",
+    "SAMPLER_NAMES",
     "Sampler",
     "State",
     "StudentTProposal",
     "Trace",
     "UniformProposal",
+    "build_sampler",
     "find_log_c",
     "mh_accept",
     "proposal_for",
