@@ -67,8 +67,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ebmlab.checks import check_int, check_positive
 from ebmlab.energies.core import EnergyLike, energy_and_score
-from ebmlab.evaluation.partition import _resolve_dtype_device
+from ebmlab.grid import resolve_dtype_device
 from ebmlab.samplers.base import State
 from ebmlab.samplers.mala import MALA
 
@@ -133,7 +134,7 @@ def ais_betas(num_temperatures: int, schedule: str = "sigmoid", *, sharpness: fl
     Returns:
         float64 tensor of shape ``(K,)``.
     """
-    _check_int("num_temperatures", num_temperatures, 2)
+    check_int("num_temperatures", num_temperatures, 2)
     if schedule not in _SCHEDULES:
         raise ValueError(f"schedule must be one of {_SCHEDULES}, got {schedule!r}")
     k = num_temperatures
@@ -146,9 +147,7 @@ def ais_betas(num_temperatures: int, schedule: str = "sigmoid", *, sharpness: fl
         else:
             b = torch.cat([torch.zeros(1, dtype=torch.float64), torch.logspace(-4.0, 0.0, k - 1, dtype=torch.float64)])
     else:
-        bad = isinstance(sharpness, bool) or not isinstance(sharpness, (int, float))
-        if bad or not math.isfinite(sharpness) or sharpness <= 0:
-            raise ValueError(f"sharpness must be a finite number > 0, got {sharpness!r}")
+        check_positive("sharpness", sharpness)
         s = torch.sigmoid(sharpness * (2.0 * t - 1.0))
         b = (s - s[0]) / (s[-1] - s[0])
     b[0], b[-1] = 0.0, 1.0
@@ -214,11 +213,11 @@ def ais_log_partition(
         ValueError: on invalid arguments (see the messages), or if a log
             weight is NaN (the energy returned NaN).
     """
-    _check_int("num_chains", num_chains, 1)
-    _check_int("num_mcmc_steps", num_mcmc_steps, 1)
+    check_int("num_chains", num_chains, 1)
+    check_int("num_mcmc_steps", num_mcmc_steps, 1)
     step_of = _step_schedule(sampler_step_size)
     b = _resolve_betas(betas, num_temperatures, schedule)
-    dt, dev = _resolve_dtype_device(energy, dtype, device)
+    dt, dev = resolve_dtype_device(energy, dtype, device)
     shape, mean, std = _resolve_base(base_mean, base_std, event_shape, model_samples, dt, dev)
     if model_samples is not None:
         model_samples = _check_model_samples(model_samples, shape, dt, dev)
@@ -339,15 +338,9 @@ def _logmeanexp(v: Tensor) -> float:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 def _check_step(value: object, where: str = "") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"sampler_step_size{where} must be a finite number > 0, got {value!r}")
-    return float(value)
+    # ``where`` names the temperature when the step is a schedule: sampler_step_size(0.5).
+    return check_positive(f"sampler_step_size{where}", value)
 
 
 def _step_schedule(step: float | Callable[[float], float]) -> Callable[[float], float]:

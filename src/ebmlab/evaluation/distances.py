@@ -18,8 +18,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ebmlab.checks import check_int, check_positive
 from ebmlab.energies.core import EnergyLike
-from ebmlab.evaluation.partition import _check_bounds, _log_bin_masses
+from ebmlab.grid import check_bounds, log_bin_masses
 
 __all__ = ["histogram_kl", "histogram_kl_bias", "mmd", "sliced_wasserstein"]
 
@@ -110,8 +111,7 @@ def mmd(
     """
     xf, yf = _pair(x, y, min_n=2)
     if max_samples is not None:
-        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 2:
-            raise ValueError(f"expected max_samples to be an int >= 2 or None, got {max_samples!r}")
+        check_int("max_samples", max_samples, 2)
         if xf.shape[0] > max_samples or yf.shape[0] > max_samples:
             g = _generator(generator)
             if xf.shape[0] > max_samples:
@@ -133,9 +133,7 @@ def mmd(
                 "pass a positive bandwidth"
             )
     else:
-        if not (isinstance(bandwidth, (int, float)) and math.isfinite(bandwidth) and bandwidth > 0):
-            raise ValueError(f"expected a finite bandwidth > 0 or None, got {bandwidth!r}")
-        h2 = float(bandwidth) ** 2
+        h2 = check_positive("bandwidth", bandwidth) ** 2
 
     def k(d2: Tensor) -> Tensor:
         return torch.exp(-d2 / (2.0 * h2))
@@ -204,8 +202,7 @@ def sliced_wasserstein(
         SW_p as a float (same units as the samples).
     """
     xf, yf = _pair(x, y, min_n=1)
-    if isinstance(num_projections, bool) or not isinstance(num_projections, int) or num_projections < 1:
-        raise ValueError(f"expected num_projections to be an int >= 1, got {num_projections!r}")
+    check_int("num_projections", num_projections, 1)
     if not (isinstance(p, (int, float)) and math.isfinite(p) and p >= 1):
         raise ValueError(f"expected p >= 1, got {p!r}")
     g = _generator(generator)
@@ -286,7 +283,7 @@ def histogram_kl(
         ValueError: for bounds of the wrong dimension, samples whose width does
             not match, or no samples inside the box.
     """
-    b = _check_bounds(bounds)
+    b = check_bounds(bounds)
     d = len(b)
     if not isinstance(samples, Tensor):
         raise TypeError(
@@ -296,9 +293,8 @@ def histogram_kl(
         raise ValueError(
             f"expected samples of shape (n, {d}) to match {d}-D bounds, got {tuple(samples.shape)}"
         )
-    for name, val in (("bins", bins), ("subdivisions", subdivisions)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise ValueError(f"expected {name} to be an int >= 1, got {val!r}")
+    check_int("bins", bins, 1)
+    check_int("subdivisions", subdivisions, 1)
 
     x = samples.detach().to(torch.float64)
     lo = torch.tensor([p[0] for p in b], dtype=torch.float64, device=x.device)
@@ -319,7 +315,7 @@ def histogram_kl(
     flat = idx[:, 0] * bins + idx[:, 1] if d == 2 else idx[:, 0]
     counts = torch.bincount(flat, minlength=bins**d).to("cpu", torch.float64)
 
-    log_mass = _log_bin_masses(
+    log_mass = log_bin_masses(
         energy, b, bins, subdivisions, chunk_size=chunk_size, dtype=dtype, device=device
     ).reshape(-1).to("cpu")
     q = counts / n_in
