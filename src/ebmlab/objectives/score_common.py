@@ -1,0 +1,166 @@
+"""What the score-matching objectives share: input checks, calling a score model, random projections.
+
+A *score model* is any callable ``x -> (B, *event)``; a *noise-conditional*
+one is ``(x, sigma) -> (B, *event)`` with ``sigma`` of shape ``(B,)`` (one
+noise level per sample). The objectives that need input derivatives of the
+score (:mod:`~ebmlab.objectives.implicit`, :mod:`~ebmlab.objectives.sliced`)
+take per-sample input gradients of the batch sum, which is only the
+per-sample Jacobian when sample ``i``'s score does not depend on sample ``j``
+(no batch norm in training mode).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "NoiseConditionalScoreFn",
+    "ScoreFn",
+    "call_score",
+    "check_batch",
+    "check_choice",
+    "projected_trace",
+    "random_projections",
+    "score_and_leaf",
+    "trace_metrics",
+]
+
+ScoreFn = Callable[[Tensor], Tensor]
+NoiseConditionalScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def check_batch(x: Tensor) -> None:
+    """Check that ``x`` is a floating-point batch ``(B, *event)`` with ``B >= 1``.
+
+    Args:
+        x: the data batch.
+
+    Raises:
+        TypeError: for a non-tensor or an integer tensor.
+        ValueError: for fewer than two dimensions or an empty batch (the message gives the shape).
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"expected x to be a torch.Tensor of shape (batch, *event), got {type(x).__name__}")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"expected x of shape (batch, *event) with batch >= 1, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point x, got dtype {x.dtype}")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Check that the option ``name`` is one of ``choices``.
+
+    Args:
+        name: the argument's name, used in the message.
+        value: the value given.
+        choices: the allowed values.
+
+    Raises:
+        ValueError: naming the argument, the choices and the value.
+    """
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+
+
+def call_score(score_fn: Callable[..., Tensor], x: Tensor, *args: Tensor) -> Tensor:
+    """``score_fn(x, *args)``, checked to have the shape of ``x``.
+
+    Args:
+        score_fn: a score model, unconditional or noise-conditional.
+        x: its input ``(B, *event)``.
+        *args: further inputs (the noise levels of a noise-conditional model).
+
+    Returns:
+        The score, shape ``(B, *event)``.
+
+    Raises:
+        ValueError: when the model returns something else (the message gives both shapes).
+    """
+    s = score_fn(x, *args)
+    if not isinstance(s, Tensor) or s.shape != x.shape:
+        shape = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+        raise ValueError(f"a score model must return the shape of its input {tuple(x.shape)}, got {shape}")
+    return s
+
+
+def score_and_leaf(score_fn: ScoreFn, x: Tensor) -> tuple[Tensor, Tensor]:
+    """A fresh leaf for input derivatives and the score at it.
+
+    Args:
+        score_fn: score model ``x -> (B, *event)``.
+        x: data batch ``(B, *event)`` (detached here, so no gradient reaches the data).
+
+    Returns:
+        ``(xg, s)``: ``xg`` a copy of ``x`` that requires grad, and ``s(xg)``
+        flattened to ``(B, d)``.
+    """
+    xg = x.detach().requires_grad_(True)
+    s = call_score(score_fn, xg)
+    return xg, s.reshape(x.shape[0], -1)
+
+
+def random_projections(shape: tuple[int, ...], kind: str, like: Tensor,
+                       generator: torch.Generator | None) -> Tensor:
+    """Random directions with ``E[v v^T] = I``: Rademacher (+-1) or standard normal entries.
+
+    Args:
+        shape: the output shape, usually ``(M, B, d)``.
+        kind: ``"rademacher"`` or ``"gaussian"``.
+        like: the directions take its device and dtype.
+        generator: the randomness.
+
+    Returns:
+        The directions, shape ``shape``.
+    """
+    if kind == "rademacher":
+        signs = torch.randint(0, 2, shape, generator=generator, device=like.device)
+        return (2 * signs - 1).to(like.dtype)
+    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _projected_jacobian(s_flat: Tensor, xg: Tensor, v: Tensor) -> Tensor:
+    """``v^T (grad_x s) v`` per sample, ``(B,)``, from one backward pass.
+
+    ``grad_x (v^T s) = J^T v`` (``v`` does not depend on ``x``), so
+    ``v . grad_x (v^T s) = v^T J v``. ``create_graph=True`` keeps the result
+    differentiable with respect to the model's parameters.
+    """
+    (g,) = torch.autograd.grad((s_flat * v).sum(), xg, create_graph=True, retain_graph=True,
+                               materialize_grads=True)
+    return (g.reshape(v.shape) * v).sum(1)
+
+
+def projected_trace(s_flat: Tensor, xg: Tensor, v: Tensor) -> Tensor:
+    """The trace of the score's Jacobian along random directions: ``1/M sum_m v_m^T (grad_x s) v_m``.
+
+    Unbiased for ``tr grad_x s`` when ``E[v v^T] = I`` (Hutchinson 1989); one
+    backward pass per direction, whatever the dimension.
+
+    Args:
+        s_flat: the score at ``xg``, flattened to ``(B, d)``.
+        xg: the leaf the score was computed at (see :func:`score_and_leaf`).
+        v: directions, shape ``(M, B, d)``.
+
+    Returns:
+        The estimate per sample, shape ``(B,)``, differentiable with respect to the model's parameters.
+    """
+    num = v.shape[0]
+    return sum(_projected_jacobian(s_flat, xg, v[m]) for m in range(num)) / num
+
+
+def trace_metrics(loss: Tensor, norm_term: Tensor, trace_term: Tensor) -> dict[str, float]:
+    """The metrics of the trace-based objectives (implicit and sliced score matching).
+
+    Args:
+        loss: the scalar loss.
+        norm_term: the per-sample norm term, ``(B,)``.
+        trace_term: the per-sample trace term (or its estimate), ``(B,)``.
+
+    Returns:
+        ``loss``, ``norm_term`` and ``trace_term`` (batch means) as Python floats.
+    """
+    return {"loss": float(loss.detach()), "norm_term": float(norm_term.detach().mean()),
+            "trace_term": float(trace_term.detach().mean())}
