@@ -29,6 +29,7 @@ __all__ = [
     "check_energy_output",
     "check_finite",
     "check_int",
+    "check_nonnegative",
     "check_positive",
     "format_shape",
 ]
@@ -85,6 +86,24 @@ def check_finite(name: str, value: float) -> float:
     """
     if not _is_real(value) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_nonnegative(name: str, value: float) -> float:
+    """Check that ``value`` is a finite real number ``>= 0`` (a noise level that may be zero).
+
+    Args:
+        name: the argument's name, used in the message.
+        value: the value to check.
+
+    Returns:
+        ``float(value)``.
+
+    Raises:
+        ValueError: ``"{name} must be a finite number >= 0, got {value!r}"``.
+    """
+    if not _is_real(value) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 

@@ -36,14 +36,13 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
 
-from ..energies.targets import DiagonalGaussian, Gaussian, GaussianMixture
+from ..checks import check_int, check_positive
 from .base import Info, State, normal_like
-from .langevin import _check_positive
 
 __all__ = ["AnnealedLangevin", "AnnealedState", "exact_perturbed_score"]
 
@@ -133,10 +132,8 @@ class AnnealedLangevin:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sigmas", _check_sigmas(self.sigmas))
-        t = self.steps_per_level
-        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
-            raise ValueError(f"steps_per_level must be an integer >= 1, got {t!r}")
-        _check_positive("eps", self.eps)
+        check_int("steps_per_level", self.steps_per_level, 1)
+        check_positive("eps", self.eps)
         if not isinstance(self.final_denoise, bool):
             raise ValueError(f"final_denoise must be a bool, got {self.final_denoise!r}")
 
@@ -224,17 +221,26 @@ class AnnealedLangevin:
                                                       log_acceptance=zeros)
 
 
-def exact_perturbed_score(target: GaussianMixture | Gaussian | DiagonalGaussian) -> NoiseConditionalScoreFn:
+class PerturbableTarget(Protocol):
+    """A target that knows its noised marginals: ``perturbed(sigma)`` is the law of ``X + sigma Z``."""
+
+    def perturbed(self, sigma: float) -> Any: ...
+
+
+def exact_perturbed_score(target: PerturbableTarget) -> NoiseConditionalScoreFn:
     """The exact noise-conditional score ``grad_x log (p * N(0, sigma^2 I))(x)`` of an analytic target.
 
-    For a :class:`~ebmlab.energies.targets.GaussianMixture` the perturbed
-    density is :meth:`~ebmlab.energies.targets.GaussianMixture.perturbed`
-    (each component variance ``v_k`` becomes ``v_k + sigma^2``); for a
-    Gaussian ``N(m, C)`` it is ``N(m, C + sigma^2 I)``. The perturbed targets
-    are built once per distinct ``sigma`` value (LRU cache of 64).
+    The target supplies its own perturbed law through ``target.perturbed(sigma)``
+    (the law of ``X + sigma Z`` with ``Z ~ N(0, I)`` independent of ``X``; for a
+    :class:`~ebmlab.energies.targets.GaussianMixture` each component variance
+    ``v_k`` becomes ``v_k + sigma^2``, for a Gaussian ``N(m, C)`` it is
+    ``N(m, C + sigma^2 I)``), so this sampler file knows no concrete target.
+    The perturbed targets are built once per distinct ``sigma`` value (LRU
+    cache of 64).
 
     Args:
-        target: a Gaussian mixture or a (diagonal) Gaussian target.
+        target: any target with a ``perturbed(sigma)`` method whose result has
+            a ``score(x)`` (the Gaussian and Gaussian-mixture targets).
 
     Returns:
         ``score_fn(x, sigma)`` with ``x`` of shape ``(B, d)`` and ``sigma`` of
@@ -243,19 +249,17 @@ def exact_perturbed_score(target: GaussianMixture | Gaussian | DiagonalGaussian)
         whole batch is scored at once.
 
     Raises:
-        TypeError: for any other target.
+        TypeError: for a target without a ``perturbed`` method (no closed-form
+            noised marginal, e.g. the banana); callers such as the playground
+            catch it to fall back to plain Langevin.
     """
-    if isinstance(target, GaussianMixture):
-        make: Callable[[float], Gaussian | GaussianMixture] = target.perturbed
-    elif isinstance(target, (Gaussian, DiagonalGaussian)):
-        mean, cov = target.mean, target.cov
-        eye = torch.eye(target.dim, dtype=torch.float64)
-
-        def make(sigma: float) -> Gaussian:
-            return Gaussian(mean, cov + sigma**2 * eye, name=f"{target.name}+N(0,{sigma:g}^2)")
-    else:
-        raise TypeError(f"exact_perturbed_score needs a GaussianMixture, Gaussian or DiagonalGaussian target, "
-                        f"got {type(target).__name__}")
+    make = getattr(target, "perturbed", None)
+    if not callable(make):
+        raise TypeError(
+            f"exact_perturbed_score needs a GaussianMixture, Gaussian or DiagonalGaussian target, got "
+            f"{type(target).__name__}: the target must have a perturbed(sigma) method giving the law of "
+            "X + sigma Z in closed form"
+        )
     perturbed = functools.lru_cache(maxsize=64)(make)
 
     def score_fn(x: Tensor, sigma: Tensor) -> Tensor:

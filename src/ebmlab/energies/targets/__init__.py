@@ -1,0 +1,57 @@
+"""Analytic 2-D (and d-dimensional) targets with exact energies, scores and samplers.
+
+Every target is itself an energy (callable ``x -> (B,)``) with:
+
+* ``energy(x)`` -- negative log-density, shape ``(B,)``. Every target here is
+  *exactly normalised*, ``E(x) = -log p(x)`` with ``integral exp(-E) = 1``:
+  all normalising constants have closed forms (see each class);
+* ``score(x)`` -- analytic ``-grad_x E(x)``, tested against autograd;
+* ``energy_and_score(x)`` -- both at once, sharing intermediates and without
+  autograd (the samplers' fast path);
+* ``sample(n, generator=...)`` -- exact i.i.d. samples (``has_exact_sampler``
+  tells; every target here has one). All randomness comes from ``generator``;
+  the global RNG is never touched;
+* ``bounds`` -- a box ``((lo_1, hi_1), ..., (lo_d, hi_d))`` holding all but a
+  negligible part of the mass (less than 1e-6 outside), used for plots and
+  quadrature. The funnel is the one exception, see :class:`Funnel`;
+* ``mean`` / ``cov`` -- closed-form moments as float64 CPU tensors.
+
+Definitions follow the classic MCMC gallery so results are comparable.
+Constants are Python floats (or tensors cast once per device and dtype), so a
+target works on any device and dtype: it follows ``x``.
+
+Use :func:`get` with one of :func:`names` to build a target by name.
+"""
+
+from .base import Target
+from .funnel import Funnel, funnel
+from .gaussian import DiagonalGaussian, Gaussian, StandardGaussian, ill_conditioned, standard
+from .mixture import GaussianMixture, eight_gaussians, multimodal, song_ermon_mixture
+from .radial import Donut, Rings, donut, rings
+from .registry import get, names
+from .sheared import Banana, Squiggle, banana, squiggle
+
+__all__ = [
+    "Banana",
+    "DiagonalGaussian",
+    "Donut",
+    "Funnel",
+    "Gaussian",
+    "GaussianMixture",
+    "Rings",
+    "Squiggle",
+    "StandardGaussian",
+    "Target",
+    "banana",
+    "donut",
+    "eight_gaussians",
+    "funnel",
+    "get",
+    "ill_conditioned",
+    "multimodal",
+    "names",
+    "rings",
+    "song_ermon_mixture",
+    "squiggle",
+    "standard",
+]
