@@ -45,6 +45,7 @@ from torch import Tensor
 
 from ebmlab.energies import targets
 from ebmlab.energies.targets import Target
+from ebmlab.grid import grid_energies, log_integral
 
 __all__ = [
     "DATASETS",
@@ -375,7 +376,7 @@ def entropy(name: str, resolution: int = 512) -> float | None:
 
     Since the target's energy is exactly ``-log p``, ``H = E_p[E(x)]``: the
     midpoint rule over ``target.bounds`` with the density normalised on the
-    grid (:func:`ebmlab.evaluation.density_on_grid`), ``H ≈ sum_c p(c) E(c) dA``
+    grid (as :func:`ebmlab.evaluation.density_on_grid` does), ``H ≈ sum_c p(c) E(c) dA``
     in float64. Accurate to ~1e-6 for the smooth 2-D targets at the default
     resolution; the funnel's box is a plotting box, not a negligible-mass box
     (see :class:`~ebmlab.energies.targets.Funnel`), so its value is only approximate.
@@ -390,8 +391,6 @@ def entropy(name: str, resolution: int = 512) -> float | None:
     Raises:
         ValueError: for an unknown name or a bad ``resolution``.
     """
-    from ebmlab.evaluation import density_on_grid, quadrature_grid
-
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
         raise ValueError(f"resolution must be an int >= 2, got {resolution!r}")
     target = true_density(name)
@@ -400,9 +399,9 @@ def entropy(name: str, resolution: int = 512) -> float | None:
     if target.dim != 2:  # pragma: no cover - every registered target is 2-D by default
         raise ValueError(f"entropy needs a 2-D density, got dim {target.dim} for {name!r}")
     bounds = target.bounds
-    _, density = density_on_grid(target, bounds, resolution, dtype=torch.float64)
-    points, _ = quadrature_grid(bounds, resolution, dtype=torch.float64)
-    e = torch.cat([target.energy(chunk) for chunk in points.split(65536)]).reshape(resolution, resolution)
+    # One float64 evaluation of E on the grid serves both the grid-normalised density and E itself.
+    e = grid_energies(target, bounds, resolution, dtype=torch.float64)
+    density = torch.exp(-e - log_integral(e, bounds, resolution))
     cell = math.prod((hi - lo) / resolution for lo, hi in bounds)
     p_e = torch.where(density > 0, density * e, torch.zeros_like(e))  # 0 * inf -> 0
     return float(p_e.sum()) * cell

@@ -3,7 +3,8 @@
 Lecture 9, slide "What is (and isn't) tractable to compute?": the energy
 E(x), ratios p(x1)/p(x2) = exp(E(x2) - E(x1)) and the score
 grad_x log p(x) = -grad_x E(x) are all computable without Z. Z itself is only
-available by integration (see :func:`ebmlab.evaluation.partition.log_partition`).
+available by integration (see :func:`ebmlab.evaluation.partition.log_partition`, on the
+quadrature grids of :mod:`ebmlab.grid`).
 
 An *energy* is any callable ``x -> Tensor[batch]``; lower energy means more
 probable. It may be an ``nn.Module``, an analytic target, or a plain function.
@@ -17,6 +18,8 @@ from typing import Callable, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+from ..checks import check_energy_output
 
 __all__ = [
     "Energy",
@@ -62,14 +65,7 @@ def evaluate_energy(energy: EnergyLike, x: Tensor) -> Tensor:
         ValueError: if the energy's output does not have shape ``(B,)``.
     """
     _check_input(x)
-    e = energy(x)
-    if not isinstance(e, Tensor) or e.shape != (x.shape[0],):
-        shape = tuple(e.shape) if isinstance(e, Tensor) else type(e).__name__
-        raise ValueError(
-            f"an energy must return shape (batch,) = ({x.shape[0]},) for input of shape "
-            f"{tuple(x.shape)}, got {shape}"
-        )
-    return e
+    return check_energy_output(energy(x), x)
 
 
 def energy_and_score(energy: EnergyLike, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -30,16 +30,17 @@ exactly the same layers.
 
 from __future__ import annotations
 
-import operator
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from ..checks import check_count, format_shape
+
 if TYPE_CHECKING:  # imported lazily at run time: compose imports core, avoid cycles
     from .compose import Product
 
-__all__ = ["ConvEnergy", "MLPEnergy", "conv_trunk", "mlp"]
+__all__ = ["Activation", "ConvEnergy", "MLPEnergy", "conv_trunk", "make_activation", "mlp"]
 
 Activation = Callable[[], nn.Module]
 """A zero-argument factory of activation modules: ``nn.SiLU``, ``functools.partial(nn.LeakyReLU, 0.2)``."""
@@ -48,20 +49,18 @@ Activation = Callable[[], nn.Module]
 # --------------------------------------------------------------------------- helpers
 
 
-def _positive_int(value: object, name: str) -> int:
-    """``value`` as an int, or a clear error if it is not a positive integer."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a positive int, got {value!r}")
-    try:
-        n = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}") from None
-    if n < 1:
-        raise ValueError(f"{name} must be >= 1, got {n}")
-    return n
+def make_activation(activation: Activation) -> nn.Module:
+    """A new activation module from its zero-argument factory, checked.
 
+    Args:
+        activation: e.g. ``nn.SiLU`` or ``functools.partial(nn.LeakyReLU, 0.2)``.
 
-def _make_activation(activation: Activation) -> nn.Module:
+    Returns:
+        ``activation()``.
+
+    Raises:
+        TypeError: if the factory does not build an ``nn.Module``.
+    """
     module = activation()
     if not isinstance(module, nn.Module):
         raise TypeError(
@@ -79,10 +78,6 @@ def _maybe_sn(layer: nn.Module, spectral_norm: bool) -> nn.Module:
     forward pass in train mode (the estimate is frozen in eval mode).
     """
     return _spectral_norm(layer) if spectral_norm else layer
-
-
-def _shape_str(shape: Sequence[int | str]) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
 class _ProductOfExperts:
@@ -129,14 +124,14 @@ def mlp(
     Raises:
         TypeError, ValueError: if a size is not a positive int.
     """
-    dims = [_positive_int(in_dim, "in_dim")]
-    dims += [_positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden)]
-    dims.append(_positive_int(out_dim, "out_dim"))
+    dims = [check_count("in_dim", in_dim, 1)]
+    dims += [check_count(f"hidden[{i}]", h, 1) for i, h in enumerate(hidden)]
+    dims.append(check_count("out_dim", out_dim, 1))
     layers: list[nn.Module] = []
     for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
         layers.append(_maybe_sn(nn.Linear(d_in, d_out), spectral_norm))
         if i < len(dims) - 2:
-            layers.append(_make_activation(activation))
+            layers.append(make_activation(activation))
     return nn.Sequential(*layers)
 
 
@@ -184,15 +179,15 @@ def conv_trunk(
     Raises:
         TypeError, ValueError: if a size is not a positive int.
     """
-    c = _positive_int(in_channels, "in_channels")
-    size = _positive_int(image_size, "image_size")
-    w = _positive_int(width, "width")
+    c = check_count("in_channels", in_channels, 1)
+    size = check_count("image_size", image_size, 1)
+    w = check_count("width", width, 1)
 
     layers: list[nn.Module] = []
 
     def conv(c_in: int, c_out: int, stride: int) -> None:
         layers.append(_maybe_sn(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), spectral_norm))
-        layers.append(_make_activation(activation))
+        layers.append(make_activation(activation))
 
     conv(c, w, 1)
     for c_in, c_out in ((w, 2 * w), (2 * w, 4 * w)):
@@ -238,7 +233,7 @@ class MLPEnergy(_ProductOfExperts, nn.Module):
         spectral_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.dim = _positive_int(dim, "dim")
+        self.dim = check_count("dim", dim, 1)
         self.event_shape: tuple[int, ...] = (self.dim,)
         self.spectral_norm = bool(spectral_norm)
         self.net = mlp(self.dim, hidden, 1, activation, spectral_norm)
@@ -256,7 +251,7 @@ class MLPEnergy(_ProductOfExperts, nn.Module):
             ValueError: if ``x`` is not of shape ``(B, dim)``.
         """
         if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != self.dim:
-            got = _shape_str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
+            got = format_shape(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"MLPEnergy(dim={self.dim}) expects x of shape (batch, {self.dim}), got {got}")
         return self.net(x).squeeze(-1)
 
@@ -300,9 +295,9 @@ class ConvEnergy(_ProductOfExperts, nn.Module):
         spectral_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.image_size = _positive_int(image_size, "image_size")
-        self.width = _positive_int(width, "width")
+        self.in_channels = check_count("in_channels", in_channels, 1)
+        self.image_size = check_count("image_size", image_size, 1)
+        self.width = check_count("width", width, 1)
         self.spectral_norm = bool(spectral_norm)
         self.event_shape: tuple[int, ...] = (self.in_channels, self.image_size, self.image_size)
         self.trunk, out_shape = conv_trunk(
@@ -324,10 +319,10 @@ class ConvEnergy(_ProductOfExperts, nn.Module):
             ValueError: if ``x`` does not have that shape.
         """
         if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != self.event_shape:
-            got = _shape_str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
+            got = format_shape(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(
                 f"ConvEnergy(in_channels={self.in_channels}, image_size={self.image_size}) expects x of "
-                f"shape {_shape_str(('batch', *self.event_shape))}, got {got}"
+                f"shape {format_shape(('batch', *self.event_shape))}, got {got}"
             )
         return self.head(self.trunk(x).flatten(1)).squeeze(-1)
 

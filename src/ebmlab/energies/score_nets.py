@@ -39,7 +39,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .nets import Activation, _make_activation, _positive_int, _shape_str, conv_trunk, mlp
+from ..checks import check_count, format_shape
+from .nets import Activation, conv_trunk, make_activation, mlp
 
 __all__ = ["EnergyScore", "ScoreConvNet", "ScoreMLP", "SIGMA_EMBEDDINGS"]
 
@@ -49,8 +50,8 @@ SIGMA_EMBEDDINGS = ("log", "fourier", None)
 
 def _check_batch(x: object, event_shape: tuple[int, ...], who: str) -> None:
     if not isinstance(x, Tensor) or x.dim() != 1 + len(event_shape) or tuple(x.shape[1:]) != event_shape:
-        got = _shape_str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{who} expects x of shape {_shape_str(('batch', *event_shape))}, got {got}")
+        got = format_shape(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{who} expects x of shape {format_shape(('batch', *event_shape))}, got {got}")
 
 
 def _sigma_per_sample(sigma: object, x: Tensor, who: str) -> Tensor:
@@ -68,7 +69,7 @@ def _sigma_per_sample(sigma: object, x: Tensor, who: str) -> Tensor:
         return sigma.to(device=x.device, dtype=x.dtype).expand(b)
     if tuple(sigma.shape) in ((b,), (b, 1)):
         return sigma.reshape(b).to(device=x.device, dtype=x.dtype)
-    raise ValueError(f"{who} needs sigma of shape (batch,) = ({b},), got {_shape_str(tuple(sigma.shape))}")
+    raise ValueError(f"{who} needs sigma of shape (batch,) = ({b},), got {format_shape(tuple(sigma.shape))}")
 
 
 class ScoreMLP(nn.Module):
@@ -121,7 +122,7 @@ class ScoreMLP(nn.Module):
         num_frequencies: int = 4,
     ) -> None:
         super().__init__()
-        self.dim = _positive_int(dim, "dim")
+        self.dim = check_count("dim", dim, 1)
         self.event_shape: tuple[int, ...] = (self.dim,)
         if sigma_embedding not in SIGMA_EMBEDDINGS:
             raise ValueError(f"sigma_embedding must be one of {SIGMA_EMBEDDINGS}, got {sigma_embedding!r}")
@@ -136,7 +137,7 @@ class ScoreMLP(nn.Module):
                              "(otherwise it ignores sigma)")
         self.sigma_embedding = sigma_embedding
         if sigma_embedding == "fourier":
-            k = _positive_int(num_frequencies, "num_frequencies")
+            k = check_count("num_frequencies", num_frequencies, 1)
             self.register_buffer("frequencies", 2.0 ** torch.arange(k, dtype=torch.float32) / 4.0)
             extra = 1 + 2 * k
         else:
@@ -222,9 +223,9 @@ class ScoreConvNet(nn.Module):
         activation: Activation = nn.SiLU,
     ) -> None:
         super().__init__()
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.image_size = _positive_int(image_size, "image_size")
-        self.width = _positive_int(width, "width")
+        self.in_channels = check_count("in_channels", in_channels, 1)
+        self.image_size = check_count("image_size", image_size, 1)
+        self.width = check_count("width", width, 1)
         self.noise_conditional = bool(noise_conditional)
         self.event_shape: tuple[int, ...] = (self.in_channels, self.image_size, self.image_size)
         self.trunk, _ = conv_trunk(self.in_channels, self.image_size, self.width, activation)
@@ -234,7 +235,7 @@ class ScoreConvNet(nn.Module):
             nn.Conv2d(c_deep + c_skip, c_skip, 3, padding=1)
             for c_deep, c_skip in zip(channels[::-1][:-1], channels[::-1][1:])
         )
-        self.decoder_act = nn.ModuleList(_make_activation(activation) for _ in self.decoder)
+        self.decoder_act = nn.ModuleList(make_activation(activation) for _ in self.decoder)
         self.head = nn.Conv2d(channels[0], self.in_channels, 3, padding=1)
 
     def forward(self, x: Tensor, sigma: Tensor | float | None = None) -> Tensor:
@@ -322,7 +323,7 @@ class EnergyScore(nn.Module):
         if self.event_shape is not None:
             _check_batch(x, self.event_shape, f"EnergyScore(event_shape={self.event_shape})")
         elif not isinstance(x, Tensor) or x.dim() < 2:
-            got = _shape_str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
+            got = format_shape(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"EnergyScore expects x of shape (batch, *event), got {got}")
         if not x.is_floating_point():
             raise ValueError(f"EnergyScore expects a floating-point x, got dtype {x.dtype}")
@@ -331,7 +332,7 @@ class EnergyScore(nn.Module):
             xg = x if x.requires_grad else x.detach().requires_grad_(True)
             e = self.energy(xg)
             if not isinstance(e, Tensor) or e.shape != (x.shape[0],):
-                got = _shape_str(tuple(e.shape)) if isinstance(e, Tensor) else type(e).__name__
+                got = format_shape(tuple(e.shape)) if isinstance(e, Tensor) else type(e).__name__
                 raise ValueError(f"the energy must return shape (batch,) = ({x.shape[0]},), got {got}")
             (g,) = torch.autograd.grad(e.sum(), xg, create_graph=create_graph)
         return -g if create_graph else -g.detach()

@@ -22,8 +22,8 @@ from ebmlab.evaluation.partition import (
     exact_nll,
     log_partition,
     normalized_log_prob,
-    quadrature_grid,
 )
+from ebmlab.grid import quadrature_grid
 
 __all__ = [
     "DigitClassifier",

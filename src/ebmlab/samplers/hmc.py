@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..checks import check_int, check_positive
 from ..energies.core import energy_and_score
 from .base import Info, State, mh_accept, normal_like, uniform_log
-from .langevin import _check_positive
-from .mala import _sum_event
+from .mala import sum_event
 
 __all__ = ["HMC"]
 
@@ -44,14 +44,13 @@ class HMC:
     record_trajectory: bool = False
 
     def __post_init__(self) -> None:
-        _check_positive("step_size", self.step_size)
-        if isinstance(self.num_leapfrog, bool) or not isinstance(self.num_leapfrog, int) or self.num_leapfrog < 1:
-            raise ValueError(f"num_leapfrog must be an integer >= 1, got {self.num_leapfrog!r}")
+        check_positive("step_size", self.step_size)
+        check_int("num_leapfrog", self.num_leapfrog, 1)
         if isinstance(self.mass, Tensor):
             if not bool(torch.isfinite(self.mass).all() and (self.mass > 0).all()):
                 raise ValueError("mass must be finite and > 0 everywhere")
         else:
-            _check_positive("mass", self.mass)
+            check_positive("mass", self.mass)
 
     def init(self, energy, x: Tensor) -> State:
         e, s = energy_and_score(energy, x)
@@ -68,7 +67,7 @@ class HMC:
         if isinstance(mass, Tensor):
             mass = mass.to(device=state.x.device, dtype=state.x.dtype)
         p = z * mass**0.5
-        kinetic0 = 0.5 * _sum_event(z * z)  # p^T M^-1 p / 2 with p = sqrt(M) z
+        kinetic0 = 0.5 * sum_event(z * z)  # p^T M^-1 p / 2 with p = sqrt(M) z
         x, s, e = state.x, state.score, state.energy
         path = [x] if self.record_trajectory else None
         for _ in range(self.num_leapfrog):
@@ -78,7 +77,7 @@ class HMC:
             p = p + (0.5 * eps) * s
             if path is not None:
                 path.append(x)
-        kinetic1 = 0.5 * _sum_event(p * p / mass)
+        kinetic1 = 0.5 * sum_event(p * p / mass)
         energy_error = (e + kinetic1) - (state.energy + kinetic0)
         proposed = State(x=x, energy=e, score=s)
         new, accepted, log_acc = mh_accept(-energy_error, state, proposed, log_u)

@@ -13,23 +13,16 @@ clipping and clamping to the data range; these are explicit options here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ..checks import check_positive
 from ..energies.core import energy_and_score
 from .base import Info, State, normal_like
 
 __all__ = ["Langevin"]
-
-
-def _check_positive(name: str, value: float | None, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -53,9 +46,9 @@ class Langevin:
     clamp: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        _check_positive("step_size", self.step_size)
-        _check_positive("noise_scale", self.noise_scale, allow_none=True)
-        _check_positive("grad_clip", self.grad_clip, allow_none=True)
+        check_positive("step_size", self.step_size)
+        check_positive("noise_scale", self.noise_scale, allow_none=True)
+        check_positive("grad_clip", self.grad_clip, allow_none=True)
         if self.clamp is not None and not (len(self.clamp) == 2 and self.clamp[0] < self.clamp[1]):
             raise ValueError(f"clamp must be a pair (lo, hi) with lo < hi, got {self.clamp!r}")
 

@@ -22,14 +22,22 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..checks import check_positive
 from ..energies.core import energy_and_score
 from .base import Info, State, mh_accept, normal_like, uniform_log
-from .langevin import _check_positive
 
-__all__ = ["MALA"]
+__all__ = ["MALA", "sum_event"]
 
 
-def _sum_event(v: Tensor) -> Tensor:
+def sum_event(v: Tensor) -> Tensor:
+    """Sum over the event dimensions, one value per chain (vectors and images alike).
+
+    Args:
+        v: shape ``(chains, *event)``.
+
+    Returns:
+        Shape ``(chains,)``.
+    """
     return v.reshape(v.shape[0], -1).sum(dim=1)
 
 
@@ -44,7 +52,7 @@ class MALA:
     step_size: float
 
     def __post_init__(self) -> None:
-        _check_positive("step_size", self.step_size)
+        check_positive("step_size", self.step_size)
 
     def init(self, energy, x: Tensor) -> State:
         e, s = energy_and_score(energy, x)
@@ -62,8 +70,8 @@ class MALA:
         e_new, s_new = energy_and_score(energy, x_new)
         # log q(x'|x) = -|eps z|^2 / (2 eps^2) = -|z|^2/2 ; log q(x|x') uses the reverse drift.
         reverse = state.x - x_new - half_eps2 * s_new
-        log_q_fwd = -0.5 * _sum_event(noise * noise)
-        log_q_rev = -_sum_event(reverse * reverse) / (2 * self.step_size**2)
+        log_q_fwd = -0.5 * sum_event(noise * noise)
+        log_q_rev = -sum_event(reverse * reverse) / (2 * self.step_size**2)
         log_alpha = state.energy - e_new + log_q_rev - log_q_fwd
         proposed = State(x=x_new, energy=e_new, score=s_new)
         new, accepted, log_acc = mh_accept(log_alpha, state, proposed, log_u)

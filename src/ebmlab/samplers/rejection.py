@@ -24,9 +24,10 @@ from typing import Protocol, Sequence
 import torch
 from torch import Tensor
 
+from ..checks import check_finite, check_int, check_positive
 from ..energies.core import evaluate_energy
+from ..grid import quadrature_grid, uniform_in_bounds
 from .base import Info, State
-from .langevin import _check_positive
 
 __all__ = [
     "GaussianProposal",
@@ -85,8 +86,7 @@ class StudentTProposal:
     df: int = 3
 
     def __post_init__(self) -> None:
-        if isinstance(self.df, bool) or not isinstance(self.df, int) or self.df < 1:
-            raise ValueError(f"df must be an integer >= 1, got {self.df!r}")
+        check_int("df", self.df, 1)
 
     def _params(self, device, dtype) -> tuple[Tensor, Tensor]:
         return GaussianProposal._params(self, device, dtype)  # same (loc, scale) handling
@@ -112,9 +112,7 @@ class UniformProposal:
     bounds: Sequence[tuple[float, float]]
 
     def sample(self, n: int, *, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> Tensor:
-        lo = torch.tensor([b[0] for b in self.bounds], device=device, dtype=dtype)
-        hi = torch.tensor([b[1] for b in self.bounds], device=device, dtype=dtype)
-        return lo + (hi - lo) * torch.rand((n, lo.numel()), generator=generator, device=device, dtype=dtype)
+        return uniform_in_bounds(n, self.bounds, generator=generator, device=device, dtype=dtype)
 
     def log_prob(self, x: Tensor) -> Tensor:
         lo = torch.tensor([b[0] for b in self.bounds], device=x.device, dtype=x.dtype)
@@ -153,8 +151,6 @@ def find_log_c(
         ValueError: when the ratio peaks on the edge of the grid, or is
             non-finite.
     """
-    from ..evaluation.partition import quadrature_grid
-
     if len(bounds) not in (1, 2):
         raise ValueError(f"find_log_c works on 1-D or 2-D bounds, got {len(bounds)} dimensions")
     def ratio_on(box):
@@ -203,9 +199,8 @@ class RejectionSampler:
     max_rounds: int = 100_000
 
     def __post_init__(self) -> None:
-        if not isinstance(self.log_c, (int, float)) or not math.isfinite(self.log_c):
-            raise ValueError(f"log_c must be a finite number, got {self.log_c!r}")
-        _check_positive("max_rounds", self.max_rounds)
+        check_finite("log_c", self.log_c)
+        check_positive("max_rounds", self.max_rounds)
 
     def init(self, energy, x: Tensor) -> State:
         with torch.no_grad():

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..checks import check_positive
 from ..energies.core import evaluate_energy
 from .base import Info, State, mh_accept, normal_like, uniform_log
-from .langevin import _check_positive
 
 __all__ = ["RandomWalkMH"]
 
@@ -30,7 +30,7 @@ class RandomWalkMH:
     scale: float
 
     def __post_init__(self) -> None:
-        _check_positive("scale", self.scale)
+        check_positive("scale", self.scale)
 
     def init(self, energy, x: Tensor) -> State:
         with torch.no_grad():
