@@ -9,7 +9,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ebmlab.data import load_digits
-from ebmlab.evaluation import images as ev
+from ebmlab.evaluation import classifier as classifier_module
 from ebmlab.evaluation.images import (
     classifier_accuracy,
     classifier_metrics,
@@ -117,7 +117,7 @@ def test_classifier_cache_roundtrip_without_retraining(tmp_path, digits, monkeyp
     def no_training(*args, **kwargs):
         raise AssertionError("the cached classifier was retrained")
 
-    monkeypatch.setattr(ev, "train_classifier", no_training)
+    monkeypatch.setattr(classifier_module, "train_classifier", no_training)  # where load_or_train_classifier looks it up
     second = load_or_train_classifier(path, train, test=test, epochs=2)
     assert second.info["loaded"]
     for (k, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
@@ -132,3 +132,16 @@ def test_figures(digits):
     assert isinstance(fig, Figure) and len(fig.axes) == 1
     fig = nearest_neighbour_grid(noise_images(6), train, n=16)
     assert isinstance(fig, Figure) and len(fig.axes) == 6
+
+
+def test_images_module_still_offers_every_name():
+    from ebmlab.evaluation import classifier, image_figures, image_metrics, images
+
+    for module in (classifier, image_metrics, image_figures):
+        for name in module.__all__:
+            if name not in ("check_images", "classifier_apply"):  # helpers of the split, not image metrics
+                assert getattr(images, name) is getattr(module, name), name
+    assert set(images.__all__) >= {"DigitClassifier", "digits_evaluator", "classifier_accuracy", "classifier_features",
+                                   "classifier_metrics", "feature_mmd", "load_or_train_classifier",
+                                   "nearest_neighbour_grid", "nearest_neighbours", "pixel_mmd", "sample_grid",
+                                   "train_classifier"}
