@@ -5,7 +5,7 @@ Define an energy ``x -> (batch,)``, compute what is tractable about it
 and measure the samples.
 """
 
-from . import data, evaluation, objectives, samplers, training
+from . import data, evaluation, objectives, samplers, targets, training
 from .energies import (
     ConvEnergy,
     EnergyScore,
@@ -17,7 +17,6 @@ from .energies import (
     mixture,
     product,
     score,
-    targets,
     tempered,
 )
 from .evaluation import exact_nll, log_partition, normalized_log_prob
