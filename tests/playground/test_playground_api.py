@@ -176,6 +176,22 @@ def test_hmc_trajectory_only_when_animating(client):
         assert "trajectory" not in step(ws, 2)["frames"][0]
 
 
+@pytest.mark.parametrize("algorithm", ["rwmh", "ula", "mala", "hmc"])
+@pytest.mark.parametrize("animate", [True, False])
+def test_samplers_are_the_librarys_by_name(algorithm, animate):
+    """The page's kernels are ebmlab.samplers.build_sampler's, with the page's step size and leapfrog count."""
+    from dataclasses import replace
+
+    from ebmlab.samplers import HMC, build_sampler
+
+    session = Session(Registry())
+    session.configure({"algorithm": algorithm, "step_size": 0.17, "leapfrog_steps": 7, "animate_proposal": animate})
+    expected = build_sampler(algorithm, 0.17, num_leapfrog=7)
+    if isinstance(expected, HMC):  # HMC records its leapfrog path only while the page animates proposals
+        expected = replace(expected, record_trajectory=animate)
+    assert type(session.sampler) is type(expected) and session.sampler == expected
+
+
 def test_reset_clears_and_repeats_the_same_chains(client):
     with client.websocket_connect("/ws") as ws:
         cfg = configure(ws, algorithm="rwmh", target="donut", chains=5, step_size=0.5, seed=42)
@@ -364,14 +380,14 @@ def test_non_2d_models_are_refused(tmp_path):
 @pytest.mark.filterwarnings("ignore:histogram_kl. dropped:RuntimeWarning")
 def test_cached_kl_equals_the_librarys_histogram_kl():
     from ebmlab.evaluation import histogram_kl
-    from ebmlab.playground.app import KL_SUBDIVISIONS, Registry, _histogram_kl
+    from ebmlab.playground.app import KL_SUBDIVISIONS, Registry, cached_histogram_kl
 
     reg = Registry()
     for name in ("banana", "product"):
         model = reg.resolve(name, "donut", "standard")
         x = torch.randn(500, 2, generator=torch.Generator().manual_seed(0))
         expected = histogram_kl(x, model.energy, model.bounds, bins=17, subdivisions=KL_SUBDIVISIONS)
-        assert _histogram_kl(x, model, 17) == pytest.approx(expected, rel=1e-9)
+        assert cached_histogram_kl(x, model, 17) == pytest.approx(expected, rel=1e-9)
 
 
 # --------------------------------------------------------------------------- annealed Langevin

@@ -1,0 +1,522 @@
+"""One client's session: its chains, stepped by the library's samplers, with diagnostics and exports.
+
+A :class:`Session` holds one sampler's chains, or two side by side
+(``compare``): the second runs on the same target with the same seed, chain
+count and settings, and every step message advances both samplers by the
+same number of steps (one time budget for the pair), so the two panels
+always hold equal budgets. Samplers are built by name with
+:func:`ebmlab.samplers.build_sampler`, except annealed Langevin (built from
+the schedule settings) and rejection (its envelope is fitted to the target,
+see :meth:`~ebmlab.playground.models.Registry.rejection_sampler`).
+
+Annealed Langevin (Song & Ermon 2019) starts its chains uniformly over the
+box (as in the paper); the schedule is ``num_levels`` geometric levels from
+``sigma_max`` to ``sigma_min`` with ``steps_per_level`` steps each and last
+level step ``eps``, and after the schedule the chains keep running at
+``sigma_min``. Steps at the earlier levels are annealing (burn-in): they are
+streamed and animated (``"annealing": true``) but not kept for diagnostics or
+export.
+
+Each step message runs under a per-message time budget; draws kept for
+diagnostics and export are bounded by :data:`LIMITS`.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import math
+import time
+import warnings
+from collections import deque
+from dataclasses import replace
+from functools import lru_cache
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ebmlab import samplers
+from ebmlab.evaluation import ess_bulk, rhat
+from ebmlab.grid import log_bin_masses, uniform_in_bounds
+from ebmlab.objectives import geometric_sigmas
+
+from .gif import render_gif
+from .models import Model, Registry
+from .settings import (
+    ANNEALED,
+    DEFAULTS,
+    EXPORT_FORMATS,
+    LIMITS,
+    PRODUCT,
+    SCHEDULE,
+    SOFT,
+    PlaygroundError,
+    significant,
+    validate_settings,
+)
+
+__all__ = ["KL_SUBDIVISIONS", "Session", "cached_histogram_kl"]
+
+KL_SUBDIVISIONS = 4
+
+
+@lru_cache(maxsize=128)
+def _log_bin_masses_cached(model: Model, bins: int) -> Tensor:
+    with torch.no_grad():
+        return log_bin_masses(model.energy, model.bounds, bins, KL_SUBDIVISIONS).reshape(-1).to("cpu", torch.float64)
+
+
+def cached_histogram_kl(samples: Tensor, model: Model, bins: int) -> float | None:
+    """:func:`ebmlab.evaluation.histogram_kl` (same definition and quadrature), with the
+    model's bin masses cached per (model, bins): the playground asks after every step.
+
+    Args:
+        samples: draws ``(n, 2)``; those outside the model's box are dropped.
+        model: an energy model.
+        bins: bins per axis.
+
+    Returns:
+        KL(histogram || model) in nats, or ``None`` when no draw is inside the box.
+    """
+    x = samples.detach().to(torch.float64)
+    lo = torch.tensor([b[0] for b in model.bounds], dtype=torch.float64)
+    hi = torch.tensor([b[1] for b in model.bounds], dtype=torch.float64)
+    x = x[((x >= lo) & (x <= hi)).all(dim=1)]
+    if x.shape[0] == 0:
+        return None
+    idx = ((x - lo) / (hi - lo) * bins).floor().long().clamp_(0, bins - 1)
+    counts = torch.bincount(idx[:, 0] * bins + idx[:, 1], minlength=bins * bins).to(torch.float64)
+    log_mass = _log_bin_masses_cached(model, bins)
+    q = counts / x.shape[0]
+    nz = q > 0
+    return float((q[nz] * (q[nz].log() - log_mass[nz])).sum())
+
+
+def _init_grid(reg: Registry, target: str, expert1: str, expert2: str) -> tuple[Tensor, Tensor, Tensor]:
+    d = reg.density(target, 64, expert1, expert2)
+    a1, a2 = (torch.tensor(a, dtype=torch.float64) for a in d["axes"])
+    dens = torch.tensor(d["density"], dtype=torch.float64)
+    points = torch.stack(torch.meshgrid(a1, a2, indexing="ij"), -1).reshape(-1, 2)
+    probs = (dens / dens.max()).clamp_min(0).pow(1 / 3).reshape(-1)
+    if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+        probs = torch.ones_like(probs)
+    cell = torch.tensor([float(a1[1] - a1[0]), float(a2[1] - a2[0])], dtype=torch.float64)
+    return points, probs, cell
+
+
+def _round(t: Tensor, digits: int = 4) -> list:
+    return torch.round(t.detach().to(torch.float64), decimals=digits).tolist()
+
+
+def _build_sampler(registry: Registry, algorithm: str, s: dict[str, Any]) -> Any:
+    if algorithm == ANNEALED:
+        sigmas = geometric_sigmas(s["sigma_max"], s["sigma_min"], s["num_levels"], dtype=torch.float64)
+        # No final denoising step: after the schedule the chains keep sampling at sigma_min.
+        return samplers.AnnealedLangevin(tuple(sigmas.tolist()), s["steps_per_level"], s["eps"], final_denoise=False)
+    if algorithm == "rejection":  # its envelope is fitted to the target, and cached per target
+        return registry.rejection_sampler(s["target"], s["expert1"], s["expert2"])
+    sampler = samplers.build_sampler(algorithm, s["step_size"], num_leapfrog=s["leapfrog_steps"])
+    if isinstance(sampler, samplers.HMC):  # the page draws the leapfrog path of each proposal
+        sampler = replace(sampler, record_trajectory=s["animate_proposal"])
+    return sampler
+
+
+class _Chains:
+    """One sampler's chains on the session's target: sampler state, kept draws, counters and
+    the ring of recent positions the GIF export animates."""
+
+    def __init__(self, algorithm: str, label: str) -> None:
+        self.algorithm, self.label = algorithm, label
+        self.annealed = algorithm == ANNEALED
+        self.what = "score" if self.annealed else "energy"  # what turns non-finite when chains diverge
+        self.fix = "reduce eps" if self.annealed else "reduce the step size"
+
+    def fn(self, model: Model) -> Callable:
+        """What the sampler is given: the noise-conditional score for annealed Langevin, else the energy."""
+        return model.score if self.annealed else model.energy  # type: ignore[return-value]
+
+    def reset(self, s: dict[str, Any], model: Model, registry: Registry, sampler: Any) -> None:
+        self.sampler = sampler
+        self.generator = torch.Generator().manual_seed(s["seed"])
+        n = s["chains"]
+        if self.annealed or model.energy is None:
+            # Annealed Langevin starts uniformly over the box (Song & Ermon 2019): its first levels
+            # spread the chains anyway, and a start near the modes would hide what annealing does.
+            x0 = uniform_in_bounds(n, model.bounds, generator=self.generator, dtype=torch.float64).to(torch.float32)
+        else:
+            # Over-dispersed start (R-hat needs dispersion) in plausible places: draws from the
+            # tempered density p^(1/3) on a 64 x 64 grid over the box, jittered within the cell.
+            points, probs, cell = _init_grid(registry, s["target"], s["expert1"], s["expert2"])
+            idx = torch.multinomial(probs, n, replacement=True, generator=self.generator)
+            jitter = torch.rand((n, 2), generator=self.generator, dtype=torch.float64) - 0.5
+            x0 = (points[idx] + jitter * cell).to(torch.float32)
+        with torch.no_grad():  # scores use autograd internally where needed
+            self.state = sampler.init(self.fn(model), x0)
+        self.kept_cap = max(8, LIMITS["max_kept_points"] // n)
+        self.history = torch.empty((self.kept_cap, n, 2))
+        self.kept = 0  # rows of history in use (ring buffer once full)
+        self.head = 0
+        self.num_steps = 0
+        self.num_accepted = 0
+        self.num_proposals = 0
+        self.diverged = False
+        self.recent: deque[tuple[int, Tensor, float | None]] = deque(maxlen=LIMITS["gif_frames"])
+        self.recent.append((0, self.state.x[: LIMITS["gif_chains"]].detach().clone(), self.sigma(0)))
+
+    def level(self, t: int) -> int:
+        """Annealed Langevin: the level (0-based) of step ``t`` (0-based)."""
+        return min(t // self.sampler.steps_per_level, self.sampler.num_levels - 1)
+
+    def sigma(self, t: int) -> float | None:
+        return self.sampler.sigmas[self.level(t)] if self.annealed else None
+
+    def propose(self, model: Model) -> tuple[Any, Any]:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            return self.sampler.step(self.fn(model), self.state, generator=self.generator)
+
+    @staticmethod
+    def finite(state: Any) -> bool:
+        return bool(torch.isfinite(state.energy).all() and torch.isfinite(state.x).all())
+
+    def commit(self, state: Any, info: Any, animate: bool) -> dict[str, Any]:
+        """Take the step ``state``; return its frame."""
+        t = self.num_steps
+        self.state = state
+        self.num_steps += 1
+        if info.num_proposals is not None:  # rejection: one accepted draw per num_proposals proposals
+            self.num_accepted += state.x.shape[0]
+            self.num_proposals += int(info.num_proposals.sum())
+        else:
+            self.num_accepted += int(info.accepted.sum())
+            self.num_proposals += state.x.shape[0]
+        proposal = torch.nan_to_num(info.proposal.detach(), nan=0.0, posinf=1e6, neginf=-1e6)
+        frame = {
+            "x": _round(state.x),
+            "proposal": _round(proposal.clamp(-1e6, 1e6)),
+            "accepted": info.accepted.tolist(),
+        }
+        keep = True
+        if self.annealed:  # steps before the last level are annealing: animated, not kept
+            keep = self.level(t) == self.sampler.num_levels - 1
+            frame["sigma"] = significant(self.sampler.sigmas[self.level(t)], 4)
+            frame["annealing"] = not keep
+        if keep:
+            self.history[self.head] = state.x.detach()
+            self.head = (self.head + 1) % self.kept_cap
+            self.kept = min(self.kept + 1, self.kept_cap)
+        if info.trajectory is not None and animate:
+            traj = torch.nan_to_num(info.trajectory.detach(), nan=0.0).clamp(-1e6, 1e6)
+            frame["trajectory"] = _round(traj[:, : min(traj.shape[1], 64)].transpose(0, 1), 3)  # (chains, L+1, 2)
+        self.recent.append((self.num_steps, state.x[: LIMITS["gif_chains"]].detach().clone(), self.sigma(t)))
+        return frame
+
+    def samples(self) -> Tensor:
+        """Kept draws in order, shape ``(kept, chains, 2)``."""
+        if self.kept < self.kept_cap:
+            return self.history[: self.kept]
+        return torch.cat([self.history[self.head:], self.history[: self.head]])
+
+    def diagnostics(self, model: Model, bins: int) -> dict[str, Any]:
+        chains = self.history.shape[1]
+        out: dict[str, Any] = {
+            "num_steps": self.num_steps,
+            "num_samples": self.num_steps * chains,
+            "kept_draws": self.kept,
+            "acceptance_rate": (self.num_accepted / self.num_proposals) if self.num_proposals else None,
+            "ess": None,
+            "rhat": None,
+            "kl": None,
+            "sigma": None,  # annealed Langevin: the noise level of the latest step, its level and the count
+            "level": None,
+            "num_levels": None,
+        }
+        if self.annealed:
+            t = max(self.num_steps - 1, 0)
+            out.update(sigma=self.sigma(t), level=self.level(t) + 1, num_levels=self.sampler.num_levels)
+        if self.kept == 0:
+            return out
+        draws = self.samples()
+        d = draws[-LIMITS["diag_max_draws"]:]
+        idx = torch.linspace(0, chains - 1, min(chains, LIMITS["diag_max_chains"])).round().long().unique()
+        sub = d[:, idx].to(torch.float64).numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if sub.shape[0] >= 4:
+                try:
+                    ess = float(np.nanmin(ess_bulk(sub)))
+                    # ESS of the chain subset scaled to all chains (as benchmarks/samplers.py does).
+                    out["ess"] = ess * chains / len(idx) if math.isfinite(ess) else None
+                except Exception:
+                    out["ess"] = None
+                if len(idx) >= 2:
+                    try:
+                        r = float(np.nanmax(rhat(sub)))
+                        out["rhat"] = r if math.isfinite(r) else None
+                    except Exception:
+                        out["rhat"] = None
+            if model.analytic:
+                flat = draws.reshape(-1, 2)
+                if flat.shape[0] > LIMITS["kl_max_points"]:
+                    flat = flat[-LIMITS["kl_max_points"]:]
+                kl = cached_histogram_kl(flat, model, bins)
+                out["kl"] = kl if kl is not None and math.isfinite(kl) else None
+        return out
+
+
+class Session:
+    """One client's chains: settings, and one sampler's chains (two side by side with ``compare``).
+
+    Every public method returns the JSON-ready reply the WebSocket sends (see
+    :mod:`ebmlab.playground.app` for the protocol) and raises
+    :class:`~ebmlab.playground.settings.PlaygroundError` for a client error.
+
+    Args:
+        registry: the models this server offers.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.settings = dict(DEFAULTS)
+        self.runs: list[_Chains] = []
+        self.configure({})
+
+    # ---- the first sampler, for callers that know only one
+    @property
+    def state(self) -> Any:
+        """The first sampler's state (positions ``state.x``, energies, ...)."""
+        return self.runs[0].state
+
+    @property
+    def sampler(self) -> Any:
+        """The first sampler (a frozen dataclass of hyper-parameters)."""
+        return self.runs[0].sampler
+
+    # ---- setup
+    def _check_available(self, role: str, algorithm: str, s: dict[str, Any], model: Model) -> None:
+        if algorithm in model.algorithms:
+            return
+        target = s["target"]
+        if algorithm == ANNEALED:
+            able = [n for n, m in self.registry.models.items() if m.score is not None]
+            raise PlaygroundError(
+                f"{role} 'annealed' needs a noise-conditional score s(x, sigma), but target {target!r} is a "
+                f"{model.kind} with none; annealed Langevin runs on: {', '.join(able)} (Gaussians and Gaussian "
+                "mixtures by their exact perturbed score) and noise-conditional score runs given to "
+                "`ebmlab serve --model`")
+        raise PlaygroundError(f"{role} {algorithm!r} needs an energy, but target {target!r} is a {model.kind}; "
+                              f"expected {role} {ANNEALED!r}")
+
+    def configure(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Apply settings. Changing only :data:`SOFT` ones keeps the chains (and counters) running.
+
+        Args:
+            raw: any subset of :data:`DEFAULTS`, applied over the settings in force.
+
+        Returns:
+            The ``configured`` reply: settings, bounds, positions and diagnostics.
+
+        Raises:
+            PlaygroundError: for an invalid setting, an algorithm the target
+                cannot run, or chains that cannot start; nothing changes then.
+        """
+        s = validate_settings(raw, self.registry.names, self.settings)
+        model = self.registry.resolve(s["target"], s["expert1"], s["expert2"])
+        algorithms = [s["algorithm"], *([s["compare"]] if s["compare"] else [])]
+        for role, a in zip(("algorithm", "compare"), algorithms):
+            self._check_available(role, a, s, model)
+        built = [_build_sampler(self.registry, a, s) for a in algorithms]
+        changed = {k for k in s if s[k] != self.settings.get(k)}
+        soft_keys = SOFT if ANNEALED in algorithms else SOFT | SCHEDULE
+        soft = bool(self.runs) and not any(r.diverged for r in self.runs) and changed <= soft_keys
+        if soft:
+            self.settings, self.model = s, model
+            for run, sampler in zip(self.runs, built):
+                run.sampler = sampler
+            return self._configured(reset=False)
+        runs = [_Chains(a, label) for a, label in zip(algorithms, "AB")]
+        self._start(runs, built, s, model)
+        self.settings, self.model, self.runs = s, model, runs  # only once every sampler has started
+        return self._configured(reset=True)
+
+    def _start(self, runs: list[_Chains], built: list, s: dict[str, Any], model: Model) -> None:
+        try:
+            for run, sampler in zip(runs, built):
+                run.reset(s, model, self.registry, sampler)
+        except PlaygroundError:
+            raise
+        except (ValueError, RuntimeError) as err:
+            raise PlaygroundError(f"could not start the chains: {err}") from None
+
+    def reset(self) -> dict[str, Any]:
+        """Fresh chains, same settings.
+
+        Returns:
+            The ``configured`` reply (with ``reset`` true).
+        """
+        built = [_build_sampler(self.registry, run.algorithm, self.settings) for run in self.runs]
+        self._start(self.runs, built, self.settings, self.model)
+        return self._configured(reset=True)
+
+    def _configured(self, reset: bool) -> dict[str, Any]:
+        a = self.runs[0]
+        return {
+            "type": "configured",
+            "reset": reset,
+            "settings": self.settings,
+            "bounds": [list(b) for b in self.model.bounds],
+            "x": _round(a.state.x),
+            "diagnostics": self.diagnostics(),
+            "compare": None if len(self.runs) == 1 else {
+                "algorithm": self.runs[1].algorithm, "x": _round(self.runs[1].state.x),
+                "diagnostics": self.runs[1].diagnostics(self.model, self.settings["histogram_bins"]),
+            },
+        }
+
+    def _who(self, run: _Chains) -> str:
+        return "" if len(self.runs) == 1 else f" of sampler {run.label} ({run.algorithm})"
+
+    # ---- stepping
+    def step(self, n: int, budget_s: float = LIMITS["message_budget_s"]) -> dict[str, Any]:
+        """``n`` steps of every sampler (fewer when the time budget runs out; equal counts side by side).
+
+        Args:
+            n: steps, in ``[1, LIMITS["max_steps_per_message"]]``.
+            budget_s: wall time after which no further step starts.
+
+        Returns:
+            The ``frames`` reply: one frame per step and sampler, diagnostics,
+            ``truncated``, and ``error`` when chains diverged (the steps before are kept).
+
+        Raises:
+            PlaygroundError: for a bad ``n``, chains that diverged before, or a sampler that failed.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= LIMITS["max_steps_per_message"]:
+            raise PlaygroundError(f"n must be an integer in [1, {LIMITS['max_steps_per_message']}], got {n!r}")
+        for run in self.runs:
+            if run.diverged:
+                raise PlaygroundError(f"the chains{self._who(run)} diverged (non-finite {run.what}); "
+                                      f"{run.fix} and press Reset")
+        out: list[list[dict]] = [[] for _ in self.runs]
+        start = time.perf_counter()
+        truncated = False
+        animate = self.settings["animate_proposal"]
+        for i in range(n):
+            if i and time.perf_counter() - start > budget_s:
+                truncated = True
+                break
+            results = []
+            for run in self.runs:  # propose every sampler's step before taking any: equal budgets
+                try:
+                    results.append(run.propose(self.model))
+                except (ValueError, RuntimeError) as err:
+                    raise PlaygroundError(f"the sampler{self._who(run)} failed: {err}") from None
+            bad = [run for run, (state, _) in zip(self.runs, results) if not _Chains.finite(state)]
+            if bad:
+                for run in bad:
+                    run.diverged = True
+                run = bad[0]
+                return self._frames(out, True, f"chains{self._who(run)} diverged (non-finite {run.what}) at step "
+                                               f"{run.num_steps + 1}; {run.fix} and press Reset")
+            for run, (state, info), frames in zip(self.runs, results, out):
+                frames.append(run.commit(state, info, animate))
+        return self._frames(out, truncated)
+
+    def _frames(self, out: list[list[dict]], truncated: bool, error: str | None = None) -> dict[str, Any]:
+        reply: dict[str, Any] = {"type": "frames", "frames": out[0], "diagnostics": self.diagnostics(),
+                                 "truncated": truncated}
+        if len(self.runs) > 1:
+            b = self.runs[1]
+            reply["compare"] = {"algorithm": b.algorithm, "frames": out[1],
+                                "diagnostics": b.diagnostics(self.model, self.settings["histogram_bins"])}
+        if error:
+            reply["error"] = error
+        return reply
+
+    def samples(self) -> Tensor:
+        """The first sampler's kept draws in order.
+
+        Returns:
+            The draws, shape ``(kept, chains, 2)``.
+        """
+        return self.runs[0].samples()
+
+    def diagnostics(self) -> dict[str, Any]:
+        """The first sampler's diagnostics.
+
+        Returns:
+            Step and sample counts, acceptance rate, ESS, R-hat, KL to the
+            exact density (analytic targets) and, for annealed Langevin, the noise level.
+        """
+        return self.runs[0].diagnostics(self.model, self.settings["histogram_bins"])
+
+    # ---- export
+    def export(self, fmt: Any) -> dict[str, Any]:
+        """The kept draws as a file for the page to download.
+
+        Args:
+            fmt: ``"csv"`` (step, chain, x1, x2; a sampler column side by side),
+                ``"npz"`` (the draws and the settings) or ``"gif"`` (see :meth:`gif`).
+
+        Returns:
+            The ``export`` reply: ``format``, ``filename`` and ``data`` (CSV text,
+            or base64 of the file's bytes).
+
+        Raises:
+            PlaygroundError: for an unknown format, or a GIF with nothing to animate yet.
+        """
+        if not isinstance(fmt, str) or fmt not in EXPORT_FORMATS:
+            raise PlaygroundError(f"unknown export format {fmt!r}; expected 'csv', 'npz' or 'gif'")
+        if fmt == "gif":
+            return {"type": "export", "format": "gif", "filename": "run.gif",
+                    "data": base64.b64encode(self.gif()).decode()}
+        runs = [(run, run.samples(), run.num_steps - run.kept + 1) for run in self.runs]
+        if fmt == "csv":
+            buf = io.StringIO()
+            w = csv.writer(buf, lineterminator="\n")
+            both = len(runs) > 1  # side by side: one more column says which sampler
+            w.writerow(["sampler", "step", "chain", "x1", "x2"] if both else ["step", "chain", "x1", "x2"])
+            for run, draws, first in runs:
+                lead = [f"{run.label}:{run.algorithm}"] if both else []
+                for t in range(draws.shape[0]):
+                    for c, (a, b) in enumerate(draws[t].tolist()):
+                        w.writerow([*lead, first + t, c, f"{a:.6g}", f"{b:.6g}"])
+            return {"type": "export", "format": "csv", "filename": "samples.csv", "data": buf.getvalue()}
+        buf = io.BytesIO()
+        (a, draws, first), *rest = runs
+        arrays = {"samples": draws.numpy(), "first_step": np.int64(first), "algorithm": np.array(a.algorithm),
+                  "settings": np.array(repr(self.settings))}
+        for b, draws_b, first_b in rest:
+            arrays.update(compare_samples=draws_b.numpy(), compare_first_step=np.int64(first_b),
+                          compare_algorithm=np.array(b.algorithm))
+        np.savez_compressed(buf, **arrays)
+        return {"type": "export", "format": "npz", "filename": "samples.npz",
+                "data": base64.b64encode(buf.getvalue()).decode()}
+
+    def gif(self) -> bytes:
+        """An animated GIF of the recent steps (every sampler side by side): density, chains, trails.
+
+        Returns:
+            The GIF's bytes (bounded as :func:`~ebmlab.playground.gif.render_gif` says).
+
+        Raises:
+            PlaygroundError: before two frames exist.
+        """
+        runs = self.runs
+        if len(runs[0].recent) < 2:
+            raise PlaygroundError("nothing to animate yet: take a few steps, then export the GIF")
+        s = self.settings
+        density = None
+        note = None
+        if self.model.energy is not None:
+            density = self.registry.density(s["target"], 128, s["expert1"], s["expert2"])
+        else:
+            note = "no density to draw:\na score model has no energy"
+        name = s["target"] if s["target"] != PRODUCT else f"{s['expert1']} x {s['expert2']}"
+        shown = min(s["chains"], LIMITS["gif_chains"])
+        chains = f"{s['chains']} chains" if shown == s["chains"] else f"{shown} of {s['chains']} chains"
+        titles = [f"{run.label + ': ' if len(runs) > 1 else ''}{run.algorithm} on {name}" for run in runs]
+        return render_gif(titles, [list(run.recent) for run in runs], density, self.model.bounds, note, chains)
