@@ -311,6 +311,18 @@ def test_exact_trace_warns_in_high_dimension():
         implicit_score_matching(lambda v: -v, x[:, :64])
 
 
+def test_hutchinson_ism_is_variance_reduced_ssm_with_rademacher_projections(data):
+    """Hutchinson's trace beside 1/2 ||s||^2 is SSM-VR (Song et al. 2019, eq. 8): the same draws, the same loss."""
+    model = LinearScore(torch.tensor([[-1.0, 0.3, 0.0], [0.2, -0.5, 0.1], [0.0, 0.4, -2.0]], dtype=DT),
+                        torch.tensor([0.5, -0.2, 0.1], dtype=DT))
+    x = data[:200]
+    ism = implicit_score_matching(model, x, trace="hutchinson", num_projections=3,
+                                  generator=torch.Generator().manual_seed(7))
+    ssm = sliced_score_matching(model, x, num_projections=3, variance_reduction=True, projection="rademacher",
+                                generator=torch.Generator().manual_seed(7))
+    assert torch.equal(ism[0], ssm[0]) and ism[1] == ssm[1]
+
+
 def test_image_shaped_events_use_the_flattened_trace():
     x = torch.randn(5, 2, 3, 3, dtype=DT)
     loss, metrics = implicit_score_matching(lambda v: -2.0 * v, x)

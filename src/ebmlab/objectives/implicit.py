@@ -19,15 +19,8 @@ import torch
 from torch import Tensor
 
 from ..checks import check_int
-from .score_common import (
-    ScoreFn,
-    check_batch,
-    check_choice,
-    projected_trace,
-    random_projections,
-    score_and_leaf,
-    trace_metrics,
-)
+from .score_common import ScoreFn, check_batch, check_choice, score_and_leaf, trace_metrics
+from .sliced import sliced_score_matching
 
 __all__ = ["EXACT_TRACE_WARN_DIM", "implicit_score_matching"]
 
@@ -98,18 +91,17 @@ def implicit_score_matching(score_fn: ScoreFn, x: Tensor, *, trace: str = "exact
     check_batch(x)
     check_choice("trace", trace, _TRACES)
     check_int("num_projections", num_projections, 1)
+    if trace == "hutchinson":  # E_v[v^T J v] with Rademacher v beside 1/2 ||s||^2: SSM-VR (Song et al. 2019, eq. 8)
+        return sliced_score_matching(score_fn, x, num_projections=num_projections, variance_reduction=True,
+                                     projection="rademacher", generator=generator)
     d = x[0].numel()
-    if trace == "exact" and d > EXACT_TRACE_WARN_DIM:
+    if d > EXACT_TRACE_WARN_DIM:
         warnings.warn(f"implicit_score_matching with trace='exact' takes d = {d} backward passes per batch "
                       f"(more than {EXACT_TRACE_WARN_DIM}); consider trace='hutchinson' or sliced_score_matching",
                       UserWarning, stacklevel=2)
     with torch.enable_grad():
         xg, s = score_and_leaf(score_fn, x)
         norm_term = 0.5 * (s * s).sum(1)
-        if trace == "exact":
-            trace_term = _exact_trace(s, xg)
-        else:
-            v = random_projections((num_projections, *s.shape), "rademacher", s, generator)
-            trace_term = projected_trace(s, xg, v)
+        trace_term = _exact_trace(s, xg)
         loss = (norm_term + trace_term).mean()
     return loss, trace_metrics(loss, norm_term, trace_term)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from torch import Tensor
 
 __all__ = [
@@ -22,8 +21,6 @@ __all__ = [
     "call_score",
     "check_batch",
     "check_choice",
-    "projected_trace",
-    "random_projections",
     "score_and_leaf",
     "trace_metrics",
 ]
@@ -100,55 +97,6 @@ def score_and_leaf(score_fn: ScoreFn, x: Tensor) -> tuple[Tensor, Tensor]:
     xg = x.detach().requires_grad_(True)
     s = call_score(score_fn, xg)
     return xg, s.reshape(x.shape[0], -1)
-
-
-def random_projections(shape: tuple[int, ...], kind: str, like: Tensor,
-                       generator: torch.Generator | None) -> Tensor:
-    """Random directions with ``E[v v^T] = I``: Rademacher (+-1) or standard normal entries.
-
-    Args:
-        shape: the output shape, usually ``(M, B, d)``.
-        kind: ``"rademacher"`` or ``"gaussian"``.
-        like: the directions take its device and dtype.
-        generator: the randomness.
-
-    Returns:
-        The directions, shape ``shape``.
-    """
-    if kind == "rademacher":
-        signs = torch.randint(0, 2, shape, generator=generator, device=like.device)
-        return (2 * signs - 1).to(like.dtype)
-    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
-
-
-def _projected_jacobian(s_flat: Tensor, xg: Tensor, v: Tensor) -> Tensor:
-    """``v^T (grad_x s) v`` per sample, ``(B,)``, from one backward pass.
-
-    ``grad_x (v^T s) = J^T v`` (``v`` does not depend on ``x``), so
-    ``v . grad_x (v^T s) = v^T J v``. ``create_graph=True`` keeps the result
-    differentiable with respect to the model's parameters.
-    """
-    (g,) = torch.autograd.grad((s_flat * v).sum(), xg, create_graph=True, retain_graph=True,
-                               materialize_grads=True)
-    return (g.reshape(v.shape) * v).sum(1)
-
-
-def projected_trace(s_flat: Tensor, xg: Tensor, v: Tensor) -> Tensor:
-    """The trace of the score's Jacobian along random directions: ``1/M sum_m v_m^T (grad_x s) v_m``.
-
-    Unbiased for ``tr grad_x s`` when ``E[v v^T] = I`` (Hutchinson 1989); one
-    backward pass per direction, whatever the dimension.
-
-    Args:
-        s_flat: the score at ``xg``, flattened to ``(B, d)``.
-        xg: the leaf the score was computed at (see :func:`score_and_leaf`).
-        v: directions, shape ``(M, B, d)``.
-
-    Returns:
-        The estimate per sample, shape ``(B,)``, differentiable with respect to the model's parameters.
-    """
-    num = v.shape[0]
-    return sum(_projected_jacobian(s_flat, xg, v[m]) for m in range(num)) / num
 
 
 def trace_metrics(loss: Tensor, norm_term: Tensor, trace_term: Tensor) -> dict[str, float]:

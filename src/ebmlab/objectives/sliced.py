@@ -13,19 +13,60 @@ import torch
 from torch import Tensor
 
 from ..checks import check_int
-from .score_common import (
-    ScoreFn,
-    check_batch,
-    check_choice,
-    projected_trace,
-    random_projections,
-    score_and_leaf,
-    trace_metrics,
-)
+from .score_common import ScoreFn, check_batch, check_choice, score_and_leaf, trace_metrics
 
 __all__ = ["sliced_score_matching"]
 
 _PROJECTIONS = ("rademacher", "gaussian")
+
+
+def _random_projections(shape: tuple[int, ...], kind: str, like: Tensor,
+                       generator: torch.Generator | None) -> Tensor:
+    """Random directions with ``E[v v^T] = I``: Rademacher (+-1) or standard normal entries.
+
+    Args:
+        shape: the output shape, usually ``(M, B, d)``.
+        kind: ``"rademacher"`` or ``"gaussian"``.
+        like: the directions take its device and dtype.
+        generator: the randomness.
+
+    Returns:
+        The directions, shape ``shape``.
+    """
+    if kind == "rademacher":
+        signs = torch.randint(0, 2, shape, generator=generator, device=like.device)
+        return (2 * signs - 1).to(like.dtype)
+    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _projected_jacobian(s_flat: Tensor, xg: Tensor, v: Tensor) -> Tensor:
+    """``v^T (grad_x s) v`` per sample, ``(B,)``, from one backward pass.
+
+    ``grad_x (v^T s) = J^T v`` (``v`` does not depend on ``x``), so
+    ``v . grad_x (v^T s) = v^T J v``. ``create_graph=True`` keeps the result
+    differentiable with respect to the model's parameters.
+    """
+    (g,) = torch.autograd.grad((s_flat * v).sum(), xg, create_graph=True, retain_graph=True,
+                               materialize_grads=True)
+    return (g.reshape(v.shape) * v).sum(1)
+
+
+def _projected_trace(s_flat: Tensor, xg: Tensor, v: Tensor) -> Tensor:
+    """The trace of the score's Jacobian along random directions: ``1/M sum_m v_m^T (grad_x s) v_m``.
+
+    Unbiased for ``tr grad_x s`` when ``E[v v^T] = I`` (Hutchinson 1989); one
+    backward pass per direction, whatever the dimension.
+
+    Args:
+        s_flat: the score at ``xg``, flattened to ``(B, d)``.
+        xg: the leaf the score was computed at (see :func:`~ebmlab.objectives.score_common.score_and_leaf`).
+        v: directions, shape ``(M, B, d)``.
+
+    Returns:
+        The estimate per sample, shape ``(B,)``, differentiable with respect to the model's parameters.
+    """
+    num = v.shape[0]
+    return sum(_projected_jacobian(s_flat, xg, v[m]) for m in range(num)) / num
 
 
 def sliced_score_matching(score_fn: ScoreFn, x: Tensor, *, num_projections: int = 1,
@@ -72,8 +113,8 @@ def sliced_score_matching(score_fn: ScoreFn, x: Tensor, *, num_projections: int 
         raise ValueError(f"variance_reduction must be a bool, got {variance_reduction!r}")
     with torch.enable_grad():
         xg, s = score_and_leaf(score_fn, x)
-        v = random_projections((num_projections, *s.shape), projection, s, generator)
-        trace_term = projected_trace(s, xg, v)
+        v = _random_projections((num_projections, *s.shape), projection, s, generator)
+        trace_term = _projected_trace(s, xg, v)
         if variance_reduction:
             norm_term = 0.5 * (s * s).sum(1)
         else:
