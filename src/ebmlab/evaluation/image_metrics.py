@@ -115,14 +115,14 @@ def pixel_mmd(
     """Squared MMD (unbiased, RBF kernel, median heuristic) between flattened images.
 
     Args:
-        samples: images ``(N, C, H, W)``.
-        reference: images ``(M, C, H, W)``.
-        generator: randomness of the subsampling.
-        bandwidth: the RBF bandwidth; ``None`` for the median heuristic.
-        max_samples: at most this many images of each set.
+        samples: images ``(N, C, H, W)``, compared as vectors of ``C*H*W`` pixels.
+        reference: images ``(M, C, H, W)`` of the same size.
+        generator: as in :func:`feature_mmd`.
+        bandwidth: as in :func:`feature_mmd`.
+        max_samples: as in :func:`feature_mmd`.
 
     Returns:
-        The squared MMD estimate (may be slightly negative: it is unbiased).
+        As :func:`feature_mmd`: the squared MMD estimate.
     """
     return mmd(check_images(samples, "samples"), check_images(reference, "reference"), bandwidth=bandwidth,
                max_samples=max_samples, generator=generator)
