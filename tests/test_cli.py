@@ -342,7 +342,7 @@ def test_mnist_without_files_exits_2_with_a_clear_message(data, tmp_path, capsys
 def test_langevin_options_reach_the_sampler(tmp_path, capsys):
     from safetensors.torch import load_file
 
-    from ebmlab.cli import _chain_sampler
+    from ebmlab.runs import chain_sampler as _chain_sampler
     from ebmlab.samplers import Langevin
 
     run = tmp_path / "clamped"

@@ -33,11 +33,13 @@ from .samplers import (
 )
 
 from .score_training import sample_scores, train_score
+from . import runs  # noqa: E402 - the run layer stands on everything above
 
 __version__ = "0.1.0"
 
 __all__ = [
     "data",
+    "runs",
     "training",
     "EnergyScore",
     "ScoreMLP",

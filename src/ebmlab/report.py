@@ -227,12 +227,12 @@ def section_langevin(ctx: Context) -> Section:
 def section_training(ctx: Context) -> Section:
     import matplotlib.pyplot as plt
 
-    from . import samplers
     from .data import toy
     from .energies.nets import MLPEnergy
-    from .evaluation import evaluate_density_model, normalized_log_prob
+    from .evaluation import evaluate_density_model
     from .evaluation.partition import density_on_grid
-    from .training import TOY_ALPHA, train_ebm
+    from .runs import TrainConfig, chain_sampler
+    from .training import train_ebm
 
     s = Section("training", "4. Training EBMs by maximum likelihood",
                 "The log-likelihood gradient is -grad E(data) + grad E(model samples): lower the energy of data, "
@@ -251,17 +251,20 @@ def section_training(ctx: Context) -> Section:
         with torch.random.fork_rng():
             torch.manual_seed(ctx.seed)
             model = MLPEnergy(2)
-        steps_k = 60 if method == "short-run" else 20
-        res = train_ebm(model, train, sampler=samplers.Langevin(0.1), method=method, steps=10**7,
-                        mcmc_steps=steps_k, alpha=TOY_ALPHA[method], ema_decay=0.999, generator=g, max_seconds=budget,
-                        log_every=10**9)
+        # the run layer's defaults for this data and method (what `ebmlab train` uses); short-run chains
+        # start from noise at every update, so they get more steps here
+        cfg = TrainConfig.resolve(data="eight_gaussians", method=method,
+                                  langevin_steps=60 if method == "short-run" else 20)
+        res = train_ebm(model, train, sampler=chain_sampler(cfg.to_dict(), images=False), method=method,
+                        steps=10**7, batch_size=cfg.batch_size, mcmc_steps=cfg.langevin_steps, lr=cfg.lr,
+                        alpha=cfg.alpha, ema_decay=cfg.ema, generator=g, max_seconds=budget, log_every=10**9)
         final = res.ema.eval()
         for p in final.parameters():
             p.requires_grad_(False)
-        ev = evaluate_density_model(final, test, bounds, entropy=None, resolution=256, generator=g,
-                                    num_chains=ctx.size(500, 2000), num_steps=ctx.size(200, 1000), step_size=0.1)
-        with torch.no_grad():
-            kl = float((-normalized_log_prob(final, test, bounds, 256, log_z=ev["log_z"]) - target(test)).mean())
+        ev = evaluate_density_model(final, test, bounds, true_density=target, entropy=toy.entropy("eight_gaussians"),
+                                    resolution=256, generator=g, num_chains=ctx.size(500, 2000),
+                                    num_steps=ctx.size(200, 1000), step_size=cfg.step_size)
+        kl = ev["kl"]
         s.rows.append({"method": method, "chain start": {"cd": "data", "short-run": "noise", "pcd": "persistent",
                                                           "buffer": "replay buffer"}[method],
                        "steps": res.step, "seconds": res.seconds, "test NLL": ev["test_nll"],
@@ -274,8 +277,9 @@ def section_training(ctx: Context) -> Section:
     s.figures.append((_save(fig, ctx, "training_methods.png"), "Learned densities after the same wall time."))
     from .data.toy import entropy
 
-    s.notes.append(f"True entropy of the data: {entropy('eight_gaussians'):.4f} nat, so test NLL - entropy "
-                   "estimates the KL too (the KL column is the paired, lower-variance estimate).")
+    s.notes.append(f"True entropy of the data: {entropy('eight_gaussians'):.4f} nat. KL is the model's test NLL "
+                   f"minus the true density's on the same points; the test set's own noise (the true density's "
+                   f"test NLL minus the entropy) is {ev['test_set_noise']:+.4f} nat.")
     s.metrics = {r["method"]: {"kl": r["KL(data || model)"], "test_nll": r["test NLL"], "mmd": r["MMD^2"]}
                  for r in s.rows}
     return s
@@ -398,7 +402,6 @@ def section_scores(ctx: Context) -> Section:
 
 
 def section_images(ctx: Context) -> Section:
-    from . import samplers
     from .data import load_digits
     from .energies.nets import ConvEnergy
     from .evaluation.images import (
@@ -408,8 +411,9 @@ def section_images(ctx: Context) -> Section:
         nearest_neighbours,
         sample_grid,
     )
-    from .objectives.contrastive import run_chains
-    from .training import train_ebm
+    from .runs import TrainConfig, chain_sampler
+    from .runs.run import EBM_IMAGE_EXTRA_STEPS
+    from .training import negatives, train_ebm
 
     s = Section("images", "7. Images: an EBM and a score model on the digits",
                 "The same recipes on scikit-learn's 8x8 digits: a convolutional energy trained with Langevin "
@@ -421,14 +425,15 @@ def section_images(ctx: Context) -> Section:
     with torch.random.fork_rng():
         torch.manual_seed(ctx.seed)
         energy = ConvEnergy(1, 8, width=32)
-    sampler = samplers.Langevin(1.41, noise_scale=0.01, clamp=(-1.0, 1.0))
+    cfg = TrainConfig.resolve(data="digits", method="buffer")  # `ebmlab train --data digits --method buffer`
+    sampler = chain_sampler({**cfg.to_dict(), "clamp": [-1.0, 1.0]}, images=True)  # clamp_data: the pixel range
     res = train_ebm(energy, train.images, sampler=sampler, method="buffer", steps=ctx.size(150, 600),
-                    batch_size=128, mcmc_steps=20, lr=1e-4, alpha=0.1, data_noise=0.01, ema_decay=0.999,
-                    generator=g, log_every=10**9)
+                    batch_size=cfg.batch_size, mcmc_steps=cfg.langevin_steps, lr=cfg.lr, alpha=cfg.alpha,
+                    data_noise=cfg.data_noise, ema_decay=cfg.ema, generator=g, log_every=10**9)
     model = res.ema.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    x, _ = run_chains(model, sampler, res.buffer.data[:1000], 60, generator=g)
+    x, _ = negatives(model, sampler, res.buffer.data[:1000], EBM_IMAGE_EXTRA_STEPS, generator=g)
     m = classifier_metrics(x, clf, reference=test.images, generator=g)
     dist, _ = nearest_neighbours(x[:200], train.images)
     s.rows.append({"model": f"ConvEnergy, replay buffer, {res.step} steps ({res.seconds:.0f} s)",
@@ -453,10 +458,12 @@ def section_images(ctx: Context) -> Section:
     with torch.random.fork_rng():
         torch.manual_seed(ctx.seed)
         net = build_energy(image_score_config(1, 8, method="ncsn"))
+    cfg_s = TrainConfig.resolve(data="digits", method="ncsn")  # `ebmlab train --data digits --method ncsn`
     res_s = train_score(net, train.images, method="ncsn", steps=10**7, max_seconds=10.0 if ctx.quick else 60.0,
-                        batch_size=128, sigma_min=0.01, num_sigmas=20, generator=g, log_every=10**9)
+                        batch_size=cfg_s.batch_size, lr=cfg_s.lr, sigma_min=cfg_s.sigma_min,
+                        num_sigmas=cfg_s.num_sigmas, ema_decay=cfg_s.ema, generator=g, log_every=10**9)
     xs = sample_images(res_s.ema, method="ncsn", n=ctx.size(200, 500), sigmas=res_s.sigmas,
-                       steps_per_level=ctx.size(10, 50), generator=g)
+                       steps_per_level=ctx.size(10, cfg_s.steps_per_level), generator=g)
     ms = classifier_metrics(xs, clf, reference=test.images, generator=g)
     dist_s, _ = nearest_neighbours(xs[:200], train.images)
     s.rows.insert(1, {"model": f"NCSN (ScoreConvNet), {res_s.step} steps ({res_s.seconds:.0f} s), annealed Langevin "

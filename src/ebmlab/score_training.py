@@ -2,7 +2,8 @@
 
 Read :func:`train_score` top to bottom: data batch, loss from the objective
 (:mod:`ebmlab.objectives.score_matching`), backward, clip, Adam step, EMA,
-log, evaluate, checkpoint. It mirrors :func:`ebmlab.training.train_ebm`: a
+log, evaluate, checkpoint. It is a step function of the one loop :func:`ebmlab.training.fit`, like
+:func:`ebmlab.training.train_ebm`: a
 run directory holds ``config.json`` (written by the caller),
 ``metrics.jsonl`` and ``checkpoint.safetensors``; ``resume=True`` continues a
 run exactly (parameters, optimiser, EMA, noise levels, generator state and
@@ -15,10 +16,8 @@ Langevin dynamics.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,7 +25,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_checkpoint, restore_training_state, training_state
+from .checks import check_int
 from .objectives.score_matching import (
     EXACT_TRACE_WARN_DIM,
     denoising_score_matching,
@@ -37,7 +36,7 @@ from .objectives.score_matching import (
 )
 from .samplers.annealed import AnnealedLangevin
 from .samplers.base import random_on, sample
-from .training import CHECKPOINT, METRICS, RunRecorder, TrainResult, ema_update, truncate_metrics
+from .training import CHECKPOINT, TrainResult, Update, fit
 
 __all__ = ["SCORE_METHODS", "ScoreTrainResult", "at_noise_level", "default_sigmas", "sample_images", "sample_scores",
            "train_score"]
@@ -96,11 +95,6 @@ def default_sigmas(train_data: Tensor, *, sigma_max: float | None = None, sigma_
     return geometric_sigmas(float(sigma_max), float(sigma_min), num_sigmas, dtype=torch.float64)
 
 
-def _check_int(name: str, value: object, lo: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
-
-
 def _loss_fn(method: str, *, sigma: float, sigmas: Tensor | None, num_projections: int, trace: str,
              ) -> Callable[[nn.Module, Tensor, torch.Generator], tuple[Tensor, dict[str, float]]]:
     """``loss(model, x, generator) -> (loss, metrics)`` for ``method``."""
@@ -137,6 +131,7 @@ def train_score(
     generator: torch.Generator | None = None,
     run_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     log_every: int = 50,
     checkpoint_every: int = 500,
     evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None,
@@ -174,6 +169,8 @@ def train_score(
         generator: all randomness (batches, noise, levels, projections).
         run_dir: where metrics and checkpoints go (``None``: nothing written).
         resume: continue from ``run_dir``'s checkpoint.
+        overwrite: empty an existing run in ``run_dir`` first (without it, or
+            ``resume``, an existing run is refused).
         log_every, checkpoint_every, eval_every: periods in steps.
         evaluate: ``evaluate(model, step) -> metrics``, called with the EMA
             model when there is one, in eval mode. A divergence of its
@@ -193,17 +190,13 @@ def train_score(
     """
     if method not in SCORE_METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(SCORE_METHODS)}")
-    for name, value, lo in (("steps", steps, 1), ("batch_size", batch_size, 1), ("log_every", log_every, 1),
-                            ("checkpoint_every", checkpoint_every, 1), ("eval_every", eval_every, 1),
-                            ("num_projections", num_projections, 1)):
-        _check_int(name, value, lo)
+    for name, value, lo in (("steps", steps, 1), ("batch_size", batch_size, 1), ("num_projections", num_projections, 1)):
+        check_int(name, value, lo)
     if not isinstance(train_data, Tensor) or train_data.dim() < 2 or train_data.shape[0] < 1:
         got = tuple(train_data.shape) if isinstance(train_data, Tensor) else type(train_data).__name__
         raise ValueError(f"train_data must be a tensor of shape (N, *event) with N >= 1, got {got}")
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run_dir to resume from")
-    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay!r}")
     if trace is None:
         trace = "exact" if train_data[0].numel() <= EXACT_TRACE_WARN_DIM else "hutchinson"
     device, dtype = train_data.device, train_data.dtype
@@ -218,69 +211,39 @@ def train_score(
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
             raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
         levels = torch.tensor([float(sigma)], dtype=torch.float64)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters")
-    optimizer = torch.optim.Adam(params, lr=lr, betas=betas)
-    ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
+    # the noise levels the loss uses; a resume replaces them by the checkpoint's (authoritative)
+    current = {"levels": levels}
 
-    run_path = Path(run_dir) if run_dir is not None else None
-    ckpt_path = run_path / CHECKPOINT if run_path is not None else None
-    start = 0
-    if resume:
-        tensors, meta = load_checkpoint(ckpt_path, device=device)
-        if meta.get("method") != method:
-            raise ValueError(f"{ckpt_path} was written by method {meta.get('method')!r}, not {method!r}")
-        if levels is not None:
-            saved = tensors["sigmas"].to(torch.float64).cpu()
-            if sigmas is not None and not torch.equal(saved, levels):
-                raise ValueError(f"{ckpt_path} was trained at sigmas {saved.tolist()}, not {levels.tolist()}")
-            levels = saved  # the default levels are recomputed identically; the checkpoint's are authoritative
-        start = restore_training_state(tensors, meta, model, optimizer, generator, ema)
-        truncate_metrics(run_path / METRICS, start)
-    run = RunRecorder(run_path, resume=resume, callback=callback)
-    loss_fn = _loss_fn(method, sigma=float(sigma), num_projections=num_projections, trace=trace,
-                       sigmas=levels.to(device=device, dtype=dtype) if levels is not None else None)
+    def load_levels(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:  # noqa: ARG001
+        saved = tensors["sigmas"].to(torch.float64).cpu()
+        if sigmas is not None and not torch.equal(saved, current["levels"]):
+            raise ValueError(f"{Path(run_dir) / CHECKPOINT} was trained at sigmas {saved.tolist()}, "
+                             f"not {current['levels'].tolist()}")
+        current["levels"] = saved  # the default levels are recomputed identically
 
-    def state() -> tuple[dict[str, Tensor], dict[str, Any]]:
-        tensors, meta = training_state(model, optimizer, generator, ema)
-        if levels is not None:
-            tensors["sigmas"] = levels
-        return tensors, {**meta, "method": method}
+    losses: dict[str, Callable] = {}
 
-    t0 = time.perf_counter()
-    model.train()
-    step = start
-    for step in range(start + 1, steps + 1):
+    def step_fn(step: int) -> Update:  # noqa: ARG001 - the loop's signature
+        if "fn" not in losses:  # built at the first step, after a resume settled the levels
+            lv = current["levels"]
+            losses["fn"] = _loss_fn(method, sigma=float(sigma), num_projections=num_projections, trace=trace,
+                                    sigmas=lv.to(device=device, dtype=dtype) if lv is not None else None)
         # 1. a data batch
         idx = torch.randint(train_data.shape[0], (batch_size,), generator=generator, device=device)
-        x = train_data[idx]
         # 2. loss: a Fisher divergence rewritten to need only data (no MCMC, no partition function)
-        loss, metrics = loss_fn(model, x, generator)
-        # 3. backward, clip, step (a non-finite loss or gradient stops the run), average
-        grad_norm = run.optimizer_step(step, loss, params, optimizer, grad_clip)
-        if ema is not None:
-            ema_update(ema, model, ema_decay, step)
-        # 4. log, evaluate, checkpoint
-        last = step == steps or (max_seconds is not None and time.perf_counter() - t0 >= max_seconds)
-        eval_now = evaluate is not None and (step % eval_every == 0 or last)
-        if step % log_every == 0 or last or eval_now:
-            row = {"step": step, **metrics, "loss": float(loss.detach()), "grad_norm": float(grad_norm),
-                   "seconds": time.perf_counter() - t0}
-            if eval_now:
-                model.eval()
-                row.update(run.evaluate(evaluate, ema if ema is not None else model, step))
-                model.train()
-            run.log(step, row)
-        if step % checkpoint_every == 0 or last:
-            run.save(step, state)
-        if last:
-            break
-    model.eval()
-    if ema is not None:
-        ema.eval()
-    return ScoreTrainResult(step=step, history=run.history, seconds=time.perf_counter() - t0, ema=ema,
-                            sigmas=levels)
+        loss, metrics = losses["fn"](model, train_data[idx], generator)
+        return Update(loss, metrics)
+
+    result = fit(
+        model, step_fn, method=method, steps=steps, lr=lr, betas=betas, grad_clip=grad_clip, ema_decay=ema_decay,
+        generator=generator, run_dir=run_dir, resume=resume, overwrite=overwrite, log_every=log_every,
+        checkpoint_every=checkpoint_every, evaluate=evaluate, eval_every=eval_every, callback=callback,
+        max_seconds=max_seconds,
+        extra_state=(lambda: {"sigmas": current["levels"]}) if levels is not None else None,
+        load_extra=load_levels if levels is not None else None,
+    )
+    return ScoreTrainResult(step=result.step, history=result.history, seconds=result.seconds, ema=result.ema,
+                            sigmas=current["levels"])
 
 
 def _model_event_shape(model: Any) -> tuple[int, ...] | None:
@@ -370,8 +333,8 @@ def sample_scores(
     """
     if method not in SCORE_METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(SCORE_METHODS)}")
-    _check_int("n", n, 1)
-    _check_int("steps_per_level", steps_per_level, 1)
+    check_int("n", n, 1)
+    check_int("steps_per_level", steps_per_level, 1)
     device, dtype = _model_device_dtype(model)
     if x0 is None:
         shape = tuple(event_shape) if event_shape is not None else _model_event_shape(model)

@@ -1,10 +1,13 @@
-"""One readable training loop for EBMs by maximum likelihood with MCMC negatives.
+"""The one training loop (:func:`fit`) and its EBM step (:func:`train_ebm`).
 
-Read :func:`train_ebm` top to bottom: sample negatives, loss, backward, clip,
-optimiser step, buffer update, log, evaluate, checkpoint. A run directory
-holds ``config.json`` (written by the caller), ``metrics.jsonl`` and
-``checkpoint.safetensors``; ``resume=True`` continues a run exactly
-(parameters, optimiser, buffer, generator state and step counter).
+Read :func:`fit` top to bottom: the method's step (batch, negatives, loss),
+backward, clip, optimiser step, EMA, buffer update, log, evaluate,
+checkpoint. Every method is a step function inside it: :func:`train_ebm`
+(maximum likelihood with MCMC negatives) here,
+:func:`ebmlab.score_training.train_score` (score matching) beside it. A run
+directory holds ``config.json`` (written by the run layer),
+``metrics.jsonl`` and ``checkpoint.safetensors``; ``resume=True`` continues a
+run exactly (parameters, optimiser, buffer, generator state and step counter).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,19 +26,24 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
+from .checks import check_int
 from .io import atomic_write
 from .objectives.buffer import ReplayBuffer
-from .objectives.contrastive import METHODS, contrastive_divergence, run_chains, start_negatives
-from .samplers.base import DivergenceError, random_on
+from .objectives.contrastive import METHODS, contrastive_divergence, start_negatives
+from .samplers.base import DivergenceError, random_on, sample
 
 __all__ = [
     "CHECKPOINT",
     "METRICS",
-    "RunRecorder",
     "TOY_ALPHA",
     "TrainResult",
     "TrainingDiverged",
+    "Update",
+    "default_alpha",
     "ema_update",
+    "fit",
+    "negatives",
+    "prepare_run_dir",
     "train_ebm",
     "truncate_metrics",
     "uniform_noise",
@@ -105,77 +114,210 @@ def truncate_metrics(path: Path, step: int) -> None:
     atomic_write(path, lambda f: f.write(("\n".join(keep) + ("\n" if keep else "")).encode()))
 
 
-class RunRecorder:
-    """Everything a training loop does around its update, shared by :func:`train_ebm` and
-    :func:`ebmlab.score_training.train_score`: the run directory, checkpoints, divergence
-    reports naming the last good checkpoint, metric rows (``metrics.jsonl``) and the callback.
+def prepare_run_dir(run_dir: str | os.PathLike | None, *, resume: bool, overwrite: bool = False) -> Path | None:
+    """Check what a training call may do with ``run_dir`` before it writes anything.
 
-    Args:
-        run_dir: where metrics and checkpoints go (``None``: nothing is written).
-        resume: the run continues from ``run_dir``'s checkpoint (which is then the last good one).
-        callback: ``callback(step, row)`` after each logged row.
+    A directory that already holds a run (a checkpoint or ``metrics.jsonl``)
+    is continued only with ``resume=True`` and started over only with
+    ``overwrite=True`` (which empties it first): training into it otherwise
+    would overwrite the checkpoint and append a second run's rows to the
+    first's metrics. ``config.json`` alone does not count (the run layer
+    writes it just before training starts).
+
+    Returns:
+        The directory as a ``Path`` (created), or ``None`` without a run_dir.
+
+    Raises:
+        ValueError: ``resume`` without a run_dir or without its checkpoint,
+            ``resume`` and ``overwrite`` together, an existing run without
+            either, or ``overwrite`` on a non-empty directory that is not a run.
+    """
+    if run_dir is None:
+        if resume:
+            raise ValueError("resume=True needs the run_dir to resume from")
+        return None
+    path = Path(run_dir)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run or start it over")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"run_dir {path} exists and is not a directory")
+    has_run = (path / CHECKPOINT).exists() or (path / METRICS).exists()
+    if resume:
+        if not (path / CHECKPOINT).is_file():
+            raise ValueError(f"resume: {path} holds no {CHECKPOINT} to continue from")
+    elif overwrite and path.is_dir() and any(path.iterdir()):
+        if not (has_run or (path / "config.json").exists()):
+            raise ValueError(f"overwrite: {path} is not a run directory (no config.json, checkpoint or metrics); "
+                             "refusing to empty it")
+        shutil.rmtree(path)
+    elif has_run:
+        raise ValueError(f"{path} already holds a run; resume it (--resume, resume=True) or start it over "
+                         "(--overwrite, overwrite=True)")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class Update:
+    """One optimiser step's work, as a method's step function returns it.
+
+    Attributes:
+        loss: the scalar to minimise (differentiable in the parameters).
+        metrics: detached tensors (or floats); turned into numbers only at a log step.
+        after: called after the optimiser step (e.g. chains' ends back into the replay buffer).
     """
 
-    def __init__(self, run_dir: str | os.PathLike | None, *, resume: bool,
-                 callback: Callable[[int, dict[str, float]], None] | None) -> None:
-        self.path = Path(run_dir) if run_dir is not None else None
-        self.checkpoint_path = self.path / CHECKPOINT if self.path is not None else None
-        if self.path is not None:
-            self.path.mkdir(parents=True, exist_ok=True)
-        self.last_good = str(self.checkpoint_path) if resume else None
-        self.callback = callback
-        self.history: list[dict[str, float]] = []
+    loss: Tensor
+    metrics: dict[str, Any]
+    after: Callable[[], None] | None = None
 
-    def save(self, step: int, state: Callable[[], tuple[dict[str, Tensor], dict[str, Any]]]) -> None:
-        """Checkpoint ``state() -> (tensors, meta)`` at ``step`` (atomically; ``state`` is not called without a run dir)."""
-        if self.checkpoint_path is None:
-            return
-        tensors, meta = state()
-        save_checkpoint(self.checkpoint_path, tensors, {**meta, "step": step})
-        self.last_good = str(self.checkpoint_path)
 
-    def diverged(self, step: int, what: str) -> TrainingDiverged:
-        where = f"last good checkpoint: {self.last_good}" if self.last_good else "no checkpoint was written yet"
+def _number(value: Any) -> Any:
+    return float(value) if isinstance(value, Tensor) else value
+
+
+def fit(
+    model: nn.Module,
+    step_fn: Callable[[int], Update],
+    *,
+    method: str,
+    steps: int,
+    lr: float,
+    betas: tuple[float, float],
+    grad_clip: float | None,
+    ema_decay: float | None,
+    generator: torch.Generator,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    log_every: int = 50,
+    checkpoint_every: int = 500,
+    evaluate: Callable[[nn.Module, int], dict[str, Any]] | None = None,
+    eval_every: int = 500,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+    max_seconds: float | None = None,
+    extra_state: Callable[[], dict[str, Tensor]] | None = None,
+    load_extra: Callable[[dict[str, Tensor], dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """The one training loop of ebmlab: every method is a ``step_fn`` inside it.
+
+    Read top to bottom: ``step_fn(step)`` (data batch, negatives or noise,
+    loss), backward, clip, Adam step (a non-finite loss or gradient stops the
+    run, naming the step and the last good checkpoint), EMA, ``update.after``,
+    then log / evaluate / checkpoint on their periods. Metrics stay tensors
+    until a log step. ``resume=True`` restores parameters, optimiser, EMA,
+    generator state, the step counter and the method's ``extra_state``
+    (``load_extra(tensors, meta)``), so a resumed run continues bit for bit.
+
+    Args:
+        model: the ``nn.Module`` trained.
+        step_fn: ``step_fn(step) -> Update``.
+        method: recorded in the checkpoint (a resume checks it).
+        steps: optimiser steps in total (a resumed run counts its past).
+        lr, betas: Adam's.
+        grad_clip: clip the parameter gradient's global norm (``None``: off).
+        ema_decay: keep a moving average of the weights (``None``: off).
+        generator: all randomness of ``step_fn`` (saved with the checkpoint).
+        run_dir, resume, overwrite: see :func:`prepare_run_dir`.
+        log_every, checkpoint_every, eval_every: periods in steps.
+        evaluate: ``evaluate(model, step) -> metrics`` with the EMA model when
+            there is one, in eval mode; its sampler diverging is recorded as
+            the row's ``eval_error`` and training goes on.
+        callback: ``callback(step, row)`` after each logged row.
+        max_seconds: stop after the first step that ends past this budget.
+        extra_state: the method's tensors to checkpoint (buffer, noise levels).
+        load_extra: restores them on resume (may raise ValueError on a mismatch).
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    for name, value, lo in (("steps", steps, 1), ("log_every", log_every, 1),
+                            ("checkpoint_every", checkpoint_every, 1), ("eval_every", eval_every, 1)):
+        check_int(name, value, lo)
+    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay!r}")
+    run_path = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = torch.optim.Adam(params, lr=lr, betas=betas)
+    ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
+    start = 0
+    if resume:
+        ckpt = run_path / CHECKPOINT
+        tensors, meta = load_checkpoint(ckpt, device=next(iter(params)).device)
+        if meta.get("method", method) != method:
+            raise ValueError(f"{ckpt} was written by method {meta.get('method')!r}, not {method!r}")
+        if load_extra is not None:
+            load_extra(tensors, meta)
+        start = restore_training_state(tensors, meta, model, optimizer, generator, ema)
+        truncate_metrics(run_path / METRICS, start)
+    last_good = str(run_path / CHECKPOINT) if resume else None
+    history: list[dict[str, float]] = []
+
+    def diverged(step: int, what: str) -> TrainingDiverged:
+        where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was written yet"
         return TrainingDiverged(f"training diverged at step {step}: {what}; {where}")
 
-    @staticmethod
-    def evaluate(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-        """``fn(*args)``; when its sampler diverges, ``{"eval_error": message}`` instead.
-
-        An evaluation draws samples from the model; chains that blow up there
-        say something about the model (recorded in the row, so the run's
-        metrics show it) but nothing is wrong with the training state, so the
-        run goes on and its checkpoints are still written.
-        """
+    t0 = time.perf_counter()
+    model.train()
+    step = start
+    for step in range(start + 1, steps + 1):
+        # 1. the method's work: batch, negatives or noise, loss
         try:
-            return fn(*args)
+            update = step_fn(step)
         except DivergenceError as err:
-            return {"eval_error": f"evaluation sampler diverged: {err}"}
-
-    def log(self, step: int, row: dict[str, float]) -> None:
-        self.history.append(row)
-        if self.path is not None:
-            with open(self.path / METRICS, "a") as f:
-                f.write(json.dumps(row) + "\n")
-        if self.callback is not None:
-            self.callback(step, row)
-
-    def optimizer_step(self, step: int, loss: Tensor, params: list[Tensor], optimizer: torch.optim.Optimizer,
-                       grad_clip: float | None) -> Tensor:
-        """Backward, clip the gradient norm, step; a non-finite loss or gradient raises :meth:`diverged`.
-
-        Returns:
-            The gradient norm before clipping.
-        """
-        if not torch.isfinite(loss):
-            raise self.diverged(step, f"loss is {float(loss.detach())}")
+            raise diverged(step, str(err)) from err
+        # 2. backward, clip, step; one sync checks both the loss and the gradient
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        update.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
-        if not torch.isfinite(grad_norm):
-            raise self.diverged(step, f"parameter gradient norm is {float(grad_norm)}")
+        if not bool(torch.isfinite(update.loss.detach() + grad_norm)):
+            what = (f"loss is {float(update.loss.detach())}" if not torch.isfinite(update.loss)
+                    else f"parameter gradient norm is {float(grad_norm)}")
+            raise diverged(step, what)
         optimizer.step()
-        return grad_norm
+        if ema is not None:
+            ema_update(ema, model, ema_decay, step)
+        if update.after is not None:
+            update.after()
+        # 3. log, evaluate, checkpoint
+        last = step == steps or (max_seconds is not None and time.perf_counter() - t0 >= max_seconds)
+        eval_now = evaluate is not None and (step % eval_every == 0 or last)
+        if step % log_every == 0 or last or eval_now:
+            row = {"step": step, "loss": float(update.loss.detach()),
+                   **{k: _number(v) for k, v in update.metrics.items() if k != "loss"},
+                   "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0}
+            if eval_now:
+                model.eval()
+                try:
+                    row.update(evaluate(ema if ema is not None else model, step))
+                except DivergenceError as err:  # the model's samples blew up; the training state is fine
+                    row["eval_error"] = f"evaluation sampler diverged: {err}"
+                model.train()
+            history.append(row)
+            if run_path is not None:
+                with open(run_path / METRICS, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            if callback is not None:
+                callback(step, row)
+        if run_path is not None and (step % checkpoint_every == 0 or last):
+            tensors, meta = training_state(model, optimizer, generator, ema)
+            if extra_state is not None:
+                tensors.update(extra_state())
+            save_checkpoint(run_path / CHECKPOINT, tensors, {**meta, "method": method, "step": step})
+            last_good = str(run_path / CHECKPOINT)
+        if last:
+            break
+    model.eval()
+    if ema is not None:
+        ema.eval()
+    return TrainResult(step=step, history=history, seconds=time.perf_counter() - t0, ema=ema)
+
+
+def default_alpha(method: str, *, images: bool) -> float:
+    """The energy regulariser's default for ``method``: :data:`TOY_ALPHA` on vectors, 0.1 on images."""
+    return 0.1 if images else TOY_ALPHA.get(method, 0.03)
 
 
 def train_ebm(
@@ -189,16 +331,17 @@ def train_ebm(
     mcmc_steps: int = 20,
     lr: float = 1e-3,
     betas: tuple[float, float] = (0.0, 0.999),
-    alpha: float = 0.1,
+    alpha: float | None = None,
     grad_clip: float | None = 1.0,
     data_noise: float = 0.0,
     noise: Callable[[int, torch.Generator | None], Tensor] | None = None,
     buffer_size: int = 10_000,
     reinit_prob: float = 0.05,
-    ema_decay: float | None = None,
+    ema_decay: float | None = 0.999,
     generator: torch.Generator | None = None,
     run_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     log_every: int = 50,
     checkpoint_every: int = 500,
     evaluate: Callable[[nn.Module, int, Tensor], dict[str, float]] | None = None,
@@ -207,6 +350,12 @@ def train_ebm(
     max_seconds: float | None = None,
 ) -> TrainResult:
     """Train ``energy`` on ``train_data`` by maximum likelihood with MCMC negatives.
+
+    The step function of :func:`fit` for the contrastive methods: a data
+    batch, negatives by ``mcmc_steps`` transitions of ``sampler`` (through
+    :func:`ebmlab.sample` keeping only the last state) from where ``method``
+    starts them, the contrastive loss; after the update the chains' ends go
+    back to the buffer.
 
     Args:
         energy: the model ``x -> (B,)``, an ``nn.Module``.
@@ -219,7 +368,8 @@ def train_ebm(
         batch_size: data points (and negative chains) per step.
         mcmc_steps: sampler transitions per step (the k of CD-k).
         lr, betas: Adam's; beta1 = 0 follows Du & Mordatch (2019).
-        alpha: energy-magnitude regulariser (Du & Mordatch 2019).
+        alpha: energy-magnitude regulariser (Du & Mordatch 2019); default
+            :func:`default_alpha` (the measured value the CLI uses too).
         grad_clip: clip the parameter gradient's global norm (``None``: off).
         data_noise: std of Gaussian noise added to each data batch
             (Nijkamp et al. 2020 keep it at least the Langevin noise).
@@ -228,10 +378,14 @@ def train_ebm(
         buffer_size: replay buffer capacity (``buffer``; ``pcd`` uses ``batch_size``).
         reinit_prob: buffer restart probability (``buffer``; ``pcd`` uses 0).
         ema_decay: keep an exponential moving average of the weights (decay
-            warmed up as ``min(ema_decay, (1 + step) / (10 + step))``).
-        generator: all randomness (data batches, noise, MCMC).
+            warmed up as ``min(ema_decay, (1 + step) / (10 + step))``;
+            ``None``: off).
+        generator: all randomness (data batches, noise, MCMC); default a
+            generator seeded with 0.
         run_dir: where metrics and checkpoints go (``None``: nothing written).
         resume: continue from ``run_dir``'s checkpoint.
+        overwrite: empty an existing run in ``run_dir`` first (without it, or
+            ``resume``, an existing run is refused).
         log_every, checkpoint_every, eval_every: periods in steps.
         evaluate: ``evaluate(model, step, negatives) -> metrics`` called every
             ``eval_every`` steps; ``negatives`` are the current chains (the
@@ -246,54 +400,32 @@ def train_ebm(
         A :class:`TrainResult`.
 
     Raises:
+        ValueError: for bad arguments or a run_dir that already holds a run.
         TrainingDiverged: on a non-finite loss, energy or gradient, naming the
             step and the last good checkpoint (never silently replaced).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    for name, value, lo in (("steps", steps, 1), ("batch_size", batch_size, 1), ("mcmc_steps", mcmc_steps, 0),
-                            ("log_every", log_every, 1), ("checkpoint_every", checkpoint_every, 1),
-                            ("eval_every", eval_every, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+    for name, value, lo in (("steps", steps, 1), ("batch_size", batch_size, 1), ("mcmc_steps", mcmc_steps, 0)):
+        check_int(name, value, lo)
     if train_data.dim() < 2 or train_data.shape[0] < 1:
         raise ValueError(f"train_data must have shape (N, *event) with N >= 1, got {tuple(train_data.shape)}")
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run_dir to resume from")
+    if alpha is None:
+        alpha = default_alpha(method, images=train_data.dim() > 2)
     generator = generator if generator is not None else torch.Generator(device=train_data.device).manual_seed(0)
     device, dtype, event = train_data.device, train_data.dtype, tuple(train_data.shape[1:])
     if noise is None:
         noise = uniform_noise(float(train_data.min()), float(train_data.max()), event, device=device, dtype=dtype)
-    params = [p for p in energy.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr, betas=betas)
     buffer = None
     if method == "pcd":
         buffer = ReplayBuffer(batch_size, noise, reinit_prob=0.0, generator=generator)
     elif method == "buffer":
         buffer = ReplayBuffer(buffer_size, noise, reinit_prob=reinit_prob, generator=generator)
-    ema = copy.deepcopy(energy).requires_grad_(False) if ema_decay is not None else None
+    latest: dict[str, Tensor] = {}
 
-    run_path = Path(run_dir) if run_dir is not None else None
-    ckpt_path = run_path / CHECKPOINT if run_path is not None else None
-    start = 0
-    if resume:
-        tensors, meta = load_checkpoint(ckpt_path, device=device)
-        start = restore_training_state(tensors, meta, energy, optimizer, generator, ema)
-        if buffer is not None:
-            buffer.load_state_dict({"data": tensors["buffer.data"]})
-        truncate_metrics(run_path / METRICS, start)
-    run = RunRecorder(run_path, resume=resume, callback=callback)
-
-    def state() -> tuple[dict[str, Tensor], dict[str, Any]]:
-        tensors, meta = training_state(energy, optimizer, generator, ema)
-        if buffer is not None:
-            tensors["buffer.data"] = buffer.data
-        return tensors, {**meta, "method": method}
-
-    t0 = time.perf_counter()
-    energy.train()
-    step = start
-    for step in range(start + 1, steps + 1):
+    def step_fn(step: int) -> Update:  # noqa: ARG001 - the loop's signature
         # 1. a data batch (with optional data noise)
         idx = torch.randint(train_data.shape[0], (batch_size,), generator=generator, device=device)
         x_pos = train_data[idx]
@@ -301,36 +433,45 @@ def train_ebm(
             x_pos = x_pos + data_noise * torch.randn(x_pos.shape, generator=generator, device=device, dtype=dtype)
         # 2. negatives: k sampler steps from where the method says chains start
         x0, slots = start_negatives(method, x_pos, noise=noise, buffer=buffer, generator=generator)
-        try:
-            energy.eval()  # fixed weights while sampling (spectral norm's power iteration updates in train mode)
-            x_neg, acceptance = run_chains(energy, sampler, x0, mcmc_steps, generator=generator)
-            energy.train()
-            # 3. loss (slide "Contrastive divergence"): lower E on data, raise it on samples
-            loss, metrics = contrastive_divergence(energy, x_pos, x_neg, alpha=alpha)
-        except DivergenceError as err:
-            raise run.diverged(step, str(err)) from err
-        # 4. backward, clip, step (a non-finite loss or gradient stops the run)
-        grad_norm = run.optimizer_step(step, loss, params, optimizer, grad_clip)
-        if ema is not None:
-            ema_update(ema, energy, ema_decay, step)
-        # 5. chains' ends go back to the buffer (PCD: they are the persistent chains)
-        if buffer is not None:
-            buffer.update(slots, x_neg)
-        # 6. log, evaluate, checkpoint
-        last = step == steps or (max_seconds is not None and time.perf_counter() - t0 >= max_seconds)
-        eval_now = evaluate is not None and (step % eval_every == 0 or last)
-        if step % log_every == 0 or last or eval_now:
-            row = {"step": step, "loss": float(loss.detach()), **metrics, "acceptance": acceptance,
-                   "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0}
-            if eval_now:
-                energy.eval()
-                negatives = buffer.data if buffer is not None else x_neg
-                row.update(run.evaluate(evaluate, ema if ema is not None else energy, step, negatives))
-                energy.train()
-            run.log(step, row)
-        if step % checkpoint_every == 0 or last:
-            run.save(step, state)
-        if last:
-            break
-    energy.eval()
-    return TrainResult(step=step, history=run.history, seconds=time.perf_counter() - t0, buffer=buffer, ema=ema)
+        energy.eval()  # fixed weights while sampling (spectral norm's power iteration updates in train mode)
+        x_neg, acceptance = negatives(energy, sampler, x0, mcmc_steps, generator=generator)
+        energy.train()
+        latest["x_neg"] = x_neg
+        # 3. loss (slide "Contrastive divergence"): lower E on data, raise it on samples
+        loss, metrics = contrastive_divergence(energy, x_pos, x_neg, alpha=alpha)
+        # 4. after the update, the chains' ends go back to the buffer (PCD: they are the persistent chains)
+        after = (lambda: buffer.update(slots, x_neg)) if buffer is not None else None
+        return Update(loss, {**metrics, "acceptance": acceptance}, after)
+
+    def evaluate_fn(model: nn.Module, step: int) -> dict[str, Any]:
+        return evaluate(model, step, buffer.data if buffer is not None else latest["x_neg"])
+
+    result = fit(
+        energy, step_fn, method=method, steps=steps, lr=lr, betas=betas, grad_clip=grad_clip,
+        ema_decay=ema_decay, generator=generator, run_dir=run_dir, resume=resume, overwrite=overwrite,
+        log_every=log_every, checkpoint_every=checkpoint_every,
+        evaluate=evaluate_fn if evaluate is not None else None, eval_every=eval_every, callback=callback,
+        max_seconds=max_seconds,
+        extra_state=(lambda: {"buffer.data": buffer.data}) if buffer is not None else None,
+        load_extra=(lambda t, m: buffer.load_state_dict({"data": t["buffer.data"]})) if buffer is not None else None,
+    )
+    result.buffer = buffer
+    return result
+
+
+def negatives(energy: Any, sampler: Any, x0: Tensor, num_steps: int, *,
+              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """``num_steps`` transitions of ``sampler`` from ``x0`` through :func:`ebmlab.sample`, keeping only the end.
+
+    The inner loop of training and of image evaluation. Model parameters get
+    no gradient (scores are taken with respect to ``x`` only).
+
+    Returns:
+        ``(x, acceptance)``: detached end points and the mean acceptance rate
+        (a 0-d tensor, so nothing syncs until it is logged); ``num_steps = 0``
+        returns ``x0`` with acceptance 0.
+    """
+    if num_steps == 0:
+        return x0.detach(), x0.new_zeros(())
+    trace = sample(energy, sampler, x0.detach(), num_steps, generator=generator, keep="last")
+    return trace.samples[0].detach(), trace.acceptance_rate.mean()

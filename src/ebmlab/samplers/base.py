@@ -259,6 +259,7 @@ def sample(
     callback: Callable[[int, State, Info], None] | None = None,
     compile: bool = False,
     check_every: int = 10,
+    keep: str = "all",
 ) -> Trace:
     """Run ``num_steps`` transitions of ``sampler`` on every chain and keep the draws.
 
@@ -280,10 +281,14 @@ def sample(
             slower for autograd scores of some energies: measure.
         check_every: test the chains' energies for NaN/inf every this many
             steps (each test syncs; the message names the window).
+        keep: ``"all"`` keeps every ``thin``-th draw after burn-in;
+            ``"last"`` keeps only the final state (``kept = 1``), the inner
+            loop of training, where storing draws would only cost memory.
+            ``acceptance_rate`` covers the steps after burn-in either way.
 
     Returns:
         A :class:`Trace` with ``(kept, chains, *event)`` samples, where
-        ``kept = ceil((num_steps - burn_in) / thin)``.
+        ``kept = ceil((num_steps - burn_in) / thin)`` (``1`` for ``keep="last"``).
 
     Raises:
         DivergenceError: when a chain's energy becomes non-finite; the message
@@ -295,6 +300,8 @@ def sample(
     _check_int("check_every", check_every, 1)
     if burn_in >= num_steps:
         raise ValueError(f"burn_in must be smaller than num_steps, got burn_in={burn_in}, num_steps={num_steps}")
+    if keep not in ("all", "last"):
+        raise ValueError(f"keep must be 'all' or 'last', got {keep!r}")
     start = time.perf_counter()
     if compile:
         import torch._inductor.config as inductor_config
@@ -314,7 +321,8 @@ def sample(
         def step(state: State) -> tuple[State, Info]:
             return sampler.step(energy, state, generator=generator)
 
-    kept = -(-(num_steps - burn_in) // thin)
+    keep_all = keep == "all"
+    kept = -(-(num_steps - burn_in) // thin) if keep_all else 0
     samples = torch.empty((kept, *state.x.shape), dtype=state.x.dtype, device=state.x.device)
     energies = torch.empty((kept, state.x.shape[0]), dtype=state.energy.dtype, device=state.x.device)
     accepted = torch.zeros(state.x.shape[0], dtype=torch.int32, device=state.x.device)
@@ -326,12 +334,14 @@ def sample(
             checked = t + 1
         if t >= burn_in:
             accepted += info.accepted
-            if (t - burn_in) % thin == 0:
+            if keep_all and (t - burn_in) % thin == 0:
                 samples[k] = state.x
                 energies[k] = state.energy
                 k += 1
         if callback is not None:
             callback(t, state, info)
+    if not keep_all:
+        samples, energies = state.x.unsqueeze(0), state.energy.unsqueeze(0)
     seconds = time.perf_counter() - start
     return Trace(
         samples=samples,

@@ -18,7 +18,7 @@ from torch import Tensor  # noqa: E402
 from ..evaluation.partition import density_on_grid  # noqa: E402
 from ..io import atomic_write  # noqa: E402
 
-__all__ = ["plot_samples", "save_figure"]
+__all__ = ["plot_samples", "save_figure", "scatter_pair"]
 
 
 def plot_samples(
@@ -109,6 +109,25 @@ def _view(grid: np.ndarray, marginal: np.ndarray, rel: float = 1e-3) -> tuple[fl
     lo, hi = grid[inside[0]], grid[inside[-1]]
     pad = 0.1 * (hi - lo)
     return float(max(grid[0], lo - pad)), float(min(grid[-1], hi + pad))
+
+
+def scatter_pair(reference: Tensor, samples: Tensor, title: str, *, labels: tuple[str, str] = (
+        "held-out data", "model samples"), max_points: int = 3000) -> Figure:
+    """Two 2-D scatter plots side by side on shared axes: ``reference`` (e.g. test data) and ``samples``.
+
+    For models without a density to draw (score models): the eye compares the two clouds.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axs = plt.subplots(1, 2, figsize=(10, 4.6), sharex=True, sharey=True)
+    for ax, pts, name in ((axs[0], reference, labels[0]), (axs[1], samples, labels[1])):
+        pts = pts[:max_points].detach().cpu()
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.4, linewidths=0)
+        ax.set_title(name)
+        ax.set_aspect("equal")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> Path:

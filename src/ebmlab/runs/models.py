@@ -1,34 +1,25 @@
-"""A run directory: ``config.json`` + ``checkpoint.safetensors`` (+ ``metrics.jsonl``).
+"""A run's network and data from plain JSON: the ``model`` and ``data`` sections of ``config.json``.
 
-Rebuilds a trained model from plain JSON and safetensors, never by unpickling,
-so a run directory from anyone can be loaded safely. The config is a dict
-with ``model``, ``data`` and ``train`` sections written by the CLI.
+Rebuilds a model from its JSON description, never by unpickling, so a run
+directory from anyone can be loaded safely.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_checkpoint
-from .energies.nets import ConvEnergy, MLPEnergy
-from .energies.score_nets import EnergyScore, ScoreConvNet, ScoreMLP
-from .io import atomic_write
-from .training import CHECKPOINT
+from ..energies.nets import ConvEnergy, MLPEnergy
+from ..energies.score_nets import EnergyScore, ScoreConvNet, ScoreMLP
+from .config import IMAGE_DATA, TrainConfig
 
-__all__ = ["CONFIG", "IMAGE_DATA", "build_energy", "image_score_config", "load_data", "load_image_data", "load_run",
-           "save_config"]
+__all__ = ["SCORE_KINDS", "build_energy", "data_bounds", "data_section", "image_score_config", "load_data", "load_image_data",
+           "model_section"]
 
-#: Image data sets a config can name: scikit-learn's 8x8 digits, and MNIST / Fashion-MNIST (28x28) read from
-#: the local IDX files in ``data["root"]``. Pixels are in ``[-1, 1]``.
-IMAGE_DATA = ("digits", "mnist", "fashion_mnist")
-
-CONFIG = "config.json"
+#: Model kinds in config.json that are score models (sampled by Langevin dynamics on the score).
+SCORE_KINDS = ("score_mlp", "score_conv", "energy_score")
 _ACTIVATIONS = {"silu": nn.SiLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "elu": nn.ELU}
 
 
@@ -43,11 +34,38 @@ def image_score_config(in_channels: int, image_size: int, *, method: str = "ncsn
             "noise_conditional": method == "ncsn", "activation": "silu"}
 
 
+def model_section(cfg: TrainConfig, train: Tensor) -> dict[str, Any]:
+    """The ``model`` section for a resolved config and its training data (whose shape sizes the network)."""
+    if cfg.images:
+        channels, size = int(train.shape[1]), int(train.shape[-1])
+        if cfg.score:
+            return image_score_config(channels, size, method=cfg.method)
+        return {"kind": "conv", "in_channels": channels, "image_size": size, "width": 32,
+                "spectral_norm": cfg.spectral_norm, "activation": "silu"}
+    dim = int(train.shape[1])
+    if cfg.method == "ism":  # Hyvarinen's objective on an energy: the model keeps an exact NLL
+        return {"kind": "energy_score", "dim": dim, "hidden": list(cfg.hidden), "activation": "silu"}
+    if cfg.score:  # NCSN's network outputs s(x, sigma) * sigma (Song & Ermon 2020, technique 3)
+        ncsn = cfg.method == "ncsn"
+        return {"kind": "score_mlp", "dim": dim, "hidden": list(cfg.hidden), "activation": "silu",
+                "noise_conditional": ncsn, "scale_by_sigma": ncsn}
+    return {"kind": "mlp", "dim": dim, "hidden": list(cfg.hidden), "spectral_norm": cfg.spectral_norm,
+            "activation": "silu"}
+
+
 def build_energy(model: dict[str, Any]) -> nn.Module:
     """A network from its JSON description: an energy (``kind`` = ``mlp`` or ``conv``) or a score model
-    (``score_mlp``, ``score_conv`` or ``energy_score``)."""
+    (``score_mlp``, ``score_conv`` or ``energy_score``).
+
+    Raises:
+        ValueError: for an unknown kind or activation.
+    """
     kind = model.get("kind")
-    act = _ACTIVATIONS[model.get("activation", "silu")]
+    act_name = model.get("activation", "silu")
+    if act_name not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {act_name!r} in the model config; expected one of "
+                         f"{', '.join(_ACTIVATIONS)}")
+    act = _ACTIVATIONS[act_name]
     if kind == "mlp":
         return MLPEnergy(model["dim"], hidden=tuple(model["hidden"]), activation=act,
                          spectral_norm=model.get("spectral_norm", False))
@@ -67,6 +85,28 @@ def build_energy(model: dict[str, Any]) -> nn.Module:
                      f"'energy_score'")
 
 
+def data_section(cfg: TrainConfig) -> dict[str, Any]:
+    """The ``data`` section for a resolved config (2-D data get their ``bounds`` once loaded: :func:`data_bounds`)."""
+    if cfg.images:
+        section: dict[str, Any] = {"name": cfg.data, "range": [-1.0, 1.0]}
+        if cfg.data != "digits":
+            section.update({"root": str(cfg.data_root), "n_train": cfg.n_train, "n_test": cfg.n_test})
+        return section
+    return {"name": cfg.data, "n_train": cfg.n_train, "n_test": cfg.n_test, "seed": cfg.seed}
+
+
+def data_bounds(name: str, train: Tensor) -> list[list[float]]:
+    """Box for quadrature and plots: the target's box when the density is known, else the data's range + 10%."""
+    from ..data import toy
+
+    target = toy.true_density(name)
+    if target is not None:
+        return [list(b) for b in target.bounds]
+    lo, hi = train.min(0).values, train.max(0).values
+    pad = 0.1 * (hi - lo)
+    return [[float(a - p), float(b + p)] for a, b, p in zip(lo, hi, pad)]
+
+
 def load_image_data(data: dict[str, Any], split: str):
     """The images and labels (an :class:`~ebmlab.data.ImageDataset`) of an image config's ``split``.
 
@@ -78,7 +118,7 @@ def load_image_data(data: dict[str, Any], split: str):
         FileNotFoundError: when the IDX files are missing (the message says how to get them).
         ValueError: for a name that is not in :data:`IMAGE_DATA`, or a missing ``root``.
     """
-    from . import data as datasets
+    from .. import data as datasets
 
     name = data["name"]
     if name == "digits":
@@ -97,7 +137,7 @@ def load_image_data(data: dict[str, Any], split: str):
 def load_data(data: dict[str, Any], *, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     """The (train, test) tensors a config names: images from :func:`load_image_data`, 2-D data
     regenerated deterministically from the config's seed."""
-    from . import data as datasets
+    from .. import data as datasets
 
     name = data["name"]
     if name in IMAGE_DATA:
@@ -107,36 +147,3 @@ def load_data(data: dict[str, Any], *, device: torch.device | str = "cpu") -> tu
         g = torch.Generator().manual_seed(int(data["seed"]))
         train, test = datasets.load_toy(name, data["n_train"], data["n_test"], generator=g)
     return train.to(device), test.to(device)
-
-
-def save_config(run_dir: str | os.PathLike, config: dict[str, Any]) -> Path:
-    """Write ``config.json`` atomically."""
-    return atomic_write(Path(run_dir) / CONFIG, lambda f: f.write(json.dumps(config, indent=2).encode()))
-
-
-def load_run(run_dir: str | os.PathLike, *, device: torch.device | str = "cpu", ema: bool = True
-             ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """The trained model of a run directory, in eval mode.
-
-    Args:
-        run_dir: a directory written by ``ebmlab train``.
-        device: where to put the model.
-        ema: use the EMA weights when the run kept them.
-
-    Returns:
-        ``(model, config, checkpoint_meta)``.
-
-    Raises:
-        FileNotFoundError: when the directory, its config or its checkpoint is missing.
-    """
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise FileNotFoundError(f"run directory {run} does not exist")
-    if not (run / CONFIG).is_file():
-        raise FileNotFoundError(f"{run} has no {CONFIG}: not a run directory written by `ebmlab train`")
-    config = json.loads((run / CONFIG).read_text())
-    tensors, meta = load_checkpoint(run / CHECKPOINT, device=device)
-    prefix = "ema." if ema and any(k.startswith("ema.") for k in tensors) else "model."
-    model = build_energy(config["model"]).to(device)
-    model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    return model.eval(), config, meta

@@ -1,0 +1,358 @@
+"""What a training run is: :class:`TrainConfig`, its defaults per kind of data and method, and its checks.
+
+One set of defaults, defined here and used by the command line, the report
+and Python alike. ``TrainConfig.resolve(...)`` fills every default that
+depends on the data or the method and checks the options against each other;
+a bad value raises :class:`ConfigError` (a ``ValueError``) naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from ..objectives.contrastive import METHODS as EBM_METHODS
+from ..samplers.registry import SAMPLER_NAMES
+from ..score_training import SCORE_METHODS
+from ..training import default_alpha
+
+__all__ = ["CHAIN_SAMPLERS", "ConfigError", "EBM_METHODS", "IMAGE_DATA", "IMAGE_SCORE_METHODS", "METHODS",
+           "SCORE_METHODS", "TOY_STEPS_PER_LEVEL", "TRAIN_DEFAULTS", "TrainConfig"]
+
+#: Image data sets a config can name: scikit-learn's 8x8 digits, and MNIST / Fashion-MNIST (28x28) read from
+#: the local IDX files in ``data_root``. Pixels are in ``[-1, 1]``.
+IMAGE_DATA = ("digits", "mnist", "fashion_mnist")
+METHODS = (*EBM_METHODS, *SCORE_METHODS)
+#: Score methods trained on images (a ScoreConvNet; ism/ssm would need Jacobian traces of a convnet).
+IMAGE_SCORE_METHODS = ("dsm", "ncsn")
+#: MCMC samplers of an EBM's negatives.
+CHAIN_SAMPLERS = ("ula", "mala", "hmc")
+
+# Defaults measured per kind of data (docs/benchmarks.md): 2-D toy sets use small
+# Langevin steps at the data's scale; 8x8 digits in [-1, 1] need gradient moves
+# near 1 (eps ~ 1.4) with a much smaller, tempered noise (Nijkamp et al. 2019;
+# Grathwohl et al. 2020), clamped to the pixel range. MNIST / Fashion-MNIST (same
+# pixel range) use the digits values, not tuned at 28x28. Score models on images
+# use the report's digits NCSN settings: Adam lr 1e-3, batch 128, 20 levels down
+# to 0.01, 50 annealed Langevin steps per level when sampling. The 2-D alpha is
+# training.TOY_ALPHA per method (short-run needs the stronger 0.1).
+TRAIN_DEFAULTS = {
+    "toy": {"step_size": 0.1, "noise_scale": None, "lr": 1e-3, "batch_size": 256, "data_noise": 0.0},
+    "digits": {"step_size": 1.41, "noise_scale": 0.01, "lr": 1e-4, "batch_size": 128, "data_noise": 0.01,
+               "alpha": 0.1},
+    "digits_score": {"step_size": 1.41, "noise_scale": 0.01, "lr": 1e-3, "batch_size": 128, "data_noise": 0.0,
+                     "alpha": 0.1, "steps_per_level": 50},
+}
+#: Langevin steps per level when sampling a 2-D score model (ncsn / the others' single level).
+TOY_STEPS_PER_LEVEL = {"ncsn": 100, "other": 1000}
+#: Generated 2-D points when the config does not say.
+TOY_SIZES = {"n_train": 10_000, "n_test": 5_000}
+#: Keys a run's config.json may hold in its train section that are derived, not chosen.
+_DERIVED = ("sigmas", "tensorboard")
+
+
+class ConfigError(ValueError):
+    """A bad :class:`TrainConfig` value. The message names the field; :meth:`render` names it
+    another way (the command line names its flag)."""
+
+    def __init__(self, message: str, *fields_named: str) -> None:
+        self.message, self.fields = message, fields_named
+        super().__init__(self.render(lambda f: f))
+
+    @classmethod
+    def of(cls, err: Exception, *fields_named: str, prefix: str = "") -> ConfigError:
+        """``err``'s message as a ConfigError (``prefix`` may name fields as ``{0}``, ...)."""
+        return cls(prefix + str(err).replace("{", "{{").replace("}", "}}"), *fields_named)
+
+    def render(self, name: Callable[[str], str]) -> str:
+        """The message with each field written as ``name(field)``."""
+        return self.message.format(*(name(f) for f in self.fields))
+
+
+def _positive(cfg: TrainConfig, name: str, *, optional: bool = False, zero: bool = False) -> None:
+    v = getattr(cfg, name)
+    if v is None and optional:
+        return
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= 0 if zero else v > 0)
+    if not ok:
+        raise ConfigError(f"{{0}} must be a finite number {'>= 0' if zero else '> 0'}, got {v!r}", name)
+
+
+def _integer(cfg: TrainConfig, name: str, lo: int, *, optional: bool = False) -> None:
+    v = getattr(cfg, name)
+    if v is None and optional:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ConfigError(f"{{0}} must be an integer >= {lo}, got {v!r}", name)
+
+
+def _hidden(value: Any) -> tuple[int, ...]:
+    if isinstance(value, str):
+        try:
+            value = tuple(int(v) for v in value.split(","))
+        except ValueError:
+            value = ()
+    sizes = tuple(value) if isinstance(value, (list, tuple)) else ()
+    if not sizes or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes):
+        raise ConfigError(f"{{0}} must be positive layer widths like 128,128, got {value!r}", "hidden")
+    return sizes
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run is made of; ``None`` means "the default for this data and method".
+
+    Build it with :meth:`resolve` (defaults filled in, options checked) or
+    :meth:`from_file` (a JSON file, e.g. a run's own ``config.json``).
+
+    Attributes:
+        data: a 2-D toy set or analytic target name, or an image set (:data:`IMAGE_DATA`).
+        method: ``cd``, ``short-run``, ``pcd``, ``buffer`` (an EBM by maximum likelihood with
+            MCMC negatives) or ``ism``, ``ssm``, ``ssm-vr``, ``dsm``, ``ncsn`` (score matching).
+        sampler: the negatives' MCMC: ``ula``, ``mala`` or ``hmc``.
+        steps: optimiser steps in total.
+        batch_size: data points and negative chains per step (256 for 2-D data, 128 for images).
+        langevin_steps: sampler steps per update (the k of CD-k).
+        step_size: the sampler's eps (0.1 for 2-D data, 1.41 for images).
+        noise_scale: ULA's noise std (eps for 2-D data, 0.01 for images: tempered).
+        lr: Adam's learning rate (1e-3; 1e-4 for image EBMs).
+        alpha: energy-magnitude regulariser (training.TOY_ALPHA per method on 2-D data; 0.1 on images).
+        grad_clip: clip of the parameter gradient's global norm.
+        data_noise: std of Gaussian noise on data batches (0; 0.01 for image EBMs).
+        hidden: MLP hidden widths.
+        spectral_norm: spectral-normalise every layer.
+        buffer_size, reinit_prob: the replay buffer's capacity and restart probability (``buffer``).
+        ema: decay of the weights' moving average used for evaluation and sampling (``None``/0: off).
+        n_train, n_test: generated 2-D points (10000 / 5000); MNIST: the first N images (default all).
+        eval_every: evaluate and checkpoint every this many steps.
+        seed: data, initialisation and sampling.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        max_seconds: wall-time budget (the last step is evaluated and checkpointed).
+        sigma: ``dsm``'s noise level.
+        sigma_max, sigma_min, num_sigmas: ``ncsn``'s geometric noise levels (``sigma_max``
+            default: the data's largest pairwise distance).
+        data_root: MNIST / Fashion-MNIST: the folder of the IDX files (nothing is downloaded).
+        score_clip: ULA: clamp each score coordinate to ``[-c, c]``.
+        clamp: ULA: clamp each new chain state to ``(lo, hi)``.
+        clamp_data: ULA: clamp to the data's range (default on for image EBMs with ULA).
+        steps_per_level: score models: Langevin steps per noise level when sampling (100 for
+            2-D ncsn, 1000 for the other 2-D methods, 50 for images).
+    """
+
+    data: str = "eight_gaussians"
+    method: str = "pcd"
+    sampler: str = "ula"
+    steps: int = 3000
+    batch_size: int | None = None
+    langevin_steps: int = 20
+    step_size: float | None = None
+    noise_scale: float | None = None
+    lr: float | None = None
+    alpha: float | None = None
+    grad_clip: float = 1.0
+    data_noise: float | None = None
+    hidden: tuple[int, ...] = (128, 128)
+    spectral_norm: bool = False
+    buffer_size: int = 10_000
+    reinit_prob: float = 0.05
+    ema: float | None = 0.999
+    n_train: int | None = None
+    n_test: int | None = None
+    eval_every: int = 500
+    seed: int = 0
+    device: str = "cpu"
+    max_seconds: float | None = None
+    sigma: float = 0.1
+    sigma_max: float | None = None
+    sigma_min: float = 0.01
+    num_sigmas: int = 20
+    data_root: str | None = None
+    score_clip: float | None = None
+    clamp: tuple[float, float] | None = None
+    clamp_data: bool | None = None
+    steps_per_level: int | None = None
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def resolve(cls, **values: Any) -> TrainConfig:
+        """A config with ``values`` set, every other default filled in, and all checks done.
+
+        Raises:
+            ConfigError: naming the field, for an unknown field, a bad value or
+                options that contradict each other.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown field(s) {', '.join(unknown)}; TrainConfig has {', '.join(sorted(known))}")
+        return cls(**{k: v for k, v in values.items() if v is not None}).resolved()
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **overrides: Any) -> TrainConfig:
+        """A config from a JSON file, then ``overrides`` (``None`` values ignored), resolved.
+
+        The file is either a flat object of fields or a run's ``config.json``
+        (its ``train`` section is read; derived entries such as the noise
+        levels are recomputed). Values in the file count as given: they are
+        not replaced by the defaults of other data.
+
+        Raises:
+            FileNotFoundError: when the file does not exist.
+            ConfigError: for a file that is not a JSON object, an unknown field or a bad value.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            raw = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {path} is not valid JSON: {err}") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a JSON object, got {type(raw).__name__}")
+        values = dict(raw["train"]) if isinstance(raw.get("train"), dict) else dict(raw)
+        for key in _DERIVED:
+            values.pop(key, None)
+        if values.get("clamp_data"):  # the clamp was derived from the data's range
+            values.pop("clamp", None)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "clamp" in overrides and overrides["clamp"] is not None:
+            values.pop("clamp_data", None)
+        return cls.resolve(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (tuples as lists), as the run's ``config.json`` holds them."""
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        d["clamp"] = list(self.clamp) if self.clamp is not None else None
+        return d
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def images(self) -> bool:
+        """Whether the data are images (a convolutional model)."""
+        return self.data in IMAGE_DATA
+
+    @property
+    def score(self) -> bool:
+        """Whether the method is score matching (no MCMC while training)."""
+        return self.method in SCORE_METHODS
+
+    def defaults(self) -> dict[str, Any]:
+        """The data- and method-dependent defaults this config falls back on."""
+        if not self.images:
+            return {**TRAIN_DEFAULTS["toy"], "alpha": default_alpha(self.method, images=False)}
+        return dict(TRAIN_DEFAULTS["digits_score" if self.score else "digits"])
+
+    # ------------------------------------------------------------------ resolution
+
+    def resolved(self) -> TrainConfig:
+        """This config with its defaults filled in and its options checked (idempotent).
+
+        Raises:
+            ConfigError: naming the field.
+        """
+        from ..data import toy
+
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r} for {{0}}; expected one of {', '.join(METHODS)}",
+                              "method")
+        if self.sampler not in CHAIN_SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r} for {{0}}; expected one of "
+                              f"{', '.join(CHAIN_SAMPLERS)} (of {', '.join(SAMPLER_NAMES)}, the ones that "
+                              "train an EBM)", "sampler")
+        if not isinstance(self.data, str):
+            raise ConfigError(f"{{0}} must be a data set name, got {self.data!r}", "data")
+        if not self.images:
+            try:
+                toy.get(self.data)
+            except ValueError as err:
+                raise ConfigError.of(ValueError(f"{err}; or an image set: {', '.join(IMAGE_DATA)}")) from err
+        if self.images and self.score and self.method not in IMAGE_SCORE_METHODS:
+            raise ConfigError(f"{{0}} {self.method} on images: image score models are trained by "
+                              f"{' or '.join(IMAGE_SCORE_METHODS)} (a ScoreConvNet)", "method")
+        d = self.defaults()
+        cfg = replace(self, **{k: d[k] for k in ("step_size", "lr", "batch_size", "data_noise", "alpha")
+                               if getattr(self, k) is None})
+        if cfg.noise_scale is None:
+            cfg = replace(cfg, noise_scale=d["noise_scale"])
+        if cfg.steps_per_level is None and cfg.score and cfg.images:
+            cfg = replace(cfg, steps_per_level=d["steps_per_level"])
+        if not cfg.images:
+            cfg = replace(cfg, n_train=cfg.n_train or TOY_SIZES["n_train"], n_test=cfg.n_test or TOY_SIZES["n_test"])
+        cfg = replace(cfg, hidden=_hidden(cfg.hidden), ema=cfg.ema or None)
+        for name, lo in (("steps", 1), ("batch_size", 1), ("langevin_steps", 0), ("buffer_size", 1),
+                         ("eval_every", 1), ("num_sigmas", 2), ("seed", 0)):
+            _integer(cfg, name, lo)
+        for name in ("n_train", "n_test", "steps_per_level"):
+            _integer(cfg, name, 1, optional=True)
+        for name in ("step_size", "lr", "grad_clip", "sigma", "sigma_min"):
+            _positive(cfg, name)
+        for name in ("noise_scale", "score_clip", "sigma_max"):
+            _positive(cfg, name, optional=True)
+        for name in ("alpha", "data_noise"):
+            _positive(cfg, name, zero=True)
+        _positive(cfg, "max_seconds", optional=True, zero=True)
+        if not (isinstance(cfg.reinit_prob, (int, float)) and 0.0 <= cfg.reinit_prob <= 1.0):
+            raise ConfigError(f"{{0}} must be a probability in [0, 1], got {cfg.reinit_prob!r}", "reinit_prob")
+        if cfg.ema is not None and not (isinstance(cfg.ema, (int, float)) and 0.0 <= cfg.ema < 1.0):
+            raise ConfigError(f"{{0}} must be a decay in [0, 1), got {cfg.ema}", "ema")
+        if cfg.sigma_max is not None and cfg.sigma_max <= cfg.sigma_min:
+            raise ConfigError(f"{{0}} ({cfg.sigma_max}) must be above {{1}} ({cfg.sigma_min})", "sigma_max",
+                              "sigma_min")
+        cfg = cfg._resolve_langevin(d)
+        cfg._check_data_root()
+        cfg._check_device()
+        return cfg
+
+    def _resolve_langevin(self, d: dict[str, Any]) -> TrainConfig:
+        """ULA's options of the papers (tempered noise, score clip, clamp): checked, and only for ULA negatives."""
+        clamp = self.clamp
+        if clamp is not None:
+            try:
+                lo, hi = (float(v) for v in clamp)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{{0}} must be a pair LO HI, got {clamp!r}", "clamp") from None
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ConfigError(f"{{0}} LO HI must be finite numbers with LO < HI, got {lo:g} {hi:g}", "clamp")
+            if self.clamp_data:
+                raise ConfigError("give either {0} LO HI or {1}, not both", "clamp", "clamp_data")
+            clamp = (lo, hi)
+        given = [name for name, on in (("noise_scale", self.noise_scale is not None
+                                        and self.noise_scale != d["noise_scale"]),
+                                       ("score_clip", self.score_clip is not None),
+                                       ("clamp", clamp is not None), ("clamp_data", bool(self.clamp_data))) if on]
+        if given and (self.score or self.sampler != "ula"):
+            what = "method" if self.score else "sampler"
+            value = self.method if self.score else self.sampler
+            names = ", ".join("{%d}" % i for i in range(len(given)))
+            raise ConfigError(f"{names}: options of ULA's EBM-training negatives, which {{{len(given)}}} {value} "
+                              "does not use (MALA and HMC would lose their exactness)", *given, what)
+        clamp_data = self.clamp_data
+        if clamp_data is None:
+            clamp_data = self.images and self.sampler == "ula" and not self.score and clamp is None
+        return replace(self, clamp=clamp, clamp_data=bool(clamp_data))
+
+    def _check_data_root(self) -> None:
+        if self.data in ("mnist", "fashion_mnist"):
+            if self.data_root is None:
+                raise ConfigError(f"{{0}} {self.data} reads the standard IDX files from a local folder: pass "
+                                  "{1} DIR (ebmlab never downloads)", "data", "data_root")
+            if not Path(self.data_root).is_dir():
+                raise ConfigError(f"{{0}} {self.data_root}: no such directory", "data_root")
+        elif self.data_root is not None:
+            raise ConfigError(f"{{0}} is read for {{1}} mnist or fashion_mnist only, not {self.data}",
+                              "data_root", "data")
+
+    def _check_device(self) -> None:
+        from ..devices import resolve_device
+
+        try:
+            resolve_device(self.device)
+        except ValueError as err:
+            raise ConfigError.of(err, "device", prefix="{0}: ") from err

@@ -1,0 +1,227 @@
+"""Every evaluation of a run, in one place: during training (the evaluators the loop calls) and after it
+(:func:`evaluate`, the dict ``ebmlab evaluate --json`` prints).
+
+* 2-D EBMs: exact test NLL by quadrature, KL to the data when their density
+  is known (with the test set's own noise beside it), MMD and sliced-W of
+  MALA samples;
+* 2-D score models: MMD and sliced-W of (annealed) Langevin samples; ``ism``
+  trains an energy, so it gets the exact NLL and KL too;
+* images (EBMs and score models): a classifier's confidence and class balance
+  of samples, feature and pixel MMD, nearest training images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from .run import Run, score_samples
+
+__all__ = ["CLASSIFIER_EPOCHS_28", "CLASSIFIER_MAX_TRAIN_28", "EVAL_IMAGE_SAMPLES", "EVAL_NEAREST",
+           "IMAGE_SCORE_EVAL_SAMPLES", "evaluate", "image_classifier", "training_evaluator"]
+
+#: Samples ``evaluate`` draws from an image model (EBM: at most this many of its chains; score model:
+#: annealed Langevin from noise), and how many of them the nearest-neighbour check compares with every
+#: training image.
+EVAL_IMAGE_SAMPLES = {"ebm": 1000, "score": 500}
+EVAL_NEAREST = 100
+#: Samples scored by the classifier while training an image model (annealed Langevin is costly).
+IMAGE_SCORE_EVAL_SAMPLES = 200
+IMAGE_EBM_EVAL_CHAINS = 500
+#: Image runs' classifier (evaluation only) on 28x28 data: trained on the first images of the training split.
+CLASSIFIER_MAX_TRAIN_28, CLASSIFIER_EPOCHS_28 = 10_000, 5
+_IMAGE_METRICS = ("mean_max_prob", "min_class_fraction", "feature_mmd", "pixel_mmd")
+#: The evaluation's generator is seeded with the run's seed plus this (training's own stream stays apart).
+EVAL_SEED_OFFSET = 17
+
+
+def density_metrics(energy: nn.Module, name: str, test: Tensor, bounds: list, *, resolution: int,
+                    generator: torch.Generator, num_chains: int, num_steps: int, step_size: float) -> dict[str, Any]:
+    """Exact test NLL, KL with its test-set noise (when the density of ``name`` is known), MMD, sliced-W."""
+    from ..data import toy
+    from ..evaluation import evaluate_density_model
+
+    with torch.no_grad():
+        return evaluate_density_model(energy, test, bounds, true_density=toy.true_density(name),
+                                      entropy=toy.entropy(name), resolution=resolution, generator=generator,
+                                      num_chains=num_chains, num_steps=num_steps, step_size=step_size)
+
+
+def image_classifier(run_dir: str | Path, data: dict[str, Any]):
+    """The run's evaluation classifier, trained once and cached in ``run_dir/classifier.safetensors``.
+
+    Digits: on the digits' training split. 28x28 data: the same classifier
+    architecture on the first :data:`CLASSIFIER_MAX_TRAIN_28` images of the
+    full training split for :data:`CLASSIFIER_EPOCHS_28` epochs (deterministic).
+    """
+    from ..data import ImageDataset
+    from ..evaluation.images import load_or_train_classifier
+    from .models import load_image_data
+
+    path = Path(run_dir) / "classifier.safetensors"
+    if data["name"] == "digits":
+        return load_or_train_classifier(path, load_image_data(data, "train"), test=load_image_data(data, "test"))
+    full = {**data, "n_train": None, "n_test": None}
+    train, test = load_image_data(full, "train"), load_image_data(full, "test")
+    k = min(len(train), CLASSIFIER_MAX_TRAIN_28)
+    train = ImageDataset(images=train.images[:k], labels=train.labels[:k], name=train.name, scale=train.scale)
+    return load_or_train_classifier(path, train, test=test, epochs=CLASSIFIER_EPOCHS_28)
+
+
+def _image_metrics(run_dir: Path, data: dict[str, Any], test: Tensor, x: Tensor, step: int, generator,
+                   classifier) -> dict[str, float]:
+    """The classifier's metrics of samples ``x`` against the test images; writes ``samples_{step}.png``."""
+    from ..evaluation.images import classifier_metrics, sample_grid
+    from ..viz import save_figure
+
+    x = x.detach().cpu()  # the classifier and its features live on the CPU
+    m = classifier_metrics(x, classifier, reference=test.cpu(), generator=generator)
+    save_figure(sample_grid(x[:64], nrow=8, title=f"samples after {step} steps"), run_dir / f"samples_{step}.png")
+    return {k: float(m[k]) for k in _IMAGE_METRICS}
+
+
+def training_evaluator(config: dict[str, Any], run_dir: Path, test: Tensor) -> Callable[..., dict[str, Any]]:
+    """What the training loop calls every ``eval_every`` steps, for the run ``config`` describes.
+
+    EBMs get ``evaluate(model, step, negatives)`` (image EBMs: the current
+    chains run 60 more steps, Du & Mordatch 2019), score models
+    ``evaluate(model, step)``.
+    """
+    from ..evaluation import mmd, sliced_wasserstein
+    from ..training import negatives as run_negatives
+    from .run import EBM_IMAGE_EXTRA_STEPS, chain_sampler
+
+    tr, data = config["train"], config["data"]
+    g = torch.Generator().manual_seed(tr["seed"] + EVAL_SEED_OFFSET)
+    kind = config["model"]["kind"]
+    images = kind in ("conv", "score_conv")
+    if images:
+        state: dict[str, Any] = {}
+
+        def classifier():
+            if "clf" not in state:
+                state["clf"] = image_classifier(run_dir, data)
+            return state["clf"]
+
+        if kind == "conv":
+            sampler = chain_sampler(tr, images=True)
+
+            def evaluate_image_ebm(model, step, negatives):
+                x = run_negatives(model, sampler, negatives[:IMAGE_EBM_EVAL_CHAINS], EBM_IMAGE_EXTRA_STEPS,
+                                  generator=g)[0]
+                return _image_metrics(run_dir, data, test, x, step, g, classifier())
+
+            return evaluate_image_ebm
+
+        def evaluate_image_score(model, step):
+            x = score_samples(model, config, IMAGE_SCORE_EVAL_SAMPLES, g)
+            return _image_metrics(run_dir, data, test, x, step, g, classifier())
+
+        return evaluate_image_score
+    bounds = [tuple(b) for b in data["bounds"]]
+    if kind == "mlp":
+        def evaluate_2d(model, step, negatives):  # noqa: ARG001 - 2-D models are sampled afresh
+            row = density_metrics(model, data["name"], test, bounds, resolution=256, generator=g, num_chains=500,
+                                  num_steps=200, step_size=tr["step_size"])
+            return {k: row[k] for k in ("test_nll", "kl", "mmd") if k in row}
+
+        return evaluate_2d
+
+    def evaluate_score(model, step):  # noqa: ARG001
+        x = score_samples(model, config, 1000, g)
+        row = {"mmd": mmd(x, test, generator=g), "sliced_w": sliced_wasserstein(x, test, generator=g)}
+        if kind == "energy_score":  # an energy: exact NLL by quadrature
+            row["test_nll"] = density_metrics(model.energy, data["name"], test, bounds, resolution=256,
+                                              generator=g, num_chains=10, num_steps=2,
+                                              step_size=tr["step_size"])["test_nll"]
+        return row
+
+    return evaluate_score
+
+
+def evaluate(run: Run | str | Path, *, seed: int = 0, plot: bool = False, device: str | torch.device = "cpu"
+             ) -> dict[str, Any]:
+    """Evaluate a trained run: the dict that ``ebmlab evaluate --json`` prints.
+
+    Args:
+        run: a :class:`Run` or its directory.
+        seed: randomness of the model's chains and of the MMD subsets.
+        plot: write the run's figure (``density.png``, ``samples.png`` or
+            ``nearest_neighbours.png``) into the run directory.
+        device: where to load the run when given as a directory.
+
+    Returns:
+        ``run_dir``, ``step``, ``data`` and the metrics of its kind (see the module docstring).
+
+    Raises:
+        FileNotFoundError, ValueError: for a run that cannot be opened (see :meth:`Run.load`).
+    """
+    if not isinstance(run, Run):
+        run = Run.load(run, device=device)
+    _, test = run.data()
+    if run.is_image:
+        return _evaluate_images(run, test, seed=seed, plot=plot)
+    g = torch.Generator().manual_seed(seed)
+    name, tr = run.config["data"]["name"], run.config["train"]
+    head = {"run_dir": str(run.path), "step": run.step, "data": name}
+    if run.is_score:
+        from ..evaluation import mmd, sliced_wasserstein
+
+        x = run.sample(2000, generator=g)
+        result = {**head, "method": run.method, "mmd": mmd(x, test, generator=g),
+                  "sliced_w": sliced_wasserstein(x, test, generator=g)}
+        if run.energy is not None:
+            ev = density_metrics(run.energy, name, test, run.bounds, resolution=512, generator=g, num_chains=10,
+                                 num_steps=2, step_size=tr["step_size"])
+            result.update({k: ev[k] for k in ("test_nll", "log_z", "true_nll", "kl", "entropy", "test_set_noise")
+                           if k in ev})
+        if plot:
+            from ..viz import save_figure, scatter_pair
+
+            fig = scatter_pair(test, x, f"{run.method} on {name} after {run.step} steps: MMD^2 {result['mmd']:.2e}")
+            result["plot"] = str(save_figure(fig, run.path / "samples.png"))
+        return result
+    result = {**head, **density_metrics(run.model, name, test, run.bounds, resolution=512, generator=g,
+                                        num_chains=2000, num_steps=1000, step_size=tr["step_size"])}
+    if plot:
+        from ..viz import plot_samples, save_figure
+
+        x = run.sample(2000, generator=g)
+        fig = plot_samples(run.model, x, run.bounds, title=f"model of {name} after {run.step} steps: "
+                           f"test NLL {result['test_nll']:.3f}, MMD^2 {result['mmd']:.2e}", generator=g,
+                           density_label="model")
+        result["plot"] = str(save_figure(fig, run.path / "density.png"))
+    return result
+
+
+def _evaluate_images(run: Run, test: Tensor, *, seed: int, plot: bool) -> dict[str, Any]:
+    """Images (EBMs and score models alike): classifier metrics of samples, sample and nearest-neighbour grids."""
+    from ..evaluation.images import classifier_metrics, nearest_neighbour_grid, nearest_neighbours
+    from ..viz import save_figure
+    from .models import load_image_data
+
+    g = torch.Generator().manual_seed(seed)
+    data = run.config["data"]
+    if run.is_score:
+        n = EVAL_IMAGE_SAMPLES["score"]
+    else:  # the run's chains (all of them, up to the cap); cd / short-run: fresh uniform noise
+        chains = run.chains()
+        n = EVAL_IMAGE_SAMPLES["ebm"] if chains is None else min(EVAL_IMAGE_SAMPLES["ebm"], chains.shape[0])
+    x = run.sample(n, generator=g).detach().cpu()
+    clf = image_classifier(run.path, data)
+    metrics = _image_metrics(run.path, data, test, x, run.step, g, clf)
+    train = load_image_data(data, "train").images
+    dist, _ = nearest_neighbours(x[:EVAL_NEAREST], train)
+    result = {"run_dir": str(run.path), "step": run.step, "data": data["name"], "method": run.method,
+              "samples": int(x.shape[0]), **metrics,
+              "class_fractions": classifier_metrics(x, clf)["class_fractions"],  # per predicted class
+              "classifier_train_images": int(clf.info["train_size"]),
+              "classifier_test_accuracy": clf.info.get("test_accuracy"),
+              "nearest_train_distance_min": float(dist.min()), "nearest_train_distance_mean": float(dist.mean()),
+              "samples_plot": str(run.path / f"samples_{run.step}.png")}
+    if plot:
+        result["plot"] = str(save_figure(nearest_neighbour_grid(x[:16], train), run.path / "nearest_neighbours.png"))
+    return result

@@ -1,0 +1,274 @@
+"""A run directory (``config.json`` + ``checkpoint.safetensors`` + ``metrics.jsonl``) as one object.
+
+:meth:`Run.load` opens runs made by ``ebmlab train`` and by :func:`ebmlab.runs.train`
+alike; :meth:`Run.sample` draws from the model the way it was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import load_checkpoint
+from ..devices import resolve_device
+from ..io import atomic_write
+from ..samplers.registry import build_sampler
+from ..training import CHECKPOINT, METRICS
+from .config import TOY_STEPS_PER_LEVEL, TRAIN_DEFAULTS
+from .models import SCORE_KINDS, build_energy, load_data
+
+__all__ = ["CONFIG", "EBM_IMAGE_EXTRA_STEPS", "Run", "chain_sampler", "load_run", "save_config", "run_steps_per_level",
+           "score_samples"]
+
+CONFIG = "config.json"
+#: Image EBMs are sampled as Du & Mordatch (2019) evaluate them: the training chains run this many more steps.
+EBM_IMAGE_EXTRA_STEPS = 60
+#: 2-D EBMs are sampled by MALA (exact for the model) from uniform noise over the box for this many steps.
+EBM_2D_MALA_STEPS = 1000
+
+
+def save_config(run_dir: str | os.PathLike, config: dict[str, Any]) -> Path:
+    """Write ``config.json`` atomically."""
+    return atomic_write(Path(run_dir) / CONFIG, lambda f: f.write(json.dumps(config, indent=2).encode()))
+
+
+def chain_sampler(train: dict[str, Any], *, images: bool):
+    """The MCMC sampler of an EBM run's negatives, from its config's ``train`` section (training and evaluation)."""
+    if train["sampler"] == "ula":
+        clamp = train.get("clamp", [-1.0, 1.0] if images else None)  # runs before --clamp clamped images to [-1, 1]
+        return build_sampler("ula", train["step_size"], noise_scale=train["noise_scale"],
+                             score_clip=train.get("score_clip"), clamp=tuple(clamp) if clamp is not None else None)
+    return build_sampler(train["sampler"], train["step_size"], num_leapfrog=5)
+
+
+def run_steps_per_level(config: dict[str, Any]) -> int:
+    """Langevin steps per noise level a score run is sampled with (from config.json, else the defaults)."""
+    tr = config["train"]
+    if tr.get("steps_per_level"):
+        return int(tr["steps_per_level"])
+    if config["model"]["kind"] == "score_conv":
+        return TRAIN_DEFAULTS["digits_score"]["steps_per_level"]
+    return TOY_STEPS_PER_LEVEL["ncsn" if tr["method"] == "ncsn" else "other"]
+
+
+@dataclass
+class Run:
+    """A trained run: its model (EMA weights when kept, eval mode, no parameter gradients) and config.
+
+    Attributes:
+        path: the run directory.
+        config: ``config.json`` (``model``, ``data`` and ``train`` sections).
+        model: the network.
+        meta: the checkpoint's metadata (``step``, ``method``, ...).
+        summary: what :func:`ebmlab.runs.train` reported (empty for a loaded run).
+    """
+
+    path: Path
+    config: dict[str, Any]
+    model: nn.Module
+    meta: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu", ema: bool = True) -> Run:
+        """Open a run directory written by ``ebmlab train`` or :func:`ebmlab.runs.train`.
+
+        Args:
+            path: the run directory.
+            device: where to put the model.
+            ema: use the EMA weights when the run kept them.
+
+        Raises:
+            FileNotFoundError: when the directory, its config or its checkpoint is missing.
+            ValueError: for a device this machine does not have (the message names it), or a
+                config whose model cannot be built.
+        """
+        model, config, meta = load_run(path, device=device, ema=ema)
+        return cls(path=Path(path), config=config, model=model, meta=meta)
+
+    # ------------------------------------------------------------------ what it is
+
+    @property
+    def kind(self) -> str:
+        """The model kind: ``mlp``, ``conv`` (energies), ``score_mlp``, ``score_conv``, ``energy_score``."""
+        return self.config["model"]["kind"]
+
+    @property
+    def method(self) -> str:
+        return self.config["train"]["method"]
+
+    @property
+    def step(self) -> int:
+        """Optimiser steps of the checkpoint."""
+        return int(self.meta["step"])
+
+    @property
+    def is_score(self) -> bool:
+        """Whether the run is a score model (sampled by Langevin dynamics on the score)."""
+        return self.kind in SCORE_KINDS
+
+    @property
+    def is_image(self) -> bool:
+        return self.kind in ("conv", "score_conv")
+
+    @property
+    def bounds(self) -> list[tuple[float, float]] | None:
+        """The 2-D box of quadrature and plots (``None`` for images)."""
+        b = self.config["data"].get("bounds")
+        return [tuple(v) for v in b] if b is not None else None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def energy(self) -> nn.Module | None:
+        """The model's energy when it has one (EBMs, and ``ism``'s energy), else ``None``."""
+        if self.kind in ("mlp", "conv"):
+            return self.model
+        return self.model.energy if self.kind == "energy_score" else None
+
+    def data(self) -> tuple[Tensor, Tensor]:
+        """The run's (train, test) data, regenerated or reloaded exactly as trained."""
+        return load_data(self.config["data"], device=self.device)
+
+    def history(self) -> list[dict[str, Any]]:
+        """The logged metric rows of ``metrics.jsonl``."""
+        path = self.path / METRICS
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def chain_sampler(self):
+        """The MCMC sampler the run's negatives were drawn with (EBMs)."""
+        if self.is_score:
+            raise ValueError(f"{self.path} is a score model ({self.method}): it has no negatives' sampler")
+        return chain_sampler(self.config["train"], images=self.is_image)
+
+    # ------------------------------------------------------------------ sampling
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None, plain: bool = False,
+               steps_per_level: int | None = None) -> Tensor:
+        """``n`` samples of the model, drawn the way it was trained and is evaluated.
+
+        * score models: annealed Langevin over the training noise levels for
+          ``ncsn``, plain Langevin on the score otherwise (``plain=True``: a
+          2-D ``ncsn`` model by plain Langevin at its smallest level); image
+          runs start uniformly over the pixel range and are clamped to it;
+        * image EBMs: the checkpoint's chains (the replay buffer / persistent
+          chains; uniform noise beyond them) run
+          :data:`EBM_IMAGE_EXTRA_STEPS` more steps of the training sampler;
+        * 2-D EBMs: MALA (exact for the model) with the training step size from
+          uniform noise over the box, :data:`EBM_2D_MALA_STEPS` steps.
+
+        Args:
+            n: number of samples.
+            generator: all randomness.
+            plain: 2-D ``ncsn`` runs only: plain Langevin at the smallest noise level.
+            steps_per_level: score models only: Langevin steps per noise level
+                instead of the run's own (:func:`run_steps_per_level`).
+
+        Returns:
+            ``(n, *event)`` samples on the run's device.
+
+        Raises:
+            ValueError: for ``n < 1`` or ``plain`` on a run it does not apply to.
+            DivergenceError: when a chain becomes non-finite.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        if plain and not (self.method == "ncsn" and not self.is_image):
+            raise ValueError("plain=True samples a 2-D ncsn run at its smallest noise level; this run is a "
+                             f"{self.kind} model trained by {self.method}")
+        if steps_per_level is not None and not self.is_score:
+            raise ValueError("steps_per_level applies to score models; this run is an energy trained by "
+                             f"{self.method}")
+        if self.is_score:
+            return score_samples(self.model, self.config, n, generator, plain=plain, steps_per_level=steps_per_level)
+        if self.is_image:
+            return self._image_ebm_samples(n, generator)
+        from ..evaluation import model_samples
+
+        x, _ = model_samples(self.model, self.bounds, num_chains=n, num_steps=EBM_2D_MALA_STEPS,
+                             step_size=self.config["train"]["step_size"], generator=generator)
+        return x
+
+    def chains(self) -> Tensor | None:
+        """The checkpoint's negative chains (replay buffer / persistent chains), or ``None``."""
+        tensors, _ = load_checkpoint(self.path / CHECKPOINT, device=self.device)
+        return tensors.get("buffer.data")
+
+    def _image_ebm_samples(self, n: int, generator: torch.Generator | None) -> Tensor:
+        from ..training import negatives
+
+        m = self.config["model"]
+        start = self.chains()
+        start = start[:n] if start is not None else start
+        have = 0 if start is None else start.shape[0]
+        if have < n:  # cd / short-run keep no chains: uniform noise in the pixel range
+            shape = (n - have, m["in_channels"], m["image_size"], m["image_size"])
+            noise = (torch.rand(shape, generator=generator) * 2 - 1).to(self.device)
+            start = noise if start is None else torch.cat([start, noise])
+        return negatives(self.model, self.chain_sampler(), start, EBM_IMAGE_EXTRA_STEPS, generator=generator)[0]
+
+
+def score_samples(model: nn.Module, config: dict[str, Any], n: int, generator: torch.Generator | None,
+                  x0: Tensor | None = None, *, plain: bool = False, steps_per_level: int | None = None) -> Tensor:
+    """Samples of a trained score model as its config says (see :meth:`Run.sample`); the one recipe that
+    training-time evaluation, ``ebmlab evaluate`` and ``ebmlab sample --model`` share."""
+    from ..score_training import at_noise_level, sample_images, sample_scores
+
+    tr = config["train"]
+    sigmas = tr.get("sigmas")
+    sigmas = torch.tensor(sigmas) if sigmas else None
+    bounds = config["data"].get("bounds")
+    if plain and tr["method"] == "ncsn":
+        return sample_scores(at_noise_level(model, float(sigmas[-1])), method="dsm", n=n,
+                             bounds=[tuple(b) for b in bounds], x0=x0,
+                             steps_per_level=steps_per_level or TOY_STEPS_PER_LEVEL["other"], generator=generator)
+    per_level = steps_per_level or run_steps_per_level(config)
+    if config["model"]["kind"] == "score_conv":
+        return sample_images(model, method=tr["method"], n=n, sigmas=sigmas,
+                             value_range=tuple(config["data"].get("range", (-1.0, 1.0))),
+                             steps_per_level=per_level, generator=generator)
+    return sample_scores(model, method=tr["method"], n=n, bounds=[tuple(b) for b in bounds], x0=x0, sigmas=sigmas,
+                         steps_per_level=per_level, generator=generator)
+
+
+def load_run(run_dir: str | os.PathLike, *, device: torch.device | str = "cpu", ema: bool = True
+             ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """The trained model of a run directory, in eval mode with no parameter gradients (see :meth:`Run.load`).
+
+    Returns:
+        ``(model, config, checkpoint_meta)``.
+
+    Raises:
+        FileNotFoundError: when the directory, its config or its checkpoint is missing.
+        ValueError: for a device this machine does not have (named), or a bad model config.
+    """
+    device = resolve_device(device)
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory {run} does not exist")
+    if not (run / CONFIG).is_file():
+        raise FileNotFoundError(f"{run} has no {CONFIG}: not a run directory written by `ebmlab train` or "
+                                "ebmlab.runs.train")
+    try:
+        config = json.loads((run / CONFIG).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{run / CONFIG} is not valid JSON: {err}") from err
+    if not (run / CHECKPOINT).is_file():
+        raise FileNotFoundError(f"{run} has no {CHECKPOINT}: the run wrote no checkpoint yet")
+    tensors, meta = load_checkpoint(run / CHECKPOINT, device=device)
+    prefix = "ema." if ema and any(k.startswith("ema.") for k in tensors) else "model."
+    model = build_energy(config["model"]).to(device)
+    model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval(), config, meta

@@ -1,0 +1,282 @@
+"""``sample(cfg)``: the ``ebmlab sample`` job from Python: draw from an analytic target or a trained run
+with a named sampler, and report the diagnostics (acceptance, ESS, R-hat, distances to the exact law)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..devices import resolve_device
+from .config import ConfigError
+from .run import Run
+
+__all__ = ["INITS", "SCORE_SAMPLERS", "SampleConfig", "sample"]
+
+#: Where chains start: standard normal noise (as in the lecture), uniform over the target's box, exact samples.
+INITS = ("normal", "uniform", "exact")
+#: Samplers of a trained score model: annealed Langevin over its noise levels, or plain Langevin on its score.
+SCORE_SAMPLERS = ("annealed", "langevin")
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """One sampling job.
+
+    Attributes:
+        target: an analytic target name (ignored when sampling a run).
+        sampler: ``rwmh``, ``ula``, ``mala``, ``hmc``, ``rejection``; for a score run
+            ``annealed`` or ``langevin``; ``None``: ``mala``, or a score run's own.
+        step_size: eps of ULA/MALA/HMC; RWMH's proposal sigma; rejection's proposal scale in target sds.
+        num_leapfrog: HMC's leapfrog steps.
+        chains, steps, burn_in, thin: the chains (steps include burn-in).
+        init: one of :data:`INITS`.
+        seed, device, dtype: the generator's seed, ``cpu``/``cuda[:N]``, ``float32``/``float64``.
+        compile: run the sampler step through ``torch.compile``.
+        steps_per_level: score runs only: Langevin steps per noise level (default: the run's own).
+    """
+
+    target: str = "banana"
+    sampler: str | None = None
+    step_size: float = 0.3
+    num_leapfrog: int = 10
+    chains: int = 1000
+    steps: int = 2000
+    burn_in: int = 500
+    thin: int = 1
+    init: str = "normal"
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    compile: bool = False
+    steps_per_level: int | None = None
+
+    def checked(self) -> SampleConfig:
+        """This config with its values checked (:class:`ConfigError` naming the field)."""
+        if not (isinstance(self.step_size, (int, float)) and math.isfinite(self.step_size) and self.step_size > 0):
+            raise ConfigError(f"{{0}} must be a finite number > 0, got {self.step_size}", "step_size")
+        for name, lo in (("num_leapfrog", 1), ("chains", 1), ("steps", 1), ("burn_in", 0), ("thin", 1),
+                         ("steps_per_level", 1)):
+            v = getattr(self, name)
+            if name == "steps_per_level" and v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"{{0}} must be an integer >= {lo}, got {v!r}", name)
+        if self.burn_in >= self.steps:
+            raise ConfigError(f"{{0}} must be smaller than {{1}}, got burn-in {self.burn_in} and steps {self.steps}",
+                              "burn_in", "steps")
+        if self.init not in INITS:
+            raise ConfigError(f"{{0}} must be one of {', '.join(INITS)}, got {self.init!r}", "init")
+        if self.dtype not in _DTYPES:
+            raise ConfigError(f"{{0}} must be one of {sorted(_DTYPES)}, got {self.dtype!r}", "dtype")
+        try:
+            resolve_device(self.device)
+        except ValueError as err:
+            raise ConfigError.of(err, "device", prefix="{0}: ") from err
+        return self
+
+
+@dataclass(frozen=True)
+class _ModelTarget:
+    """A trained 2-D energy seen through the target interface (dim, bounds; no exact sampler)."""
+
+    energy: Any
+    dim: int
+    bounds: tuple
+    dtype: torch.dtype
+    has_exact_sampler: bool = False
+
+    def __call__(self, x: Tensor) -> Tensor:  # evaluate in the model's dtype (quadrature grids are float64)
+        return self.energy(x.to(self.dtype)).to(x.dtype)
+
+
+def _initial_points(cfg: SampleConfig, target: Any, generator: torch.Generator, device: torch.device,
+                    dtype: torch.dtype) -> Tensor:
+    if cfg.init == "exact":
+        if not target.has_exact_sampler:
+            raise ConfigError(f"{{0}} exact: target {cfg.target!r} has no exact sampler", "init")
+        return target.sample(cfg.chains, generator=generator, device=device, dtype=dtype)
+    if cfg.init == "normal":
+        return torch.randn((cfg.chains, target.dim), generator=generator, device=device, dtype=dtype)
+    lo = torch.tensor([b[0] for b in target.bounds], device=device, dtype=dtype)
+    hi = torch.tensor([b[1] for b in target.bounds], device=device, dtype=dtype)
+    return lo + (hi - lo) * torch.rand((cfg.chains, target.dim), generator=generator, device=device, dtype=dtype)
+
+
+def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, out: str | os.PathLike | None = None,
+           plot: str | os.PathLike | None = None, callback: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Sample an analytic target (or a trained run) as ``cfg`` says, and return the summary dict.
+
+    Args:
+        cfg: the job.
+        model: a trained run (directory or :class:`Run`) to sample instead of ``cfg.target``;
+            2-D energies are sampled by ``cfg.sampler``, score models by annealed or plain Langevin.
+        out: write samples, energies and acceptance (and the config) to this ``.npz``.
+        plot: write a samples-over-density figure (2-D; a grid of images for image score runs).
+        callback: ``callback(steps_done)`` after each transition (a progress bar).
+
+    Returns:
+        What ``ebmlab sample --json`` prints: the settings, ``acceptance_rate``, ``mean``, ``cov``,
+        ``ess_bulk_min``, ``rhat_max``, ``seconds``, ``chain_steps_per_second``, and
+        ``mmd_to_exact`` / ``kl_to_exact`` where the target allows.
+
+    Raises:
+        ConfigError: for bad settings (naming the field).
+        FileNotFoundError, ValueError: for a run that cannot be opened or sampled that way.
+        DivergenceError: when chains diverge.
+    """
+    from .. import evaluation, samplers
+    from ..energies import targets
+
+    cfg = cfg.checked()
+    device, dtype = resolve_device(cfg.device), _DTYPES[cfg.dtype]
+    run = None
+    if model is not None:
+        run = model if isinstance(model, Run) else Run.load(model, device=device)
+        if run.is_score:
+            return _sample_score_run(cfg, run, out=out, plot=plot)
+        if run.kind != "mlp":
+            raise ValueError(f"model {run.path}: sampling handles 2-D vector energies and score models; this run "
+                             f"holds a {run.kind!r} model")
+        if cfg.sampler == "rejection":
+            raise ConfigError("{0} rejection needs an analytic target (a model has no mean/cov for q)", "sampler")
+        if cfg.init == "exact":
+            raise ConfigError("{0} exact needs an analytic target; a trained model has no exact sampler", "init")
+        target: Any = _ModelTarget(energy=run.model, dim=run.config["model"]["dim"],
+                                   bounds=tuple(tuple(b) for b in run.bounds), dtype=next(run.model.parameters()).dtype)
+        name = f"model:{model if not isinstance(model, Run) else run.path}"
+    else:
+        try:
+            target = targets.get(cfg.target)
+        except ValueError as err:
+            raise ConfigError.of(err, "target", prefix="{0}: ") from err
+        name = cfg.target
+    if cfg.steps_per_level is not None:
+        raise ConfigError("{0} sets the Langevin steps per noise level of a score model; this is MCMC on an energy "
+                          "(use {1})", "steps_per_level", "steps")
+    cfg = replace(cfg, sampler=cfg.sampler or "mala")
+    if cfg.sampler in SCORE_SAMPLERS:
+        raise ConfigError(f"{{0}} {cfg.sampler} draws from a trained score model: pass {{1}} RUN_DIR of a run "
+                          "trained by a score method (annealed: {2} ncsn); for an energy, ULA is {0} ula",
+                          "sampler", "model", "method")
+    if cfg.sampler == "rejection" and target.dim > 2:
+        raise ConfigError("{0} rejection needs a 1-D or 2-D target (C is found on a grid)", "sampler")
+    try:
+        sampler = samplers.build_sampler(cfg.sampler, cfg.step_size, num_leapfrog=cfg.num_leapfrog,
+                                         target=target if cfg.sampler == "rejection" else None)
+    except ValueError as err:  # e.g. a rejection proposal that does not dominate the target
+        raise ConfigError.of(err, "sampler", prefix="{0}: ") from err
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    x0 = _initial_points(cfg, target, generator, device, dtype)
+    trace = samplers.sample(target, sampler, x0, cfg.steps, generator=generator, burn_in=cfg.burn_in, thin=cfg.thin,
+                            callback=(lambda t, s, i: callback(t + 1)) if callback is not None else None,
+                            compile=cfg.compile and cfg.sampler != "rejection")
+    flat = trace.samples.reshape(-1, target.dim)
+    summary = evaluation.summarize(trace.samples)
+    result = {**asdict(cfg), **({"target": name} if run is not None else {}),
+              "acceptance_rate": float(trace.acceptance_rate.mean()), "mean": summary["mean"], "cov": summary["cov"],
+              "ess_bulk_min": summary["ess_bulk_min"], "rhat_max": summary["rhat_max"], "seconds": trace.seconds,
+              "chain_steps_per_second": trace.chain_steps_per_second}
+    if target.has_exact_sampler:
+        ref_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        exact = target.sample(min(flat.shape[0], 4000), generator=ref_gen, device=device, dtype=dtype)
+        result["mmd_to_exact"] = evaluation.mmd(flat, exact, generator=ref_gen)
+    if target.dim == 2:
+        with warnings.catch_warnings():  # samples outside the box: reported as a field instead
+            warnings.simplefilter("ignore")
+            key = "kl_to_exact" if run is None else "kl_to_model_density"
+            result[key] = evaluation.histogram_kl(flat, target, target.bounds, dtype=flat.dtype)
+        lo = torch.tensor([b[0] for b in target.bounds], dtype=flat.dtype, device=flat.device)
+        hi = torch.tensor([b[1] for b in target.bounds], dtype=flat.dtype, device=flat.device)
+        result["fraction_outside_box"] = float(((flat < lo) | (flat > hi)).any(1).double().mean())
+    if out is not None:
+        from ..io import save_npz
+
+        save_npz(out, samples=trace.samples.cpu().numpy(), energies=trace.energies.cpu().numpy(),
+                 acceptance_rate=trace.acceptance_rate.cpu().numpy(), config=np.array(json.dumps(asdict(cfg))))
+        result["out"] = str(out)
+    if plot is not None:
+        if target.dim != 2:
+            raise ConfigError("{0} draws 2-D targets only", "plot")
+        from ..viz import plot_samples, save_figure
+
+        title = (f"{cfg.sampler.upper()} on {result['target']}: eps={cfg.step_size}, {cfg.chains} chains x "
+                 f"{cfg.steps} steps, acceptance {result['acceptance_rate']:.2f}, min bulk ESS "
+                 f"{result['ess_bulk_min']:.0f}")
+        save_figure(plot_samples(target, trace.samples, target.bounds, title=title, generator=generator,
+                                 density_label="exact" if run is None else "model"), plot)
+        result["plot"] = str(plot)
+    return result
+
+
+def _sample_score_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str, Any]:
+    """Score models, sampled as trained: annealed Langevin (ncsn) or Langevin on the score.
+
+    Image runs return pixel statistics and the pixel MMD to the test images
+    (``evaluate`` adds the classifier's metrics); ``plot`` draws a grid of samples."""
+    import time
+
+    from ..evaluation import mmd
+    from .run import run_steps_per_level
+
+    method = run.method
+    allowed = ("annealed",) if method == "ncsn" else ("langevin", "ula")  # ula: ULA on the learned score
+    if method == "ncsn" and not run.is_image:
+        allowed += ("langevin",)
+    sampler = cfg.sampler or allowed[0]
+    if sampler not in allowed:
+        why = {"annealed": "annealed Langevin needs a noise-conditional score (a run trained by --method ncsn)",
+               "langevin": "plain Langevin at the smallest noise level does not move at that level's step size "
+                           "in pixel space; image NCSN runs are sampled by annealed Langevin"}.get(
+                   sampler, "a score model has no energy for MH samplers")
+        raise ConfigError(f"model {run.path} is a score model trained by {method}: it is sampled by "
+                          f"{' or '.join(allowed)}, not {{0}} {sampler} ({why})", "sampler")
+    sampler = "langevin" if sampler == "ula" else sampler
+    defaults = SampleConfig()
+    ignored = [f for f in ("step_size", "num_leapfrog", "steps", "burn_in", "thin", "init", "compile")
+               if getattr(cfg, f) != getattr(defaults, f)]
+    if ignored:
+        raise ConfigError(", ".join("{%d}" % i for i in range(len(ignored))) + f": a score model is sampled as "
+                          f"trained ({sampler} Langevin with the run's noise levels and steps per level); these "
+                          "settings of MCMC on an energy do not apply", *ignored)
+    g = torch.Generator().manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    x = run.sample(cfg.chains, generator=g, plain=sampler == "langevin" and method == "ncsn",
+                   steps_per_level=cfg.steps_per_level)
+    seconds = time.perf_counter() - t0
+    _, test = run.data()
+    result: dict[str, Any] = {"target": f"model:{run.path}", "sampler": sampler, "chains": cfg.chains,
+                              "seconds": seconds}
+    if run.is_image:
+        from ..evaluation.images import pixel_mmd
+
+        result.update({"steps_per_level": cfg.steps_per_level or run_steps_per_level(run.config), "pixel_mean": float(x.mean()),
+                       "pixel_std": float(x.std()), "mmd_to_test_data": pixel_mmd(x, test, generator=g)})
+    else:
+        result.update({"mean": x.mean(0).tolist(), "cov": torch.cov(x.T).tolist(),
+                       "mmd_to_test_data": mmd(x, test, generator=g)})
+    if out is not None:
+        from ..io import save_npz
+
+        save_npz(out, samples=x.cpu().numpy(), config=np.array(json.dumps(asdict(cfg))))
+        result["out"] = str(out)
+    if plot is not None:
+        from ..viz import save_figure, scatter_pair
+
+        if run.is_image:
+            from ..evaluation.images import sample_grid
+
+            fig = sample_grid(x[:64], nrow=8, title=f"{method} samples from {run.path}")
+        else:
+            fig = scatter_pair(test, x, f"{method} samples from {run.path}")
+        result["plot"] = str(save_figure(fig, plot))
+    return result

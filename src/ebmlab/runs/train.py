@@ -1,0 +1,146 @@
+"""``train(cfg, out)``: a whole training run from a :class:`TrainConfig`, as ``ebmlab train`` runs it.
+
+Fills the run directory (``config.json``, checkpoints, ``metrics.jsonl``,
+figures), trains through the one loop (:func:`ebmlab.training.fit`, via
+``train_ebm`` or ``train_score``) with the run's evaluator, and returns the
+:class:`Run`. The same config and seed give the same numbers from Python and
+from the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..devices import resolve_device
+from ..training import prepare_run_dir
+from .config import ConfigError, TrainConfig
+from .evaluate import training_evaluator
+from .models import build_energy, data_bounds, data_section, load_data, model_section
+from .run import CONFIG, Run, chain_sampler, save_config
+
+__all__ = ["train"]
+
+Callback = Callable[[int, dict[str, Any]], None]
+
+def _check_resume(out: Path, config: dict[str, Any]) -> None:
+    saved_path = out / CONFIG
+    if not saved_path.is_file():
+        raise ValueError(f"resume: {out} has no {CONFIG}")
+    saved = json.loads(saved_path.read_text())
+    if saved.get("model") != config["model"] or saved.get("data", {}).get("name") != config["data"]["name"]:
+        raise ValueError(f"resume: the model or data differ from {saved_path}")
+
+def _build_model(model_cfg: dict[str, Any], seed: int, device: torch.device) -> torch.nn.Module:
+    """The network, initialised from the run's seed without touching the global RNG's stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_energy(model_cfg)
+    return model.to(device)
+
+def train(cfg: TrainConfig, out: str | os.PathLike, *, callbacks: Sequence[Callback] = (), resume: bool = False,
+          overwrite: bool = False, progress: bool = False) -> Run:
+    """Train the run ``cfg`` describes into the directory ``out``.
+
+    Args:
+        cfg: the run (resolved here if it was built directly).
+        out: the run directory: ``config.json``, ``checkpoint.safetensors``,
+            ``metrics.jsonl`` and figures go there.
+        callbacks: ``callback(step, row)`` after each logged row (e.g.
+            :class:`~ebmlab.runs.ProgressPrinter`, :class:`~ebmlab.runs.TensorBoardLogger`);
+            each one's ``close()``, if any, is called at the end.
+        resume: continue the run in ``out`` from its checkpoint (config.json is
+            rewritten with this config, e.g. more steps).
+        overwrite: empty an existing run in ``out`` first.
+        progress: also print a plain-text progress line every few seconds.
+
+    Returns:
+        The trained :class:`Run` (its ``summary`` holds ``run_dir``, ``steps``,
+        ``seconds``, the last logged row, and ``plot`` for 2-D EBMs).
+
+    Raises:
+        ConfigError: for a bad config value (naming the field).
+        ValueError: for a run directory that already holds a run (without
+            ``resume`` or ``overwrite``), or a resume whose model or data differ.
+        FileNotFoundError: for missing data files (the message says how to get them).
+        TrainingDiverged: when training diverges (naming the step and the last good checkpoint).
+    """
+    from ..score_training import default_sigmas, train_score
+    from ..training import train_ebm
+    from .callbacks import ProgressPrinter
+
+    cfg = cfg.resolved()
+    out = Path(out)
+    device = resolve_device(cfg.device)
+    data = data_section(cfg)
+    train_x, test = load_data(data, device=device)
+    if not cfg.images:
+        data["bounds"] = data_bounds(cfg.data, train_x.cpu())
+    model_cfg = model_section(cfg, train_x)
+    if cfg.clamp_data and cfg.clamp is None:  # the data's range: the declared pixel range for images
+        lo, hi = data["range"] if cfg.images else (float(train_x.min()), float(train_x.max()))
+        from dataclasses import replace
+
+        cfg = replace(cfg, clamp=(float(lo), float(hi)))
+    section = cfg.to_dict()
+    sigmas = None
+    if cfg.method == "ncsn":
+        try:
+            sigmas = default_sigmas(train_x, sigma_max=cfg.sigma_max, sigma_min=cfg.sigma_min,
+                                    num_sigmas=cfg.num_sigmas)
+        except ValueError as err:
+            raise ConfigError(f"{{0}}: {err}", "sigma_max") from err
+    elif cfg.method == "dsm":
+        sigmas = torch.tensor([cfg.sigma])
+    if cfg.score:
+        section["sigmas"] = None if sigmas is None else [float(v) for v in sigmas]
+    config = {"model": model_cfg, "data": data, "train": section}
+    try:
+        if resume:
+            _check_resume(out, config)
+        prepare_run_dir(out, resume=resume, overwrite=overwrite)
+    except ValueError as err:  # the run directory's state: a user's choice to make, named
+        raise ConfigError.of(err) from err
+    save_config(out, config)
+    model = _build_model(model_cfg, cfg.seed, device)
+    evaluate = training_evaluator(config, out, test)
+    hooks = list(callbacks) + ([ProgressPrinter(cfg.steps)] if progress else [])
+
+    def callback(step: int, row: dict[str, Any]) -> None:
+        for hook in hooks:
+            hook(step, row)
+
+    common = dict(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, grad_clip=cfg.grad_clip, ema_decay=cfg.ema,
+                  generator=torch.Generator(device=device).manual_seed(cfg.seed), run_dir=out, resume=resume,
+                  log_every=max(1, min(50, cfg.eval_every)), checkpoint_every=cfg.eval_every, evaluate=evaluate,
+                  eval_every=cfg.eval_every, callback=callback, max_seconds=cfg.max_seconds)
+    try:
+        if cfg.score:
+            result = train_score(model, train_x, method=cfg.method, sigma=cfg.sigma, sigmas=sigmas, **common)
+        else:
+            result = train_ebm(model, train_x, sampler=chain_sampler(section, images=cfg.images),
+                               method=cfg.method, mcmc_steps=cfg.langevin_steps, alpha=cfg.alpha,
+                               data_noise=cfg.data_noise, buffer_size=cfg.buffer_size, reinit_prob=cfg.reinit_prob,
+                               **common)
+    finally:
+        for hook in hooks:
+            close = getattr(hook, "close", None)
+            if close is not None:
+                close()
+    last = result.history[-1] if result.history else {}
+    summary = {"run_dir": str(out), "steps": result.step, "seconds": result.seconds, **last}
+    run = Run.load(out, device=device)
+    if result.buffer is not None and not cfg.images and train_x.shape[1] == 2:  # the chains the model trained against
+        from ..viz import plot_samples, save_figure
+
+        fig = plot_samples(run.model, result.buffer.data.cpu(), run.bounds,
+                           generator=torch.Generator().manual_seed(cfg.seed + 17), density_label="model",
+                           title=f"{cfg.method} on {cfg.data} after {result.step} steps: model density and "
+                                 f"its {len(result.buffer)} negative chains")
+        summary["plot"] = str(save_figure(fig, out / f"samples_{result.step}.png"))
+    run.summary = summary
+    return run
