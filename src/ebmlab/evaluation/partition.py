@@ -22,6 +22,10 @@ e.g. a Gaussian inside ±8 sd). The reported ``error`` is the difference between
 the estimates at ``resolution`` and ``resolution // 2``; under O(h²) convergence
 that difference is about 3× the actual error at ``resolution``, so it is a
 conservative estimate.
+
+The grid machinery (bounds checks, cell centres, chunked energies, bin masses)
+is :mod:`ebmlab.grid`, shared with the samplers, toy data and the playground;
+this module adds the log Z API on top of it.
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ from ebmlab.grid import (
     check_bounds,
     grid_axes,
     grid_energies,
-    log_bin_masses,
     log_integral,
     quadrature_grid,
 )
@@ -51,10 +54,6 @@ __all__ = [
     "normalized_log_prob",
     "quadrature_grid",
 ]
-
-# The playground imported the private name before ebmlab.grid existed; kept until it uses grid.log_bin_masses.
-_log_bin_masses = log_bin_masses
-
 
 class LogPartition(NamedTuple):
     """Result of :func:`log_partition`.
