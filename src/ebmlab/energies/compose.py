@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_positive
 from .core import energy_and_score, evaluate_energy
 
 __all__ = ["Mixture", "Product", "Tempered", "mixture", "product", "tempered"]
@@ -93,11 +94,7 @@ class Tempered(_Composite):
 
     def __init__(self, energy: EnergyFn, temperature: float) -> None:
         super().__init__([energy])
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-            math.isfinite(temperature) and temperature > 0
-        ):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-        self.temperature = float(temperature)
+        self.temperature = check_positive("temperature", temperature)
 
     def forward(self, x: Tensor) -> Tensor:
         return evaluate_energy(self.parts[0], x) / self.temperature

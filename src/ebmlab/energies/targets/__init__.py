@@ -20,7 +20,18 @@ Definitions follow the classic MCMC gallery so results are comparable.
 Constants are Python floats (or tensors cast once per device and dtype), so a
 target works on any device and dtype: it follows ``x``.
 
-Use :func:`get` with one of :func:`names` to build a target by name.
+Gaussians and Gaussian mixtures also have ``perturbed(sigma, scale=1.0)``,
+the target of the law of ``scale * X + sigma * Z`` (``Z ~ N(0, I)``
+independent of ``X``) in closed form: the noised marginals that annealed
+Langevin's exact score (:func:`ebmlab.samplers.exact_perturbed_score`) and
+diffusion models need.
+
+Use :func:`get` with one of :func:`names` to build a target by name. One file
+per family: :mod:`.base` (the :class:`Target` base class and the helpers the
+families share), :mod:`.gaussian`, :mod:`.mixture`, :mod:`.sheared` (banana,
+squiggle), :mod:`.radial` (donut, rings), :mod:`.funnel`, and
+:mod:`.registry` (:func:`get`, :func:`names`). ``ebmlab.targets`` re-exports
+this package's names.
 """
 
 from .base import Target
