@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["default_generator", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -30,3 +30,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
             raise ValueError(f"device {str(device)!r} asked for, but this machine has "
                              f"{torch.cuda.device_count()} CUDA device(s)")
     return dev
+
+
+def default_generator(device: str | torch.device = "cpu") -> torch.Generator:
+    """torch's global default generator of ``device``: what ``generator=None`` means everywhere in ebmlab,
+    as in torch (never a fresh, reseeded one)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.default_generators[dev.index if dev.index is not None else torch.cuda.current_device()]
+    return torch.default_generator

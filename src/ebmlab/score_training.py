@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_int
+from .devices import default_generator
 from .objectives.score_matching import (
     EXACT_TRACE_WARN_DIM,
     denoising_score_matching,
@@ -166,7 +167,8 @@ def train_score(
         ema_decay: keep an exponential moving average of the weights, decay
             warmed up as ``min(ema_decay, (1 + step) / (10 + step))``; ``None``: off.
         grad_clip: clip the parameter gradient's global norm (``None``: off).
-        generator: all randomness (batches, noise, levels, projections).
+        generator: all randomness (batches, noise, levels, projections);
+            ``None``: torch's global default generator (as in torch).
         run_dir: where metrics and checkpoints go (``None``: nothing written).
         resume: continue from ``run_dir``'s checkpoint.
         overwrite: empty an existing run in ``run_dir`` first (without it, or
@@ -200,7 +202,7 @@ def train_score(
     if trace is None:
         trace = "exact" if train_data[0].numel() <= EXACT_TRACE_WARN_DIM else "hutchinson"
     device, dtype = train_data.device, train_data.dtype
-    generator = generator if generator is not None else torch.Generator(device=device).manual_seed(0)
+    generator = generator if generator is not None else default_generator(device)
     levels: Tensor | None = None
     if method == "ncsn":
         levels = (torch.as_tensor(sigmas, dtype=torch.float64) if sigmas is not None

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from .checks import check_int
+from .devices import default_generator
 from .io import atomic_write
 from .objectives.buffer import ReplayBuffer
 from .objectives.contrastive import METHODS, contrastive_divergence, start_negatives
@@ -250,6 +251,9 @@ def fit(
             raise ValueError(f"{ckpt} was written by method {meta.get('method')!r}, not {method!r}")
         if load_extra is not None:
             load_extra(tensors, meta)
+        if generator is default_generator(generator.device):
+            raise ValueError("resume=True needs an explicit generator: its state is restored from the checkpoint, "
+                             "and ebmlab never reseeds torch's global default generator")
         start = restore_training_state(tensors, meta, model, optimizer, generator, ema)
         truncate_metrics(run_path / METRICS, start)
     last_good = str(run_path / CHECKPOINT) if resume else None
@@ -380,8 +384,8 @@ def train_ebm(
         ema_decay: keep an exponential moving average of the weights (decay
             warmed up as ``min(ema_decay, (1 + step) / (10 + step))``;
             ``None``: off).
-        generator: all randomness (data batches, noise, MCMC); default a
-            generator seeded with 0.
+        generator: all randomness (data batches, noise, MCMC); ``None``:
+            torch's global default generator (as in torch).
         run_dir: where metrics and checkpoints go (``None``: nothing written).
         resume: continue from ``run_dir``'s checkpoint.
         overwrite: empty an existing run in ``run_dir`` first (without it, or
@@ -414,7 +418,7 @@ def train_ebm(
         raise ValueError("resume=True needs the run_dir to resume from")
     if alpha is None:
         alpha = default_alpha(method, images=train_data.dim() > 2)
-    generator = generator if generator is not None else torch.Generator(device=train_data.device).manual_seed(0)
+    generator = generator if generator is not None else default_generator(train_data.device)
     device, dtype, event = train_data.device, train_data.dtype, tuple(train_data.shape[1:])
     if noise is None:
         noise = uniform_noise(float(train_data.min()), float(train_data.max()), event, device=device, dtype=dtype)

@@ -55,7 +55,7 @@ def test_regulariser_and_metrics():
     loss, m = contrastive_divergence(energy, x_pos, x_neg, alpha=0.5)
     # E+ = 2, E- = 4: loss = 2 - 4 + 0.5 * (4 + 16) = 8
     assert float(loss) == pytest.approx(8.0)
-    assert m["energy_gap"] == pytest.approx(2.0) and m["regulariser"] == pytest.approx(20.0)
+    assert float(m["energy_gap"]) == pytest.approx(2.0) and float(m["regulariser"]) == pytest.approx(20.0)
 
 
 def test_non_finite_energy_is_an_error_not_a_zero():

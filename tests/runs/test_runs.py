@@ -192,3 +192,20 @@ def test_import_ebmlab_gives_the_run_layer():
     import ebmlab
 
     assert ebmlab.runs.train is runs.train and ebmlab.runs.Run is runs.Run
+
+
+def test_generator_none_is_the_global_default_and_is_never_reseeded(tmp_path):
+    from ebmlab import Langevin, MLPEnergy
+    from ebmlab.training import train_ebm
+
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    kw = dict(sampler=Langevin(0.1), steps=2, batch_size=8, mcmc_steps=1)
+    torch.manual_seed(5)
+    a = train_ebm(MLPEnergy(2, hidden=(8,)), data, **kw).history[-1]["loss"]
+    torch.manual_seed(5)
+    b = train_ebm(MLPEnergy(2, hidden=(8,)), data, **kw).history[-1]["loss"]
+    c = train_ebm(MLPEnergy(2, hidden=(8,)), data, **kw).history[-1]["loss"]  # the stream moved on
+    assert a == b and c != a
+    train_ebm(MLPEnergy(2, hidden=(8,)), data, run_dir=tmp_path, generator=torch.Generator().manual_seed(0), **kw)
+    with pytest.raises(ValueError, match="explicit generator"):
+        train_ebm(MLPEnergy(2, hidden=(8,)), data, run_dir=tmp_path, resume=True, **{**kw, "steps": 4})

@@ -77,7 +77,7 @@ def digits_evaluator(run_dir: str | os.PathLike, test: Tensor, sampler: Any, gen
         ``feature_mmd`` and ``pixel_mmd`` (against ``test``).
     """
     from ..data import load_digits
-    from ..objectives.contrastive import run_chains
+    from ..samplers.base import sample
     from ..viz.plots import save_figure
 
     run_dir = Path(run_dir)
@@ -88,7 +88,7 @@ def digits_evaluator(run_dir: str | os.PathLike, test: Tensor, sampler: Any, gen
             state["clf"] = load_or_train_classifier(run_dir / "classifier.safetensors", load_digits(split="train"),
                                                     test=load_digits(split="test"))
         x0 = negatives[:num_samples]
-        x, _ = run_chains(model, sampler, x0, extra_steps, generator=generator)
+        x = sample(model, sampler, x0.detach(), extra_steps, generator=generator, keep="last").samples[0]
         m = classifier_metrics(x, state["clf"], reference=test, generator=generator)
         save_figure(sample_grid(x[:64], nrow=8, title=f"samples after {step} steps"), run_dir / f"samples_{step}.png")
         return {k: float(m[k]) for k in ("mean_max_prob", "min_class_fraction", "feature_mmd", "pixel_mmd")}

@@ -1,7 +1,7 @@
 """How to learn: maximum likelihood with MCMC negatives, and score matching (one objective per module)."""
 
 from .buffer import ReplayBuffer
-from .contrastive import METHODS, contrastive_divergence, run_chains, start_negatives
+from .contrastive import METHODS, contrastive_divergence, start_negatives
 from .denoising import denoising_score_matching
 from .implicit import implicit_score_matching
 from .ncsn import geometric_sigmas, ncsn_loss
@@ -15,7 +15,6 @@ __all__ = [
     "geometric_sigmas",
     "implicit_score_matching",
     "ncsn_loss",
-    "run_chains",
     "sliced_score_matching",
     "start_negatives",
 ]

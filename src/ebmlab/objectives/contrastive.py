@@ -19,22 +19,22 @@ that produce ``x-`` start (:func:`start_negatives`):
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from ..energies.core import evaluate_energy
-from ..samplers.base import DivergenceError, check_finite_state
+from ..samplers.base import DivergenceError
 from .buffer import ReplayBuffer
 
-__all__ = ["METHODS", "contrastive_divergence", "run_chains", "start_negatives"]
+__all__ = ["METHODS", "contrastive_divergence", "start_negatives"]
 
 METHODS = ("cd", "short-run", "pcd", "buffer")
 
 
 def contrastive_divergence(energy: Callable[[Tensor], Tensor], x_pos: Tensor, x_neg: Tensor, *,
-                           alpha: float = 0.0) -> tuple[Tensor, dict[str, float]]:
+                           alpha: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
     """The contrastive (maximum-likelihood) loss and its metrics.
 
     Args:
@@ -44,7 +44,7 @@ def contrastive_divergence(energy: Callable[[Tensor], Tensor], x_pos: Tensor, x_
         alpha: weight of the energy-magnitude regulariser.
 
     Returns:
-        ``(loss, metrics)``; metrics hold ``energy_pos``, ``energy_neg``,
+        ``(loss, metrics)``; metrics (detached 0-d tensors) hold ``energy_pos``, ``energy_neg``,
         ``energy_gap`` (``E(x-) - E(x+)``, positive once data are more
         probable than samples) and ``regulariser``.
 
@@ -59,11 +59,12 @@ def contrastive_divergence(energy: Callable[[Tensor], Tensor], x_pos: Tensor, x_
         raise DivergenceError("non-finite energy on the data or the negatives")
     reg = (e_pos**2).mean() + (e_neg**2).mean()
     loss = e_pos.mean() - e_neg.mean() + alpha * reg
+    # detached 0-d tensors: a training loop turns them into numbers only when it logs (no sync per step)
     metrics = {
-        "energy_pos": float(e_pos.detach().mean()),
-        "energy_neg": float(e_neg.detach().mean()),
-        "energy_gap": float((e_neg - e_pos.mean()).detach().mean()),
-        "regulariser": float(reg.detach()),
+        "energy_pos": e_pos.detach().mean(),
+        "energy_neg": e_neg.detach().mean(),
+        "energy_gap": (e_neg - e_pos.mean()).detach().mean(),
+        "regulariser": reg.detach(),
     }
     return loss, metrics
 
@@ -95,23 +96,3 @@ def start_negatives(method: str, x_pos: Tensor, *, noise: Callable[[int, torch.G
         x0, index = buffer.sample(n, generator=generator)
         return x0.to(x_pos), index
     raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-
-
-def run_chains(energy: Any, sampler: Any, x0: Tensor, num_steps: int, *,
-               generator: torch.Generator | None = None) -> tuple[Tensor, float]:
-    """Run ``num_steps`` sampler transitions from ``x0`` and return the end points.
-
-    Unlike :func:`ebmlab.sample` nothing is stored but the last state: this
-    is the inner loop of training. Model parameters get no gradient (scores
-    are taken with respect to ``x`` only).
-
-    Returns:
-        ``(x, acceptance)``: detached end points and the mean acceptance rate.
-    """
-    state = sampler.init(energy, x0.detach())
-    accepted = 0.0
-    for t in range(num_steps):
-        state, info = sampler.step(energy, state, generator=generator)
-        check_finite_state(state, t + 1)
-        accepted += float(info.accepted.float().mean())
-    return state.x.detach(), accepted / max(num_steps, 1)

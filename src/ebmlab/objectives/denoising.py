@@ -10,6 +10,8 @@ a constant, and needs no derivative of the model.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -30,7 +32,7 @@ def _check_sigma(sigma: float | Tensor) -> float:
 
 
 def denoising_score_matching(score_fn: ScoreFn, x: Tensor, sigma: float, *,
-                             generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+                             generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Any]]:
     """Denoising score matching at one noise level (Vincent 2011).
 
     Perturb ``x~ = x + sigma z``, ``z ~ N(0, I)``; the score of the noise
@@ -65,5 +67,4 @@ def denoising_score_matching(score_fn: ScoreFn, x: Tensor, sigma: float, *,
     s = call_score(score_fn, x + sigma * z).reshape(x.shape[0], -1)
     per_sample = 0.5 * ((s + z.reshape(s.shape) / sigma) ** 2).sum(1)
     loss = per_sample.mean()
-    return loss, {"loss": float(loss.detach()), "sigma": sigma,
-                  "score_norm": float(s.detach().norm(dim=1).mean())}
+    return loss, {"loss": loss.detach(), "sigma": sigma, "score_norm": s.detach().norm(dim=1).mean()}

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import warnings
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -48,7 +50,7 @@ def _exact_trace(s_flat: Tensor, xg: Tensor) -> Tensor:
 
 
 def implicit_score_matching(score_fn: ScoreFn, x: Tensor, *, trace: str = "exact", num_projections: int = 1,
-                            generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+                            generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Any]]:
     """Hyvarinen's (2005) implicit score matching loss.
 
     Hyvarinen (2005), Theorem 1: for a score model ``s``, the Fisher

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -33,7 +35,7 @@ def _check_sigmas(sigmas: Tensor) -> Tensor:
 
 
 def ncsn_loss(score_fn: NoiseConditionalScoreFn, x: Tensor, sigmas: Tensor, *,
-              generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+              generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Any]]:
     """The noise-conditional score network loss of Song & Ermon (2019).
 
     Eq. (5): at one level, ``l(sigma) = 1/2 E ||s(x~, sigma) + (x~ - x) / sigma^2||^2``
@@ -77,8 +79,8 @@ def ncsn_loss(score_fn: NoiseConditionalScoreFn, x: Tensor, sigmas: Tensor, *,
     # lambda(sigma) * 1/2 ||s + z / sigma||^2 = 1/2 ||sigma s + z||^2 (Song & Ermon 2019, eq. 5-6).
     per_sample = 0.5 * ((scaled + z.reshape(b, -1)) ** 2).sum(1)
     loss = per_sample.mean()
-    return loss, {"loss": float(loss.detach()), "sigma_mean": float(sigma.mean()),
-                  "scaled_score_norm": float(scaled.detach().norm(dim=1).mean())}
+    return loss, {"loss": loss.detach(), "sigma_mean": sigma.detach().mean(),
+                  "scaled_score_norm": scaled.detach().norm(dim=1).mean()}
 
 
 def geometric_sigmas(sigma_max: float, sigma_min: float, num: int, *,

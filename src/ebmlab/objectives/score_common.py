@@ -99,7 +99,7 @@ def score_and_leaf(score_fn: ScoreFn, x: Tensor) -> tuple[Tensor, Tensor]:
     return xg, s.reshape(x.shape[0], -1)
 
 
-def trace_metrics(loss: Tensor, norm_term: Tensor, trace_term: Tensor) -> dict[str, float]:
+def trace_metrics(loss: Tensor, norm_term: Tensor, trace_term: Tensor) -> dict[str, Tensor]:
     """The metrics of the trace-based objectives (implicit and sliced score matching).
 
     Args:
@@ -110,5 +110,4 @@ def trace_metrics(loss: Tensor, norm_term: Tensor, trace_term: Tensor) -> dict[s
     Returns:
         ``loss``, ``norm_term`` and ``trace_term`` (batch means) as Python floats.
     """
-    return {"loss": float(loss.detach()), "norm_term": float(norm_term.detach().mean()),
-            "trace_term": float(trace_term.detach().mean())}
+    return {"loss": loss.detach(), "norm_term": norm_term.detach().mean(), "trace_term": trace_term.detach().mean()}

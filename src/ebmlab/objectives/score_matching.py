@@ -24,8 +24,8 @@ one is ``(x, sigma) -> (B, *event)`` with ``sigma`` of shape ``(B,)`` (one
 noise level per sample). Every objective is a pure function returning
 ``(loss, metrics)`` like :func:`~ebmlab.objectives.contrastive_divergence`:
 ``loss`` is a scalar tensor to minimise (differentiable with respect to the
-model's parameters), ``metrics`` are detached Python floats. All randomness
-(projections, noise, noise levels) comes from the keyword-only ``generator``.
+model's parameters), ``metrics`` are detached 0-d tensors (a training loop
+turns them into numbers when it logs). All randomness (projections, noise, noise levels) comes from the keyword-only ``generator``.
 
 Samples must be scored independently: :func:`implicit_score_matching` and
 :func:`sliced_score_matching` take per-sample input gradients of the batch

@@ -9,6 +9,8 @@ backward pass per projection whatever the dimension.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -71,7 +73,7 @@ def _projected_trace(s_flat: Tensor, xg: Tensor, v: Tensor) -> Tensor:
 
 def sliced_score_matching(score_fn: ScoreFn, x: Tensor, *, num_projections: int = 1,
                           variance_reduction: bool = False, projection: str = "rademacher",
-                          generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+                          generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Any]]:
     """Sliced score matching (SSM) of Song, Garg, Shi & Ermon (2019).
 
     Eq. (7): project the score-matching objective on random directions ``v``
