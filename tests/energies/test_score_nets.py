@@ -38,7 +38,7 @@ def test_score_mlp_errors():
     with pytest.raises(ValueError, match="scale_by_sigma=True needs noise_conditional"):
         ScoreMLP(2, scale_by_sigma=True)
     with pytest.raises(ValueError, match="ignores sigma"):
-        ScoreMLP(2, noise_conditional=True, sigma_embedding=None)
+        ScoreMLP(2, noise_conditional=True, sigma_embedding=None, scale_by_sigma=False)
     net, cond = ScoreMLP(2, hidden=(8,)), ScoreMLP(2, hidden=(8,), noise_conditional=True)
     with pytest.raises(ValueError, match=r"expects x of shape \(batch, 2\), got \(4, 3\)"):
         net(torch.randn(4, 3))
@@ -141,3 +141,10 @@ def test_energy_score_errors():
         EnergyScore(Bad())(torch.randn(3, 2))
     with pytest.raises(ValueError, match="floating-point"):
         EnergyScore(MLPEnergy(2, hidden=(8,)))(torch.ones(3, 2, dtype=torch.long))
+
+
+def test_noise_conditional_score_mlp_scales_by_sigma_by_default():
+    """One set of defaults: Python's ScoreMLP is what `ebmlab train --method ncsn` builds."""
+    assert ScoreMLP(2, noise_conditional=True).scale_by_sigma
+    assert not ScoreMLP(2).scale_by_sigma
+    assert not ScoreMLP(2, noise_conditional=True, scale_by_sigma=False).scale_by_sigma

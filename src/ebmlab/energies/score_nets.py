@@ -98,7 +98,8 @@ class ScoreMLP(nn.Module):
         activation: zero-argument factory of the activation module (SiLU).
         noise_conditional: take ``(x, sigma)``.
         sigma_embedding: ``"log"``, ``"fourier"`` or ``None`` (noise-conditional only).
-        scale_by_sigma: divide the output by ``sigma`` (noise-conditional only).
+        scale_by_sigma: divide the output by ``sigma`` (noise-conditional only);
+            default ``noise_conditional`` (NCSNv2's technique 3, what ``ebmlab train`` uses).
         num_frequencies: Fourier frequencies (``"fourier"`` only).
 
     Attributes:
@@ -118,7 +119,7 @@ class ScoreMLP(nn.Module):
         activation: Activation = nn.SiLU,
         noise_conditional: bool = False,
         sigma_embedding: str | None = "log",
-        scale_by_sigma: bool = False,
+        scale_by_sigma: bool | None = None,
         num_frequencies: int = 4,
     ) -> None:
         super().__init__()
@@ -127,7 +128,9 @@ class ScoreMLP(nn.Module):
         if sigma_embedding not in SIGMA_EMBEDDINGS:
             raise ValueError(f"sigma_embedding must be one of {SIGMA_EMBEDDINGS}, got {sigma_embedding!r}")
         self.noise_conditional = bool(noise_conditional)
-        self.scale_by_sigma = bool(scale_by_sigma)
+        # default: on for noise-conditional models, the setting the CLI has always used (on a spiral the
+        # unscaled network learns a blob, the scaled one the spiral)
+        self.scale_by_sigma = bool(noise_conditional if scale_by_sigma is None else scale_by_sigma)
         if not self.noise_conditional:
             if self.scale_by_sigma:
                 raise ValueError("scale_by_sigma=True needs noise_conditional=True (the model must receive sigma)")
