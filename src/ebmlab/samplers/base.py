@@ -79,6 +79,15 @@ class Info:
             ``(num_leapfrog + 1, chains, *event)``.
         num_proposals: rejection sampling only: proposals drawn per chain
             until one was accepted, ``(chains,)``.
+        tree_depth: NUTS only: depth of each chain's trajectory tree, ``(chains,)``.
+        num_grad_evals: NUTS only: leapfrog steps (one gradient each) per chain, ``(chains,)``.
+        divergent: NUTS only: whether the chain's trajectory diverged
+            (energy error above the threshold), bool ``(chains,)``.
+        swap_accepted: parallel tempering only: whether each adjacent pair's
+            swap was accepted, bool ``(num_temperatures - 1, chains)``
+            (``False`` for pairs not proposed this step).
+        swap_proposed: parallel tempering only: which pairs were proposed,
+            bool ``(num_temperatures - 1, chains)``.
     """
 
     proposal: Tensor
@@ -87,6 +96,11 @@ class Info:
     energy_error: Tensor | None = None
     trajectory: Tensor | None = None
     num_proposals: Tensor | None = None
+    tree_depth: Tensor | None = None
+    num_grad_evals: Tensor | None = None
+    divergent: Tensor | None = None
+    swap_accepted: Tensor | None = None
+    swap_proposed: Tensor | None = None
 
     @property
     def acceptance_prob(self) -> Tensor:
