@@ -190,6 +190,11 @@ class Trace:
         final_state: the sampler state after the last step (to continue).
         num_steps: transitions taken (burn-in included).
         seconds: wall time of the loop.
+        num_grad_evals: NUTS only: gradient evaluations per chain over the
+            steps after burn-in, ``(chains,)`` (for ESS per gradient).
+        divergences: NUTS only: divergent transitions per chain after burn-in, ``(chains,)``.
+        mean_tree_depth: NUTS only: mean tree depth per chain after burn-in, ``(chains,)``.
+        extras: anything else a caller wants to keep with the trace.
     """
 
     samples: Tensor
@@ -198,6 +203,9 @@ class Trace:
     final_state: State
     num_steps: int
     seconds: float
+    num_grad_evals: Tensor | None = None
+    divergences: Tensor | None = None
+    mean_tree_depth: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -340,6 +348,7 @@ def sample(
     samples = torch.empty((kept, *state.x.shape), dtype=state.x.dtype, device=state.x.device)
     energies = torch.empty((kept, state.x.shape[0]), dtype=state.energy.dtype, device=state.x.device)
     accepted = torch.zeros(state.x.shape[0], dtype=torch.int32, device=state.x.device)
+    tree: dict[str, Tensor] = {}  # NUTS' per-chain counts, summed after burn-in
     k, checked = 0, 0
     for t in range(num_steps):
         state, info = step(state)
@@ -348,6 +357,11 @@ def sample(
             checked = t + 1
         if t >= burn_in:
             accepted += info.accepted
+            if info.num_grad_evals is not None:
+                for name in ("num_grad_evals", "divergent", "tree_depth"):
+                    v = getattr(info, name)
+                    if v is not None:
+                        tree[name] = tree[name] + v if name in tree else v.to(torch.int64)
             if keep_all and (t - burn_in) % thin == 0:
                 samples[k] = state.x
                 energies[k] = state.energy
@@ -364,4 +378,7 @@ def sample(
         final_state=state,
         num_steps=num_steps,
         seconds=seconds,
+        num_grad_evals=tree.get("num_grad_evals"),
+        divergences=tree.get("divergent"),
+        mean_tree_depth=tree["tree_depth"].double() / (num_steps - burn_in) if "tree_depth" in tree else None,
     )
