@@ -189,6 +189,7 @@ class Trace:
             steps after burn-in, shape ``(chains,)``.
         final_state: the sampler state after the last step (to continue).
         num_steps: transitions taken (burn-in included).
+        burn_in: the first transitions, not kept nor counted in the rates.
         seconds: wall time of the loop.
         num_grad_evals: NUTS only: gradient evaluations per chain over the
             steps after burn-in, ``(chains,)`` (for ESS per gradient).
@@ -203,6 +204,7 @@ class Trace:
     final_state: State
     num_steps: int
     seconds: float
+    burn_in: int = 0
     num_grad_evals: Tensor | None = None
     divergences: Tensor | None = None
     mean_tree_depth: Tensor | None = None
@@ -378,6 +380,7 @@ def sample(
         final_state=state,
         num_steps=num_steps,
         seconds=seconds,
+        burn_in=burn_in,
         num_grad_evals=tree.get("num_grad_evals"),
         divergences=tree.get("divergent"),
         mean_tree_depth=tree["tree_depth"].double() / (num_steps - burn_in) if "tree_depth" in tree else None,
