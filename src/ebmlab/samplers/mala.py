@@ -12,6 +12,17 @@ Metropolis-Hastings accept corrects for its asymmetry:
 
     log alpha = E(x) - E(x') + log q(x | x') - log q(x' | x).
 
+Preconditioned MALA (Girolami & Calderhead 2011, eq. (10) with a constant
+metric ``G = M``; Roberts & Stramer 2002): with a diagonal inverse mass
+``M^-1`` the proposal is
+
+    x' = x + (eps^2 / 2) * M^-1 s(x) + eps * M^-1/2 z,
+
+i.e. ``q(x' | x) = N(x'; x + eps^2/2 M^-1 s(x), eps^2 M^-1)``. Choosing
+``M^-1`` close to the target's variances makes one step size fit every
+coordinate (what :func:`ebmlab.samplers.adapt.adapt` estimates). Without a
+mass (``inverse_mass=None``) the numbers are the plain proposal's, bit for bit.
+
 One energy-and-gradient evaluation per step: the state caches both.
 """
 
@@ -46,13 +57,23 @@ class MALA:
     """MALA with step size ``eps`` (the lecture's Langevin proposal + MH).
 
     Args:
-        step_size: ``eps``; the proposal's standard deviation.
+        step_size: ``eps``; the proposal's standard deviation (per unit of
+            ``inverse_mass``).
+        inverse_mass: diagonal preconditioner ``M^-1``: a float, or a tensor
+            broadcastable to the event shape (e.g. the target's marginal
+            variances); ``None`` is the identity.
     """
 
     step_size: float
+    inverse_mass: float | Tensor | None = None
 
     def __post_init__(self) -> None:
         check_positive("step_size", self.step_size)
+        if isinstance(self.inverse_mass, Tensor):
+            if not bool(torch.isfinite(self.inverse_mass).all() and (self.inverse_mass > 0).all()):
+                raise ValueError("inverse_mass must be finite and > 0 everywhere")
+        else:
+            check_positive("inverse_mass", self.inverse_mass, allow_none=True)
 
     def init(self, energy, x: Tensor) -> State:
         e, s = energy_and_score(energy, x)
@@ -65,6 +86,8 @@ class MALA:
         return self.transition(energy, state, *self.draw(state, generator))
 
     def transition(self, energy, state: State, noise: Tensor, log_u: Tensor) -> tuple[State, Info]:
+        if self.inverse_mass is not None:
+            return self._preconditioned(energy, state, noise, log_u)
         half_eps2 = 0.5 * self.step_size**2
         x_new = state.x + half_eps2 * state.score + self.step_size * noise
         e_new, s_new = energy_and_score(energy, x_new)
@@ -72,6 +95,24 @@ class MALA:
         reverse = state.x - x_new - half_eps2 * s_new
         log_q_fwd = -0.5 * sum_event(noise * noise)
         log_q_rev = -sum_event(reverse * reverse) / (2 * self.step_size**2)
+        log_alpha = state.energy - e_new + log_q_rev - log_q_fwd
+        proposed = State(x=x_new, energy=e_new, score=s_new)
+        new, accepted, log_acc = mh_accept(log_alpha, state, proposed, log_u)
+        return new, Info(proposal=x_new, accepted=accepted, log_acceptance=log_acc)
+
+    def _preconditioned(self, energy, state: State, noise: Tensor, log_u: Tensor) -> tuple[State, Info]:
+        minv = self.inverse_mass
+        if isinstance(minv, Tensor):
+            minv = minv.to(device=state.x.device, dtype=state.x.dtype)
+        half_eps2 = 0.5 * self.step_size**2
+        # x' = x + eps^2/2 M^-1 s(x) + eps M^-1/2 z (Girolami & Calderhead 2011, eq. 10, constant G = M).
+        x_new = state.x + half_eps2 * minv * state.score + self.step_size * minv**0.5 * noise
+        e_new, s_new = energy_and_score(energy, x_new)
+        # log N(a; b, eps^2 M^-1) = -(a - b)^T M (a - b) / (2 eps^2) + const; the constants
+        # (log det M^-1) cancel in the ratio. Forward: a - b = eps M^-1/2 z, so it is -|z|^2/2.
+        reverse = state.x - x_new - half_eps2 * minv * s_new
+        log_q_fwd = -0.5 * sum_event(noise * noise)
+        log_q_rev = -sum_event(reverse * reverse / minv) / (2 * self.step_size**2)
         log_alpha = state.energy - e_new + log_q_rev - log_q_fwd
         proposed = State(x=x_new, energy=e_new, score=s_new)
         new, accepted, log_acc = mh_accept(log_alpha, state, proposed, log_u)
