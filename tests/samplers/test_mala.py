@@ -94,7 +94,7 @@ def test_unit_inverse_mass_gives_the_plain_chain():
 def test_preconditioned_mh_ratio_by_hand(inverse_mass):
     """One step on N(0, sigma^2) in 1-D with fixed z and log u against the hand-computed
     log alpha = log pi(x') q(x | x') - log pi(x) q(x' | x),  q(b | a) = N(b; a + eps^2/2 m s(a), eps^2 m)
-    (Girolami & Calderhead 2011, eq. 10, constant metric M = 1/m)."""
+    (Girolami & Calderhead 2011, constant metric M = 1/m)."""
     sigma, eps, m = 2.0, 0.7, 3.0
 
     def energy(x):

@@ -12,9 +12,9 @@ Metropolis-Hastings accept corrects for its asymmetry:
 
     log alpha = E(x) - E(x') + log q(x | x') - log q(x' | x).
 
-Preconditioned MALA (Girolami & Calderhead 2011, eq. (10) with a constant
-metric ``G = M``; Roberts & Stramer 2002): with a diagonal inverse mass
-``M^-1`` the proposal is
+Preconditioned MALA (Girolami & Calderhead 2011, manifold MALA with a
+constant metric ``G = M``): with a diagonal inverse mass ``M^-1`` the
+proposal is
 
     x' = x + (eps^2 / 2) * M^-1 s(x) + eps * M^-1/2 z,
 
@@ -105,7 +105,7 @@ class MALA:
         if isinstance(minv, Tensor):
             minv = minv.to(device=state.x.device, dtype=state.x.dtype)
         half_eps2 = 0.5 * self.step_size**2
-        # x' = x + eps^2/2 M^-1 s(x) + eps M^-1/2 z (Girolami & Calderhead 2011, eq. 10, constant G = M).
+        # x' = x + eps^2/2 M^-1 s(x) + eps M^-1/2 z (Girolami & Calderhead 2011, constant metric G = M).
         x_new = state.x + half_eps2 * minv * state.score + self.step_size * minv**0.5 * noise
         e_new, s_new = energy_and_score(energy, x_new)
         # log N(a; b, eps^2 M^-1) = -(a - b)^T M (a - b) / (2 eps^2) + const; the constants
