@@ -163,6 +163,30 @@ def test_adapted_sampler_recovers_an_ill_conditioned_gaussian(sampler):
     assert float(var_plain) < 0.5 * float(SCALES[-1] ** 2)  # the sd-10 coordinate is far from explored
 
 
+def test_nuts_is_tuned():
+    """NUTS (inverse_mass field, Stan's mean accept statistic): on N(0, diag(s^2)) with s from 0.32 to 3.2,
+    M^-1 is s^2 within 4 x sqrt(2 / chains) relative error, and the acceptance of a fresh run is 0.8
+    within 4 SE plus the dual averaging's shrinkage bias after the 50-step terminal buffer:
+    mu = log(10 eps0) pulls log eps up, and keeping it at x* takes a mean H of
+    gamma (mu - x*) (T + t0) / T^1.5 (x_T = mu - sqrt(T) / gamma H_bar_T), about 0.02 for T = 50."""
+    from ebmlab.samplers.nuts import NUTS
+
+    scales = torch.logspace(-0.5, 0.5, 4, dtype=torch.float64)
+    target = targets.DiagonalGaussian(scales)
+    assert default_target_accept(NUTS(1.0)) == 0.8
+    g = torch.Generator().manual_seed(8)
+    chains, warmup = 200, 150
+    adapted = adapt(target, NUTS(1.0), target.sample(chains, generator=g, dtype=torch.float64), warmup, generator=g)
+    rel = adapted.inverse_mass / scales**2 - 1
+    assert float(rel.abs().max()) <= Z * math.sqrt(2 / chains), rel
+    torch.testing.assert_close(adapted.sampler.inverse_mass, adapted.inverse_mass)
+    term = window_schedule(warmup)[2]
+    got, se_fresh, sd = fresh_acceptance(target, adapted, 100, g)
+    bias = 0.05 * math.log(10) * (term + 10) / term**1.5
+    tol = bias + Z * math.hypot(se_fresh, sd / math.sqrt(chains * term))
+    assert abs(got - 0.8) <= tol, f"NUTS acceptance {got:.4f} vs 0.8, tolerance {tol:.4f}"
+
+
 def test_adapt_mass_false_keeps_the_mass():
     target = ill_conditioned()
     g = torch.Generator().manual_seed(4)
