@@ -312,10 +312,42 @@ def test_bad_arguments_are_named(kwargs, name):
         sde.sample(score, vp, 4, event_shape=(2,), **kwargs)
 
 
-def test_a_count_needs_an_event_shape():
+def test_the_event_shape_of_a_count_comes_from_the_score_or_the_caller():
     vp = sde.VPSDE()
     score = sde.exact_score(targets.song_ermon_mixture(), vp)
+    assert sde.sample(score, vp, 4, num_steps=2).shape == (4, 2)  # ExactScore.event_shape = (2,)
+    torch.manual_seed(0)  # network initialisation only
+    net = sde.score_model(ScoreMLP(3, hidden=(8,), noise_conditional=True), vp)
+    assert sde.sample(net, vp, 4, num_steps=2).shape == (4, 3)  # the network's event_shape
+    plain = lambda x, t: score(x, t)  # noqa: E731
     with pytest.raises(ValueError, match="event_shape"):
-        sde.sample(score, vp, 4)
+        sde.sample(plain, vp, 4)
+    assert sde.sample(plain, vp, 4, num_steps=2, event_shape=(2,)).shape == (4, 2)
     with pytest.raises(ValueError, match="event_shape"):
         sde.sample(score, vp, torch.zeros(4, 2), event_shape=(2,))
+
+
+def test_what_is_not_an_sde_or_a_score_is_refused():
+    score = sde.exact_score(targets.song_ermon_mixture(), sde.VPSDE())
+    with pytest.raises(TypeError, match="marginal"):
+        sde.sample(score, object(), 4)
+    with pytest.raises(TypeError, match="score"):
+        sde.sample(None, sde.VPSDE(), 4, event_shape=(2,))
+    with pytest.raises(TypeError, match="sde must be an SDE"):
+        sde.exact_score(targets.song_ermon_mixture(), "vp")
+
+
+def test_pc_is_the_predictor_then_the_corrector_at_the_new_time_with_algorithm_5_alpha():
+    """One PC step by hand: Euler--Maruyama from T to t_1, then the corrector at t_1 with
+    alpha = 1 - beta_1 ~ a(T)^2 / a(t_1)^2 = exp(-int_{t_1}^T beta) (VP), drawing from the same stream."""
+    vp = sde.VPSDE()
+    score = sde.exact_score(targets.song_ermon_mixture(), vp)
+    x_T = vp.prior_sample((64, 2), generator=torch.Generator().manual_seed(10), dtype=DT)
+    eps = 0.6
+    got = sde.sample(score, vp, x_T, method="pc", num_steps=1, eps=eps, snr=0.2, denoise=False,
+                     generator=torch.Generator().manual_seed(11))
+    g = torch.Generator().manual_seed(11)
+    x = sde.reverse_sde_step(score, vp, x_T, torch.full((64,), 1.0, dtype=DT), 1.0 - eps, generator=g)
+    alpha = math.exp(-(vp.beta_min * (1 - eps) + 0.5 * (vp.beta_max - vp.beta_min) * (1 - eps**2)))
+    want = sde.langevin_corrector_step(score, x, torch.full((64,), eps, dtype=DT), snr=0.2, alpha=alpha, generator=g)
+    torch.testing.assert_close(got, want)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..energies.targets import DiagonalGaussian, Gaussian, GaussianMixture
-from .sdes import SDE, as_time
+from .sdes import SDE, as_time, check_sde
 
 __all__ = ["ExactScore", "exact_score"]
 
@@ -35,7 +35,8 @@ class ExactScore:
     """The exact score ``grad_x log p_t(x)`` of a target's diffusion marginal, as a score ``score(x, t)``.
 
     Also :meth:`log_prob` (``log p_t(x)``) and :meth:`marginal_target` (the
-    marginal at one time as a target). Constants are float64 on the CPU, cast
+    marginal at one time as a target); ``event_shape`` is ``(target.dim,)``
+    (images whose size is ``target.dim`` are accepted too). Constants are float64 on the CPU, cast
     to ``x``'s device and dtype once.
 
     Args:
@@ -58,8 +59,9 @@ class ExactScore:
                 f"GaussianMixture, Gaussian or DiagonalGaussian, or any target with a perturbed(sigma, scale) "
                 f"method; got {type(target).__name__}"
             )
-        self.target, self.sde = target, sde
+        self.target, self.sde = target, check_sde(sde)
         self.dim = int(target.dim)
+        self.event_shape: tuple[int, ...] = (self.dim,)
         if isinstance(target, GaussianMixture):
             self._kind = "mixture"
             means = target.means

@@ -35,7 +35,7 @@ from ..checks import check_count, check_int, check_positive
 from ..objectives.score_common import check_batch, check_choice
 from ..samplers.base import random_on
 from .sampling import probability_flow_drift
-from .sdes import SDE
+from .sdes import SDE, check_sde
 from .solvers import solve_adaptive
 
 __all__ = [
@@ -187,6 +187,7 @@ def log_likelihood(score: ScoreFn, sde: SDE, x: Tensor, *, exact_divergence: boo
         ValueError: for bad arguments (each named).
     """
     check_batch(x)
+    check_sde(sde)
     eps = check_positive("eps", eps)
     if not eps < sde.T:
         raise ValueError(f"eps must be < T = {sde.T}, got {eps!r}")

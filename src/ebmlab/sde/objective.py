@@ -34,7 +34,7 @@ from torch import Tensor
 from ..checks import check_positive
 from ..objectives.score_common import call_score, check_batch, check_choice
 from ..samplers.base import normal_like, random_on
-from .sdes import SDE, per_sample
+from .sdes import SDE, check_sde, per_sample
 
 __all__ = ["WEIGHTINGS", "dsm_loss"]
 
@@ -81,6 +81,7 @@ def dsm_loss(score: Callable[[Tensor, Tensor], Tensor], sde: SDE, x: Tensor, *,
         ValueError: for a bad weighting, ``eps`` or ``t``, or a score of the wrong shape.
     """
     check_batch(x)
+    check_sde(sde)
     check_choice("weighting", weighting, WEIGHTINGS)
     eps = check_positive("eps", eps)
     if not eps < sde.T:

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ..checks import check_count, check_int, check_positive
 from ..objectives.score_common import call_score, check_choice
 from ..samplers.base import normal_like
-from .sdes import SDE, per_sample
+from .sdes import SDE, check_sde, per_sample
 from .solvers import FIXED_STEP_METHODS, solve_adaptive, solve_fixed
 
 __all__ = [
@@ -96,7 +96,13 @@ class NoiseConditionalScore(nn.Module):
         if not callable(net):
             raise TypeError(f"net must be a callable net(x, sigma), got {type(net).__name__}")
         self.net = net
-        self.sde = sde
+        self.sde = check_sde(sde)
+
+    @property
+    def event_shape(self) -> tuple[int, ...] | None:
+        """The network's ``event_shape`` (``None`` when it has none)."""
+        shape = getattr(self.net, "event_shape", None)
+        return None if shape is None else tuple(shape)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """``net(x, std(t))``; ``t`` of shape ``(B,)``."""
@@ -250,8 +256,9 @@ class SampleInfo:
     trajectory_times: Tensor | None = None
 
 
-def _start(sde: SDE, x_or_n: Tensor | int, event_shape: Sequence[int] | None, generator: torch.Generator | None,
-           dtype: torch.dtype | None, device: torch.device | str | None) -> Tensor:
+def _start(score: ScoreFn, sde: SDE, x_or_n: Tensor | int, event_shape: Sequence[int] | None,
+           generator: torch.Generator | None, dtype: torch.dtype | None,
+           device: torch.device | str | None) -> Tensor:
     if isinstance(x_or_n, Tensor):
         if x_or_n.dim() < 2 or not x_or_n.is_floating_point() or x_or_n.shape[0] == 0:
             raise ValueError(f"x_T must be a floating-point batch (batch, *event) with batch >= 1, got shape "
@@ -261,7 +268,10 @@ def _start(sde: SDE, x_or_n: Tensor | int, event_shape: Sequence[int] | None, ge
         return x_or_n.detach().clone()
     n = check_count("num_samples", x_or_n, 1)
     if event_shape is None:
-        raise ValueError("sampling from a count needs event_shape, e.g. event_shape=(2,) or (1, 28, 28)")
+        event_shape = getattr(score, "event_shape", None)
+    if event_shape is None:
+        raise ValueError(f"sampling from a count needs event_shape, e.g. event_shape=(2,) or (1, 28, 28): the "
+                         f"score ({type(score).__name__}) has no event_shape attribute to take it from")
     shape = (n, *(check_count("event_shape", k, 1) for k in event_shape))
     return sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
 
@@ -283,7 +293,7 @@ def sample(score: ScoreFn, sde: SDE, x_or_n: Tensor | int, *, method: str = "pc"
     step ``n`` goes from ``t_n`` to ``t_{n+1}`` with the score at ``t_n``,
     and PC's corrector then runs at ``t_{n+1}`` (Algorithm 1). The VP
     corrector's ``alpha`` (Algorithm 5's ``1 - beta_i``) is
-    ``(mean_scale(t_{n+1}) / mean_scale(t_n))^2``, 1 for VE.
+    ``(mean_scale(t_n) / mean_scale(t_{n+1}))^2 = exp(-int beta) < 1``, 1 for VE.
 
     Args:
         score: ``score(x, t) -> (B, *event)``, ``t`` of shape ``(B,)``
@@ -291,7 +301,9 @@ def sample(score: ScoreFn, sde: SDE, x_or_n: Tensor | int, *, method: str = "pc"
         sde: the forward SDE.
         x_or_n: the starting points ``x(T)`` ``(B, *event)`` (drawn from the
             prior by the caller), or a number of samples to draw from
-            ``sde.prior_sample`` (then ``event_shape`` is needed).
+            ``sde.prior_sample`` (of ``event_shape``, or the score's
+            ``event_shape`` attribute: networks, :func:`score_model` and
+            :func:`~ebmlab.sde.exact_score` have one).
         method: ``"sde"`` (reverse-SDE Euler--Maruyama), ``"pc"``
             (predictor-corrector) or ``"ode"`` (probability flow).
         num_steps: predictor steps (``"sde"``, ``"pc"``) or fixed ODE steps;
@@ -306,7 +318,8 @@ def sample(score: ScoreFn, sde: SDE, x_or_n: Tensor | int, *, method: str = "pc"
             Dormand--Prince, per-sample steps), ``"rk4"``, ``"heun"`` or ``"euler"``.
         rtol: relative tolerance of ``"rk45"``.
         atol: absolute tolerance of ``"rk45"``.
-        event_shape: the shape of one sample, when ``x_or_n`` is a count.
+        event_shape: the shape of one sample, when ``x_or_n`` is a count
+            (default: ``score.event_shape``).
         dtype: the samples' dtype when ``x_or_n`` is a count (default: torch's default dtype).
         device: the samples' device when ``x_or_n`` is a count.
         num_frames: keep this many snapshots of the trajectory (``0``: none;
@@ -318,7 +331,11 @@ def sample(score: ScoreFn, sde: SDE, x_or_n: Tensor | int, *, method: str = "pc"
 
     Raises:
         ValueError: for an unknown method or solver, or bad numbers (each named).
+        TypeError: for a score that is not callable or an ``sde`` that is not an SDE.
     """
+    check_sde(sde)
+    if not callable(score):
+        raise TypeError(f"score must be a callable score(x, t), got {type(score).__name__}")
     check_choice("method", method, METHODS)
     check_choice("solver", solver, SOLVERS)
     check_int("num_steps", num_steps, 1)
@@ -335,7 +352,7 @@ def sample(score: ScoreFn, sde: SDE, x_or_n: Tensor | int, *, method: str = "pc"
     check_positive("rtol", rtol)
     check_positive("atol", atol)
     with torch.no_grad():
-        x = _start(sde, x_or_n, event_shape, generator, dtype, device)
+        x = _start(score, sde, x_or_n, event_shape, generator, dtype, device)
         b = x.shape[0]
         frames, frame_times = None, None
         if method == "ode":
@@ -362,7 +379,9 @@ def sample(score: ScoreFn, sde: SDE, x_or_n: Tensor | int, *, method: str = "pc"
                     t_next = torch.full((b,), float(times[n + 1]), dtype=x.dtype, device=x.device)
                     a_now, _ = sde.marginal(t[:1])
                     a_next, _ = sde.marginal(t_next[:1])
-                    alpha = (a_next / a_now).reshape(()) ** 2  # Algorithm 5's 1 - beta_i; 1 for VE
+                    # Algorithm 5's alpha_i = 1 - beta_i: the VP chain's signal retention over the step just
+                    # taken, a(t_n)^2 / a(t_{n+1})^2 = exp(-int beta) < 1 (t_n > t_{n+1}); 1 for VE
+                    alpha = (a_now / a_next).reshape(()) ** 2
                     for _ in range(num_corrector_steps):
                         x = langevin_corrector_step(score, x, t_next, snr=snr, alpha=alpha, generator=generator)
                     nfe += num_corrector_steps

@@ -40,7 +40,7 @@ from torch import Tensor
 from ..checks import check_nonnegative, check_positive
 from ..samplers.base import random_on
 
-__all__ = ["SDE", "SubVPSDE", "VESDE", "VPSDE", "as_time", "per_sample"]
+__all__ = ["SDE", "SubVPSDE", "VESDE", "VPSDE", "as_time", "check_sde", "per_sample"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -62,6 +62,27 @@ class SDE(Protocol):
                      dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Tensor: ...
 
     def prior_log_prob(self, x: Tensor) -> Tensor: ...
+
+
+def check_sde(sde: object) -> SDE:
+    """Check that ``sde`` has what :class:`SDE` asks for (``T``, ``marginal``, ``drift``, ``diffusion``, the prior).
+
+    Args:
+        sde: the object to check.
+
+    Returns:
+        ``sde``.
+
+    Raises:
+        TypeError: naming what is missing.
+    """
+    missing = [n for n in ("T", "marginal", "drift", "diffusion", "prior_sample", "prior_log_prob")
+               if not hasattr(sde, n)]
+    if missing:
+        raise TypeError(f"sde must be an SDE (VPSDE, VESDE, SubVPSDE or an object with T, marginal, drift, "
+                        f"diffusion, prior_sample and prior_log_prob), got {type(sde).__name__} without "
+                        f"{', '.join(missing)}")
+    return sde  # type: ignore[return-value]
 
 
 def as_time(t: Tensor | float, like: Tensor | None = None) -> Tensor:
