@@ -292,7 +292,8 @@ def solve_adaptive(fn: OdeFn, y0: State, t0: float, t1: float, *, rtol: float = 
                              (_SAFETY * norm.clamp_min(1e-300) ** _ERROR_EXPONENT).clamp(_MIN_FACTOR, _MAX_FACTOR))
         factor = torch.where(ok, factor, factor.clamp_max(1.0))
         factor = torch.where(finite, factor, torch.full_like(factor, _MIN_FACTOR))
-        h[active] = ha * factor
+        # A step shortened to land on a stop says nothing against the longer step proposed before it.
+        h[active] = torch.where(clipped & ok, torch.maximum(ha * factor, h[active]), ha * factor)
         acc_rows = active[ok]
         rej_rows = active[~ok]
         accepted[acc_rows] += 1
