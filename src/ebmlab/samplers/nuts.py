@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -62,7 +63,6 @@ from torch import Tensor
 from ..checks import check_int, check_positive
 from ..energies.core import energy_and_score
 from .base import Info, State, broadcast_chains, normal_like, random_on, uniform_log
-from .mala import sum_event
 
 __all__ = ["NUTS"]
 
@@ -117,11 +117,12 @@ class NUTS:
         if not isinstance(self.record_tree, bool):
             raise ValueError(f"record_tree must be a bool, got {self.record_tree!r}")
 
-    def _inverse_mass_like(self, x: Tensor) -> float | Tensor:
-        """``M^{-1}`` ready to broadcast against ``x`` ``(chains, *event)``: a float or a tensor on x's device."""
+    def _inverse_mass_like(self, x: Tensor) -> float | Tensor | None:
+        """``M^{-1}`` ready to broadcast against ``x`` ``(chains, *event)``: ``None`` (identity), a float,
+        or a tensor on x's device and dtype."""
         m = self.inverse_mass
         if m is None:
-            return 1.0
+            return None
         if not isinstance(m, Tensor):
             return float(m)
         event = tuple(x.shape[1:])
@@ -158,16 +159,27 @@ class NUTS:
         minv = self._inverse_mass_like(x0)
         eps, threshold = self.step_size, self.divergence_threshold
 
+        ones = x0.new_ones(x0[0].numel())
+
+        def dot(a: Tensor, b: Tensor) -> Tensor:
+            # Per-chain inner product over the event dimensions, as a matrix-vector product: on CPU
+            # it is several times faster than a sum over a short last dimension.
+            return (a * b).reshape(chains, -1) @ ones
+
+        def sharp(p: Tensor) -> Tensor:
+            return p if minv is None else minv * p  # p# = M^-1 p, the velocity dx/dt
+
         def kinetic(p: Tensor) -> Tensor:
-            return 0.5 * sum_event(p * minv * p)  # p^T M^-1 p / 2
+            return 0.5 * dot(p, sharp(p))  # p^T M^-1 p / 2
 
         def turning(pa: Tensor, pb: Tensor, rho: Tensor) -> Tensor:
             # Betancourt (2017) A.4.2 with rho less half its end momenta, as NumPyro and BlackJAX:
             # the stretch turns once either end's velocity M^-1 p points against r.
             r = rho - 0.5 * (pa + pb)
-            return (sum_event(minv * pa * r) <= 0) | (sum_event(minv * pb * r) <= 0)
+            return torch.minimum(dot(sharp(pa), r), dot(sharp(pb), r)) <= 0
 
-        p0 = normal_like(x0, generator) / (minv**0.5)  # p ~ N(0, M), M = diag(1 / inverse_mass)
+        z = normal_like(x0, generator)
+        p0 = z if minv is None else z / minv**0.5  # p ~ N(0, M), M = diag(1 / inverse_mass)
         h0 = e0 + kinetic(p0)
 
         # The tree: its two ends (to integrate further from), momentum sum, log weight and proposal.
@@ -198,8 +210,9 @@ class NUTS:
             go_right = random_on(torch.rand, (chains,), generator, device, dtype) < 0.5
             log_u_tree = uniform_log(x0, generator)
             right = broadcast_chains(go_right, x0)
-            sign = torch.where(go_right, 1.0, -1.0).to(dtype)
-            signed_eps = broadcast_chains(eps * sign, x0)
+            signed_eps = broadcast_chains(eps * (2 * go_right.to(dtype) - 1), x0)  # +-eps
+            half_eps = 0.5 * signed_eps
+            eps_minv = signed_eps if minv is None else signed_eps * minv
             # The subtree grows from the tree's end on its side ("junction" end); the other is the "far" end.
             fx = torch.where(right, right_x, left_x)
             fp = torch.where(right, right_p, left_p)
@@ -209,43 +222,38 @@ class NUTS:
                 f_off = torch.where(go_right, right_off, left_off)
                 step_off = torch.where(go_right, 1, -1)
 
-            building = active.clone()
+            # Below, the frontier (fx, fp, fs), rho_sub and log_w_sub of chains no longer building are
+            # left unmasked: they are never read again (such a chain's subtree is void or it was
+            # already stopped). Everything that outlives the doubling is masked by `building`.
+            building = active
             sub_turning = torch.zeros_like(active)
             sub_divergent = torch.zeros_like(active)
-            rho_sub = torch.zeros_like(x0)
-            log_w_sub = torch.full((chains,), -math.inf, dtype=dtype, device=device)
             sub_x, sub_e, sub_s, sub_h = prop_x, prop_e, prop_s, prop_h
-            first_p = fp
             for n in range(2**j):
                 count = int(building.sum())
                 if count == 0:
                     break
-                b = broadcast_chains(building, x0)
                 # Leapfrog (Neal 2011, eqs. 5.18-5.20) with step +-eps: dp/dt = -grad E = score.
-                p_half = fp + 0.5 * signed_eps * fs
-                x_new = torch.where(b, fx + signed_eps * (minv * p_half), fx)
+                p_half = fp + half_eps * fs
+                x_new = fx + eps_minv * p_half
                 e_new, s_new = _energy_and_score_of(energy, x_new, building, count)
-                p_new = p_half + 0.5 * signed_eps * s_new
+                p_new = p_half + half_eps * s_new
                 h_new = e_new + kinetic(p_new)
                 delta = torch.nan_to_num(h_new - h0, nan=math.inf)  # a NaN energy error diverges
                 log_w = -delta  # leaf weight exp(H0 - H), Betancourt (2017) eq. (A.3)
                 diverging = building & (delta > threshold)
                 # Stan's acceptance statistic: min(1, exp(H0 - H)) summed over every leaf built.
-                sum_accept = sum_accept + torch.where(building, torch.exp(torch.clamp(log_w, max=0.0)), 0.0)
-                num_leapfrog = num_leapfrog + building.long()
+                sum_accept = sum_accept + torch.where(building, log_w.clamp(max=0.0).exp(), 0.0)
+                num_leapfrog = num_leapfrog + building
 
                 # Multinomial sampling within the subtree (A.3.1), progressively: leaf n replaces the
                 # subtree's proposal with probability w_n / sum_{k<=n} w_k.
                 if n == 0:
-                    take = building
-                    log_w_sub = torch.where(building, log_w, log_w_sub)
-                    rho_sub = torch.where(b, p_new, rho_sub)
-                    first_p = torch.where(b, p_new, first_p)
+                    take, log_w_sub, rho_sub, first_p = building, log_w, p_new, p_new
                 else:
                     log_w_total = torch.logaddexp(log_w_sub, log_w)
                     take = building & (uniform_log(x0, generator) < log_w - log_w_total)
-                    log_w_sub = torch.where(building, log_w_total, log_w_sub)
-                    rho_sub = torch.where(b, rho_sub + p_new, rho_sub)
+                    log_w_sub, rho_sub = log_w_total, rho_sub + p_new
                 t = broadcast_chains(take, x0)
                 sub_x, sub_s = torch.where(t, x_new, sub_x), torch.where(t, s_new, sub_s)
                 sub_e, sub_h = torch.where(take, e_new, sub_e), torch.where(take, h_new, sub_h)
@@ -253,17 +261,21 @@ class NUTS:
                 if n % 2 == 0:
                     slot = (n >> 1).bit_count()
                     ck_p[slot], ck_sum[slot], ck_prev[slot] = p_new, rho_sub, fp
-                turn = self._closes_a_turning_subtree(n, p_new, rho_sub, ck_p, ck_sum, ck_prev, turning)
+                    turn = None  # an even leaf closes no subtree
+                else:
+                    turn = _closes_a_turning_subtree(n, p_new, rho_sub, ck_p, ck_sum, ck_prev, turning)
 
                 if self.record_tree:
                     f_off = torch.where(building, f_off + step_off, f_off)
                     path_x.append(x_new)
                     path_off.append(f_off)
                     path_ok.append(building)
-                fx, fp, fs = x_new, torch.where(b, p_new, fp), torch.where(b, s_new, fs)
-                sub_turning = sub_turning | (building & turn)
+                fx, fp, fs = x_new, p_new, s_new
                 sub_divergent = sub_divergent | diverging
-                building = building & ~turn & ~diverging
+                building = building & ~diverging
+                if turn is not None:
+                    sub_turning = sub_turning | (building & turn)
+                    building = building & ~turn
 
             # Join the new subtree to the tree (A.3.2): unless it is void, the tree's proposal moves to
             # the subtree's with probability min(1, W_subtree / W_tree), biased towards the new part.
@@ -274,8 +286,8 @@ class NUTS:
             prop_e, prop_h = torch.where(take, sub_e, prop_e), torch.where(take, sub_h, prop_h)
             log_w_tree = torch.where(valid, torch.logaddexp(log_w_tree, log_w_sub), log_w_tree)
             vr, vl = broadcast_chains(valid & go_right, x0), broadcast_chains(valid & ~go_right, x0)
-            right_x, right_p, right_s = torch.where(vr, fx, right_x), torch.where(vr, fp, right_p), torch.where(vr, fs, right_s)
-            left_x, left_p, left_s = torch.where(vl, fx, left_x), torch.where(vl, fp, left_p), torch.where(vl, fs, left_s)
+            right_x, right_p, right_s = (torch.where(vr, f, r) for f, r in ((fx, right_x), (fp, right_p), (fs, right_s)))
+            left_x, left_p, left_s = (torch.where(vl, f, le) for f, le in ((fx, left_x), (fp, left_p), (fs, left_s)))
             rho_merged = rho_tree + rho_sub
             # The merged tree (far end to the subtree's last leaf), and Stan 2.26's checks across the
             # junction: far end to the subtree's first leaf, junction end to the subtree's last leaf.
@@ -288,7 +300,7 @@ class NUTS:
             if self.record_tree:
                 right_off = torch.where(valid & go_right, f_off, right_off)
                 left_off = torch.where(valid & ~go_right, f_off, left_off)
-            depth = depth + active.long()
+            depth = depth + active
             divergent = divergent | sub_divergent
             active = valid & ~merged_turning
 
@@ -306,25 +318,27 @@ class NUTS:
             divergent=divergent,
         )
 
-    @staticmethod
-    def _closes_a_turning_subtree(n, p_new, rho_sub, ck_p, ck_sum, ck_prev, turning) -> Tensor:
-        """Whether leaf ``n`` of the subtree completes a sub-subtree that makes a U-turn.
 
-        Leaf ``n`` ends the sub-subtrees of ``2^m`` leaves, ``m = 1 .. t`` (``t`` the trailing one bits
-        of ``n``); the one of ``2^m`` leaves starts at the leaf in slot ``i = popcount(n >> 1) - m + 1``
-        and its right half at the leaf in slot ``i + 1``. Running sums make every stretch's momentum
-        sum: ``sum(a..b) = S_b - S_a + p_a``.
-        """
-        turn = torch.zeros(p_new.shape[0], dtype=torch.bool, device=p_new.device)
-        last = (n >> 1).bit_count()
-        trailing = ((~n & (n + 1)) - 1).bit_count()
-        for m in range(1, trailing + 1):
-            i = last - m + 1
-            turn = turn | turning(ck_p[i], p_new, rho_sub - ck_sum[i] + ck_p[i])
-            if m >= 2:  # Stan 2.26: the halves' inner ends against the outer ends of the other half
-                turn = turn | turning(ck_p[i], ck_p[i + 1], ck_sum[i + 1] - ck_sum[i] + ck_p[i])
-                turn = turn | turning(ck_prev[i + 1], p_new, rho_sub - ck_sum[i + 1] + ck_p[i + 1] + ck_prev[i + 1])
-        return turn
+def _closes_a_turning_subtree(n: int, p_new: Tensor, rho_sub: Tensor, ck_p: Tensor, ck_sum: Tensor,
+                              ck_prev: Tensor, turning: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Tensor:
+    """Whether odd leaf ``n`` of a subtree completes a sub-subtree that makes a U-turn, per chain.
+
+    Leaf ``n`` ends the sub-subtrees of ``2^m`` leaves, ``m = 1 .. t`` (``t`` the trailing one bits
+    of ``n``); the one of ``2^m`` leaves starts at the leaf in slot ``i = popcount(n >> 1) - m + 1``
+    and its right half at the leaf in slot ``i + 1`` (NumPyro's ``_leaf_idx_to_ckpt_idxs``). Running
+    sums give every stretch's momentum sum: ``sum(a..b) = S_b - S_a + p_a``.
+    """
+    last = (n >> 1).bit_count()
+    trailing = ((~n & (n + 1)) - 1).bit_count()
+    turn = None
+    for m in range(1, trailing + 1):
+        i = last - m + 1
+        t = turning(ck_p[i], p_new, rho_sub - ck_sum[i] + ck_p[i])
+        if m >= 2:  # Stan 2.26: each half's inner end against the other half's outer end
+            t = t | turning(ck_p[i], ck_p[i + 1], ck_sum[i + 1] - ck_sum[i] + ck_p[i])
+            t = t | turning(ck_prev[i + 1], p_new, rho_sub - ck_sum[i + 1] + ck_p[i + 1] + ck_prev[i + 1])
+        turn = t if turn is None else turn | t
+    return turn
 
 
 def _energy_and_score_of(energy, x: Tensor, mask: Tensor, count: int) -> tuple[Tensor, Tensor]:
