@@ -48,6 +48,45 @@ def test_every_sampler_runs_from_the_cli(sampler, capsys):
     assert json.loads(out)["sampler"] == sampler
 
 
+def test_nuts_reports_its_trees(capsys):
+    code, out, err = run_cli(["sample", "--sampler", "nuts", "--step-size", "0.3", "--max-tree-depth", "6",
+                              "--chains", "100", "--steps", "40", "--burn-in", "10", "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["sampler"] == "nuts" and r["max_tree_depth"] == 6
+    # depth d takes 2^d - 1 .. 2^(d+1) - 1 leapfrog steps: mean gradients per step sit in that band
+    assert 1 <= r["mean_tree_depth"] <= 6
+    assert 2 ** r["mean_tree_depth"] - 1 <= r["grad_evals_per_step"] * 1.0001 + 1e-9 or r["mean_tree_depth"] < 1.5
+    assert r["grad_evals_per_step"] <= 2 ** 6
+    assert r["divergences"] == 0  # banana at eps 0.3: no energy error near 1000
+
+
+def test_parallel_tempering_adapts_its_ladder_within_burn_in(capsys):
+    code, out, err = run_cli(["sample", "--target", "multimodal", "--sampler", "pt", "--base", "mala",
+                              "--num-temperatures", "4", "--max-temperature", "20", "--chains", "50",
+                              "--steps", "300", "--burn-in", "100", "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    # rounds of 32, 64, ... steps that fit in 100 burn-in steps: 32 + 64 = 96, two rounds
+    assert r["ladder_adaptation_rounds"] == 2
+    assert len(r["temperatures"]) == 4 and r["temperatures"][0] == 1.0
+    assert len(r["swap_rates"]) == 3 and all(0 <= v <= 1 for v in r["swap_rates"])
+    assert r["round_trips"] >= 0 and r["communication_barrier"] >= 0
+
+
+def test_adapt_reports_the_tuned_step_and_mass(capsys):
+    code, out, err = run_cli(["sample", "--target", "ill_conditioned", "--sampler", "hmc", "--step-size", "5",
+                              "--num-leapfrog", "5", "--adapt", "200", "--chains", "200", "--steps", "60",
+                              "--burn-in", "10", "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["adapted_step_size"] < 5 and len(r["adapted_inverse_mass"]) == 2
+    # the adapted inverse mass estimates the target's variances (ill_conditioned: sds 0.1 and 10 -> 0.01, 100)
+    lo, hi = sorted(r["adapted_inverse_mass"])
+    assert hi / lo > 100
+    assert 0.3 < r["acceptance_rate"] < 1.0
+
+
 def test_same_seed_same_result(capsys):
     args = ["sample", "--chains", "50", "--steps", "40", "--burn-in", "10", "--seed", "3", "--json"]
     a = json.loads(run_cli(args, capsys)[1])
@@ -64,6 +103,12 @@ def test_same_seed_same_result(capsys):
         (["--sampler", "gibbs"], "sampler"),
         (["--burn-in", "50", "--steps", "50"], "burn-in"),
         (["--device", "tpu"], "device"),
+        (["--sampler", "rwmh", "--adapt", "50"], "adapt"),
+        (["--sampler", "pt", "--adapt", "50"], "adapts its own temperature ladder"),
+        (["--sampler", "pt", "--base", "nuts"], "base"),
+        (["--sampler", "pt", "--max-temperature", "1"], "max-temperature"),
+        (["--sampler", "nuts", "--max-tree-depth", "0"], "max-tree-depth"),
+        (["--sampler", "pt", "--num-temperatures", "1"], "num-temperatures"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, needle, capsys):

@@ -101,6 +101,8 @@ FLOORS = {
     "grid": (["grid"], ["ebmlab.checks"]),
     "energies": (["energies"], ["ebmlab.checks", "ebmlab.grid", "ebmlab.energies"]),
     "samplers": (["samplers"], ["ebmlab.checks", "ebmlab.grid", "ebmlab.energies", "ebmlab.samplers", "ebmlab.data"]),
+    "sde": (["sde"], ["ebmlab.checks", "ebmlab.grid", "ebmlab.energies", "ebmlab.samplers", "ebmlab.objectives",
+                      "ebmlab.sde"]),
     "toy data": (["data/toy"], ["ebmlab.checks", "ebmlab.grid", "ebmlab.energies", "ebmlab.samplers", "ebmlab.data"]),
 }
 

@@ -5,7 +5,7 @@ Define an energy ``x -> (batch,)``, compute what is tractable about it
 and measure the samples.
 """
 
-from . import data, evaluation, objectives, samplers, targets, training
+from . import data, evaluation, objectives, samplers, sde, targets, training
 from .energies import (
     ConvEnergy,
     EnergyScore,
@@ -22,6 +22,10 @@ from .energies import (
 from .evaluation import exact_nll, log_partition, normalized_log_prob
 from .samplers import (
     HMC,
+    NUTS,
+    Adapted,
+    ParallelTempering,
+    adapt,
     AnnealedLangevin,
     MALA,
     DivergenceError,
@@ -40,6 +44,7 @@ __version__ = "0.1.0"
 __all__ = [
     "data",
     "runs",
+    "sde",
     "training",
     "EnergyScore",
     "ScoreMLP",
@@ -48,6 +53,10 @@ __all__ = [
     "AnnealedLangevin",
     "ConvEnergy",
     "HMC",
+    "NUTS",
+    "Adapted",
+    "ParallelTempering",
+    "adapt",
     "MLPEnergy",
     "objectives",
     "MALA",

@@ -45,9 +45,18 @@ class SamplerName(str, Enum):
     ula = "ula"
     mala = "mala"
     hmc = "hmc"
+    nuts = "nuts"
+    pt = "pt"
     rejection = "rejection"
     annealed = "annealed"
     langevin = "langevin"
+
+
+class BaseName(str, Enum):
+    mala = "mala"
+    hmc = "hmc"
+    rwmh = "rwmh"
+    ula = "ula"
 
 
 class InitName(str, Enum):
@@ -149,7 +158,9 @@ def _emit(result: dict, json_output: bool, title: str, keys: tuple[str, ...] | N
         _print_table(title, result, keys)
 
 
-_SAMPLE_KEYS = ("acceptance_rate", "mean", "cov", "ess_bulk_min", "rhat_max", "mmd_to_exact", "kl_to_exact",
+_SAMPLE_KEYS = ("acceptance_rate", "adapted_step_size", "adapted_inverse_mass", "mean_tree_depth",
+                "grad_evals_per_step", "divergences", "temperatures", "swap_rates", "round_trips",
+                "communication_barrier", "ladder_adaptation_rounds", "mean", "cov", "ess_bulk_min", "rhat_max", "mmd_to_exact", "kl_to_exact",
                 "kl_to_model_density", "fraction_outside_box", "mmd_to_test_data", "steps_per_level", "pixel_mean",
                 "pixel_std", "seconds", "chain_steps_per_second", "out", "plot")
 
@@ -158,7 +169,8 @@ _SAMPLE_KEYS = ("acceptance_rate", "mean", "cov", "ess_bulk_min", "rhat_max", "m
 def sample(
     target: str = typer.Option("banana", help="Analytic target: banana, donut, multimodal, funnel, squiggle, "
                                "standard, eight_gaussians, rings, song_ermon_mixture, ill_conditioned."),
-    sampler: Optional[SamplerName] = typer.Option(None, help="Sampling algorithm (default mala). A trained "
+    sampler: Optional[SamplerName] = typer.Option(None, help="Sampling algorithm (default mala); nuts is the "
+                                                  "No-U-Turn sampler, pt parallel tempering over --base. A trained "
                                                   "score model (--model): annealed (Langevin over the noise "
                                                   "levels; the default for ncsn) or langevin (plain Langevin "
                                                   "on the learned score; the default for the other methods, "
@@ -166,6 +178,16 @@ def sample(
     step_size: float = typer.Option(0.3, help="eps for ULA/MALA/HMC; proposal sigma for RWMH; "
                                    "for rejection, the Student-t proposal's scale in target sds."),
     num_leapfrog: int = typer.Option(10, min=1, help="HMC: leapfrog steps per transition."),
+    max_tree_depth: int = typer.Option(10, min=1, help="NUTS: maximum tree depth (at most 2^depth leapfrog "
+                                       "steps per transition)."),
+    base: BaseName = typer.Option(BaseName.mala, help="PT: the sampler at every temperature (its step size is "
+                                  "--step-size at temperature 1)."),
+    num_temperatures: int = typer.Option(8, min=2, help="PT: temperatures in the ladder, 1 included (the "
+                                         "ladder adapts during burn-in)."),
+    max_temperature: float = typer.Option(10.0, help="PT: hottest temperature of the initial geometric ladder "
+                                          "(adapted in doubling rounds that fit in --burn-in)."),
+    adapt: int = typer.Option(0, min=0, help="Warm-up steps tuning the step size (dual averaging) and a "
+                              "diagonal mass matrix (Stan's windows) before --steps; mala, hmc, nuts. 0 = off."),
     chains: int = typer.Option(1000, min=1, help="Parallel chains (the batch dimension)."),
     steps: int = typer.Option(2000, min=1, help="Transitions per chain, burn-in included."),
     burn_in: int = typer.Option(500, min=0, help="Transitions discarded first."),
@@ -192,7 +214,8 @@ def sample(
     from .runs import sample as run_sample
 
     cfg = SampleConfig(target=target, sampler=sampler.value if sampler is not None else None, step_size=step_size,
-                       num_leapfrog=num_leapfrog, chains=chains, steps=steps, burn_in=burn_in, thin=thin,
+                       num_leapfrog=num_leapfrog, max_tree_depth=max_tree_depth, base=base.value,
+                       num_temperatures=num_temperatures, max_temperature=max_temperature, adapt=adapt, chains=chains, steps=steps, burn_in=burn_in, thin=thin,
                        init=init.value, seed=seed, device=device, dtype=dtype, compile=compile,
                        steps_per_level=steps_per_level).checked()
     run = _open_run(model, device) if model is not None else None

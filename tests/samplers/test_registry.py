@@ -8,7 +8,9 @@ from ebmlab.energies import targets
 from ebmlab.samplers import (
     HMC,
     MALA,
+    NUTS,
     SAMPLER_NAMES,
+    ParallelTempering,
     Langevin,
     RandomWalkMH,
     RejectionSampler,
@@ -18,8 +20,8 @@ from ebmlab.samplers import (
 )
 
 
-def test_names_are_the_five_energy_samplers():
-    assert SAMPLER_NAMES == ("rwmh", "ula", "mala", "hmc", "rejection")
+def test_names_are_the_seven_energy_samplers():
+    assert SAMPLER_NAMES == ("rwmh", "ula", "mala", "hmc", "nuts", "pt", "rejection")
 
 
 @pytest.mark.parametrize(
@@ -32,6 +34,12 @@ def test_names_are_the_five_energy_samplers():
         ("mala", {}, MALA(0.3)),
         ("hmc", {}, HMC(0.3, num_leapfrog=10)),
         ("hmc", {"num_leapfrog": 7}, HMC(0.3, num_leapfrog=7)),
+        ("nuts", {}, NUTS(0.3, max_tree_depth=10)),
+        ("nuts", {"max_tree_depth": 6}, NUTS(0.3, max_tree_depth=6)),
+        ("pt", {}, ParallelTempering(MALA(0.3), num_temperatures=8, max_temperature=10.0)),
+        ("pt", {"base": "hmc", "num_leapfrog": 5, "num_temperatures": 4, "max_temperature": 50.0},
+         ParallelTempering(HMC(0.3, num_leapfrog=5), num_temperatures=4, max_temperature=50.0)),
+        ("pt", {"base": "ula", "score_clip": 2.0}, ParallelTempering(Langevin(0.3, grad_clip=2.0))),
         # target is what rejection fits to; the others ignore it (the CLI always has one).
         ("mala", {"target": targets.get("banana")}, MALA(0.3)),
     ],
@@ -50,11 +58,18 @@ def test_rejection_fits_a_student_t_to_the_target_and_finds_c_on_its_box():
 
 
 def test_unknown_name_lists_the_names():
-    with pytest.raises(ValueError, match=r"unknown sampler 'nuts'; expected one of: rwmh, ula, mala, hmc, rejection"):
-        build_sampler("nuts", 0.1)
+    with pytest.raises(ValueError, match=r"unknown sampler 'gibbs'; expected one of: rwmh, ula, mala, hmc, nuts, pt, "
+                                         r"rejection"):
+        build_sampler("gibbs", 0.1)
 
 
-@pytest.mark.parametrize("name", ["rwmh", "mala", "hmc", "rejection"])
+@pytest.mark.parametrize("base", ["nuts", "pt", "rejection", "annealed"])
+def test_parallel_tempering_refuses_a_base_it_cannot_temper(base):
+    with pytest.raises(ValueError, match=rf"parallel tempering's base must be one of: mala, hmc, rwmh, ula; got '{base}'"):
+        build_sampler("pt", 0.1, base=base)
+
+
+@pytest.mark.parametrize("name", ["rwmh", "mala", "hmc", "nuts", "pt", "rejection"])
 @pytest.mark.parametrize(("option", "value"), [("noise_scale", 0.01), ("score_clip", 1.0), ("clamp", (-1.0, 1.0))])
 def test_ula_options_are_refused_by_the_other_samplers(name, option, value):
     with pytest.raises(ValueError, match=rf"^{option} is an option of sampler 'ula' only; sampler '{name}' does not"):

@@ -19,10 +19,14 @@ from ..devices import resolve_device
 from .config import ConfigError
 from .run import Run
 
-__all__ = ["INITS", "SCORE_SAMPLERS", "SampleConfig", "sample"]
+__all__ = ["ADAPTABLE", "INITS", "PT_BASES", "SCORE_SAMPLERS", "SampleConfig", "sample"]
 
 #: Where chains start: standard normal noise (as in the lecture), uniform over the target's box, exact samples.
 INITS = ("normal", "uniform", "exact")
+#: Parallel tempering's base samplers (one per temperature).
+PT_BASES = ("mala", "hmc", "rwmh", "ula")
+#: Samplers ``adapt`` tunes (``None`` is the default, MALA).
+ADAPTABLE = (None, "mala", "hmc", "nuts")
 #: Samplers of a trained score model: annealed Langevin over its noise levels, or plain Langevin on its score.
 SCORE_SAMPLERS = ("annealed", "langevin")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -34,10 +38,19 @@ class SampleConfig:
 
     Attributes:
         target: an analytic target name (ignored when sampling a run).
-        sampler: ``rwmh``, ``ula``, ``mala``, ``hmc``, ``rejection``; for a score run
-            ``annealed`` or ``langevin``; ``None``: ``mala``, or a score run's own.
-        step_size: eps of ULA/MALA/HMC; RWMH's proposal sigma; rejection's proposal scale in target sds.
+        sampler: ``rwmh``, ``ula``, ``mala``, ``hmc``, ``nuts``, ``pt`` (parallel tempering over
+            ``base``), ``rejection``; for a score run ``annealed`` or ``langevin``; ``None``: ``mala``,
+            or a score run's own.
+        step_size: eps of ULA/MALA/HMC/NUTS (PT: its base's at temperature 1); RWMH's proposal sigma;
+            rejection's proposal scale in target sds.
         num_leapfrog: HMC's leapfrog steps.
+        max_tree_depth: NUTS' maximum tree depth (at most ``2^depth`` leapfrog steps per transition).
+        base: parallel tempering's sampler at every temperature: ``mala``, ``hmc``, ``rwmh`` or ``ula``.
+        num_temperatures: parallel tempering's ladder size (temperature 1 included).
+        max_temperature: parallel tempering's hottest temperature before the ladder adapts (the
+            ladder adapts during burn-in, in as many doubling rounds as fit in ``burn_in``).
+        adapt: warm-up steps of step-size and diagonal-mass adaptation (:func:`ebmlab.adapt`) before
+            ``steps`` (MALA, HMC, NUTS; 0 = off); the tuned values are reported.
         chains, steps, burn_in, thin: the chains (steps include burn-in).
         init: one of :data:`INITS`.
         seed, device, dtype: the generator's seed, ``cpu``/``cuda[:N]``, ``float32``/``float64``.
@@ -49,6 +62,11 @@ class SampleConfig:
     sampler: str | None = None
     step_size: float = 0.3
     num_leapfrog: int = 10
+    max_tree_depth: int = 10
+    base: str = "mala"
+    num_temperatures: int = 8
+    max_temperature: float = 10.0
+    adapt: int = 0
     chains: int = 1000
     steps: int = 2000
     burn_in: int = 500
@@ -64,8 +82,11 @@ class SampleConfig:
         """This config with its values checked (:class:`ConfigError` naming the field)."""
         if not (isinstance(self.step_size, (int, float)) and math.isfinite(self.step_size) and self.step_size > 0):
             raise ConfigError(f"{{0}} must be a finite number > 0, got {self.step_size}", "step_size")
-        for name, lo in (("num_leapfrog", 1), ("chains", 1), ("steps", 1), ("burn_in", 0), ("thin", 1),
-                         ("steps_per_level", 1)):
+        if not (isinstance(self.max_temperature, (int, float)) and math.isfinite(self.max_temperature)
+                and self.max_temperature > 1):
+            raise ConfigError(f"{{0}} must be a finite number > 1, got {self.max_temperature}", "max_temperature")
+        for name, lo in (("num_leapfrog", 1), ("max_tree_depth", 1), ("num_temperatures", 2), ("adapt", 0),
+                         ("chains", 1), ("steps", 1), ("burn_in", 0), ("thin", 1), ("steps_per_level", 1)):
             v = getattr(self, name)
             if name == "steps_per_level" and v is None:
                 continue
@@ -74,6 +95,13 @@ class SampleConfig:
         if self.burn_in >= self.steps:
             raise ConfigError(f"{{0}} must be smaller than {{1}}, got burn-in {self.burn_in} and steps {self.steps}",
                               "burn_in", "steps")
+        if self.base not in PT_BASES:
+            raise ConfigError(f"{{0}} must be one of {', '.join(PT_BASES)}, got {self.base!r}", "base")
+        if self.adapt and self.sampler not in ADAPTABLE:
+            raise ConfigError(f"{{0}} tunes the step size and mass of mala, hmc and nuts; sampler "
+                              f"{self.sampler or 'mala'!r}" + (" adapts its own temperature ladder during burn-in"
+                                                               if self.sampler == "pt" else " has no such warm-up"),
+                              "adapt")
         if self.init not in INITS:
             raise ConfigError(f"{{0}} must be one of {', '.join(INITS)}, got {self.init!r}", "init")
         if self.dtype not in _DTYPES:
@@ -172,11 +200,20 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
         raise ConfigError("{0} rejection needs a 1-D or 2-D target (C is found on a grid)", "sampler")
     try:
         sampler = samplers.build_sampler(cfg.sampler, cfg.step_size, num_leapfrog=cfg.num_leapfrog,
+                                         max_tree_depth=cfg.max_tree_depth, base=cfg.base,
+                                         num_temperatures=cfg.num_temperatures,
+                                         max_temperature=cfg.max_temperature,
                                          target=target if cfg.sampler == "rejection" else None)
     except ValueError as err:  # e.g. a rejection proposal that does not dominate the target
         raise ConfigError.of(err, "sampler", prefix="{0}: ") from err
+    if cfg.sampler == "pt":
+        sampler = _ladder_within_burn_in(sampler, cfg.burn_in)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     x0 = _initial_points(cfg, target, generator, device, dtype)
+    tuned = None
+    if cfg.adapt:
+        tuned = samplers.adapt(target, sampler, x0, cfg.adapt, generator=generator)
+        sampler, x0 = tuned.sampler, tuned.state.x
     trace = samplers.sample(target, sampler, x0, cfg.steps, generator=generator, burn_in=cfg.burn_in, thin=cfg.thin,
                             callback=(lambda t, s, i: callback(t + 1)) if callback is not None else None,
                             compile=cfg.compile and cfg.sampler != "rejection")
@@ -186,6 +223,7 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
               "acceptance_rate": float(trace.acceptance_rate.mean()), "mean": summary["mean"], "cov": summary["cov"],
               "ess_bulk_min": summary["ess_bulk_min"], "rhat_max": summary["rhat_max"], "seconds": trace.seconds,
               "chain_steps_per_second": trace.chain_steps_per_second}
+    result.update(_sampler_report(trace, tuned))
     if target.has_exact_sampler:
         ref_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         exact = target.sample(min(flat.shape[0], 4000), generator=ref_gen, device=device, dtype=dtype)
@@ -216,6 +254,36 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
                                  density_label="exact" if run is None else "model"), plot)
         result["plot"] = str(plot)
     return result
+
+
+def _ladder_within_burn_in(pt: Any, burn_in: int) -> Any:
+    """Parallel tempering whose ladder adapts in as many doubling rounds as fit in ``burn_in`` (none if
+    not even one fits), so every kept draw comes from one fixed kernel."""
+    rounds = 0
+    while rounds < pt.adapt_rounds and pt.first_round_steps * (2 ** (rounds + 1) - 1) <= burn_in:
+        rounds += 1
+    return replace(pt, adapt_rounds=rounds) if rounds else replace(pt, adapt_ladder=False)
+
+
+def _sampler_report(trace: Any, tuned: Any) -> dict[str, Any]:
+    """What the adaptation chose, NUTS' tree statistics and parallel tempering's swap diagnostics."""
+    out: dict[str, Any] = {}
+    if tuned is not None:
+        out["adapted_step_size"] = tuned.step_size
+        if tuned.inverse_mass is not None:
+            out["adapted_inverse_mass"] = tuned.inverse_mass.reshape(-1).tolist()
+    if trace.num_grad_evals is not None:
+        out["mean_tree_depth"] = float(trace.mean_tree_depth.mean())
+        out["divergences"] = int(trace.divergences.sum())
+        out["grad_evals_per_step"] = float(trace.num_grad_evals.double().mean()) / (trace.num_steps - trace.burn_in)
+    state = trace.final_state
+    if hasattr(state, "swap_acceptance_rates"):  # parallel tempering (statistics since the ladder froze)
+        out["ladder_adaptation_rounds"] = state.rounds_done
+        out["temperatures"] = [round(float(t), 4) for t in state.temperatures]
+        out["swap_rates"] = [round(float(r), 4) for r in state.swap_acceptance_rates]
+        out["round_trips"] = int(state.total_round_trips)
+        out["communication_barrier"] = float(state.communication_barrier)
+    return out
 
 
 def _sample_score_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str, Any]:

@@ -74,9 +74,11 @@ class Info:
             :attr:`acceptance_prob` is its ``exp``, computed when read (an
             ``exp`` per chain per step is a large part of a cheap compiled
             step, and nothing in the sampling loop needs it).
-        energy_error: HMC only: ``H(x', p') - H(x, p)``, shape ``(chains,)``.
-        trajectory: HMC only, when asked for: leapfrog positions,
-            ``(num_leapfrog + 1, chains, *event)``.
+        energy_error: HMC and NUTS: ``H(x', p') - H(x, p)`` of the chosen point, shape ``(chains,)``.
+        trajectory: HMC and NUTS, when asked for (``record_trajectory`` / ``record_tree``):
+            leapfrog positions in time order. HMC: ``(num_leapfrog + 1, chains, *event)``.
+            NUTS: ``(max(num_grad_evals) + 1, chains, *event)``, chain ``c``'s tree from its
+            leftmost to its rightmost leaf in rows ``0 .. num_grad_evals[c]``, NaN after.
         num_proposals: rejection sampling only: proposals drawn per chain
             until one was accepted, ``(chains,)``.
         tree_depth: NUTS only: depth of each chain's trajectory tree, ``(chains,)``.
