@@ -29,7 +29,7 @@ def test_quick_report_writes_every_section(tmp_path, capsys):
     metrics = json.loads(capsys.readouterr().out)
     assert json.loads((out / "metrics.json").read_text())["sections"].keys() == metrics["sections"].keys()
     assert list(metrics["sections"]) == ["tractable", "rejection", "langevin", "training", "products", "scores",
-                                          "images"]
+                                          "images", "diffusion"]
     page = (out / "index.html").read_text()
     for key, sec in metrics["sections"].items():
         assert f"id='{key}'" in page
@@ -56,6 +56,14 @@ def test_quick_report_writes_every_section(tmp_path, capsys):
     im = s["images"]["metrics"]  # quick mode trains 150 steps: sane, not yet good
     assert 0.1 < im["mean_max_prob"] <= 1 and im["nearest_min"] > 0
     assert 0.1 < im["ncsn_mean_max_prob"] <= 1 and im["ncsn_nearest_min"] > 0
+
+    d = s["diffusion"]["metrics"]  # exact scores, 2000 samples: 4 binomial SE of the 0.8 weight = 0.036
+    for method in ("sde", "pc", "ode"):
+        assert abs(d[f"{method}_weight"] - 0.8) < 4 * math.sqrt(0.8 * 0.2 / 2000), method
+    for name in ("song_ermon_mixture", "eight_gaussians"):
+        for label in ("vp", "ve"):
+            assert abs(d[f"{name}_{label}_likelihood_error"]) < 0.02  # on average, prior in place of p_T
+            assert d[f"{name}_{label}_flow_error"] < 2e-3  # per point, with the exact p_T: the solver's error
 
     _render_in_a_browser(out / "index.html")
 
