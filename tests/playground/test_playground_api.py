@@ -57,20 +57,23 @@ def test_targets_lists_every_2d_analytic_target_with_bounds(client):
     assert set(targets.names()) <= set(names)
     assert names["banana"]["bounds"] == [list(b) for b in targets.get("banana").bounds]
     assert info["product"] == "product"
-    assert set(info["algorithms"]) == {"rwmh", "ula", "mala", "hmc", "rejection", "annealed"}
+    assert set(info["algorithms"]) == {"rwmh", "ula", "mala", "hmc", "nuts", "pt", "rejection", "annealed", "diffusion"}
 
 
 def test_targets_list_what_each_target_can_run(client):
     info = client.get("/api/targets").json()
     names = {t["name"]: t for t in info["targets"]}
-    energies = ["rwmh", "ula", "mala", "hmc", "rejection"]
-    # Gaussians and Gaussian mixtures have an exact noise-conditional score; the others only an energy.
+    energies = ["rwmh", "ula", "mala", "hmc", "nuts", "pt", "rejection"]
+    # Gaussians and Gaussian mixtures have an exact noise-conditional score and exact diffusion scores
+    # (under both SDEs); the others only an energy.
     for name in ("song_ermon_mixture", "eight_gaussians", "multimodal", "standard", "ill_conditioned"):
-        assert names[name]["algorithms"] == [*energies, "annealed"], name
+        assert names[name]["algorithms"] == [*energies, "annealed", "diffusion"], name
         schedule = names[name]["annealed"]
         assert schedule["sigma_min"] < schedule["sigma_max"] and 0 < schedule["eps"] <= LIMITS["max_eps"]
+        assert names[name]["diffusion"]["sdes"] == ["vp", "ve"], name
     for name in ("banana", "donut", "funnel", "rings", "squiggle"):
         assert names[name]["algorithms"] == energies and names[name]["annealed"] is None, name
+        assert names[name]["diffusion"] is None, name
     assert all(t["density"] for t in info["targets"])
     assert info["product_algorithms"] == energies
     # Song & Ermon's rule: sigma_max about the largest distance between two draws (modes 14.1 apart).
@@ -153,7 +156,7 @@ def test_mala_on_banana_accepts_in_range_and_stays_in_bounds(client):
     assert d["num_samples"] == 201 * 8
 
 
-@pytest.mark.parametrize("algorithm", ["rwmh", "ula", "mala", "hmc", "rejection"])
+@pytest.mark.parametrize("algorithm", ["rwmh", "ula", "mala", "hmc", "nuts", "pt", "rejection"])
 @pytest.mark.parametrize("target", ["standard", "eight_gaussians", "product"])
 def test_every_algorithm_on_targets_and_products(client, algorithm, target):
     with client.websocket_connect("/ws") as ws:

@@ -19,7 +19,8 @@ server -> client
        "bounds": [[lo, hi], [lo, hi]], "x": [[x1, x2], ...], "diagnostics": {...},
        "compare": null | {"algorithm", "x", "diagnostics"}}``
     ``{"type": "frames", "frames": [{"x", "proposal", "accepted",
-       ["trajectory"], ["sigma", "annealing"]}, ...], "diagnostics": {...},
+       ["trajectory"], ["sigma", "annealing"], ["swap_counts"],
+       ["t", "sigma", "step", "done", "kept"]}, ...], "diagnostics": {...},
        "truncated": bool, ["compare": {"algorithm", "frames", "diagnostics"}],
        ["error": "..."]}``
     ``{"type": "export", "format", "filename", "data"}`` (``data``: CSV text,
@@ -28,6 +29,18 @@ server -> client
 
 Side by side: ``compare`` names a second algorithm ("" = off); both advance
 by the same number of steps (see :mod:`ebmlab.playground.session`).
+
+The last frame of each reply also carries what the page animates beyond the
+chains: NUTS' trees (``"tree"``: per chain its leapfrog positions from the
+leftmost to the rightmost leaf, ``"num_grad_evals"``, ``"tree_depth"``,
+``"divergent"``; with ``animate_proposal``), parallel tempering's replicas
+(``"replicas"`` ``(K, chains, 2)``, ``"swaps"`` ``(K - 1, chains)``,
+``"temperatures"``). Reverse diffusion frames carry the time ``t``, the
+noise level ``sigma`` (the forward marginal's std), the ``step`` and whether
+the process is ``done``; only the last one is ``kept`` (its points are the
+samples). Diagnostics hold ``nuts``, ``tempering`` and ``diffusion`` sections
+(``null`` for the other algorithms). ``/api/density`` takes a ``temperature``
+for the tempered densities ``p^(1/T)`` drawn under the replicas.
 
 Annealed Langevin (``algorithm="annealed"``, Song & Ermon 2019) runs on a
 noise-conditional score (see :mod:`ebmlab.playground.models` for which
@@ -51,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from contextlib import asynccontextmanager
 from concurrent.futures import ThreadPoolExecutor
@@ -145,14 +159,18 @@ def create_app(models: dict[str, Any] | None = None, *, workers: int = 2) -> Fas
         resolution: int = Query(128),
         expert1: str = Query(DEFAULTS["expert1"]),
         expert2: str = Query(DEFAULTS["expert2"]),
+        temperature: float = Query(1.0),
     ) -> JSONResponse:
         lo, hi = LIMITS["min_resolution"], LIMITS["max_resolution"]
         if not lo <= resolution <= hi:
             raise HTTPException(422, f"resolution must be an integer in [{lo}, {hi}], got {resolution}")
+        t_max = LIMITS["max_max_temperature"]
+        if not (math.isfinite(temperature) and 1.0 <= temperature <= t_max):
+            raise HTTPException(422, f"temperature must be a finite number in [1, {t_max:g}], got {temperature}")
         if target not in [*registry.names, PRODUCT]:
             raise HTTPException(404, f"unknown target {target!r}; expected one of: {', '.join([*registry.names, PRODUCT])}")
         try:
-            return JSONResponse(await run(registry.density, target, resolution, expert1, expert2))
+            return JSONResponse(await run(registry.density, target, resolution, expert1, expert2, temperature))
         except PlaygroundError as err:
             raise HTTPException(422, str(err)) from None
 

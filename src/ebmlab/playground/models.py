@@ -1,12 +1,15 @@
 """What the playground can sample: analytic targets, trained runs, and products of experts.
 
 A :class:`Model` is a named 2-D target with the box it is drawn on: an
-energy (every algorithm but annealed Langevin), and/or a noise-conditional
+energy (every MCMC algorithm), and/or a noise-conditional
 score ``s(x, sigma)`` for annealed Langevin (Song & Ermon 2019): the exact
 perturbed score of a Gaussian or Gaussian-mixture target
 (:func:`ebmlab.samplers.exact_perturbed_score`), or a trained
-noise-conditional score run. A direct score model (no energy, no density)
-runs only ``annealed``.
+noise-conditional score run; and/or diffusion scores ``s(x, t)`` for reverse
+diffusion (Song et al. 2021): the exact scores of a Gaussian or mixture
+target's marginals under the VP and VE SDEs (:func:`ebmlab.sde.exact_score`,
+see :class:`~ebmlab.playground.diffusion.DiffusionSource`). A direct score
+model (no energy, no density) runs only the score algorithms.
 
 Models come only from the server's command line (:func:`load_models`: the
 page can name them, never give paths). The :class:`Registry` holds every
@@ -28,9 +31,21 @@ from torch import Tensor
 
 from ebmlab import samplers
 from ebmlab.energies import product, targets
+from ebmlab.energies.compose import tempered
 from ebmlab.evaluation import density_on_grid
 
-from .settings import ALGORITHMS, ANNEALED, DEFAULTS, ENERGY_ALGORITHMS, LIMITS, PRODUCT, PlaygroundError, significant
+from .diffusion import DiffusionSource
+from .settings import (
+    ALGORITHMS,
+    ANNEALED,
+    DEFAULTS,
+    DIFFUSION,
+    ENERGY_ALGORITHMS,
+    LIMITS,
+    PRODUCT,
+    PlaygroundError,
+    significant,
+)
 
 __all__ = ["Model", "NoiseConditionalScore", "Registry", "analytic_targets", "load_models"]
 
@@ -51,6 +66,8 @@ class Model:
         kind: a few words for messages ("Banana energy", "score model", ...).
         schedule: suggested annealed-Langevin settings (``num_levels``,
             ``sigma_max``, ``sigma_min``, ``eps``), or ``None``.
+        diffusion: the SDEs and diffusion scores ``s(x, t)`` for reverse
+            diffusion, or ``None``.
     """
 
     energy: Callable[[Tensor], Tensor] | None
@@ -59,15 +76,17 @@ class Model:
     score: NoiseConditionalScore | None = None
     kind: str = field(default="energy", compare=False)
     schedule: dict | None = field(default=None, compare=False)
+    diffusion: DiffusionSource | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.energy is None and self.score is None:
-            raise ValueError("a playground model needs an energy or a noise-conditional score")
+        if self.energy is None and self.score is None and self.diffusion is None:
+            raise ValueError("a playground model needs an energy, a noise-conditional score or a diffusion score")
 
     @property
     def algorithms(self) -> tuple[str, ...]:
         """The algorithms this model can run."""
-        return (ENERGY_ALGORITHMS if self.energy is not None else ()) + ((ANNEALED,) if self.score else ())
+        return ((ENERGY_ALGORITHMS if self.energy is not None else ()) + ((ANNEALED,) if self.score else ())
+                + ((DIFFUSION,) if self.diffusion else ()))
 
 
 def _bounds_of(obj: Any, name: str) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -103,7 +122,7 @@ def _analytic_schedule(t: Any) -> dict:
 
 def analytic_targets() -> dict[str, Model]:
     """Every registered 2-D analytic target, by name; Gaussians and Gaussian mixtures with
-    their exact noise-conditional score.
+    their exact noise-conditional score and the exact diffusion scores of their marginals.
 
     Returns:
         The targets as :class:`Model` s, by registry name.
@@ -118,9 +137,11 @@ def analytic_targets() -> dict[str, Model]:
         except TypeError:
             score = None
         kind = type(t).__name__
+        schedule = _analytic_schedule(t) if score else None
+        diffusion = DiffusionSource.exact(t) if score else None
         out[name] = Model(t, _bounds_of(t, name), analytic=True, score=score,
                           kind=f"{kind} target" if score else f"{kind} energy",
-                          schedule=_analytic_schedule(t) if score else None)
+                          schedule=schedule, diffusion=diffusion)
     return out
 
 
@@ -272,7 +293,9 @@ class Registry:
             "targets": [
                 {"name": n, "bounds": [list(b) for b in m.bounds], "analytic": m.analytic, "model": not m.analytic,
                  "kind": m.kind, "density": m.energy is not None, "algorithms": list(m.algorithms),
-                 "annealed": m.schedule}
+                 "annealed": m.schedule,
+                 "diffusion": None if m.diffusion is None else {"sdes": list(m.diffusion.sdes),
+                                                                "score": m.diffusion.note}}
                 for n, m in self.models.items()
             ],
             "product": PRODUCT,
@@ -282,7 +305,8 @@ class Registry:
             "limits": LIMITS,
         }
 
-    def density(self, target: str, resolution: int, expert1: str = "", expert2: str = "") -> dict[str, Any]:
+    def density(self, target: str, resolution: int, expert1: str = "", expert2: str = "",
+                temperature: float = 1.0) -> dict[str, Any]:
         """The normalised density on a ``resolution x resolution`` grid over the model's box (cached).
 
         Args:
@@ -290,6 +314,8 @@ class Registry:
             resolution: grid points per axis.
             expert1: the first expert of a product (ignored otherwise).
             expert2: the second expert of a product (ignored otherwise).
+            temperature: draw the tempered density ``p^(1/T)`` (normalised on the box;
+                parallel tempering's replicas at ``T``), ``1`` for the target itself.
 
         Returns:
             ``axes``, ``density[i1][i2]``, ``marginals``, the contour ``levels``
@@ -300,7 +326,8 @@ class Registry:
         """
         if target != PRODUCT:
             expert1 = expert2 = ""
-        return _density_cached(id(self), target, expert1, expert2, resolution, self._holder)
+        temperature = significant(float(temperature), 4)  # a cache key that survives round-off
+        return _density_cached(id(self), target, expert1, expert2, resolution, self._holder, temperature)
 
     def rejection_sampler(self, target: str, expert1: str = "", expert2: str = "") -> samplers.RejectionSampler:
         """A rejection sampler for the model (cached): its envelope is fitted to the target.
@@ -326,15 +353,18 @@ class Registry:
         return _rejection_cached(self._holder, target, expert1, expert2)
 
 
-@lru_cache(maxsize=64)
-def _density_cached(registry_id: int, target: str, expert1: str, expert2: str, resolution: int, _reg: list) -> dict:
+@lru_cache(maxsize=256)
+def _density_cached(registry_id: int, target: str, expert1: str, expert2: str, resolution: int, _reg: list,
+                    temperature: float = 1.0) -> dict:
     reg = _reg[0]
     m = reg.resolve(target, expert1, expert2)
     if m.energy is None:
+        able = " or ".join(a for a in (ANNEALED, DIFFUSION) if a in m.algorithms)
         raise PlaygroundError(f"{target} is a {m.kind}: without an energy it has no density to draw; "
-                              "sample it with annealed Langevin")
+                              f"sample it with {able}")
+    energy = m.energy if temperature == 1.0 else tempered(m.energy, temperature)
     with torch.no_grad():
-        (a1, a2), d = density_on_grid(m.energy, m.bounds, resolution)
+        (a1, a2), d = density_on_grid(energy, m.bounds, resolution)
     d = d.to(torch.float64)
     w1, w2 = float(a1[1] - a1[0]), float(a2[1] - a2[0])
     marg1, marg2 = d.sum(1) * w2, d.sum(0) * w1
@@ -354,6 +384,7 @@ def _density_cached(registry_id: int, target: str, expert1: str, expert2: str, r
         "levels": levels,
         "max": float(d.max()),
         "analytic": m.analytic,
+        "temperature": temperature,
     }
 
 

@@ -6,8 +6,25 @@ count and settings, and every step message advances both samplers by the
 same number of steps (one time budget for the pair), so the two panels
 always hold equal budgets. Samplers are built by name with
 :func:`ebmlab.samplers.build_sampler`, except annealed Langevin (built from
-the schedule settings) and rejection (its envelope is fitted to the target,
-see :meth:`~ebmlab.playground.models.Registry.rejection_sampler`).
+the schedule settings), rejection (its envelope is fitted to the target,
+see :meth:`~ebmlab.playground.models.Registry.rejection_sampler`) and reverse
+diffusion (:class:`~ebmlab.playground.diffusion.ReverseDiffusion`, the
+library's reverse-SDE / corrector / probability-flow steps one time step at a time).
+
+What the page animates beyond the chains travels in the *last* frame of each
+reply only (the page animates that one; the frames before feed the samples):
+NUTS' trees (with ``animate_proposal``; ``record_tree=True``), at most
+``LIMITS["tree_chains"]`` of them, each the chain's finite rows of
+``Info.trajectory``; parallel tempering's replicas at every temperature and
+the swaps accepted at that step, for at most ``LIMITS["replica_chains"]``
+chains. Every PT frame carries ``swap_counts``, the accepted swaps of each
+adjacent pair over all chains.
+
+Parallel tempering keeps every draw of its ``T = 1`` replicas, including
+those while its ladder adapts (the first ``num_adapt_steps`` steps; the
+diagnostics say when the ladder froze). Reverse diffusion starts its chains
+from the SDE's prior; its steps are not kept for diagnostics or export except
+the last one (the samples), after which the chains stay until Reset.
 
 Annealed Langevin (Song & Ermon 2019) starts its chains uniformly over the
 box (as in the paper); the schedule is ``num_levels`` geometric levels from
@@ -39,19 +56,22 @@ import torch
 from torch import Tensor
 
 from ebmlab import samplers
+from ebmlab.samplers import HMC, NUTS, ParallelTempering
 from ebmlab.evaluation import ess_bulk, rhat
 from ebmlab.grid import log_bin_masses, uniform_in_bounds
 from ebmlab.objectives import geometric_sigmas
 
+from .diffusion import ReverseDiffusion
 from .gif import render_gif
 from .models import Model, Registry
 from .settings import (
     ANNEALED,
     DEFAULTS,
+    DIFFUSION,
     EXPORT_FORMATS,
     LIMITS,
+    OWN_KEYS,
     PRODUCT,
-    SCHEDULE,
     SOFT,
     PlaygroundError,
     significant,
@@ -111,16 +131,30 @@ def _round(t: Tensor, digits: int = 4) -> list:
     return torch.round(t.detach().to(torch.float64), decimals=digits).tolist()
 
 
-def _build_sampler(registry: Registry, algorithm: str, s: dict[str, Any]) -> Any:
+def _build_sampler(registry: Registry, algorithm: str, s: dict[str, Any], model: Model) -> Any:
+    if algorithm == DIFFUSION:  # availability (a diffusion score under this SDE) is checked before
+        sde, score = model.diffusion.get(s["sde"])  # type: ignore[union-attr]
+        return ReverseDiffusion(score, sde, s["diffusion_method"], s["diffusion_steps"], kind=s["sde"])
     if algorithm == ANNEALED:
         sigmas = geometric_sigmas(s["sigma_max"], s["sigma_min"], s["num_levels"], dtype=torch.float64)
         # No final denoising step: after the schedule the chains keep sampling at sigma_min.
         return samplers.AnnealedLangevin(tuple(sigmas.tolist()), s["steps_per_level"], s["eps"], final_denoise=False)
     if algorithm == "rejection":  # its envelope is fitted to the target, and cached per target
         return registry.rejection_sampler(s["target"], s["expert1"], s["expert2"])
-    sampler = samplers.build_sampler(algorithm, s["step_size"], num_leapfrog=s["leapfrog_steps"])
-    if isinstance(sampler, samplers.HMC):  # the page draws the leapfrog path of each proposal
-        sampler = replace(sampler, record_trajectory=s["animate_proposal"])
+    options: dict[str, Any] = {"num_leapfrog": s["leapfrog_steps"]}
+    if algorithm == "nuts":
+        options["max_tree_depth"] = s["max_tree_depth"]
+    if algorithm == "pt":
+        options.update(base=s["pt_base"], num_temperatures=s["num_temperatures"],
+                       max_temperature=s["max_temperature"])
+    sampler = samplers.build_sampler(algorithm, s["step_size"], **options)
+    animate = s["animate_proposal"]  # the page draws HMC's leapfrog path and NUTS' tree of each step
+    if isinstance(sampler, HMC):
+        sampler = replace(sampler, record_trajectory=animate)
+    elif isinstance(sampler, NUTS):
+        sampler = replace(sampler, record_tree=animate)
+    elif isinstance(sampler, ParallelTempering) and isinstance(sampler.base, HMC):  # the T = 1 replicas' paths
+        sampler = replace(sampler, base=replace(sampler.base, record_trajectory=animate))
     return sampler
 
 
@@ -131,18 +165,28 @@ class _Chains:
     def __init__(self, algorithm: str, label: str) -> None:
         self.algorithm, self.label = algorithm, label
         self.annealed = algorithm == ANNEALED
-        self.what = "score" if self.annealed else "energy"  # what turns non-finite when chains diverge
-        self.fix = "reduce eps" if self.annealed else "reduce the step size"
+        self.diffusion = algorithm == DIFFUSION
+        self.nuts = algorithm == "nuts"
+        self.pt = algorithm == "pt"
+        # what turns non-finite when chains diverge, and what to do about it
+        self.what = "score" if self.annealed or self.diffusion else "energy"
+        self.fix = ("reduce eps" if self.annealed else "use more diffusion steps" if self.diffusion
+                    else "reduce the step size")
 
     def fn(self, model: Model) -> Callable:
-        """What the sampler is given: the noise-conditional score for annealed Langevin, else the energy."""
+        """What the sampler is given: the noise-conditional score for annealed Langevin, the diffusion
+        score for reverse diffusion (which holds its own), else the energy."""
+        if self.diffusion:
+            return self.sampler.score
         return model.score if self.annealed else model.energy  # type: ignore[return-value]
 
     def reset(self, s: dict[str, Any], model: Model, registry: Registry, sampler: Any) -> None:
         self.sampler = sampler
         self.generator = torch.Generator().manual_seed(s["seed"])
         n = s["chains"]
-        if self.annealed or model.energy is None:
+        if self.diffusion:  # reverse diffusion starts from the SDE's prior (noise)
+            x0 = sampler.sde.prior_sample((n, 2), generator=self.generator, dtype=torch.float32)
+        elif self.annealed or model.energy is None:
             # Annealed Langevin starts uniformly over the box (Song & Ermon 2019): its first levels
             # spread the chains anyway, and a start near the modes would hide what annealing does.
             x0 = uniform_in_bounds(n, model.bounds, generator=self.generator, dtype=torch.float64).to(torch.float32)
@@ -163,6 +207,8 @@ class _Chains:
         self.num_accepted = 0
         self.num_proposals = 0
         self.diverged = False
+        self.tree_depth_sum = self.grad_evals_sum = self.divergences = self.transitions = 0  # NUTS, over all chains
+        self.last: tuple[Any, Any] | None = None  # the latest (state, info), for the animation fields
         self.recent: deque[tuple[int, Tensor, float | None]] = deque(maxlen=LIMITS["gif_frames"])
         self.recent.append((0, self.state.x[: LIMITS["gif_chains"]].detach().clone(), self.sigma(0)))
 
@@ -171,6 +217,9 @@ class _Chains:
         return min(t // self.sampler.steps_per_level, self.sampler.num_levels - 1)
 
     def sigma(self, t: int) -> float | None:
+        """The noise level after step ``t``: annealed Langevin's level, reverse diffusion's ``sigma(t)``."""
+        if self.diffusion:
+            return self.sampler.std(self.state.n)
         return self.sampler.sigmas[self.level(t)] if self.annealed else None
 
     def propose(self, model: Model) -> tuple[Any, Any]:
@@ -180,14 +229,19 @@ class _Chains:
 
     @staticmethod
     def finite(state: Any) -> bool:
-        return bool(torch.isfinite(state.energy).all() and torch.isfinite(state.x).all())
+        energy = getattr(state, "energy", None)  # reverse diffusion has none
+        return bool(torch.isfinite(state.x).all() and (energy is None or torch.isfinite(energy).all()))
 
     def commit(self, state: Any, info: Any, animate: bool) -> dict[str, Any]:
         """Take the step ``state``; return its frame."""
         t = self.num_steps
+        before = self.state
         self.state = state
         self.num_steps += 1
-        if info.num_proposals is not None:  # rejection: one accepted draw per num_proposals proposals
+        self.last = (state, info)
+        if self.diffusion:  # no accept step: nothing to count
+            pass
+        elif info.num_proposals is not None:  # rejection: one accepted draw per num_proposals proposals
             self.num_accepted += state.x.shape[0]
             self.num_proposals += int(info.num_proposals.sum())
         else:
@@ -204,15 +258,60 @@ class _Chains:
             keep = self.level(t) == self.sampler.num_levels - 1
             frame["sigma"] = significant(self.sampler.sigmas[self.level(t)], 4)
             frame["annealing"] = not keep
+        if self.diffusion:  # only the step that reaches eps is kept: its points are the samples
+            keep = before.n < state.n == self.sampler.num_steps
+            frame.update(t=significant(self.sampler.time(state.n), 4), sigma=significant(self.sampler.std(state.n), 4),
+                         step=state.n, done=state.n == self.sampler.num_steps, kept=keep)
+        if self.nuts:
+            self.tree_depth_sum += int(info.tree_depth.sum())
+            self.grad_evals_sum += int(info.num_grad_evals.sum())
+            self.divergences += int(info.divergent.sum())
+            self.transitions += state.x.shape[0]
+        if self.pt:
+            frame["swap_counts"] = info.swap_accepted.sum(1).tolist()
         if keep:
             self.history[self.head] = state.x.detach()
             self.head = (self.head + 1) % self.kept_cap
             self.kept = min(self.kept + 1, self.kept_cap)
-        if info.trajectory is not None and animate:
+        if info.trajectory is not None and animate and not self.nuts:  # HMC (NUTS' tree: see animation)
             traj = torch.nan_to_num(info.trajectory.detach(), nan=0.0).clamp(-1e6, 1e6)
             frame["trajectory"] = _round(traj[:, : min(traj.shape[1], 64)].transpose(0, 1), 3)  # (chains, L+1, 2)
         self.recent.append((self.num_steps, state.x[: LIMITS["gif_chains"]].detach().clone(), self.sigma(t)))
         return frame
+
+    def animation(self, frame: dict[str, Any], animate: bool) -> None:
+        """Add what the page animates beyond the chains to the reply's last ``frame`` (see the module docstring)."""
+        if self.last is None:
+            return
+        state, info = self.last
+        if self.nuts and animate and info.trajectory is not None:
+            m = min(state.x.shape[0], LIMITS["tree_chains"])
+            traj = torch.nan_to_num(info.trajectory[:, :m].detach(), nan=0.0).clamp(-1e6, 1e6)
+            evals = info.num_grad_evals[:m].tolist()
+            frame["tree"] = [_round(traj[: g + 1, c], 3) for c, g in enumerate(evals)]  # rows 0..g are the tree
+            frame["num_grad_evals"] = evals
+            frame["tree_depth"] = info.tree_depth[:m].tolist()
+            frame["divergent"] = info.divergent[:m].tolist()
+        if self.pt:
+            m = min(state.num_chains, LIMITS["replica_chains"])
+            frame["replicas"] = _round(state.replicas_x[:, :m])  # (K, m, 2), row k at temperature T_k
+            frame["swaps"] = info.swap_accepted[:, :m].tolist()  # (K - 1, m): pair (k, k + 1) swapped
+            frame["temperatures"] = [significant(t, 4) for t in state.temperatures]
+
+    def _tempering(self) -> dict[str, Any]:
+        st, pt = self.state, self.sampler
+        finite = lambda v: v if math.isfinite(v) else None  # noqa: E731
+        return {
+            "base": pt.base.__class__.__name__,
+            "temperatures": [significant(t, 4) for t in st.temperatures],
+            "swap_rates": [finite(float(r)) for r in st.swap_acceptance_rates.tolist()],  # None: never proposed
+            "round_trips": st.total_round_trips,
+            "barrier": finite(st.communication_barrier),
+            "rounds_done": st.rounds_done,
+            "adapt_rounds": pt.adapt_rounds if pt.adapt_ladder else 0,
+            "adapting": pt.adapt_ladder and st.rounds_done < pt.adapt_rounds,
+            "num_adapt_steps": pt.num_adapt_steps,
+        }
 
     def samples(self) -> Tensor:
         """Kept draws in order, shape ``(kept, chains, 2)``."""
@@ -234,9 +333,24 @@ class _Chains:
             "level": None,
             "num_levels": None,
         }
+        out.update(nuts=None, tempering=None, diffusion=None)
         if self.annealed:
             t = max(self.num_steps - 1, 0)
             out.update(sigma=self.sigma(t), level=self.level(t) + 1, num_levels=self.sampler.num_levels)
+        if self.nuts:
+            n = self.transitions
+            out["nuts"] = {"mean_tree_depth": self.tree_depth_sum / n if n else None,
+                           "grad_evals_per_step": self.grad_evals_sum / n if n else None,
+                           "divergences": self.divergences}
+        if self.pt:
+            out["tempering"] = self._tempering()
+        if self.diffusion:
+            n, total = self.state.n, self.sampler.num_steps
+            out["acceptance_rate"] = None  # no accept step
+            out["num_samples"] = self.kept * chains  # the chains are samples once at eps
+            out["diffusion"] = {"t": self.sampler.time(n), "sigma": self.sampler.std(n), "step": n,
+                                "num_steps": total, "done": n == total, "sde": self.sampler.kind,
+                                "method": self.sampler.method}
         if self.kept == 0:
             return out
         draws = self.samples()
@@ -297,9 +411,20 @@ class Session:
 
     # ---- setup
     def _check_available(self, role: str, algorithm: str, s: dict[str, Any], model: Model) -> None:
-        if algorithm in model.algorithms:
-            return
         target = s["target"]
+        if algorithm in model.algorithms:
+            if algorithm == DIFFUSION and s["sde"] not in model.diffusion.sdes:  # type: ignore[union-attr]
+                raise PlaygroundError(
+                    f"target {target!r} runs reverse diffusion under the {' or '.join(model.diffusion.sdes)} SDE "  # type: ignore[union-attr]
+                    f"only ({model.diffusion.note}), got sde {s['sde']!r}")  # type: ignore[union-attr]
+            return
+        if algorithm == DIFFUSION:
+            able = [n for n, m in self.registry.models.items() if m.diffusion is not None]
+            raise PlaygroundError(
+                f"{role} 'diffusion' needs a diffusion score s(x, t), but target {target!r} is a {model.kind} with "
+                f"none; reverse diffusion runs on: {', '.join(able)} (Gaussians and Gaussian mixtures by the exact "
+                "score of their marginals) and diffusion runs (--method sde-ve or sde-vp) given to "
+                "`ebmlab serve --model`")
         if algorithm == ANNEALED:
             able = [n for n, m in self.registry.models.items() if m.score is not None]
             raise PlaygroundError(
@@ -308,7 +433,7 @@ class Session:
                 "mixtures by their exact perturbed score) and noise-conditional score runs given to "
                 "`ebmlab serve --model`")
         raise PlaygroundError(f"{role} {algorithm!r} needs an energy, but target {target!r} is a {model.kind}; "
-                              f"expected {role} {ANNEALED!r}")
+                              f"expected {role} {' or '.join(map(repr, model.algorithms))}")
 
     def configure(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Apply settings. Changing only :data:`SOFT` ones keeps the chains (and counters) running.
@@ -328,9 +453,10 @@ class Session:
         algorithms = [s["algorithm"], *([s["compare"]] if s["compare"] else [])]
         for role, a in zip(("algorithm", "compare"), algorithms):
             self._check_available(role, a, s, model)
-        built = [_build_sampler(self.registry, a, s) for a in algorithms]
+        built = [_build_sampler(self.registry, a, s, model) for a in algorithms]
         changed = {k for k in s if s[k] != self.settings.get(k)}
-        soft_keys = SOFT if ANNEALED in algorithms else SOFT | SCHEDULE
+        # an algorithm's own settings reset its chains, and are soft while no sampler runs it
+        soft_keys = SOFT.union(*(keys for a, keys in OWN_KEYS.items() if a not in algorithms))
         soft = bool(self.runs) and not any(r.diverged for r in self.runs) and changed <= soft_keys
         if soft:
             self.settings, self.model = s, model
@@ -357,7 +483,7 @@ class Session:
         Returns:
             The ``configured`` reply (with ``reset`` true).
         """
-        built = [_build_sampler(self.registry, run.algorithm, self.settings) for run in self.runs]
+        built = [_build_sampler(self.registry, run.algorithm, self.settings, self.model) for run in self.runs]
         self._start(self.runs, built, self.settings, self.model)
         return self._configured(reset=True)
 
@@ -426,6 +552,9 @@ class Session:
         return self._frames(out, truncated)
 
     def _frames(self, out: list[list[dict]], truncated: bool, error: str | None = None) -> dict[str, Any]:
+        for run, frames in zip(self.runs, out):
+            if frames:
+                run.animation(frames[-1], self.settings["animate_proposal"])
         reply: dict[str, Any] = {"type": "frames", "frames": out[0], "diagnostics": self.diagnostics(),
                                  "truncated": truncated}
         if len(self.runs) > 1:

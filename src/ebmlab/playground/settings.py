@@ -12,17 +12,22 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from ebmlab.samplers import SAMPLER_NAMES
+from ebmlab.samplers import PT_BASES, SAMPLER_NAMES
+from ebmlab.sde import METHODS as DIFFUSION_METHODS
 
 __all__ = [
     "ALGORITHMS",
     "ANNEALED",
     "DEFAULTS",
+    "DIFFUSION",
+    "DIFFUSION_METHODS",
+    "OWN_KEYS",
     "ENERGY_ALGORITHMS",
     "EXPORT_FORMATS",
     "LIMITS",
     "PRODUCT",
     "SCHEDULE",
+    "SDES",
     "SOFT",
     "PlaygroundError",
     "significant",
@@ -30,8 +35,11 @@ __all__ = [
 ]
 
 ANNEALED = "annealed"
+DIFFUSION = "diffusion"  # reverse-time diffusion (ebmlab.sde), stepped by the session
 ENERGY_ALGORITHMS = SAMPLER_NAMES  # built by ebmlab.samplers.build_sampler; these need an energy
-ALGORITHMS = (*ENERGY_ALGORITHMS, ANNEALED)  # annealed needs a noise-conditional score
+# annealed needs a noise-conditional score s(x, sigma); diffusion a diffusion score s(x, t) and its SDE
+ALGORITHMS = (*ENERGY_ALGORITHMS, ANNEALED, DIFFUSION)
+SDES = ("vp", "ve")  # ebmlab.sde.VPSDE, VESDE
 PRODUCT = "product"
 EXPORT_FORMATS = ("csv", "npz", "gif")
 
@@ -52,6 +60,14 @@ LIMITS = {
     "min_sigma": 1e-4,
     "max_sigma": 1000.0,
     "max_eps": 1.0,  # annealed Langevin's last-level step
+    "max_tree_depth": 10,  # NUTS: at most 2^10 - 1 leapfrog steps per transition
+    "tree_chains": 64,  # NUTS trees sent for at most this many chains (the first ones)
+    "min_temperatures": 2,  # parallel tempering: ladder size, T = 1 included
+    "max_temperatures": 16,
+    "max_max_temperature": 1000.0,  # the hottest temperature of the initial ladder, in (1, this]
+    "replica_chains": 200,  # PT: replicas sent (and drawn per temperature) for at most this many chains
+    "min_diffusion_steps": 2,  # reverse diffusion: time steps from T to eps
+    "max_diffusion_steps": 2000,
     "max_message_bytes": 4096,
     "message_budget_s": 0.5,  # wall time of one step message; the rest is refused as truncated
     "messages_per_second": 60,  # token bucket per connection
@@ -86,12 +102,29 @@ DEFAULTS: dict[str, Any] = {
     "sigma_min": 0.1,
     "steps_per_level": 50,
     "eps": 0.005,  # = 0.5 sigma_min^2: every level steps alpha_i = 0.5 sigma_i^2
+    "max_tree_depth": 10,  # NUTS (the library's default; the U-turn criterion stops most trees far earlier)
+    # Parallel tempering: the base sampler at every temperature and the initial geometric ladder (the
+    # library's defaults; the ladder adapts during the first rounds, then freezes).
+    "pt_base": "mala",
+    "num_temperatures": 8,
+    "max_temperature": 10.0,
+    # Reverse diffusion (Song et al. 2021): the forward SDE, the sampler and the number of time steps.
+    "sde": "vp",
+    "diffusion_method": "sde",
+    "diffusion_steps": 200,
 }
 
 #: Settings that change the kernel or the display but keep the chains running (no reset).
-SOFT = frozenset({"step_size", "leapfrog_steps", "histogram_bins", "animate_proposal", "eps"})
+SOFT = frozenset({"step_size", "leapfrog_steps", "histogram_bins", "animate_proposal", "eps", "max_tree_depth"})
 #: The annealing schedule: soft too while neither sampler is annealed Langevin.
 SCHEDULE = frozenset({"num_levels", "sigma_max", "sigma_min", "steps_per_level"})
+#: Settings only one algorithm reads and that shape its chains' state (so they reset those chains):
+#: soft while no sampler runs that algorithm.
+OWN_KEYS = {
+    ANNEALED: SCHEDULE,
+    "pt": frozenset({"pt_base", "num_temperatures", "max_temperature"}),
+    DIFFUSION: frozenset({"sde", "diffusion_method", "diffusion_steps"}),
+}
 
 
 class PlaygroundError(ValueError):
@@ -129,6 +162,13 @@ def _positive(settings: dict, key: str, hi: float, lo: float = 0.0) -> float:
             raise PlaygroundError(f"{key} must be a finite number in [{lo:g}, {hi:g}], got {v!r}")
         raise PlaygroundError(f"{key} must be a finite number in (0, {hi}], got {v!r}")
     return float(v)
+
+
+def _choice(settings: dict, key: str, choices: Sequence[str]) -> str:
+    v = settings[key]
+    if not isinstance(v, str) or v not in choices:
+        raise PlaygroundError(f"unknown {key} {v!r}; expected one of: {', '.join(choices)}")
+    return v
 
 
 def _bool(settings: dict, key: str) -> bool:
@@ -181,4 +221,15 @@ def validate_settings(raw: dict[str, Any], names: Sequence[str], base: dict[str,
         raise PlaygroundError(f"sigma_min must be below sigma_max, got sigma_min={s['sigma_min']:g} and "
                               f"sigma_max={s['sigma_max']:g}")
     s["eps"] = _positive(s, "eps", LIMITS["max_eps"])
+    s["max_tree_depth"] = _int(s, "max_tree_depth", 1, LIMITS["max_tree_depth"])
+    s["pt_base"] = _choice(s, "pt_base", PT_BASES)
+    s["num_temperatures"] = _int(s, "num_temperatures", LIMITS["min_temperatures"], LIMITS["max_temperatures"])
+    t = s["max_temperature"]
+    hi = LIMITS["max_max_temperature"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 1 < t <= hi:
+        raise PlaygroundError(f"max_temperature must be a finite number in (1, {hi:g}], got {t!r}")
+    s["max_temperature"] = float(t)
+    s["sde"] = _choice(s, "sde", SDES)
+    s["diffusion_method"] = _choice(s, "diffusion_method", DIFFUSION_METHODS)
+    s["diffusion_steps"] = _int(s, "diffusion_steps", LIMITS["min_diffusion_steps"], LIMITS["max_diffusion_steps"])
     return s

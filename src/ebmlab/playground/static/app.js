@@ -14,6 +14,9 @@ const COLORS = {
   histEdge: "rgba(37, 99, 235, 0.8)",
   curve: "#111827",
   traj: "rgba(100, 116, 139, 0.9)",
+  tree: "#0f766e", // a NUTS tree's leapfrog path (teal); divergent trees use the reject colour
+  leaf: "rgba(15, 118, 110, 0.85)",
+  swap: "#d97706", // accepted parallel-tempering swaps
 };
 // Light "Blues" ramp for the density heatmap (white -> blue).
 const RAMP = [[255, 255, 255], [222, 235, 247], [158, 202, 225], [66, 146, 198], [8, 81, 156]];
@@ -39,9 +42,21 @@ const SERVER = [
   ["sigma_min", "sigma-min", "sigma_min", "num"],
   ["steps_per_level", "steps-per-level", "per_level", "int"],
   ["eps", "eps", "eps", "num"],
+  ["max_tree_depth", "max-tree-depth", "tree_depth", "int"],
+  ["pt_base", "pt-base", "pt_base", "str"],
+  ["num_temperatures", "num-temperatures", "temps", "int"],
+  ["max_temperature", "max-temperature", "max_temp", "num"],
+  ["sde", "sde", "sde", "str"],
+  ["diffusion_method", "diffusion-method", "dmethod", "str"],
+  ["diffusion_steps", "diffusion-steps", "dsteps", "int"],
 ];
-// Annealed Langevin's settings go into the permalink only when a sampler uses them.
-const ANNEALED_KEYS = new Set(["num_levels", "sigma_max", "sigma_min", "steps_per_level", "eps"]);
+// An algorithm's own settings go into the permalink only when a sampler uses it.
+const OWN_KEYS = {
+  annealed: ["num_levels", "sigma_max", "sigma_min", "steps_per_level", "eps"],
+  nuts: ["max_tree_depth"],
+  pt: ["pt_base", "num_temperatures", "max_temperature"],
+  diffusion: ["sde", "diffusion_method", "diffusion_steps"],
+};
 const CLIENT = [
   ["autoplay", "autoplay", "bool"],
   ["autoplay-delay", "delay", "int"],
@@ -50,7 +65,9 @@ const CLIENT = [
   ["show-target", "show_target", "bool"],
   ["show-samples", "show_samples", "bool"],
   ["show-histogram", "show_hist", "bool"],
+  ["show-replicas", "show_replicas", "bool"],
 ];
+const STRIP_RES = 48; // grid of each tempered density in the parallel-tempering strip
 
 // One pane per sampler: its canvases and what it draws.
 function makePane(suffix, label) {
@@ -82,6 +99,7 @@ const st = {
   inFlight: false,
   tween: null, // {start, dur}
   autoplayTimer: null,
+  tempered: new Map(), // "density key|T" -> offscreen heatmap canvas of p^(1/T), or "loading"
 };
 const activePanes = () => (st.compare ? panes : [panes[0]]);
 
@@ -127,7 +145,8 @@ function updateURL() {
     const v = readControl(id, kind);
     if ((key === "expert1" || key === "expert2") && $("target").value !== "product") continue;
     if (key === "compare" && !v) continue;
-    if (ANNEALED_KEYS.has(key) && !uses("annealed")) continue;
+    const owner = Object.keys(OWN_KEYS).find((a) => OWN_KEYS[a].includes(key));
+    if (owner && !uses(owner)) continue;
     q.set(key, kind === "bool" ? (v ? "1" : "0") : String(v));
   }
   for (const [id, key, kind] of CLIENT) {
@@ -155,9 +174,8 @@ function toPx(x1, x2, w, h) {
   return [((x1 - a) / (b - a)) * w, h - ((x2 - c) / (d - c)) * h];
 }
 
-function buildHeatmap() {
-  const d = st.density;
-  if (!d) { st.heat = null; return; }
+// An offscreen canvas, one pixel per grid cell, of a density from /api/density.
+function heatCanvas(d) {
   const n1 = d.axes[0].length, n2 = d.axes[1].length;
   const c = document.createElement("canvas");
   c.width = n1; c.height = n2;
@@ -174,7 +192,14 @@ function buildHeatmap() {
     }
   }
   ctx.putImageData(img, 0, 0);
-  st.heat = c;
+  return c;
+}
+
+function buildHeatmap() {
+  const d = st.density;
+  if (!d) { st.heat = null; return; }
+  const n1 = d.axes[0].length, n2 = d.axes[1].length;
+  st.heat = heatCanvas(d);
   // Contours by marching squares on the cell-centre grid.
   st.contours = [];
   const ax = d.axes[0], ay = d.axes[1], g = d.density;
@@ -205,7 +230,52 @@ function uses(algorithm) {
 }
 function algorithmName(value) {
   const o = $("algorithm").querySelector(`option[value="${value}"]`);
-  return o ? o.textContent : value;
+  const name = o ? o.textContent : value;
+  if (value === "pt") return `${name} (${$("pt-base").selectedOptions[0].textContent})`;
+  return name;
+}
+// Chains that left the box (reverse diffusion starts from a wide prior) are drawn on its edge.
+function clampPx(p, q, w, h, r) {
+  return [Math.min(w - r, Math.max(r, p)), Math.min(h - r, Math.max(r, q))];
+}
+
+// A NUTS tree (lecture view): the leapfrog path from the leftmost to the rightmost leaf, the leaves as
+// dots, growing outwards from the start point; the start (square) and the chosen point (ring).
+function drawTree(ctx, path, start, chosen, divergent, growT, w, h, dpr) {
+  if (!path || !path.length) return;
+  let s = 0, best = Infinity; // the start point's row: the leaf nearest the previous position
+  for (let i = 0; i < path.length; i++) {
+    const d = (path[i][0] - start[0]) ** 2 + (path[i][1] - start[1]) ** 2;
+    if (d < best) { best = d; s = i; }
+  }
+  const lo = Math.round(s - growT * s), hi = Math.round(s + growT * (path.length - 1 - s));
+  const color = divergent ? COLORS.reject : COLORS.tree;
+  ctx.strokeStyle = color;
+  ctx.lineWidth = 1.6 * dpr;
+  ctx.beginPath();
+  for (let i = lo; i <= hi; i++) {
+    const [p, q] = toPx(path[i][0], path[i][1], w, h);
+    if (i === lo) ctx.moveTo(p, q); else ctx.lineTo(p, q);
+  }
+  ctx.stroke();
+  ctx.fillStyle = divergent ? COLORS.reject : COLORS.leaf;
+  for (let i = lo; i <= hi; i++) {
+    const [p, q] = toPx(path[i][0], path[i][1], w, h);
+    ctx.beginPath(); ctx.arc(p, q, 2.1 * dpr, 0, 2 * Math.PI); ctx.fill();
+  }
+  const [p0, q0] = toPx(start[0], start[1], w, h);
+  const a = 4.5 * dpr;
+  ctx.lineWidth = 1.8 * dpr;
+  ctx.strokeStyle = COLORS.chain;
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(p0 - a, q0 - a, 2 * a, 2 * a);
+  ctx.strokeRect(p0 - a, q0 - a, 2 * a, 2 * a);
+  if (growT >= 1 && chosen) {
+    const [p1, q1] = toPx(chosen[0], chosen[1], w, h);
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 2.2 * dpr;
+    ctx.beginPath(); ctx.arc(p1, q1, 5.5 * dpr, 0, 2 * Math.PI); ctx.stroke();
+  }
 }
 
 function drawMain(pane, progress) {
@@ -245,7 +315,11 @@ function drawMain(pane, progress) {
   const moveT = Math.min(1, Math.max(0, (t - 0.6) / 0.4)); // chains move in the last 40%
   const growT = Math.min(1, t / 0.6); // proposals grow in the first 60%
   const nDraw = Math.min(pane.x.length, MAX_DRAWN_CHAINS);
-  if (f && animate && pane.prevX) {
+  if (f && animate && pane.prevX && f.tree) {
+    for (let c = 0; c < Math.min(nDraw, f.tree.length); c++) {
+      drawTree(ctx, f.tree[c], pane.prevX[c], f.proposal[c], f.divergent && f.divergent[c], growT, w, h, dpr);
+    }
+  } else if (f && animate && pane.prevX && pane.algorithm !== "diffusion") {
     ctx.lineWidth = 1.8 * dpr;
     for (let c = 0; c < Math.min(nDraw, f.proposal.length); c++) {
       const color = f.accepted[c] ? COLORS.accept : COLORS.reject;
@@ -293,12 +367,155 @@ function drawMain(pane, progress) {
       a = pane.prevX[c][0] + moveT * (a - pane.prevX[c][0]);
       b = pane.prevX[c][1] + moveT * (b - pane.prevX[c][1]);
     }
-    const [p, q] = toPx(a, b, w, h);
     const big = pane.x.length <= MAX_DRAWN_CHAINS;
+    const r = (big ? 4.5 : 2.2) * dpr;
+    let [p, q] = toPx(a, b, w, h);
+    const outside = p < 0 || p > w || q < 0 || q > h;
+    if (outside) [p, q] = clampPx(p, q, w, h, r);
+    ctx.globalAlpha = outside ? 0.35 : 1;
     ctx.beginPath();
-    ctx.arc(p, q, (big ? 4.5 : 2.2) * dpr, 0, 2 * Math.PI);
+    ctx.arc(p, q, r, 0, 2 * Math.PI);
     ctx.fillStyle = COLORS.chain; ctx.fill();
     if (big) { ctx.lineWidth = 1.5 * dpr; ctx.strokeStyle = "#fff"; ctx.stroke(); }
+    ctx.globalAlpha = 1;
+  }
+  if (pane.algorithm === "diffusion" && pane.diagnostics && pane.diagnostics.diffusion) {
+    const dd = pane.diagnostics.diffusion; // the reverse time and noise level, top left
+    ctx.font = `600 ${12 * dpr}px system-ui, sans-serif`;
+    ctx.textAlign = "left"; ctx.textBaseline = "top";
+    const label = dd.done ? `t = ${fmtG(dd.t)} · done: the chains stay (Reset to run again)`
+                          : `t = ${fmtG(dd.t)} · σ(t) = ${fmtG(dd.sigma)}`;
+    ctx.fillStyle = "rgba(255, 255, 255, 0.8)";
+    ctx.fillRect(4 * dpr, 4 * dpr, ctx.measureText(label).width + 10 * dpr, 18 * dpr);
+    ctx.fillStyle = "#1f2328";
+    ctx.fillText(label, 9 * dpr, 7 * dpr);
+  }
+}
+
+// ------------------------------------------------------------------ parallel tempering strip
+function temperedKey(t) { return `${st.densityKey}|${t}`; }
+// Fetch the tempered densities p^(1/T) of the ladder the strip shows (computed by the server, cached there too).
+function ensureTempered(temps) {
+  if (!st.density || !temps) return;
+  for (const t of temps) {
+    const key = temperedKey(t);
+    if (st.tempered.has(key)) continue;
+    st.tempered.set(key, "loading");
+    const q = new URLSearchParams(st.densityKey);
+    q.set("resolution", String(STRIP_RES)); q.set("temperature", String(t));
+    fetch("/api/density?" + q.toString()).then((r) => (r.ok ? r.json() : null)).then((d) => {
+      if (d) { st.tempered.set(key, heatCanvas(d)); drawStrips(); } else st.tempered.delete(key);
+    }).catch(() => st.tempered.delete(key));
+  }
+}
+// Panel rectangles of the strip, in canvas pixels: one per temperature, one row (two for K > 8).
+function stripLayout(k, w, dpr) {
+  const cols = k > 8 ? Math.ceil(k / 2) : k, rows = Math.ceil(k / cols);
+  const gap = 16 * dpr, label = 15 * dpr, below = 15 * dpr;
+  const size = Math.min(140 * dpr, (w - gap * (cols - 1)) / cols);
+  const left = (w - (cols * size + gap * (cols - 1))) / 2;
+  const rects = [];
+  for (let i = 0; i < k; i++) {
+    const r = Math.floor(i / cols), c = i % cols;
+    rects.push({ x: left + c * (size + gap), y: r * (label + size + below) + label, size });
+  }
+  return { rects, gap, height: rows * (label + size + below) };
+}
+function paneTemperatures(pane) {
+  const f = pane.frame;
+  if (f && f.temperatures) return f.temperatures;
+  const d = pane.diagnostics;
+  return d && d.tempering ? d.tempering.temperatures : null;
+}
+function drawStrip(pane) {
+  const canvas = $("pt-strip" + pane.suffix);
+  const show = pane.algorithm === "pt" && $("show-replicas").checked;
+  canvas.hidden = !show;
+  if (!show) return;
+  const temps = paneTemperatures(pane);
+  if (!temps) return;
+  ensureTempered(temps);
+  const k = temps.length;
+  const dpr = window.devicePixelRatio || 1;
+  const width = canvas.getBoundingClientRect().width;
+  const lay0 = stripLayout(k, width * dpr, dpr);
+  canvas.style.height = `${lay0.height / dpr}px`;
+  const [w] = fitCanvas(canvas);
+  const { rects, gap } = stripLayout(k, w, dpr);
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  const f = pane.frame;
+  const m = f && f.replicas ? f.replicas[0].length : Math.min(pane.x.length, 200);
+  const replicas = f && f.replicas ? f.replicas : temps.map(() => pane.x.slice(0, m)); // init: all at x
+  const swaps = f && f.swaps ? f.swaps : null;
+  const rates = pane.diagnostics && pane.diagnostics.tempering ? pane.diagnostics.tempering.swap_rates : [];
+  const [[a1, b1], [a2, b2]] = st.bounds;
+  const px = (r, x1, x2) => [r.x + ((x1 - a1) / (b1 - a1)) * r.size, r.y + r.size - ((x2 - a2) / (b2 - a2)) * r.size];
+  const rad = (m > 100 ? 1.6 : 2.6) * dpr;
+  for (let k0 = 0; k0 < k; k0++) {
+    const r = rects[k0];
+    const heat = st.tempered.get(temperedKey(temps[k0]));
+    if ($("show-target").checked && heat && heat !== "loading") {
+      ctx.imageSmoothingEnabled = true;
+      ctx.drawImage(heat, r.x, r.y, r.size, r.size);
+    }
+    ctx.strokeStyle = "#d8dde3"; ctx.lineWidth = 1 * dpr;
+    ctx.strokeRect(r.x, r.y, r.size, r.size);
+    ctx.fillStyle = k0 === 0 ? "#1f2328" : "#5b6470";
+    ctx.font = `${k0 === 0 ? "600 " : ""}${11 * dpr}px system-ui, sans-serif`;
+    ctx.textAlign = "center"; ctx.textBaseline = "bottom";
+    ctx.fillText(`T = ${fmtG(temps[k0])}`, r.x + r.size / 2, r.y - 2 * dpr);
+    ctx.save();
+    ctx.beginPath(); ctx.rect(r.x, r.y, r.size, r.size); ctx.clip();
+    const rows = replicas[k0] || [];
+    for (let c = 0; c < rows.length; c++) {
+      const [p, q] = px(r, rows[c][0], rows[c][1]);
+      ctx.fillStyle = COLORS.chain;
+      ctx.beginPath(); ctx.arc(p, q, rad, 0, 2 * Math.PI); ctx.fill();
+    }
+    // replicas that arrived by an accepted swap with a neighbour: ringed in the swap colour
+    if (swaps) {
+      ctx.strokeStyle = COLORS.swap; ctx.lineWidth = 1.8 * dpr;
+      for (let c = 0; c < rows.length; c++) {
+        const swapped = (k0 > 0 && swaps[k0 - 1][c]) || (k0 < k - 1 && swaps[k0][c]);
+        if (!swapped) continue;
+        const [p, q] = px(r, rows[c][0], rows[c][1]);
+        ctx.beginPath(); ctx.arc(p, q, rad + 2.6 * dpr, 0, 2 * Math.PI); ctx.stroke();
+      }
+    }
+    ctx.restore();
+  }
+  // between adjacent panels: the swaps accepted at this step (a double arrow and their count), and the pair's rate
+  for (let k0 = 0; k0 < k - 1; k0++) {
+    const r = rects[k0], n = rects[k0 + 1];
+    const sameRow = Math.abs(r.y - n.y) < 1;
+    const cx = sameRow ? (r.x + r.size + n.x) / 2 : r.x + r.size + gap / 2;
+    const cy = r.y + r.size / 2;
+    const count = swaps ? swaps[k0].reduce((acc, v) => acc + (v ? 1 : 0), 0) : 0;
+    if (count > 0) {
+      ctx.fillStyle = COLORS.swap;
+      ctx.fillRect(cx - gap / 2 + 2 * dpr, r.y, gap - 4 * dpr, r.size);
+      ctx.fillStyle = "#fff";
+      ctx.font = `700 ${11 * dpr}px system-ui, sans-serif`;
+      ctx.textAlign = "center"; ctx.textBaseline = "middle";
+      ctx.fillText("⇄", cx, cy - 8 * dpr);
+      ctx.font = `600 ${9 * dpr}px system-ui, sans-serif`;
+      ctx.fillText(String(count), cx, cy + 8 * dpr);
+    }
+    const rate = rates[k0];
+    if (rate !== null && rate !== undefined) {
+      ctx.fillStyle = "#5b6470";
+      ctx.font = `${9.5 * dpr}px system-ui, sans-serif`;
+      ctx.textAlign = "center"; ctx.textBaseline = "top";
+      ctx.fillText(rate.toFixed(2), cx, r.y + r.size + 3 * dpr);
+    }
+  }
+}
+function drawStrips() {
+  for (const pane of panes) {
+    if (activePanes().includes(pane)) drawStrip(pane);
+    else $("pt-strip" + pane.suffix).hidden = true;
   }
 }
 
@@ -359,6 +576,7 @@ function drawAll(progress) {
     drawHist(pane, 0);
     drawHist(pane, 1);
   }
+  drawStrips();
 }
 
 // ------------------------------------------------------------------ data
@@ -386,6 +604,9 @@ function pushSamples(pane, points) {
     pane.samples[2 * pane.n] = a; pane.samples[2 * pane.n + 1] = b; pane.n += 1;
   }
 }
+function fmtG(v) {
+  return v === null || v === undefined || !Number.isFinite(v) ? "—" : String(Number(v.toPrecision(3)));
+}
 function sigmaText(d) {
   return d.sigma === null || d.sigma === undefined ? "—" : `${Number(d.sigma.toPrecision(3))} (${d.level}/${d.num_levels})`;
 }
@@ -398,6 +619,22 @@ function showDiagnostics(pane, d) {
   $("rhat" + s).textContent = fmt(d.rhat, 3);
   $("kl" + s).textContent = fmt(d.kl, 3);
   $("sigma" + s).textContent = sigmaText(d);
+  const nuts = d.nuts || {};
+  $("tree-depth" + s).textContent = fmt(nuts.mean_tree_depth, 2);
+  $("grad-evals" + s).textContent = fmt(nuts.grad_evals_per_step, 1);
+  $("divergences" + s).textContent = d.nuts ? String(nuts.divergences) : "—";
+  const pt = d.tempering;
+  const tag = st.compare ? `${pane.label}: ` : "";
+  $("round-trips" + s).textContent = pt ? String(pt.round_trips) : "—";
+  $("barrier" + s).textContent = pt ? fmt(pt.barrier, 2) : "—";
+  $("ladder" + s).textContent = pt
+    ? tag + pt.temperatures.map(fmtG).join(" · ") +
+      (pt.adapting ? `  (adapting: round ${pt.rounds_done + 1}/${pt.adapt_rounds})` : pt.adapt_rounds ? "  (frozen)" : "")
+    : "—";
+  $("swap-rates" + s).textContent = pt ? tag + pt.swap_rates.map((r) => fmt(r, 2)).join(" · ") : "—";
+  const df = d.diffusion;
+  $("diffusion-t" + s).textContent = df ? `${fmtG(df.t)} (${df.step}/${df.num_steps})` : "—";
+  $("diffusion-sigma" + s).textContent = df ? fmtG(df.sigma) : "—";
 }
 function updateCaption() {
   const d = panes[0].diagnostics;
@@ -411,7 +648,16 @@ function updateCaption() {
       ? ` · annealing: σ = ${Number(annealed.sigma.toPrecision(3))}, level ${annealed.level}/${annealed.num_levels}` +
         " (draws are kept from the last level on)"
       : ` · last noise level σ = ${Number(annealed.sigma.toPrecision(3))}: diagnostics over its ${annealed.kept_draws} draws`;
+  } else if (d.diffusion) {
+    const df = d.diffusion;
+    text = `reverse ${df.sde.toUpperCase()} diffusion (${df.method}) · ${n} chain${n === 1 ? "" : "s"} · ` +
+      (df.done ? `t = ${fmtG(df.t)} reached after ${df.num_steps} steps: the chains are samples and stay (Reset to run again)`
+               : `t = ${fmtG(df.t)}, σ(t) = ${fmtG(df.sigma)}, step ${df.step}/${df.num_steps} (from noise to the target)`);
   } else if (d.kept_draws < d.num_steps) text += ` · diagnostics over the last ${d.kept_draws} draws`;
+  const pt = activePanes().map((p) => p.diagnostics).find((x) => x && x.tempering);
+  if (pt && pt.tempering.adapting) {
+    text += ` · PT ladder adapting (round ${pt.tempering.rounds_done + 1}/${pt.tempering.adapt_rounds}, frozen after step ${pt.tempering.num_adapt_steps})`;
+  }
   if (st.densityNote) text += ` · ${st.densityNote}`;
   $("caption").textContent = text;
 }
@@ -428,11 +674,17 @@ function layoutPanes() {
     title.append(tag, algorithmName(pane.algorithm));
     $("head-" + pane.label.toLowerCase()).textContent = `${pane.label} · ${pane.algorithm}`;
   }
-  const annealed = activePanes().some((p) => p.algorithm === "annealed");
-  for (const el of document.querySelectorAll("#diag .compare-only, #diag .sigma-row")) {
-    el.hidden = (el.classList.contains("compare-only") && !st.compare) ||
-                (el.classList.contains("sigma-row") && !annealed);
+  const running = new Set(activePanes().map((p) => p.algorithm));
+  const rows = { "sigma-row": "annealed", "nuts-row": "nuts", "pt-row": "pt", "diffusion-row": "diffusion" };
+  for (const el of document.querySelectorAll("#diag dt, #diag dd")) {
+    const row = Object.keys(rows).find((c) => el.classList.contains(c));
+    el.hidden = (el.classList.contains("compare-only") && !st.compare) || (row !== undefined && !running.has(rows[row]));
   }
+  const only = running.size === 1 ? [...running][0] : "";
+  $("legend-acc").textContent = only === "nuts" ? "tree" : "accepted";
+  $("legend-rej").textContent = only === "nuts" ? "divergent" : "rejected";
+  for (const id of ["legend-acc", "legend-rej"]) $(id).parentElement.hidden = only === "diffusion"; // nothing is proposed
+  $("legend-acc").previousElementSibling.style.background = only === "nuts" ? COLORS.tree : "";
 }
 
 async function loadDensity() {
@@ -506,9 +758,11 @@ function scheduleAutoplay() {
 
 // Take a pane's frames: all but the last go to its samples (annealing frames are
 // animated but not kept, as on the server); the last one is animated.
+// A frame's points are draws unless they are annealing or a reverse diffusion still under way.
+const keptFrame = (f) => !f.annealing && f.kept !== false;
 function takeFrames(pane, frames) {
   if (!frames || !frames.length) return null;
-  for (let i = 0; i < frames.length - 1; i++) if (!frames[i].annealing) pushSamples(pane, frames[i].x);
+  for (let i = 0; i < frames.length - 1; i++) if (keptFrame(frames[i])) pushSamples(pane, frames[i].x);
   const last = frames[frames.length - 1];
   pane.prevX = frames.length > 1 ? frames[frames.length - 2].x : pane.x;
   pane.frame = last;
@@ -524,7 +778,7 @@ function onFrames(msg) {
   const lasts = parts.map(([pane, frames]) => takeFrames(pane, frames));
   const finish = () => {
     parts.forEach(([pane, , diag], i) => {
-      if (lasts[i] && !lasts[i].annealing) pushSamples(pane, lasts[i].x);
+      if (lasts[i] && keptFrame(lasts[i])) pushSamples(pane, lasts[i].x);
       showDiagnostics(pane, diag);
     });
     updateCaption();
@@ -539,7 +793,7 @@ function onFrames(msg) {
     const tick = (now) => {
       if (st.tween !== tween) return; // cancelled by a reset/configure
       const p = Math.min(1, (now - tween.start) / tween.dur);
-      for (const [pane] of parts) drawMain(pane, p);
+      for (const [pane] of parts) { drawMain(pane, p); drawStrip(pane); }
       if (p < 1) requestAnimationFrame(tick);
       else { st.tween = null; finish(); }
     };
@@ -613,9 +867,12 @@ function connect() {
 function syncVisibility() {
   const algos = [$("algorithm").value, $("compare-algorithm").value].filter(Boolean);
   $("experts").hidden = $("target").value !== "product";
-  for (const el of document.querySelectorAll(".hmc-only")) el.hidden = !algos.includes("hmc");
-  for (const el of document.querySelectorAll(".annealed-only")) el.hidden = !algos.includes("annealed");
-  $("step-size").disabled = algos.every((a) => a === "rejection" || a === "annealed");
+  const hmc = algos.includes("hmc") || (algos.includes("pt") && $("pt-base").value === "hmc");
+  for (const el of document.querySelectorAll(".hmc-only")) el.hidden = !hmc;
+  for (const a of ["annealed", "nuts", "pt", "diffusion"]) {
+    for (const el of document.querySelectorAll(`.${a}-only`)) el.hidden = !algos.includes(a);
+  }
+  $("step-size").disabled = algos.every((a) => a === "rejection" || a === "annealed" || a === "diffusion");
   $("step-size-label").textContent = algos.length === 1 && algos[0] === "rwmh" ? "Proposal scale σ" : "Step size ε";
 }
 
@@ -623,7 +880,8 @@ function targetInfo() {
   if (!st.info) return null;
   const name = $("target").value;
   if (name === st.info.product) {
-    return { name, algorithms: st.info.product_algorithms, density: true, annealed: null, kind: "product of experts" };
+    return { name, algorithms: st.info.product_algorithms, density: true, annealed: null, diffusion: null,
+             kind: "product of experts" };
   }
   return st.info.targets.find((t) => t.name === name) || null;
 }
@@ -640,8 +898,15 @@ function syncAvailability(autoSwitch) {
       o.disabled = !allowed.has(o.value);
       o.title = !o.disabled ? "" : o.value === "annealed"
         ? `needs a noise-conditional score; ${info.name} has none`
-        : `needs an energy; ${info.name} is a score model`;
+        : o.value === "diffusion"
+          ? `needs a diffusion score s(x, t) (exact for Gaussian and mixture targets, or a trained diffusion run); ${info.name} has none`
+          : `needs an energy; ${info.name} is a score model`;
     }
+  }
+  const sdes = new Set(info.diffusion ? info.diffusion.sdes : ["vp", "ve"]);
+  for (const o of $("sde").options) {
+    o.disabled = !sdes.has(o.value);
+    o.title = o.disabled ? `${info.name} was trained with another SDE` : "";
   }
   if (!autoSwitch) return;
   const notes = [];
@@ -655,6 +920,7 @@ function syncAvailability(autoSwitch) {
     notes.push(`${algorithmName(cmp)} is not available for ${info.name}; side by side is off.`);
     $("compare-algorithm").value = "";
   }
+  if (!sdes.has($("sde").value)) $("sde").value = [...sdes][0];
   if (notes.length) $("hint").textContent = notes.join(" ");
   if (info.annealed) { // the target's suggested annealing schedule (its noise scale)
     writeControl("num-levels", "int", info.annealed.num_levels);
@@ -704,6 +970,7 @@ async function main() {
   for (const id of serverIds) {
     $(id).addEventListener("change", () => {
       if (id === "target" || id === "expert1" || id === "expert2") syncAvailability(true);
+      if (id === "pt-base") layoutPanes();
       syncVisibility();
       updateURL();
       if (["target", "expert1", "expert2"].includes(id)) loadDensity();
@@ -742,6 +1009,16 @@ window.ebmlabPlayground = {
   bounds: () => st.bounds,
   chains: () => panes[0].x,
   chainsB: () => panes[1].x,
+  frame: () => panes[0].frame, // the latest frame (with the tree / replicas the page draws)
+  diagnostics: () => panes[0].diagnostics,
+  // canvas pixel of a point (x1, x2) on the main canvas, and the strip's panel rectangles (canvas pixels)
+  toPx: (x1, x2) => { const c = $("main"); return toPx(x1, x2, c.width, c.height); },
+  stripRects: () => {
+    const temps = paneTemperatures(panes[0]);
+    const c = $("pt-strip");
+    return temps ? stripLayout(temps.length, c.width, window.devicePixelRatio || 1).rects : [];
+  },
+  temperedReady: () => { const t = paneTemperatures(panes[0]); return Boolean(t) && t.every((v) => { const h = st.tempered.get(temperedKey(v)); return h && h !== "loading"; }); },
 };
 
 main().catch((err) => { showError(String(err)); setStatus("failed to start", false); });
