@@ -58,17 +58,27 @@ def evaluate_density_model(energy: Any, test: Tensor, bounds: Sequence[tuple[flo
         num_chains, num_steps, step_size: the MALA chains (see :func:`model_samples`).
 
     Returns:
-        ``test_nll`` (nats per point), ``log_z`` and ``log_z_error``, ``mmd``
+        ``test_nll`` (nats per point), ``log_z`` and ``log_z_error``, ``log_z_edge_mass``, ``mmd``
         (squared, unbiased), ``sliced_w``, ``sampler_acceptance``; with
         ``true_density``: ``true_nll`` and ``kl``; with ``entropy`` too:
         ``entropy`` and ``test_set_noise``.
+
+    Raises:
+        ValueError: if test points lie outside ``bounds`` (the message counts them).
     """
     with torch.no_grad():
         lz = log_partition(energy, bounds, resolution)
-        nll = float(-normalized_log_prob(energy, test, bounds, resolution, log_z=lz.value).mean())
+        lp = normalized_log_prob(energy, test, bounds, resolution, log_z=lz.value)
+    lo = torch.tensor([b[0] for b in bounds], dtype=test.dtype, device=test.device)
+    hi = torch.tensor([b[1] for b in bounds], dtype=test.dtype, device=test.device)
+    outside = int(((test < lo) | (test > hi)).any(dim=1).sum())
+    if outside:
+        raise ValueError(f"{outside} of {test.shape[0]} test points lie outside the quadrature box "
+                         f"{[tuple(b) for b in bounds]}, where the model's density is unknown; widen the bounds")
+    nll = float(-lp.mean())
     x, acc = model_samples(energy, bounds, num_chains=num_chains, num_steps=num_steps, step_size=step_size,
                            generator=generator)
-    out = {"test_nll": nll, "log_z": lz.value, "log_z_error": lz.error,
+    out = {"test_nll": nll, "log_z": lz.value, "log_z_error": lz.error, "log_z_edge_mass": lz.edge_mass,
            "mmd": mmd(x, test, generator=generator), "sliced_w": sliced_wasserstein(x, test, generator=generator),
            "sampler_acceptance": acc}
     if true_density is not None:
