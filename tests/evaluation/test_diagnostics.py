@@ -119,3 +119,13 @@ def test_summarize_subsamples_chains_evenly_and_deterministically():
     np.testing.assert_allclose(s["mean"], x.reshape(-1, 2).astype(np.float64).mean(0), rtol=1e-10)
     with pytest.raises(ValueError, match="max_chains"):
         summarize(x, max_chains=1)
+
+
+def test_summarize_refuses_points_read_as_chains():
+    """torch.randn(1000, 2) is 1000 points in 2-D; read as 2 scalar chains its R-hat (1.0007) would mean nothing."""
+    x = torch.randn(1000, 2, generator=torch.Generator().manual_seed(9))
+    with pytest.raises(ValueError, match=r"\(draws, chains, \*event\), got shape \(1000, 2\).*x\[:, None\].*scalar=True"):
+        summarize(x)
+    s = summarize(x, scalar=True)  # when two scalar chains are meant
+    assert s["num_chains"] == 2 and len(s["mean"]) == 1
+    assert summarize(x[:, None].expand(1000, 2, 2).contiguous())["num_chains"] == 2

@@ -165,7 +165,8 @@ def rhat(samples: Tensor | np.ndarray) -> np.ndarray:
     return _per_coordinate(array_stats.rhat(arr, chain_axis=1, draw_axis=0, method="rank"), event)
 
 
-def summarize(samples: Tensor | np.ndarray, *, max_chains: int | None = 1000) -> dict[str, Any]:
+def summarize(samples: Tensor | np.ndarray, *, max_chains: int | None = 1000,
+              scalar: bool = False) -> dict[str, Any]:
     """Convergence summary of a trace: bulk ESS, R̂, mean and covariance.
 
     R̂ and ESS rank all draws of a coordinate jointly, which costs
@@ -187,6 +188,10 @@ def summarize(samples: Tensor | np.ndarray, *, max_chains: int | None = 1000) ->
             coordinates.
         max_chains: at most this many chains go into ESS/R̂ (>= 2); ``None``
             uses all of them.
+        scalar: the trace is ``(draws, chains)`` of scalars. Without it a
+            2-D array is refused: ``(1000, 2)`` is as often 1000 points in
+            2-D (one chain, or i.i.d. draws) as 1000 draws of two scalar chains,
+            and reading it the wrong way gives an R̂ of 1 that means nothing.
 
     Returns:
         A dict with
@@ -197,8 +202,8 @@ def summarize(samples: Tensor | np.ndarray, *, max_chains: int | None = 1000) ->
         and ``num_chains_used`` (ints).
 
     Raises:
-        ValueError: if there are fewer than 2 chains, fewer than 4 draws, or
-            ``max_chains < 2``.
+        ValueError: if there are fewer than 2 chains, fewer than 4 draws,
+            ``max_chains < 2``, or a 2-D array without ``scalar=True``.
     """
     if max_chains is not None:
         if isinstance(max_chains, bool) or not isinstance(max_chains, int):
@@ -206,6 +211,10 @@ def summarize(samples: Tensor | np.ndarray, *, max_chains: int | None = 1000) ->
         if max_chains < 2:
             raise ValueError(f"expected max_chains >= 2 (R̂ compares chains), got {max_chains}")
     arr = _to_numpy(samples)
+    if arr.ndim == 2 and not scalar:
+        raise ValueError(f"summarize needs a trace shaped (draws, chains, *event), got shape {arr.shape}: for "
+                         f"points (n, d) of one chain use x[:, None] (R̂ then needs more chains); for {arr.shape[1]} "
+                         "chains of scalars pass scalar=True")
     draws, chains, event = _check_trace(arr, min_chains=2, what="summarize (R̂)")
     dim = math.prod(event)
     arr = arr.reshape(draws, chains, dim)
