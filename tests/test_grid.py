@@ -177,3 +177,29 @@ def test_uniform_in_bounds_defaults_and_errors():
         grid.uniform_in_bounds(3, [(1.0, 0.0)])
     with pytest.raises(TypeError, match="floating-point dtype"):
         grid.uniform_in_bounds(3, [(0.0, 1.0)], dtype=torch.int32)
+
+
+def test_a_closure_over_a_float32_tensor_is_evaluated_in_float32_and_said_so():
+    """``x @ P`` with a captured float32 ``P`` cannot take the float64 grid: quadrature, grid densities and
+    bin masses fall back to torch's default dtype with a warning instead of dying inside torch."""
+    import math
+
+    import pytest
+
+    from ebmlab.evaluation import histogram_kl, log_partition
+    from ebmlab.evaluation.partition import density_on_grid
+
+    p = torch.tensor([[2.0, 0.5], [0.5, 1.0]])
+    energy = lambda x: 0.5 * ((x @ p) * x).sum(-1)  # noqa: E731
+    box = [(-8.0, 8.0), (-8.0, 8.0)]
+    with pytest.warns(UserWarning, match=r"could not take float64 grid points .* evaluated it in torch.float32"):
+        lz = log_partition(energy, box)
+    assert abs(lz.value - (math.log(2 * math.pi) - 0.5 * math.log(float(torch.linalg.det(p))))) < 1e-5
+    with pytest.warns(UserWarning, match="float32"):
+        _, dens = density_on_grid(energy, box, 32)
+    assert dens.shape == (32, 32)
+    with pytest.warns(UserWarning, match="float32"):
+        assert histogram_kl(torch.randn(500, 2, generator=torch.Generator().manual_seed(0)) @ torch.linalg.cholesky(
+            torch.linalg.inv(p)).T, energy, box, bins=10) < 0.1
+    with pytest.raises(RuntimeError, match="boom"):  # other errors are the energy's own: not retried
+        log_partition(lambda x: (_ for _ in ()).throw(RuntimeError("boom")), box)

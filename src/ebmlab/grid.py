@@ -18,6 +18,8 @@ AIS beyond); :func:`uniform_in_bounds` works in any dimension.
 
 from __future__ import annotations
 
+import warnings
+
 import math
 from collections.abc import Callable, Sequence
 
@@ -120,6 +122,26 @@ def resolve_dtype_device(
     if device is None:
         device = ref.device if ref is not None else torch.device("cpu")
     return dtype, torch.device(device)
+
+
+def _first_call(energy: _EnergyLike, x: Tensor) -> tuple[Tensor, torch.dtype | None]:
+    """``energy(x)``; if a float64 grid meets an energy that computes in another dtype (a plain function
+    multiplying by a float32 tensor it captured), evaluate in torch's default dtype instead and say so.
+
+    Returns:
+        The energies and the dtype fallen back to (``None`` when ``x``'s own dtype worked).
+    """
+    try:
+        return energy(x), None
+    except RuntimeError as err:
+        fallback = torch.get_default_dtype()
+        if x.dtype != torch.float64 or fallback == torch.float64 or "dtype" not in str(err).lower() and \
+                "scalar type" not in str(err).lower():
+            raise
+        e = energy(x.to(fallback))
+        warnings.warn(f"the energy could not take float64 grid points ({str(err).splitlines()[0]}); evaluated "
+                      f"it in {fallback} instead (pass dtype= to choose)", stacklevel=4)
+        return e, fallback
 
 
 def grid_axes(
@@ -252,7 +274,13 @@ def grid_energies(
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
             x = _points(axes, start, stop)
-            e = check_energy_output(energy(x), x)
+            if start == 0 and dtype is None:
+                e, fallback = _first_call(energy, x)
+                if fallback is not None:  # the energy takes only torch's default dtype: use it throughout
+                    axes, x = _axes(b, res, fallback, dev), x.to(fallback)
+            else:
+                e = energy(x)
+            e = check_energy_output(e, x)
             out[start:stop] = e.to(device=out.device, dtype=torch.float64)
     n_nan = int(torch.isnan(out).sum())
     n_neg_inf = int(torch.isneginf(out).sum())
