@@ -415,3 +415,41 @@ def test_nan_energy_is_a_divergence_and_never_chosen():
     assert 10 < int(info.divergent.sum()) < 200
     assert bool(torch.isfinite(state.energy).all()) and bool((state.x[:, 0] < 1.0).all())
     assert not bool(info.log_acceptance.isnan().any())  # -inf where the only leaf diverged: acceptance 0
+
+
+# --------------------------------------------------------------------------- compaction
+
+
+@pytest.mark.parametrize("name, eps", [("banana", 0.3), ("funnel", 0.3)])
+def test_dropping_finished_chains_from_the_batch_does_not_change_them(monkeypatch, name, eps):
+    """Chains whose subtree is void leave the batch at power-of-two leaves (how many must be left
+    decides when); the chains must be bit-identical whether that never happens or happens at every
+    chance. The funnel adds divergent chains (NaN and inf leaves) to the ones dropped."""
+    import ebmlab.samplers.nuts as nuts_module
+
+    target = targets.funnel(dim=10) if name == "funnel" else targets.get(name)
+    x0 = target.sample(300, generator=torch.Generator().manual_seed(9), dtype=F64)
+
+    def run(compact_below):
+        monkeypatch.setattr(nuts_module, "_COMPACT_BELOW", compact_below)
+        g = torch.Generator().manual_seed(4)
+        infos = []
+        trace = ebmlab.sample(target, NUTS(eps, max_tree_depth=8), x0, 8, generator=g,
+                              callback=lambda t, s, i: infos.append(i))
+        return trace, infos, g.get_state()
+
+    (a, infos_a, rng_a), (b, infos_b, rng_b) = run(0.0), run(1.0)
+    assert torch.equal(a.samples, b.samples) and torch.equal(a.energies, b.energies)
+    assert torch.equal(a.final_state.score, b.final_state.score)
+    assert torch.equal(rng_a, rng_b)  # the same random numbers drawn
+    for ia, ib in zip(infos_a, infos_b):
+        for field in ("accepted", "tree_depth", "num_grad_evals", "divergent"):
+            assert torch.equal(getattr(ia, field), getattr(ib, field)), field
+        # Up to rounding: the acceptance statistic sums the leaves in groups split where chains leave,
+        # and the kinetic energy's matrix-vector product may round differently for another batch size.
+        torch.testing.assert_close(ia.log_acceptance, ib.log_acceptance, rtol=1e-13, atol=1e-15)
+        torch.testing.assert_close(ia.energy_error, ib.energy_error, rtol=1e-12, atol=1e-13)
+    depths = torch.stack([i.tree_depth for i in infos_a])
+    assert int(depths.max()) >= int(depths.min()) + 3  # chains of very different depths: many were dropped
+    if name == "funnel":
+        assert int(sum(int(i.divergent.sum()) for i in infos_a)) > 0

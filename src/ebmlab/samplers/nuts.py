@@ -62,9 +62,13 @@ from torch import Tensor
 
 from ..checks import check_int, check_positive
 from ..energies.core import energy_and_score
-from .base import Info, State, broadcast_chains, normal_like, random_on, uniform_log
+from .base import Info, State, normal_like, random_on
 
 __all__ = ["NUTS"]
+
+# A power-of-two leaf drops the void rows from the batch when at most this fraction of them is left
+# building (0: never; the chains are the same either way).
+_COMPACT_BELOW = 0.9
 
 
 @dataclass(frozen=True)
@@ -153,207 +157,256 @@ class NUTS:
 
         Returns:
             ``(new_state, info)``; see the class docstring for ``info``.
+
+        Random numbers: ``p`` (one normal per coordinate), then per doubling, for
+        the chains still active only, one block of ``2^j + 1`` uniforms per chain
+        (its direction, the subtree-vs-tree draw and one draw per leaf after the
+        first). Which chains are compacted away when does not change them, so
+        the chains do not depend on that bookkeeping.
         """
         x0, e0, s0 = state.x, state.energy, state.score
         chains, dtype, device = x0.shape[0], x0.dtype, x0.device
+        event = tuple(x0.shape[1:])
+        size = x0[0].numel()
+        unit = (1,) * len(event)
         minv = self._inverse_mass_like(x0)
         eps, threshold = self.step_size, self.divergence_threshold
+        record = self.record_tree
+        on_cpu = device.type == "cpu"
 
-        ones = x0.new_ones(x0[0].numel())
+        ones = x0.new_ones(size)
+        half_ones = 0.5 * ones
 
         def dot(a: Tensor, b: Tensor) -> Tensor:
-            # Per-chain inner product over the event dimensions, as a matrix-vector product: on CPU
-            # it is several times faster than a sum over a short last dimension.
-            return (a * b).reshape(chains, -1) @ ones
+            # Per-chain inner product over the event dimensions (any leading dimensions), as a matrix-vector
+            # product: on CPU it is several times faster than a sum over a short last dimension.
+            ab = a * b
+            if len(event) == 1:
+                return ab @ ones
+            return (ab.reshape(-1, size) @ ones).reshape(ab.shape[: ab.dim() - len(event)])
 
         def sharp(p: Tensor) -> Tensor:
             return p if minv is None else minv * p  # p# = M^-1 p, the velocity dx/dt
 
-        def kinetic(p: Tensor) -> Tensor:
-            return 0.5 * dot(p, sharp(p))  # p^T M^-1 p / 2
-
-        def turning(pa: Tensor, pb: Tensor, rho: Tensor) -> Tensor:
+        def turning(pa: Tensor, pb: Tensor, rho: Tensor | None) -> Tensor:
             # Betancourt (2017) A.4.2 with rho less half its end momenta, as NumPyro and BlackJAX:
-            # the stretch turns once either end's velocity M^-1 p points against r.
-            r = rho - 0.5 * (pa + pb)
-            return torch.minimum(dot(sharp(pa), r), dot(sharp(pb), r)) <= 0
+            # the stretch turns once either end's velocity M^-1 p points against r. rho=None: a stretch of
+            # two leaves, whose r is (pa + pb) / 2 (only its sign matters: pa + pb).
+            r = pa + pb if rho is None else rho - 0.5 * (pa + pb)
+            ends = torch.stack(torch.broadcast_tensors(pa, pb))
+            return dot(sharp(ends), r).amin(0) <= 0
+
+        def col(v: Tensor) -> Tensor:
+            return v.view(-1, *unit)  # (rows,) against (rows, *event)
+
+        def rowmask(m: Tensor) -> Tensor:
+            # A row mask as a full, contiguous one: torch.where is several times slower on a broadcast mask.
+            return m.view(-1, *unit).expand(-1, *event).contiguous()
 
         z = normal_like(x0, generator)
         p0 = z if minv is None else z / minv**0.5  # p ~ N(0, M), M = diag(1 / inverse_mass)
-        h0 = e0 + kinetic(p0)
+        h0 = e0 + 0.5 * dot(p0, sharp(p0))
 
-        # The tree: its two ends (to integrate further from), momentum sum, log weight and proposal.
-        left_x, left_p, left_s = x0, p0, s0
-        right_x, right_p, right_s = x0, p0, s0
-        rho_tree = p0
+        # The tree, per chain: its two ends (row 0 the leftmost leaf, row 1 the rightmost, gathered through
+        # the flat views by side * chains + chain), momentum sum, log weight and proposal (with its energy
+        # error H - H0).
+        end_x, end_p, end_s = torch.stack((x0, x0)), torch.stack((p0, p0)), torch.stack((s0, s0))
+        flat_x, flat_p, flat_s = (t.view(2 * chains, *event) for t in (end_x, end_p, end_s))
+        rho_tree = p0.clone()
         log_w_tree = torch.zeros(chains, dtype=dtype, device=device)  # the initial point's weight exp(H0 - H0)
-        prop_x, prop_e, prop_s, prop_h = x0, e0, s0, h0
+        prop_x, prop_e, prop_s = x0.clone(), e0.clone(), s0.clone()
+        prop_d = torch.zeros(chains, dtype=dtype, device=device)
         active = torch.ones(chains, dtype=torch.bool, device=device)
         depth = torch.zeros(chains, dtype=torch.long, device=device)
         num_leapfrog = torch.zeros(chains, dtype=torch.long, device=device)
         divergent = torch.zeros(chains, dtype=torch.bool, device=device)
         sum_accept = torch.zeros(chains, dtype=dtype, device=device)
-        # U-turn checkpoints (slot = popcount(n >> 1) for an even leaf n): the leaf's momentum, the
-        # subtree's running momentum sum there, and the momentum of the leaf before it.
-        slots = max(self.max_tree_depth - 1, 1)
-        ck_p = x0.new_empty((slots, *x0.shape))
-        ck_sum = x0.new_empty((slots, *x0.shape))
-        ck_prev = x0.new_empty((slots, *x0.shape))
-        if self.record_tree:
-            left_off = torch.zeros(chains, dtype=torch.long, device=device)
-            right_off = torch.zeros(chains, dtype=torch.long, device=device)
-            path_x, path_off, path_ok = [x0], [left_off], [active]
+        if record:
+            end_off = torch.zeros(2 * chains, dtype=torch.long, device=device)
+            path_x, path_off, path_ok = [x0], [end_off[:chains].clone()], [active.clone()]
 
         for j in range(self.max_tree_depth):
-            if not bool(active.any()):
+            # One sync per doubling: the chains still building; the doubling runs on them alone.
+            rows = torch.arange(chains, device=device) if j == 0 else active.nonzero().squeeze(1)
+            if rows.numel() == 0:
                 break
-            go_right = random_on(torch.rand, (chains,), generator, device, dtype) < 0.5
-            log_u_tree = uniform_log(x0, generator)
-            right = broadcast_chains(go_right, x0)
-            signed_eps = broadcast_chains(eps * (2 * go_right.to(dtype) - 1), x0)  # +-eps
+            leaves = 2**j
+            u = random_on(torch.rand, (leaves + 1, rows.numel()), generator, device, dtype)
+            go_right, log_u_tree, log_u_leaf = u[0] < 0.5, u[1].log(), u[2:].log()
+            depth = depth + active
+            active = torch.zeros_like(active)  # set again below for the chains whose tree goes on
+            side = go_right.long()
+            # The subtree grows from the tree's end on its side ("junction" end); the other is the "far" end.
+            junction, far = side * chains + rows, (1 - side) * chains + rows
+            fx, fp, fs = flat_x.index_select(0, junction), flat_p.index_select(0, junction), flat_s.index_select(0, junction)
+            signed_eps = col(eps * (2 * go_right.to(dtype) - 1))  # +-eps
             half_eps = 0.5 * signed_eps
             eps_minv = signed_eps if minv is None else signed_eps * minv
-            # The subtree grows from the tree's end on its side ("junction" end); the other is the "far" end.
-            fx = torch.where(right, right_x, left_x)
-            fp = torch.where(right, right_p, left_p)
-            fs = torch.where(right, right_s, left_s)
-            junction_p, far_p = fp, torch.where(right, left_p, right_p)
-            if self.record_tree:
-                f_off = torch.where(go_right, right_off, left_off)
-                step_off = torch.where(go_right, 1, -1)
+            h0_r = h0.index_select(0, rows)
+            if record:
+                j_off = end_off.index_select(0, junction)
 
-            # Below, the frontier (fx, fp, fs), rho_sub and log_w_sub of chains no longer building are
-            # left unmasked: they are never read again (such a chain's subtree is void or it was
-            # already stopped). Everything that outlives the doubling is masked by `building`.
-            building = active
-            sub_turning = torch.zeros_like(active)
-            sub_divergent = torch.zeros_like(active)
-            sub_x, sub_e, sub_s, sub_h = prop_x, prop_e, prop_s, prop_h
-            for n in range(2**j):
-                count = int(building.sum())
-                if count == 0:
+            # Row r of every tensor below is chain rows[r]. A row becomes void when one of its leaves diverges or
+            # one of its sub-subtrees turns; it is then left to run on unmasked (nothing it computes is read)
+            # until the next power-of-two leaf drops it from the batch. Checkpoints: slot = popcount(n >> 1)
+            # for an even leaf n: its momentum, the running momentum sum there, and the momentum before it.
+            void = torch.zeros_like(go_right)
+            ck_p, ck_sum, ck_prev = [None] * self.max_tree_depth, [None] * self.max_tree_depth, [None] * self.max_tree_depth
+            voids, log_ws, divs = [], [], []  # per leaf, for the acceptance statistic and counts
+            all_void = False
+            for n in range(leaves):
+                if n and on_cpu and bool(void.all()):
+                    all_void = True
                     break
+                if n and not n & (n - 1):
+                    # A power-of-two leaf: only checkpoint slot 0 is live, so dropping the void rows is cheap.
+                    keep = (~void).nonzero().squeeze(1)
+                    if keep.numel() == 0:
+                        all_void = True
+                        break
+                    if keep.numel() <= _COMPACT_BELOW * rows.numel():
+                        self._flush(rows, voids, log_ws, divs, sum_accept, num_leapfrog, divergent)
+                        voids, log_ws, divs = [], [], []
+                        (fx, fp, fs, sub_x, sub_s, sub_e, sub_d, log_w_sub, rho_sub, ck_p[0], ck_sum[0], ck_prev[0],
+                         half_eps, eps_minv, h0_r, log_u_tree, go_right, junction, far, rows) = (
+                            t.index_select(0, keep) for t in (
+                                fx, fp, fs, sub_x, sub_s, sub_e, sub_d, log_w_sub, rho_sub, ck_p[0], ck_sum[0],
+                                ck_prev[0], half_eps, eps_minv, h0_r, log_u_tree, go_right, junction, far, rows))
+                        log_u_leaf = log_u_leaf.index_select(1, keep)
+                        if record:
+                            j_off = j_off.index_select(0, keep)
+                        void = torch.zeros_like(go_right)
+
                 # Leapfrog (Neal 2011, eqs. 5.18-5.20) with step +-eps: dp/dt = -grad E = score.
-                p_half = fp + half_eps * fs
-                x_new = fx + eps_minv * p_half
-                e_new, s_new = _energy_and_score_of(energy, x_new, building, count)
-                p_new = p_half + half_eps * s_new
-                h_new = e_new + kinetic(p_new)
-                delta = torch.nan_to_num(h_new - h0, nan=math.inf)  # a NaN energy error diverges
+                p_half = torch.addcmul(fp, half_eps, fs)
+                x_new = torch.addcmul(fx, eps_minv, p_half)
+                e_new, s_new = energy_and_score(energy, x_new)
+                p_new = torch.addcmul(p_half, half_eps, s_new)
+                # H - H0 = E - H0 + p^T M^-1 p / 2; a NaN energy error diverges.
+                q = p_new * sharp(p_new)
+                delta = torch.nan_to_num(torch.addmv(e_new - h0_r, q.reshape(-1, size), half_ones), nan=math.inf)
                 log_w = -delta  # leaf weight exp(H0 - H), Betancourt (2017) eq. (A.3)
-                diverging = building & (delta > threshold)
-                # Stan's acceptance statistic: min(1, exp(H0 - H)) summed over every leaf built.
-                sum_accept = sum_accept + torch.where(building, log_w.clamp(max=0.0).exp(), 0.0)
-                num_leapfrog = num_leapfrog + building
+                diverging = delta > threshold
+                voids.append(void)
+                log_ws.append(log_w)
+                divs.append(diverging)
+                if record:
+                    path_x.append(torch.zeros_like(x0).index_copy_(0, rows, x_new))
+                    path_off.append(torch.zeros_like(end_off[:chains]).index_copy_(
+                        0, rows, j_off + (n + 1) * (2 * go_right.long() - 1)))
+                    path_ok.append(torch.zeros_like(active).index_copy_(0, rows, ~void))
+                void = void | diverging
 
                 # Multinomial sampling within the subtree (A.3.1), progressively: leaf n replaces the
                 # subtree's proposal with probability w_n / sum_{k<=n} w_k.
                 if n == 0:
-                    take, log_w_sub, rho_sub, first_p = building, log_w, p_new, p_new
+                    log_w_sub, rho_sub = log_w, p_new
+                    sub_x, sub_s, sub_e, sub_d = x_new, s_new, e_new, delta
+                    ck_p[0], ck_sum[0], ck_prev[0] = p_new, p_new, fp
                 else:
                     log_w_total = torch.logaddexp(log_w_sub, log_w)
-                    take = building & (uniform_log(x0, generator) < log_w - log_w_total)
+                    take = log_u_leaf[n - 1] < log_w - log_w_total
                     log_w_sub, rho_sub = log_w_total, rho_sub + p_new
-                t = broadcast_chains(take, x0)
-                sub_x, sub_s = torch.where(t, x_new, sub_x), torch.where(t, s_new, sub_s)
-                sub_e, sub_h = torch.where(take, e_new, sub_e), torch.where(take, h_new, sub_h)
-
-                if n % 2 == 0:
-                    slot = (n >> 1).bit_count()
-                    ck_p[slot], ck_sum[slot], ck_prev[slot] = p_new, rho_sub, fp
-                    turn = None  # an even leaf closes no subtree
-                else:
-                    turn = _closes_a_turning_subtree(n, p_new, rho_sub, ck_p, ck_sum, ck_prev, turning)
-
-                if self.record_tree:
-                    f_off = torch.where(building, f_off + step_off, f_off)
-                    path_x.append(x_new)
-                    path_off.append(f_off)
-                    path_ok.append(building)
+                    t = rowmask(take)
+                    sub_x, sub_s = torch.where(t, x_new, sub_x), torch.where(t, s_new, sub_s)
+                    sub_e, sub_d = torch.where(take, e_new, sub_e), torch.where(take, delta, sub_d)
+                    if n % 2 == 0:
+                        slot = (n >> 1).bit_count()
+                        ck_p[slot], ck_sum[slot], ck_prev[slot] = p_new, rho_sub, fp
+                    else:
+                        void = void | _closes_a_turning_subtree(n, p_new, rho_sub, ck_p, ck_sum, ck_prev, turning)
                 fx, fp, fs = x_new, p_new, s_new
-                sub_divergent = sub_divergent | diverging
-                building = building & ~diverging
-                if turn is not None:
-                    sub_turning = sub_turning | (building & turn)
-                    building = building & ~turn
+
+            self._flush(rows, voids, log_ws, divs, sum_accept, num_leapfrog, divergent)
+            if all_void:
+                continue  # every subtree void: those trees stop, as they are
 
             # Join the new subtree to the tree (A.3.2): unless it is void, the tree's proposal moves to
             # the subtree's with probability min(1, W_subtree / W_tree), biased towards the new part.
-            valid = active & ~sub_turning & ~sub_divergent
-            take = valid & (log_u_tree < log_w_sub - log_w_tree)
-            t = broadcast_chains(take, x0)
-            prop_x, prop_s = torch.where(t, sub_x, prop_x), torch.where(t, sub_s, prop_s)
-            prop_e, prop_h = torch.where(take, sub_e, prop_e), torch.where(take, sub_h, prop_h)
-            log_w_tree = torch.where(valid, torch.logaddexp(log_w_tree, log_w_sub), log_w_tree)
-            vr, vl = broadcast_chains(valid & go_right, x0), broadcast_chains(valid & ~go_right, x0)
-            right_x, right_p, right_s = (torch.where(vr, f, r) for f, r in ((fx, right_x), (fp, right_p), (fs, right_s)))
-            left_x, left_p, left_s = (torch.where(vl, f, le) for f, le in ((fx, left_x), (fp, left_p), (fs, left_s)))
-            rho_merged = rho_tree + rho_sub
+            valid = ~void
+            log_w_old = log_w_tree.index_select(0, rows)
+            take = valid & (log_u_tree < log_w_sub - log_w_old)
+            t = rowmask(take)
+            prop_x.index_copy_(0, rows, torch.where(t, sub_x, prop_x.index_select(0, rows)))
+            prop_s.index_copy_(0, rows, torch.where(t, sub_s, prop_s.index_select(0, rows)))
+            prop_e.index_copy_(0, rows, torch.where(take, sub_e, prop_e.index_select(0, rows)))
+            prop_d.index_copy_(0, rows, torch.where(take, sub_d, prop_d.index_select(0, rows)))
+            log_w_tree.index_copy_(0, rows, torch.where(valid, torch.logaddexp(log_w_old, log_w_sub), log_w_old))
+            junction_p, far_p = flat_p.index_select(0, junction), flat_p.index_select(0, far)
+            v = rowmask(valid)
+            flat_x.index_copy_(0, junction, torch.where(v, fx, flat_x.index_select(0, junction)))
+            flat_p.index_copy_(0, junction, torch.where(v, fp, junction_p))
+            flat_s.index_copy_(0, junction, torch.where(v, fs, flat_s.index_select(0, junction)))
+            if record:
+                end_off.index_copy_(0, junction, torch.where(valid, j_off + leaves * (2 * go_right.long() - 1),
+                                                             end_off.index_select(0, junction)))
+            rho_old = rho_tree.index_select(0, rows)
+            rho_merged = rho_old + rho_sub
+            rho_tree.index_copy_(0, rows, torch.where(v, rho_merged, rho_old))
             # The merged tree (far end to the subtree's last leaf), and Stan 2.26's checks across the
             # junction: far end to the subtree's first leaf, junction end to the subtree's last leaf.
-            merged_turning = (
-                turning(far_p, fp, rho_merged)
-                | turning(far_p, first_p, rho_tree + first_p)
-                | turning(junction_p, fp, junction_p + rho_sub)
-            )
-            rho_tree = torch.where(broadcast_chains(valid, x0), rho_merged, rho_tree)
-            if self.record_tree:
-                right_off = torch.where(valid & go_right, f_off, right_off)
-                left_off = torch.where(valid & ~go_right, f_off, left_off)
-            depth = depth + active
-            divergent = divergent | sub_divergent
-            active = valid & ~merged_turning
+            first_p = ck_p[0]
+            merged_turning = turning(
+                torch.stack((far_p, far_p, junction_p)),
+                torch.stack((fp, first_p, fp)),
+                torch.stack((rho_merged, rho_old + first_p, junction_p + rho_sub)),
+            ).any(0)
+            active.index_copy_(0, rows, valid & ~merged_turning)
 
         new = State(x=prop_x, energy=prop_e, score=prop_s)
         moved = (prop_x != x0).reshape(chains, -1).any(dim=1)
-        trajectory = _in_time_order(path_x, path_off, path_ok) if self.record_tree else None
+        trajectory = _in_time_order(path_x, path_off, path_ok) if record else None
         return new, Info(
             proposal=prop_x,
             accepted=moved,
             log_acceptance=torch.log(sum_accept / num_leapfrog.to(dtype)),
-            energy_error=prop_h - h0,
+            energy_error=prop_d,
             trajectory=trajectory,
             tree_depth=depth,
             num_grad_evals=num_leapfrog,
             divergent=divergent,
         )
 
+    @staticmethod
+    def _flush(rows: Tensor, voids: list[Tensor], log_ws: list[Tensor], divs: list[Tensor], sum_accept: Tensor,
+               num_leapfrog: Tensor, divergent: Tensor) -> None:
+        """Add the leaves ``rows`` built since the last flush to their chains' counts, in place.
 
-def _closes_a_turning_subtree(n: int, p_new: Tensor, rho_sub: Tensor, ck_p: Tensor, ck_sum: Tensor,
-                              ck_prev: Tensor, turning: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Tensor:
-    """Whether odd leaf ``n`` of a subtree completes a sub-subtree that makes a U-turn, per chain.
+        A leaf counts while its row was not yet void (its tree still building): Stan's acceptance
+        statistic ``min(1, exp(H0 - H))`` sums over those leaves, the leapfrog count counts them, and
+        the chain is divergent if one of them diverged.
+        """
+        if not voids:
+            return
+        built = ~torch.stack(voids)
+        accept = torch.where(built, torch.stack(log_ws).clamp(max=0.0).exp(), 0.0).sum(0)
+        sum_accept.index_add_(0, rows, accept)
+        num_leapfrog.index_add_(0, rows, built.sum(0))
+        divergent.index_copy_(0, rows, (torch.stack(divs) & built).any(0))
+
+
+def _closes_a_turning_subtree(n: int, p_new: Tensor, rho_sub: Tensor, ck_p: list, ck_sum: list,
+                              ck_prev: list, turning: Callable[[Tensor, Tensor, Tensor | None], Tensor]) -> Tensor:
+    """Whether odd leaf ``n`` of a subtree completes a sub-subtree that makes a U-turn, per row.
 
     Leaf ``n`` ends the sub-subtrees of ``2^m`` leaves, ``m = 1 .. t`` (``t`` the trailing one bits
     of ``n``); the one of ``2^m`` leaves starts at the leaf in slot ``i = popcount(n >> 1) - m + 1``
     and its right half at the leaf in slot ``i + 1`` (NumPyro's ``_leaf_idx_to_ckpt_idxs``). Running
-    sums give every stretch's momentum sum: ``sum(a..b) = S_b - S_a + p_a``.
+    sums give every stretch's momentum sum: ``sum(a..b) = S_b - S_a + p_a``. All ``3 t - 2`` checks
+    run as one batch over a leading axis.
     """
     last = (n >> 1).bit_count()
     trailing = ((~n & (n + 1)) - 1).bit_count()
-    turn = None
-    for m in range(1, trailing + 1):
-        i = last - m + 1
-        t = turning(ck_p[i], p_new, rho_sub - ck_sum[i] + ck_p[i])
-        if m >= 2:  # Stan 2.26: each half's inner end against the other half's outer end
-            t = t | turning(ck_p[i], ck_p[i + 1], ck_sum[i + 1] - ck_sum[i] + ck_p[i])
-            t = t | turning(ck_prev[i + 1], p_new, rho_sub - ck_sum[i + 1] + ck_p[i + 1] + ck_prev[i + 1])
-        turn = t if turn is None else turn | t
-    return turn
-
-
-def _energy_and_score_of(energy, x: Tensor, mask: Tensor, count: int) -> tuple[Tensor, Tensor]:
-    """Energy and score at the rows of ``x`` in ``mask`` (``count`` of them); zeros elsewhere.
-
-    Chains whose tree has stopped are not evaluated: their frozen points may be
-    far out (a divergence) and the work would be wasted.
-    """
-    if count == x.shape[0]:
-        return energy_and_score(energy, x)
-    idx = mask.nonzero().squeeze(1)
-    e_sub, s_sub = energy_and_score(energy, x.index_select(0, idx))
-    e = e_sub.new_zeros(x.shape[0]).index_copy(0, idx, e_sub)
-    s = torch.zeros_like(x).index_copy(0, idx, s_sub)
-    return e, s
+    if trailing == 1:  # the two-leaf sub-subtree (n - 1, n) alone
+        return turning(ck_p[last], p_new, None)
+    lo = last - trailing + 1
+    p, s, prev = torch.stack(ck_p[lo : last + 1]), torch.stack(ck_sum[lo : last + 1]), torch.stack(ck_prev[lo + 1 : last + 1])
+    # The sub-subtree starting at slot i ends at leaf n; Stan 2.26: each half's inner end against the
+    # other half's outer end (slot i to slot i + 1's first leaf; the leaf before slot i + 1 to leaf n).
+    pa = torch.cat((p, p[:-1], prev))
+    pb = torch.cat((p_new.expand_as(p), p[1:], p_new.expand_as(prev)))
+    rho = torch.cat((rho_sub - s + p, s[1:] - s[:-1] + p[:-1], rho_sub - s[1:] + p[1:] + prev))
+    return turning(pa, pb, rho).any(0)
 
 
 def _in_time_order(path_x: list[Tensor], path_off: list[Tensor], path_ok: list[Tensor]) -> Tensor:
