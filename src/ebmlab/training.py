@@ -412,8 +412,18 @@ def train_ebm(
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     for name, value, lo in (("steps", steps, 1), ("batch_size", batch_size, 1), ("mcmc_steps", mcmc_steps, 0)):
         check_int(name, value, lo)
+    if not isinstance(train_data, Tensor):
+        raise TypeError(f"train_data must be a torch.Tensor of shape (N, *event), got {type(train_data).__name__}; "
+                        "convert it with torch.as_tensor(a, dtype=torch.float32)")
+    if not train_data.is_floating_point():
+        raise TypeError(f"train_data must be floating-point, got dtype {train_data.dtype}")
     if train_data.dim() < 2 or train_data.shape[0] < 1:
         raise ValueError(f"train_data must have shape (N, *event) with N >= 1, got {tuple(train_data.shape)}")
+    params = [p for p in energy.parameters() if p.is_floating_point()] if isinstance(energy, nn.Module) else []
+    if params and params[0].dtype != train_data.dtype:
+        raise TypeError(f"train_data is {train_data.dtype} but the energy's parameters are {params[0].dtype}; "
+                        f"convert the data with train_data.to({params[0].dtype}) (NumPy: torch.as_tensor(a, "
+                        f"dtype={params[0].dtype})) or the model with model.to({train_data.dtype})")
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run_dir to resume from")
     if alpha is None:

@@ -86,3 +86,42 @@ def test_info_acceptance_prob_is_min_one_alpha():
     torch.testing.assert_close(info.acceptance_prob, expected)
     torch.testing.assert_close(info.log_acceptance, expected.log())
     assert 0.2 < float(info.accepted.double().mean()) < 0.9
+
+
+# ------------------------------------------------------------------------- plausible mistakes get the fix in the message
+
+
+def test_common_mistakes_name_the_argument_and_the_fix():
+    import numpy as np
+
+    import ebmlab
+
+    net = ebmlab.MLPEnergy(2)
+    x = torch.randn(5, 2)
+    with pytest.raises(TypeError, match=r"x is torch.float64 but the energy cannot take it \(its parameters are "
+                                        r"torch.float32.*x.to\(torch.float32\)"):
+        ebmlab.sample(net, ebmlab.MALA(0.1), x.double(), 3)
+    with pytest.raises(TypeError, match=r"x0 must be a torch.Tensor .* got ndarray.*torch.as_tensor"):
+        ebmlab.sample(net, ebmlab.MALA(0.1), np.zeros((5, 2), dtype=np.float32), 3)
+    with pytest.raises(TypeError, match=r"does not depend on x through autograd.*RandomWalkMH"):
+        ebmlab.sample(lambda y: torch.as_tensor((y.detach().numpy() ** 2).sum(1)), ebmlab.MALA(0.1), x, 3)
+    # ... and the gradient-free sampler it suggests does run on that energy
+    ebmlab.sample(lambda y: torch.as_tensor((y.detach().numpy() ** 2).sum(1)), ebmlab.RandomWalkMH(0.5), x, 3)
+    with pytest.raises(TypeError, match=r"sampler must be a sampler instance, e.g. Langevin\(step_size=0.1\), got "
+                                        r"the class Langevin"):
+        ebmlab.sample(net, ebmlab.Langevin, x, 3)
+    with pytest.raises(TypeError, match=r"energy must be a callable"):
+        ebmlab.sample("banana", ebmlab.MALA(0.1), x, 3)
+
+
+def test_training_refuses_data_of_another_dtype_or_type():
+    import numpy as np
+
+    import ebmlab
+    from ebmlab.training import train_ebm
+
+    net = ebmlab.MLPEnergy(2)
+    with pytest.raises(TypeError, match=r"train_data is torch.float64 but the energy's parameters are torch.float32"):
+        train_ebm(net, torch.randn(50, 2, dtype=torch.float64), sampler=ebmlab.Langevin(0.1), steps=1, batch_size=8)
+    with pytest.raises(TypeError, match=r"train_data must be a torch.Tensor .* got ndarray"):
+        train_ebm(net, np.zeros((50, 2)), sampler=ebmlab.Langevin(0.1), steps=1, batch_size=8)

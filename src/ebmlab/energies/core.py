@@ -63,9 +63,27 @@ def evaluate_energy(energy: EnergyLike, x: Tensor) -> Tensor:
 
     Raises:
         ValueError: if the energy's output does not have shape ``(B,)``.
+        TypeError: if ``x``'s dtype is not the one the energy computes in (the message names both).
     """
     _check_input(x)
-    return check_energy_output(energy(x), x)
+    try:
+        out = energy(x)
+    except RuntimeError as err:
+        raise _dtype_error(energy, x, err) or err
+    return check_energy_output(out, x)
+
+
+def _dtype_error(energy: EnergyLike, x: Tensor, err: RuntimeError) -> TypeError | None:
+    """A clear error for torch's dtype clash inside a user's energy (float64 data into a float32 network)."""
+    text = str(err)
+    if "dtype" not in text.lower() and "scalar type" not in text.lower():
+        return None
+    params = [p for p in (energy.parameters() if isinstance(energy, torch.nn.Module) else ()) if p.is_floating_point()]
+    own = f"its parameters are {params[0].dtype}" if params else "it computes in another dtype"
+    want = params[0].dtype if params else torch.get_default_dtype()
+    return TypeError(f"x is {x.dtype} but the energy cannot take it ({own}; torch said: {text.splitlines()[0]}); "
+                     f"convert the points with x.to({want}) (data from NumPy: torch.as_tensor(a, dtype={want})) "
+                     f"or the model with model.to({x.dtype})")
 
 
 def energy_and_score(energy: EnergyLike, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,6 +99,9 @@ def energy_and_score(energy: EnergyLike, x: Tensor) -> tuple[Tensor, Tensor]:
 
     Returns:
         ``(energy, score)``, detached, with shapes ``(B,)`` and ``x.shape``.
+
+    Raises:
+        TypeError: for an energy autograd cannot differentiate, or a dtype clash (see :func:`evaluate_energy`).
     """
     _check_input(x)
     fast = getattr(energy, "energy_and_score", None)
@@ -90,6 +111,11 @@ def energy_and_score(energy: EnergyLike, x: Tensor) -> tuple[Tensor, Tensor]:
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         e = evaluate_energy(energy, xg)
+        if not e.requires_grad:
+            raise TypeError("the energy's output does not depend on x through autograd (computed under "
+                            "torch.no_grad(), detached, or through NumPy / .item()?): the score -grad E needs a "
+                            "differentiable energy; make it differentiable, give it an energy_and_score(x) method, "
+                            "or use a gradient-free sampler (RandomWalkMH)")
         # Lecture: grad_x log p(x) = -grad_x E(x); Z does not depend on x.
         (g,) = torch.autograd.grad(e.sum(), xg)
     return e.detach(), -g

@@ -319,7 +319,22 @@ def sample(
     Raises:
         DivergenceError: when a chain's energy becomes non-finite; the message
             names the step.
+        TypeError: for a sampler class instead of an instance, an ``x0`` that is
+            not a tensor (a NumPy array: ``torch.as_tensor``), or an energy that
+            cannot take ``x0``'s dtype or cannot be differentiated by a
+            gradient sampler (the messages say what to change).
     """
+    if isinstance(sampler, type):
+        raise TypeError(f"sampler must be a sampler instance, e.g. {sampler.__name__}(step_size=0.1), got the "
+                        f"class {sampler.__name__} itself")
+    if not (callable(getattr(sampler, "init", None)) and callable(getattr(sampler, "step", None))):
+        raise TypeError(f"sampler must have init(energy, x) and step(energy, state, *, generator) (e.g. "
+                        f"ebmlab.MALA(0.5)), got {type(sampler).__name__}")
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"x0 must be a torch.Tensor of shape (chains, *event), got {type(x0).__name__}; convert "
+                        "it with torch.as_tensor(x0, dtype=torch.float32)")
+    if not callable(energy):
+        raise TypeError(f"energy must be a callable x -> (chains,), got {type(energy).__name__}")
     _check_int("num_steps", num_steps, 1)
     _check_int("burn_in", burn_in, 0)
     _check_int("thin", thin, 1)
