@@ -16,7 +16,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ebmlab.energies import targets  # noqa: E402
-from ebmlab.playground.app import LIMITS, Registry, Session, create_app, load_models  # noqa: E402
+from ebmlab.playground.app import DEFAULTS, LIMITS, Registry, Session, create_app, load_models  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -679,3 +679,297 @@ def test_a_score_model_that_fails_to_start_leaves_the_session_as_it_was():
         ws.send_json({"type": "reset"})
         after = ws.receive_json()
         assert after["settings"] == before["settings"] and after["x"] == before["x"]
+
+
+# --------------------------------------------------------------------------- NUTS
+
+
+def _generator_copy(session):
+    """A generator in the state of the session's first sampler's (what its next step will draw from)."""
+    g = torch.Generator()
+    g.set_state(session.runs[0].generator.get_state())
+    return g
+
+
+def test_nuts_frames_carry_each_chains_tree_as_the_library_records_it():
+    """The tree of each of the first 64 chains is Info.trajectory's finite rows (num_grad_evals + 1 of them)."""
+    from ebmlab.samplers import NUTS, build_sampler
+
+    session = Session(Registry())
+    session.configure({"algorithm": "nuts", "target": "banana", "chains": 70, "step_size": 0.25,
+                       "max_tree_depth": 6, "seed": 4})
+    assert session.sampler == NUTS(0.25, max_tree_depth=6, record_tree=True)
+    assert session.sampler == replace_record(build_sampler("nuts", 0.25, max_tree_depth=6))
+    x0, g = session.state.x.clone(), _generator_copy(session)
+    msg = session.step(3, budget_s=math.inf)
+    frames = msg["frames"]
+    assert len(frames) == 3 and all("tree" not in f and "trajectory" not in f for f in frames[:-1])
+    last = frames[-1]
+    assert "trajectory" not in last  # HMC's padded path is not sent for NUTS: the tree is
+    nuts = NUTS(0.25, max_tree_depth=6, record_tree=True)
+    energy = targets.get("banana")
+    state = nuts.init(energy, x0)
+    depths, evals, divergent = [], [], 0
+    for _ in range(3):
+        state, info = nuts.step(energy, state, generator=g)
+        depths.append(info.tree_depth)
+        evals.append(info.num_grad_evals)
+        divergent += int(info.divergent.sum())
+    g_evals = info.num_grad_evals[:64].tolist()
+    assert len(last["tree"]) == LIMITS["tree_chains"] == 64 and last["num_grad_evals"] == g_evals
+    assert last["tree_depth"] == info.tree_depth[:64].tolist()
+    assert last["divergent"] == info.divergent[:64].tolist()
+    for c, rows in enumerate(last["tree"]):
+        assert len(rows) == g_evals[c] + 1, c  # the start point and one leaf per gradient evaluation
+        expected = info.trajectory[: g_evals[c] + 1, c].to(torch.float64)
+        np.testing.assert_allclose(rows, expected.numpy(), atol=6e-4)
+        assert any(np.allclose(r, x0c, atol=1e-3) for r in rows for x0c in [frames[-2]["x"][c]])  # contains the start
+    np.testing.assert_allclose(last["x"], state.x.numpy(), atol=6e-5)
+    d = msg["diagnostics"]["nuts"]
+    assert d["mean_tree_depth"] == pytest.approx(torch.cat(depths).double().mean().item())
+    assert d["grad_evals_per_step"] == pytest.approx(torch.cat(evals).double().mean().item())
+    assert d["divergences"] == divergent and msg["diagnostics"]["tempering"] is None
+
+
+def replace_record(sampler, record=True):
+    from dataclasses import replace
+
+    return replace(sampler, record_tree=record)
+
+
+def test_nuts_tree_only_when_animating_and_depth_is_soft(client):
+    with client.websocket_connect("/ws") as ws:
+        configure(ws, algorithm="nuts", target="donut", chains=3, step_size=0.2, animate_proposal=False)
+        f = step(ws, 2)["frames"][-1]
+        assert "tree" not in f and "trajectory" not in f
+        cfg = configure(ws, max_tree_depth=2, animate_proposal=True)
+        assert cfg["reset"] is False and cfg["diagnostics"]["num_steps"] == 2
+        msg = step(ws, 5)
+        f = msg["frames"][-1]
+        assert all(len(t) == n + 1 <= 2**2 for t, n in zip(f["tree"], f["num_grad_evals"]))
+        assert max(f["tree_depth"]) <= 2 and msg["diagnostics"]["nuts"]["mean_tree_depth"] > 0
+
+
+def test_nuts_on_the_funnel_reports_divergences(client):
+    with client.websocket_connect("/ws") as ws:
+        configure(ws, algorithm="nuts", target="funnel", chains=20, step_size=1.5, seed=0)
+        msg = step(ws, 20)
+    last = msg["frames"][-1]
+    d = msg["diagnostics"]["nuts"]
+    assert d["divergences"] > 0
+    assert len(last["divergent"]) == len(last["tree"]) == 20
+
+
+# --------------------------------------------------------------------------- parallel tempering
+
+
+def test_pt_replicas_and_swap_marks_are_the_librarys():
+    """Same seed, same start: each frame's swap counts, the last frame's swap marks and its replicas at
+    every temperature are Info.swap_accepted and PTState.replicas_x of the library's sampler."""
+    from ebmlab.samplers import build_sampler
+
+    session = Session(Registry())
+    session.configure({"algorithm": "pt", "target": "multimodal", "chains": 230, "step_size": 0.3,
+                       "pt_base": "mala", "num_temperatures": 6, "max_temperature": 20.0, "seed": 2})
+    pt = build_sampler("pt", 0.3, base="mala", num_temperatures=6, max_temperature=20.0)
+    assert session.sampler == pt
+    x0, g = session.state.x.clone(), _generator_copy(session)
+    msg = session.step(7, budget_s=math.inf)
+    energy = targets.get("multimodal")
+    state = pt.init(energy, x0)
+    infos = []
+    for _ in range(7):
+        state, info = pt.step(energy, state, generator=g)
+        infos.append(info)
+    frames = msg["frames"]
+    assert [f["swap_counts"] for f in frames] == [i.swap_accepted.sum(1).tolist() for i in infos]
+    assert sum(map(sum, (f["swap_counts"] for f in frames))) > 0
+    last = frames[-1]
+    assert all("replicas" not in f for f in frames[:-1])
+    m = LIMITS["replica_chains"]
+    replicas = np.array(last["replicas"])
+    assert replicas.shape == (6, m, 2)  # one panel per temperature, at most replica_chains chains each
+    np.testing.assert_allclose(replicas, state.replicas_x[:, :m].numpy(), atol=6e-5)
+    np.testing.assert_allclose(replicas[0], np.array(last["x"])[:m])  # the T = 1 replicas are the chains
+    assert last["swaps"] == infos[-1].swap_accepted[:, :m].tolist()
+    assert last["temperatures"] == pytest.approx(list(state.temperatures), rel=1e-3)
+    d = msg["diagnostics"]["tempering"]
+    assert d["temperatures"] == last["temperatures"] and len(d["swap_rates"]) == 5
+    np.testing.assert_allclose(d["swap_rates"], state.swap_acceptance_rates.numpy())
+    assert d["round_trips"] == state.total_round_trips
+    assert d["barrier"] == pytest.approx(state.communication_barrier)
+    assert (d["rounds_done"], d["adapt_rounds"], d["adapting"]) == (0, pt.adapt_rounds, True)
+
+
+def test_pt_ladder_adapts_then_freezes_and_hmc_base_animates_the_cold_paths():
+    session = Session(Registry())
+    session.configure({"algorithm": "pt", "target": "multimodal", "chains": 4, "num_temperatures": 4,
+                       "pt_base": "hmc", "leapfrog_steps": 3, "step_size": 0.2})
+    first = session.sampler.first_round_steps
+    msg = session.step(first, budget_s=math.inf)
+    d = msg["diagnostics"]["tempering"]
+    assert d["rounds_done"] == 1 and d["base"] == "HMC"
+    assert d["temperatures"][0] == 1.0 and d["temperatures"][-1] == 10.0
+    assert np.array(msg["frames"][0]["trajectory"]).shape == (4, 4, 2)  # the T = 1 replicas' leapfrog paths
+    assert len(msg["frames"][-1]["replicas"]) == 4
+
+
+@pytest.mark.parametrize("key,value,algorithm", [
+    ("num_temperatures", 5, "pt"), ("max_temperature", 4.0, "pt"), ("pt_base", "rwmh", "pt"),
+    ("sde", "ve", "diffusion"), ("diffusion_method", "ode", "diffusion"), ("diffusion_steps", 50, "diffusion"),
+])
+def test_an_algorithms_own_settings_reset_its_chains_only(client, key, value, algorithm):
+    with client.websocket_connect("/ws") as ws:
+        configure(ws, algorithm=algorithm, target="song_ermon_mixture", chains=2)
+        step(ws, 3)
+        assert configure(ws, **{key: value})["reset"] is True
+        configure(ws, algorithm="mala")
+        step(ws, 3)
+        assert configure(ws, **{key: DEFAULTS[key]})["reset"] is False  # nobody reads it
+
+
+def test_tempered_density_is_the_librarys(client):
+    from ebmlab.energies.compose import tempered
+    from ebmlab.evaluation import density_on_grid
+
+    t = targets.get("multimodal")
+    d = client.get("/api/density", params={"target": "multimodal", "resolution": 24, "temperature": 4.0}).json()
+    (a1, a2), expected = density_on_grid(tempered(t, 4.0), t.bounds, 24)
+    np.testing.assert_allclose(np.array(d["density"]), expected.numpy(), rtol=1e-5)
+    cold = client.get("/api/density", params={"target": "multimodal", "resolution": 24}).json()
+    assert d["temperature"] == 4.0 and d["max"] < cold["max"]  # flatter
+    for bad in (0.5, "inf", "nan", LIMITS["max_max_temperature"] * 2):
+        r = client.get("/api/density", params={"target": "multimodal", "resolution": 24, "temperature": bad})
+        assert r.status_code == 422 and "temperature" in r.json()["detail"]
+
+
+# --------------------------------------------------------------------------- reverse diffusion
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+@pytest.mark.parametrize("method", ["sde", "pc", "ode"])
+def test_reverse_diffusion_steps_are_the_librarys_sample(sde_name, method):
+    """Stepped one time step per frame, the chains end exactly where ebmlab.sde.sample takes them from the
+    same prior draw and generator (Tweedie's denoising included; the ODE by RK4)."""
+    from ebmlab import sde
+
+    n, steps, seed = 40, 12, 5
+    session = Session(Registry())
+    cfg = session.configure({"algorithm": "diffusion", "target": "eight_gaussians", "chains": n, "seed": seed,
+                             "sde": sde_name, "diffusion_method": method, "diffusion_steps": steps})
+    forward = sde.VPSDE() if sde_name == "vp" else sde.VESDE()
+    score = sde.exact_score(targets.get("eight_gaussians"), forward)
+    g = torch.Generator().manual_seed(seed)
+    x_t = forward.prior_sample((n, 2), generator=g, dtype=torch.float32)
+    assert torch.equal(session.state.x, x_t) and cfg["diagnostics"]["diffusion"]["t"] == 1.0
+    expected = sde.sample(score, forward, x_t, method=method, num_steps=steps, generator=g, solver="rk4")
+    msg = session.step(steps, budget_s=math.inf)
+    torch.testing.assert_close(session.state.x, expected, rtol=0, atol=0)
+    frames = msg["frames"]
+    times = torch.linspace(1.0, 1e-3, steps + 1, dtype=torch.float64)
+    assert [f["t"] for f in frames] == pytest.approx(times[1:].tolist(), rel=1e-3)
+    stds = forward.marginal(times[1:])[1]
+    assert [f["sigma"] for f in frames] == pytest.approx(stds.tolist(), rel=1e-3)
+    assert [f["step"] for f in frames] == list(range(1, steps + 1))
+    assert [f["done"] for f in frames] == [f["kept"] for f in frames] == [False] * (steps - 1) + [True]
+    d = msg["diagnostics"]
+    assert d["diffusion"] == {"t": pytest.approx(1e-3), "sigma": pytest.approx(float(stds[-1])), "step": steps,
+                              "num_steps": steps, "done": True, "sde": sde_name, "method": method}
+    assert d["num_samples"] == n and d["kept_draws"] == 1 and d["acceptance_rate"] is None and d["kl"] is not None
+    after = session.step(3)  # done: the chains stay, nothing more is kept
+    assert all(f["x"] == frames[-1]["x"] and f["kept"] is False and f["done"] for f in after["frames"])
+    assert after["diagnostics"]["num_samples"] == n
+
+
+@pytest.mark.parametrize("method", ["sde", "pc", "ode"])
+def test_reverse_diffusion_recovers_the_mode_weight_of_song_ermons_mixture(method):
+    """0.2 N((-5,-5), I) + 0.8 N((5,5), I) from the VP prior, exact score, 200 steps, 2000 chains.
+
+    Tolerance: 3 binomial standard errors at 2000 chains (3 sqrt(0.16 / 2000) = 0.027), plus 0.01 for the
+    discretisation's bias, measured with ebmlab.sde.sample on 40,000 draws (weights 0.798, 0.800, 0.792
+    for sde, pc, ode; SE 0.002): 0.037.
+    """
+    session = Session(Registry())
+    session.configure({"algorithm": "diffusion", "target": "song_ermon_mixture", "chains": 2000, "seed": 0,
+                       "sde": "vp", "diffusion_method": method, "diffusion_steps": 200})
+    x0 = session.state.x.numpy()
+    assert abs(x0.mean()) < 0.1 and abs(x0.std() - 1) < 0.05  # the VP prior N(0, I): noise
+    while not session.runs[0].state.n == 200:
+        msg = session.step(LIMITS["max_steps_per_message"], budget_s=math.inf)
+    x = np.array(msg["frames"][-1]["x"])
+    weight = (x.sum(1) > 0).mean()
+    assert abs(weight - 0.8) < 0.037, f"weight of the (5, 5) mode {weight:.3f}, expected 0.8"
+    upper = x[x.sum(1) > 0]
+    assert np.abs(upper.mean(0) - 5).max() < 0.15 and abs(upper.std(0).mean() - 1) < 0.1
+
+
+def test_diffusion_starts_from_the_ve_prior_and_runs_beside_annealed_langevin(client):
+    with client.websocket_connect("/ws") as ws:
+        cfg = configure(ws, algorithm="diffusion", compare="annealed", target="song_ermon_mixture", chains=400,
+                        sde="ve", diffusion_steps=10)
+        x0 = np.array(cfg["x"])
+        assert abs(x0.std() - 50) < 5  # VE's prior N(0, 50^2 I), wider than the box
+        msg = step(ws, 4)
+        assert len(msg["frames"]) == len(msg["compare"]["frames"]) == 4
+        assert msg["diagnostics"]["diffusion"]["step"] == 4 and msg["compare"]["diagnostics"]["diffusion"] is None
+        assert msg["diagnostics"]["diffusion"]["sigma"] < 50
+
+
+@pytest.mark.parametrize("settings", [
+    {"algorithm": "diffusion", "target": "banana"},
+    {"algorithm": "mala", "compare": "diffusion", "target": "funnel"},
+    {"algorithm": "diffusion", "target": "product", "expert1": "standard", "expert2": "standard"},
+])
+def test_diffusion_without_a_diffusion_score_is_refused_clearly(client, settings):
+    with client.websocket_connect("/ws") as ws:
+        before = configure(ws, algorithm="mala", target="banana", chains=2)
+        message = error_of(ws, {"type": "configure", **settings})
+        ws.send_json({"type": "reset"})
+        assert ws.receive_json()["settings"] == before["settings"]
+    role = "compare" if settings.get("compare") else "algorithm"
+    assert f"{role} 'diffusion' needs a diffusion score s(x, t)" in message
+    assert f"target {settings['target']!r} is a" in message
+    assert "song_ermon_mixture" in message and "sde-ve" in message and "--model" in message
+
+
+@pytest.mark.parametrize("payload,needle", [
+    ({"max_tree_depth": 0}, "max_tree_depth"),
+    ({"max_tree_depth": LIMITS["max_tree_depth"] + 1}, "max_tree_depth"),
+    ({"max_tree_depth": 2.5}, "max_tree_depth"),
+    ({"pt_base": "nuts"}, "unknown pt_base"),
+    ({"pt_base": "rejection"}, "unknown pt_base"),
+    ({"pt_base": 1}, "unknown pt_base"),
+    ({"num_temperatures": 1}, "num_temperatures"),
+    ({"num_temperatures": LIMITS["max_temperatures"] + 1}, "num_temperatures"),
+    ({"max_temperature": 1.0}, "max_temperature"),
+    ({"max_temperature": 0.5}, "max_temperature"),
+    ({"max_temperature": "10"}, "max_temperature"),
+    ({"max_temperature": True}, "max_temperature"),
+    ({"max_temperature": LIMITS["max_max_temperature"] * 2}, "max_temperature"),
+    ('{"type": "configure", "max_temperature": Infinity}', "max_temperature"),
+    ('{"type": "configure", "max_temperature": NaN}', "max_temperature"),
+    ({"sde": "subvp"}, "unknown sde"),
+    ({"sde": None}, "unknown sde"),
+    ({"diffusion_method": "euler"}, "unknown diffusion_method"),
+    ({"diffusion_steps": 1}, "diffusion_steps"),
+    ({"diffusion_steps": LIMITS["max_diffusion_steps"] + 1}, "diffusion_steps"),
+    ({"algorithm": "diffusion"}, "needs a diffusion score"),
+])
+def test_invalid_new_settings_get_clear_errors_and_change_nothing(client, payload, needle):
+    with client.websocket_connect("/ws") as ws:
+        before = configure(ws, algorithm="mala", target="banana", chains=3, seed=9)
+        message = error_of(ws, payload if isinstance(payload, str) else {"type": "configure", **payload})
+        assert needle in message
+        ws.send_json({"type": "reset"})
+        after = ws.receive_json()
+        assert after["settings"] == before["settings"] and after["x"] == before["x"]
+
+
+def test_gif_export_of_the_new_views(client):
+    with client.websocket_connect("/ws") as ws:
+        for settings in ({"algorithm": "nuts", "target": "donut"}, {"algorithm": "pt", "target": "multimodal"},
+                         {"algorithm": "diffusion", "target": "standard", "diffusion_steps": 5}):
+            configure(ws, chains=4, **settings)
+            step(ws, 6)
+            _, img = gif_of(ws)
+            assert img.n_frames == 7

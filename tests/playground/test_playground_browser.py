@@ -350,3 +350,151 @@ def test_gif_export_downloads_an_animation(open_page):
 
     data = Path(dl.value.path()).read_bytes()
     assert data[:6] == b"GIF89a" and Image.open(dl.value.path()).n_frames == 11
+
+
+# --------------------------------------------------------------------------- NUTS, parallel tempering, diffusion
+
+PIXELS = """(id) => {
+    const c = document.querySelector(`[data-testid=${id}]`);
+    return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);
+}"""
+
+
+def pixels(page, testid):
+    import numpy as np
+
+    w, h = page.evaluate(f"[document.querySelector('[data-testid={testid}]').width, "
+                         f"document.querySelector('[data-testid={testid}]').height]")
+    return np.array(page.evaluate(PIXELS, testid), dtype=np.uint8).reshape(h, w, 4)[..., :3].astype(int)
+
+
+def near(img, p, q, rgb, tol=60, radius=1):
+    """Whether a pixel within ``radius`` of canvas point (p, q) has colour ``rgb`` (within ``tol`` per channel)."""
+    h, w, _ = img.shape
+    i, j = int(round(q)), int(round(p))
+    patch = img[max(0, i - radius): i + radius + 1, max(0, j - radius): j + radius + 1]
+    return bool((abs(patch - rgb) <= tol).all(-1).any())
+
+
+TEAL, RED, AMBER, INK = (15, 118, 110), (220, 38, 38), (217, 119, 6), (17, 24, 39)
+
+
+def test_nuts_draws_each_chains_tree(open_page, tmp_path):
+    """Animate proposal on: the tree's leaves are drawn where the server says, in the tree colour (the
+    divergent ones in the reject colour); off: none of that ink is there."""
+    page = open_page("?tween=0&algorithm=nuts&target=donut&chains=5&step_size=0.15&seed=3&show_target=0")
+    assert page.is_visible("[data-testid=max-tree-depth]") and page.is_hidden("[data-testid=leapfrog-steps]")
+    run_steps(page, 3, per_click=1)
+    frame = page.evaluate("window.ebmlabPlayground.frame()")
+    tree, div = frame["tree"], frame["divergent"]
+    assert len(tree) == 5 and all(len(t) == n + 1 for t, n in zip(tree, frame["num_grad_evals"]))
+    on = pixels(page, "canvas")
+    page.screenshot(path=str(tmp_path / "nuts.png"), full_page=True)
+    page.uncheck("[data-testid=animate-proposal]")
+    wait_idle(page)
+    off = pixels(page, "canvas")
+    leaves = [(c, leaf) for c, t in enumerate(tree) for leaf in t]
+    px = [page.evaluate("([a, b]) => window.ebmlabPlayground.toPx(a, b)", leaf) for _, leaf in leaves]
+    colour = [RED if div[c] else TEAL for c, _ in leaves]
+    drawn_on = sum(near(on, p, q, rgb, tol=30) for (p, q), rgb in zip(px, colour))
+    drawn_off = sum(near(off, p, q, rgb, tol=30) for (p, q), rgb in zip(px, colour))
+    assert drawn_on >= 0.9 * len(leaves), (drawn_on, len(leaves))  # a few may hide under chain dots
+    assert drawn_off <= 0.02 * len(leaves), drawn_off
+    assert (abs(on - off).sum(-1) > 60).mean() > 0.002  # the trees are a visible part of the picture
+    depth = page.evaluate("window.ebmlabPlayground.diagnostics().nuts.mean_tree_depth")
+    assert float(text(page, "tree-depth")) == round(depth, 2) and float(text(page, "grad-evals")) > 1
+    assert "algorithm=nuts" in page.url and "tree_depth=10" in page.url
+
+
+def test_parallel_tempering_strip_shows_every_temperature(open_page, tmp_path):
+    """One panel per temperature: the replicas at their positions over the tempered density (flatter when
+    hotter), accepted swaps marked between the pair's panels; the strip goes with Show replicas."""
+    page = open_page("?tween=0&algorithm=pt&target=multimodal&chains=12&step_size=0.3&temps=5&max_temp=12")
+    assert page.is_visible("[data-testid=pt-strip]") and page.is_visible("[data-testid=num-temperatures]")
+    run_steps(page, 5, per_click=5)
+    page.wait_for_function("window.ebmlabPlayground.temperedReady()", timeout=20000)
+    page.evaluate("window.dispatchEvent(new Event('resize'))")  # redraw now that every density is in
+    wait_idle(page)
+    frame = page.evaluate("window.ebmlabPlayground.frame()")
+    rects = page.evaluate("window.ebmlabPlayground.stripRects()")
+    temps, replicas, swaps = frame["temperatures"], frame["replicas"], frame["swaps"]
+    assert len(rects) == len(temps) == len(replicas) == 5 and len(swaps) == 4
+    (a1, b1), (a2, b2) = page.evaluate("window.ebmlabPlayground.bounds()")
+    img = pixels(page, "pt-strip")
+    page.screenshot(path=str(tmp_path / "pt.png"), full_page=True)
+    hits = total = 0
+    for r, rows in zip(rects, replicas):
+        for x1, x2 in rows:
+            if a1 <= x1 <= b1 and a2 <= x2 <= b2:
+                p = r["x"] + (x1 - a1) / (b1 - a1) * r["size"]
+                q = r["y"] + r["size"] - (x2 - a2) / (b2 - a2) * r["size"]
+                hits += near(img, p, q, INK, tol=40)
+                total += 1
+    assert total > 40 and hits >= 0.95 * total, (hits, total)
+    for k in range(4):  # the gap between panels k and k + 1: amber exactly when a swap was accepted there
+        gap_x = (rects[k]["x"] + rects[k]["size"] + rects[k + 1]["x"]) / 2
+        marked = near(img, gap_x, rects[k]["y"] + 3, AMBER, tol=30)
+        assert marked == any(swaps[k]), (k, swaps[k])
+    assert any(map(any, swaps))
+
+    def blue(img_, r):  # pixels of the panel tinted by the density
+        y, x, s = int(r["y"]) + 2, int(r["x"]) + 2, int(r["size"]) - 4
+        patch = img_[y: y + s, x: x + s]
+        return ((patch[..., 2] - patch[..., 0]) > 25).mean()
+
+    assert blue(img, rects[-1]) > blue(img, rects[0]) + 0.1  # the hottest density is the flattest
+    page.uncheck("[data-testid=show-target]")
+    bare = pixels(page, "pt-strip")
+    assert blue(bare, rects[-1]) < 0.01 and (abs(img - bare).sum(-1) > 30).mean() > 0.2
+    assert "T = 12" in page.evaluate("document.querySelector('[data-testid=pt-strip]').getAttribute('aria-label')") \
+        or len(temps) == 5
+    assert text(page, "round-trips").isdigit() and float(text(page, "barrier")) >= 0
+    assert len(text(page, "ladder").split("·")) == 5 and len(text(page, "swap-rates").split("·")) == 4
+    page.uncheck("[data-testid=show-replicas]")
+    assert page.is_hidden("[data-testid=pt-strip]")
+    assert "algorithm=pt" in page.url and "temps=5" in page.url and "show_replicas=0" in page.url
+
+
+def test_reverse_diffusion_moves_noise_to_the_target(open_page, tmp_path):
+    page = open_page("?tween=0&chains=300")
+    disabled = "(v) => document.querySelector(`[data-testid=algorithm] option[value=${v}]`).disabled"
+    assert page.evaluate(disabled, "diffusion")  # banana has no diffusion score
+    page.select_option("[data-testid=target]", "song_ermon_mixture")
+    wait_idle(page)
+    page.select_option("[data-testid=algorithm]", "diffusion")
+    wait_idle(page)
+    assert page.is_visible("[data-testid=sde]") and page.is_disabled("[data-testid=step-size]")
+    set_value(page, "diffusion-steps", 40)
+    start = page.evaluate("window.ebmlabPlayground.chains()")
+    set_value(page, "steps-per-click", 20)
+    page.click("[data-testid=step]")
+    page.wait_for_function("window.ebmlabPlayground.diagnostics().diffusion.step === 20", timeout=20000)
+    wait_idle(page)
+    assert text(page, "diffusion-t").endswith("(20/40)") and "σ(t) =" in page.text_content("#caption")
+    assert page.evaluate("window.ebmlabPlayground.samples().length") == 0  # not samples yet
+    middle = pixels(page, "canvas")
+    page.screenshot(path=str(tmp_path / "diffusion-middle.png"), full_page=True)
+    page.click("[data-testid=step]")
+    page.wait_for_function("window.ebmlabPlayground.diagnostics().diffusion.done", timeout=20000)
+    wait_idle(page)
+    end = page.evaluate("window.ebmlabPlayground.chains()")
+    img = pixels(page, "canvas")
+    page.screenshot(path=str(tmp_path / "diffusion-end.png"), full_page=True)
+    assert page.evaluate("window.ebmlabPlayground.samples().length") == 2 * 300
+    assert "reached" in page.text_content("#caption") and text(page, "num-samples") == "300"
+    inside = [(a, b) for a, b in end if -11 < a < 11 and -11 < b < 11]
+    px = [page.evaluate("([a, b]) => window.ebmlabPlayground.toPx(a, b)", pt) for pt in inside[:100]]
+    assert sum(near(img, p, q, INK, tol=40) for p, q in px) >= 0.95 * len(px)
+    assert sum(near(middle, p, q, INK, tol=40) for p, q in px) < 0.6 * len(px)  # the picture moved with them
+    weight = sum(a + b > 0 for a, b in end) / len(end)
+    assert abs(weight - 0.8) < 0.1 and abs(sum(a + b > 0 for a, b in start) / len(start) - 0.5) < 0.15
+    page.click("[data-testid=step]")  # done: the chains stay
+    wait_idle(page)
+    assert page.evaluate("window.ebmlabPlayground.chains()") == end
+    assert "algorithm=diffusion" in page.url and "dsteps=40" in page.url and "sde=vp" in page.url
+
+    page.select_option("[data-testid=target]", "banana")
+    wait_idle(page)
+    assert page.input_value("[data-testid=algorithm]") == "mala" and "not available" in page.text_content("#hint")
+    copy = open_page("?algorithm=diffusion&target=banana")
+    assert "needs a diffusion score" in text(copy, "error")

@@ -429,9 +429,7 @@ function paneTemperatures(pane) {
 }
 function drawStrip(pane) {
   const canvas = $("pt-strip" + pane.suffix);
-  const show = pane.algorithm === "pt" && $("show-replicas").checked;
-  canvas.hidden = !show;
-  if (!show) return;
+  if (canvas.hidden) return;
   const temps = paneTemperatures(pane);
   if (!temps) return;
   ensureTempered(temps);
@@ -512,11 +510,16 @@ function drawStrip(pane) {
     }
   }
 }
-function drawStrips() {
+// Which panes show the strip (before anything is drawn: the main plot shrinks to leave it room).
+function layoutStrips() {
   for (const pane of panes) {
-    if (activePanes().includes(pane)) drawStrip(pane);
-    else $("pt-strip" + pane.suffix).hidden = true;
+    const show = activePanes().includes(pane) && pane.algorithm === "pt" && $("show-replicas").checked;
+    $("pt-strip" + pane.suffix).hidden = !show;
+    $("pane-" + pane.label.toLowerCase()).classList.toggle("with-strip", show);
   }
+}
+function drawStrips() {
+  for (const pane of activePanes()) drawStrip(pane);
 }
 
 function drawHist(pane, axis) {
@@ -571,6 +574,7 @@ function drawHist(pane, axis) {
 }
 
 function drawAll(progress) {
+  layoutStrips();
   for (const pane of activePanes()) {
     drawMain(pane, progress);
     drawHist(pane, 0);
@@ -658,6 +662,7 @@ function updateCaption() {
   if (pt && pt.tempering.adapting) {
     text += ` · PT ladder adapting (round ${pt.tempering.rounds_done + 1}/${pt.tempering.adapt_rounds}, frozen after step ${pt.tempering.num_adapt_steps})`;
   }
+  if (pt && $("show-replicas").checked) text += " · below: the replicas at each temperature over p^(1/T), ⇄ swaps accepted at this step, swap rates";
   if (st.densityNote) text += ` · ${st.densityNote}`;
   $("caption").textContent = text;
 }
