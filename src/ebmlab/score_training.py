@@ -12,6 +12,14 @@ step counter), and a non-finite loss or gradient raises
 checkpoint. No MCMC happens during training: that is the point of score
 matching. :func:`sample_scores` draws from a trained model by (annealed)
 Langevin dynamics.
+
+Score-based diffusion (``sde-ve``, ``sde-vp``; Song et al. 2021) trains in
+the same loop: a noise-conditional network ``net(x, sigma)`` is made a score
+``score(x, t) = net(x, std(t))`` by :func:`ebmlab.sde.score_model` and fitted
+by the continuous-time denoising loss :func:`ebmlab.sde.dsm_loss` (their
+eq. 7); it is sampled and evaluated by :mod:`ebmlab.sde` (reverse SDE,
+predictor-corrector, probability-flow ODE and its exact likelihood), not by
+:func:`sample_scores`.
 """
 
 from __future__ import annotations
@@ -37,14 +45,20 @@ from .objectives.score_matching import (
 )
 from .samplers.annealed import AnnealedLangevin
 from .samplers.base import random_on, sample
+from .sde import VESDE, VPSDE, WEIGHTINGS, dsm_loss, score_model
+from .sde.sdes import SDE, check_sde
 from .training import CHECKPOINT, TrainResult, Update, fit
 
-__all__ = ["SCORE_METHODS", "ScoreTrainResult", "at_noise_level", "default_sigmas", "sample_images", "sample_scores",
-           "train_score"]
+__all__ = ["SCORE_METHODS", "SDE_METHODS", "ScoreTrainResult", "at_noise_level", "data_diameter", "default_sde",
+           "default_sigmas", "sample_images", "sample_scores", "sde_parameters", "train_score"]
 
+#: Score-based diffusion through an SDE (Song et al. 2021): ``sde-ve`` the variance-exploding SDE (eq. 9,
+#: NCSN's continuous limit), ``sde-vp`` the variance-preserving one (eq. 11, DDPM's continuous limit).
+SDE_METHODS = ("sde-ve", "sde-vp")
 #: ``ism`` (Hyvarinen 2005), ``ssm`` / ``ssm-vr`` (Song et al. 2019, eq. 7 / 8),
-#: ``dsm`` (Vincent 2011, one level) and ``ncsn`` (Song & Ermon 2019, a ladder of levels).
-SCORE_METHODS = ("ism", "ssm", "ssm-vr", "dsm", "ncsn")
+#: ``dsm`` (Vincent 2011, one level), ``ncsn`` (Song & Ermon 2019, a ladder of levels) and the
+#: diffusion methods :data:`SDE_METHODS` (a continuum of levels).
+SCORE_METHODS = ("ism", "ssm", "ssm-vr", "dsm", "ncsn", *SDE_METHODS)
 
 #: At most this many training points enter the default ``sigma_max`` (max pairwise distance).
 SIGMA_MAX_SUBSAMPLE = 1000
@@ -56,10 +70,62 @@ class ScoreTrainResult(TrainResult):
 
     Attributes:
         sigmas: the NCSN levels (``ncsn``), ``(sigma,)`` for ``dsm``, ``None`` otherwise.
+        sde: the forward SDE of a diffusion method, ``None`` otherwise (sample
+            with ``ebmlab.sde.sample(ebmlab.sde.score_model(result.ema, result.sde), result.sde, n)``).
         (and ``step``, ``history``, ``seconds``, ``ema``; ``buffer`` is always ``None``.)
     """
 
     sigmas: Tensor | None = None
+    sde: SDE | None = None
+
+
+def data_diameter(train_data: Tensor) -> float:
+    """The largest Euclidean distance between two training points, on at most :data:`SIGMA_MAX_SUBSAMPLE`
+    evenly strided points (deterministic: a resumed run gets the same value).
+
+    Song & Ermon (2020), technique 1: a largest noise level this big connects every pair of modes; it is
+    the default ``sigma_max`` of NCSN's ladder and of the VE SDE.
+    """
+    n = train_data.shape[0]
+    idx = torch.linspace(0, n - 1, min(n, SIGMA_MAX_SUBSAMPLE)).round().long().to(train_data.device)
+    flat = train_data[idx].reshape(idx.numel(), -1).double()
+    return float(torch.cdist(flat, flat).max()) if idx.numel() > 1 else 0.0
+
+
+def default_sde(method: str, train_data: Tensor, *, sigma_min: float = 0.01, sigma_max: float | None = None,
+                beta_min: float = 0.1, beta_max: float = 20.0) -> SDE:
+    """The forward SDE of a diffusion method: ``VESDE(sigma_min, sigma_max)`` for ``sde-ve``,
+    ``VPSDE(beta_min, beta_max)`` for ``sde-vp``.
+
+    The VE SDE's ``sigma_max`` defaults to :func:`data_diameter` (Song & Ermon 2020, technique 1, which
+    Song et al. 2021 follow: ``sigma_max = 50`` on CIFAR-10): then the prior ``N(0, sigma_max^2 I)``
+    covers the data and every pair of modes is connected at ``t = T``. The VP defaults are the paper's
+    ``beta(t)`` from 0.1 to 20 (DDPM's schedule in continuous time); its prior is ``N(0, I)`` for data of
+    order one.
+
+    Raises:
+        ValueError: for a method that is not in :data:`SDE_METHODS`, or bad SDE parameters (named).
+    """
+    if method == "sde-ve":
+        if sigma_max is None:
+            sigma_max = data_diameter(train_data)
+            if not sigma_max > sigma_min:
+                raise ValueError(f"the data's largest pairwise distance ({sigma_max:g}) is not above sigma_min="
+                                 f"{sigma_min:g}; pass sigma_max explicitly")
+        return VESDE(sigma_min=float(sigma_min), sigma_max=float(sigma_max))
+    if method == "sde-vp":
+        return VPSDE(beta_min=float(beta_min), beta_max=float(beta_max))
+    raise ValueError(f"unknown diffusion method {method!r}; expected one of {', '.join(SDE_METHODS)}")
+
+
+def sde_parameters(sde: SDE) -> Tensor:
+    """The hyper-parameters of a VE or VP SDE as a float64 tensor (what a diffusion checkpoint records):
+    ``(sigma_min, sigma_max)`` or ``(beta_min, beta_max)``."""
+    if isinstance(sde, VESDE):
+        return torch.tensor([sde.sigma_min, sde.sigma_max], dtype=torch.float64)
+    if isinstance(sde, VPSDE):
+        return torch.tensor([sde.beta_min, sde.beta_max], dtype=torch.float64)
+    raise ValueError(f"a diffusion run records a VESDE or VPSDE, got {type(sde).__name__}")
 
 
 def default_sigmas(train_data: Tensor, *, sigma_max: float | None = None, sigma_min: float = 0.01,
@@ -86,10 +152,7 @@ def default_sigmas(train_data: Tensor, *, sigma_max: float | None = None, sigma_
             or the levels are invalid (see :func:`~ebmlab.objectives.geometric_sigmas`).
     """
     if sigma_max is None:
-        n = train_data.shape[0]
-        idx = torch.linspace(0, n - 1, min(n, SIGMA_MAX_SUBSAMPLE)).round().long().to(train_data.device)
-        flat = train_data[idx].reshape(idx.numel(), -1).double()
-        sigma_max = float(torch.cdist(flat, flat).max()) if idx.numel() > 1 else 0.0
+        sigma_max = data_diameter(train_data)
         if not sigma_max > sigma_min:
             raise ValueError(f"the data's largest pairwise distance ({sigma_max:g}) is not above sigma_min="
                              f"{sigma_min:g}; pass sigma_max or sigmas explicitly")
@@ -97,8 +160,11 @@ def default_sigmas(train_data: Tensor, *, sigma_max: float | None = None, sigma_
 
 
 def _loss_fn(method: str, *, sigma: float, sigmas: Tensor | None, num_projections: int, trace: str,
+             sde: SDE | None = None, weighting: str = "default",
              ) -> Callable[[nn.Module, Tensor, torch.Generator], tuple[Tensor, dict[str, float]]]:
     """``loss(model, x, generator) -> (loss, metrics)`` for ``method``."""
+    if method in SDE_METHODS:  # eq. 7 of Song et al. 2021 on score(x, t) = net(x, std(t))
+        return lambda m, x, g: dsm_loss(score_model(m, sde), sde, x, generator=g, weighting=weighting)
     if method == "ism":
         return lambda m, x, g: implicit_score_matching(m, x, trace=trace, num_projections=num_projections,
                                                        generator=g)
@@ -127,6 +193,8 @@ def train_score(
     num_sigmas: int = 20,
     num_projections: int = 1,
     trace: str | None = None,
+    sde: SDE | None = None,
+    weighting: str = "default",
     ema_decay: float | None = 0.999,
     grad_clip: float | None = 1.0,
     generator: torch.Generator | None = None,
@@ -152,7 +220,9 @@ def train_score(
             matching, Hyvarinen 2005), ``ssm`` / ``ssm-vr`` (sliced score
             matching, Song et al. 2019), ``dsm`` (denoising score matching at
             ``sigma``, Vincent 2011) or ``ncsn`` (denoising over ``sigmas``
-            with ``lambda(sigma) = sigma^2``, Song & Ermon 2019).
+            with ``lambda(sigma) = sigma^2``, Song & Ermon 2019), or ``sde-ve`` /
+            ``sde-vp`` (continuous-time denoising score matching through an SDE,
+            Song et al. 2021, eq. 7: :func:`ebmlab.sde.dsm_loss`).
         steps: optimiser steps (in total, counting a resumed run's past).
         batch_size: data points per step.
         lr, betas: Adam's.
@@ -164,6 +234,10 @@ def train_score(
             ``ism`` with the Hutchinson trace).
         trace: ``ism``'s trace, ``"exact"`` or ``"hutchinson"``; default exact
             up to 64 event dimensions, Hutchinson above.
+        sde: the forward SDE of ``sde-ve`` (a :class:`~ebmlab.sde.VESDE`) or
+            ``sde-vp`` (a :class:`~ebmlab.sde.VPSDE`); default :func:`default_sde`.
+        weighting: the diffusion loss's ``lambda(t)``: ``"default"`` (``std^2``)
+            or ``"likelihood"`` (``g^2``, Song, Durkan et al. 2021).
         ema_decay: keep an exponential moving average of the weights, decay
             warmed up as ``min(ema_decay, (1 + step) / (10 + step))``; ``None``: off.
         grad_clip: clip the parameter gradient's global norm (``None``: off).
@@ -186,7 +260,7 @@ def train_score(
 
     Raises:
         ValueError: for bad arguments, or a ``resume`` whose checkpoint was
-            written by another method or with other noise levels.
+            written by another method, with other noise levels or another SDE.
         TrainingDiverged: on a non-finite loss or gradient, naming the step and
             the last good checkpoint.
     """
@@ -213,10 +287,26 @@ def train_score(
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
             raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
         levels = torch.tensor([float(sigma)], dtype=torch.float64)
+    if method in SDE_METHODS:
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+        sde = default_sde(method, train_data) if sde is None else check_sde(sde)
+        expected = VESDE if method == "sde-ve" else VPSDE
+        if type(sde) is not expected:
+            raise ValueError(f"method {method!r} trains through a {expected.__name__}, got {type(sde).__name__}")
+        levels = sde_parameters(sde)  # checkpointed, so a resume under another SDE is refused
+    elif sde is not None:
+        raise ValueError(f"sde is for the diffusion methods ({', '.join(SDE_METHODS)}), not {method!r}")
     # the noise levels the loss uses; a resume replaces them by the checkpoint's (authoritative)
     current = {"levels": levels}
 
     def load_levels(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:  # noqa: ARG001
+        if sde is not None:
+            saved = tensors["sde"].to(torch.float64).cpu()
+            if not torch.equal(saved, current["levels"]):
+                raise ValueError(f"{Path(run_dir) / CHECKPOINT} was trained with {type(sde).__name__} parameters "
+                                 f"{saved.tolist()}, not {current['levels'].tolist()} ({sde})")
+            return
         saved = tensors["sigmas"].to(torch.float64).cpu()
         if sigmas is not None and not torch.equal(saved, current["levels"]):
             raise ValueError(f"{Path(run_dir) / CHECKPOINT} was trained at sigmas {saved.tolist()}, "
@@ -229,7 +319,8 @@ def train_score(
         if "fn" not in losses:  # built at the first step, after a resume settled the levels
             lv = current["levels"]
             losses["fn"] = _loss_fn(method, sigma=float(sigma), num_projections=num_projections, trace=trace,
-                                    sigmas=lv.to(device=device, dtype=dtype) if lv is not None else None)
+                                    sigmas=lv.to(device=device, dtype=dtype) if lv is not None else None,
+                                    sde=sde, weighting=weighting)
         # 1. a data batch
         idx = torch.randint(train_data.shape[0], (batch_size,), generator=generator, device=device)
         # 2. loss: a Fisher divergence rewritten to need only data (no MCMC, no partition function)
@@ -241,11 +332,12 @@ def train_score(
         generator=generator, run_dir=run_dir, resume=resume, overwrite=overwrite, log_every=log_every,
         checkpoint_every=checkpoint_every, evaluate=evaluate, eval_every=eval_every, callback=callback,
         max_seconds=max_seconds,
-        extra_state=(lambda: {"sigmas": current["levels"]}) if levels is not None else None,
+        extra_state=(lambda: {"sde" if sde is not None else "sigmas": current["levels"]}) if levels is not None
+        else None,
         load_extra=load_levels if levels is not None else None,
     )
     return ScoreTrainResult(step=result.step, history=result.history, seconds=result.seconds, ema=result.ema,
-                            sigmas=current["levels"])
+                            sigmas=current["levels"] if sde is None else None, sde=sde)
 
 
 def _model_event_shape(model: Any) -> tuple[int, ...] | None:
@@ -335,6 +427,9 @@ def sample_scores(
     """
     if method not in SCORE_METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(SCORE_METHODS)}")
+    if method in SDE_METHODS:
+        raise ValueError(f"a {method} model is a diffusion model: sample it with ebmlab.sde.sample(score_model(net, "
+                         "sde), sde, n, method='pc'|'sde'|'ode'), not by Langevin dynamics")
     check_int("n", n, 1)
     check_int("steps_per_level", steps_per_level, 1)
     device, dtype = _model_device_dtype(model)
