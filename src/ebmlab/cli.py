@@ -50,6 +50,9 @@ class SamplerName(str, Enum):
     rejection = "rejection"
     annealed = "annealed"
     langevin = "langevin"
+    pc = "pc"
+    sde = "sde"
+    ode = "ode"
 
 
 class BaseName(str, Enum):
@@ -75,6 +78,13 @@ class MethodName(str, Enum):
     ssm_vr = "ssm-vr"
     dsm = "dsm"
     ncsn = "ncsn"
+    sde_ve = "sde-ve"
+    sde_vp = "sde-vp"
+
+
+class Weighting(str, Enum):
+    default = "default"
+    likelihood = "likelihood"
 
 
 class ChainSampler(str, Enum):
@@ -158,7 +168,8 @@ def _emit(result: dict, json_output: bool, title: str, keys: tuple[str, ...] | N
         _print_table(title, result, keys)
 
 
-_SAMPLE_KEYS = ("acceptance_rate", "adapted_step_size", "adapted_inverse_mass", "mean_tree_depth",
+_SAMPLE_KEYS = ("sde_steps", "solver", "nfe", "acceptance_rate", "adapted_step_size", "adapted_inverse_mass",
+                "mean_tree_depth",
                 "grad_evals_per_step", "divergences", "temperatures", "swap_rates", "round_trips",
                 "communication_barrier", "ladder_adaptation_rounds", "mean", "cov", "ess_bulk_min", "rhat_max", "mmd_to_exact", "kl_to_exact",
                 "kl_to_model_density", "fraction_outside_box", "mmd_to_test_data", "steps_per_level", "pixel_mean",
@@ -174,7 +185,9 @@ def sample(
                                                   "score model (--model): annealed (Langevin over the noise "
                                                   "levels; the default for ncsn) or langevin (plain Langevin "
                                                   "on the learned score; the default for the other methods, "
-                                                  "and at the smallest noise level for 2-D ncsn)."),
+                                                  "and at the smallest noise level for 2-D ncsn). A diffusion "
+                                                  "run (sde-ve, sde-vp): pc (predictor-corrector, default), sde "
+                                                  "(reverse SDE) or ode (probability flow)."),
     step_size: float = typer.Option(0.3, help="eps for ULA/MALA/HMC; proposal sigma for RWMH; "
                                    "for rejection, the Student-t proposal's scale in target sds."),
     num_leapfrog: int = typer.Option(10, min=1, help="HMC: leapfrog steps per transition."),
@@ -197,6 +210,9 @@ def sample(
                                   "or exact samples."),
     steps_per_level: Optional[int] = typer.Option(None, min=1, help="Score models (--model): Langevin steps per "
                                                   "noise level (default: the run's own)."),
+    sde_steps: Optional[int] = typer.Option(None, min=1, help="Diffusion runs (--model of sde-ve/sde-vp): steps "
+                                            "of pc/sde (default: the run's own), or fixed Heun steps of ode "
+                                            "(default: adaptive RK45). Not --steps, which is MCMC's."),
     seed: int = typer.Option(0, help="Seed of the run's torch.Generator."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     dtype: str = typer.Option("float32", help="float32 or float64."),
@@ -206,7 +222,7 @@ def sample(
     plot: Optional[Path] = typer.Option(None, help="Write a samples-over-density figure (PNG/PDF/SVG)."),
     model: Optional[Path] = typer.Option(None, help="Sample a trained model (a run directory from `ebmlab train`) "
                                          "instead of --target. Score models are sampled as trained: annealed "
-                                         "Langevin for ncsn, score Langevin otherwise."),
+                                         "Langevin for ncsn, PC for sde-ve/sde-vp, score Langevin otherwise."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Draw samples from an analytic target (or a trained model) and report diagnostics."""
@@ -217,7 +233,7 @@ def sample(
                        num_leapfrog=num_leapfrog, max_tree_depth=max_tree_depth, base=base.value,
                        num_temperatures=num_temperatures, max_temperature=max_temperature, adapt=adapt, chains=chains, steps=steps, burn_in=burn_in, thin=thin,
                        init=init.value, seed=seed, device=device, dtype=dtype, compile=compile,
-                       steps_per_level=steps_per_level).checked()
+                       steps_per_level=steps_per_level, sde_steps=sde_steps).checked()
     run = _open_run(model, device) if model is not None else None
     bar = _Progress(f"{cfg.sampler or 'mala'} on {model or target}", steps, not json_output and sys.stderr.isatty())
     try:
@@ -243,8 +259,10 @@ def train(
     method: Optional[MethodName] = typer.Option(None, help="Default pcd. EBM by maximum likelihood, negatives from: "
                                                 "data (cd), noise (short-run), persistent chains (pcd), replay buffer "
                                                 "(buffer); or score matching: implicit (ism, on an energy), sliced "
-                                                "(ssm, ssm-vr), denoising (dsm), noise-conditional (ncsn). Images: "
-                                                "EBM methods (a ConvEnergy), dsm or ncsn (a ScoreConvNet)."),
+                                                "(ssm, ssm-vr), denoising (dsm), noise-conditional (ncsn), or "
+                                                "diffusion through the VE or VP SDE (sde-ve, sde-vp). Images: "
+                                                "EBM methods (a ConvEnergy), dsm, ncsn, sde-ve or sde-vp "
+                                                "(a ScoreConvNet)."),
     sampler: Optional[ChainSampler] = typer.Option(None, help="MCMC for the negatives (default ula)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Optimiser steps (default 3000)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Data points and negative chains per step "
@@ -290,9 +308,15 @@ def train(
     max_seconds: Optional[float] = typer.Option(None, help="Stop after this much wall time (the last step is "
                                                 "evaluated and checkpointed)."),
     sigma: Optional[float] = typer.Option(None, help="dsm: the noise level (default 0.1)."),
-    sigma_max: Optional[float] = typer.Option(None, help="ncsn: largest noise level (default: the largest "
-                                              "pairwise distance in the data, Song & Ermon 2020)."),
-    sigma_min: Optional[float] = typer.Option(None, help="ncsn: smallest noise level (default 0.01)."),
+    sigma_max: Optional[float] = typer.Option(None, help="ncsn and sde-ve: largest noise level (default: the "
+                                              "largest pairwise distance in the data, Song & Ermon 2020)."),
+    sigma_min: Optional[float] = typer.Option(None, help="ncsn and sde-ve: smallest noise level (default 0.01)."),
+    beta_min: Optional[float] = typer.Option(None, help="sde-vp: beta(0) of the VP SDE (default 0.1)."),
+    beta_max: Optional[float] = typer.Option(None, help="sde-vp: beta(1) of the VP SDE (default 20)."),
+    weighting: Optional[Weighting] = typer.Option(None, help="sde-ve/sde-vp: the loss's lambda(t), default "
+                                                  "(std^2) or likelihood (g^2; default: default)."),
+    sde_steps: Optional[int] = typer.Option(None, min=1, help="sde-ve/sde-vp: predictor steps of the pc and sde "
+                                            "samplers in evaluation and `ebmlab sample` (default 500)."),
     num_sigmas: Optional[int] = typer.Option(None, min=2, help="ncsn: number of geometric noise levels "
                                              "(default 20)."),
     steps_per_level: Optional[int] = typer.Option(None, min=1, help="Score models: Langevin steps per noise "
@@ -320,7 +344,8 @@ def train(
         buffer_size=buffer_size, reinit_prob=reinit_prob, ema=ema, n_train=n_train, n_test=n_test,
         eval_every=eval_every, max_seconds=max_seconds, sigma=sigma, sigma_max=sigma_max, sigma_min=sigma_min,
         num_sigmas=num_sigmas, score_clip=score_clip, clamp=clamp, clamp_data=clamp_data,
-        steps_per_level=steps_per_level, seed=seed, device=device,
+        steps_per_level=steps_per_level, seed=seed, device=device, beta_min=beta_min, beta_max=beta_max,
+        weighting=weighting.value if weighting else None, sde_steps=sde_steps,
         data_root=str(data_root.resolve()) if data_root is not None else None)
     if config is not None:
         try:
@@ -355,9 +380,10 @@ def evaluate(
                               "or nearest_neighbours.png) into the run directory."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """2-D: exact test NLL (quadrature), KL to the data when its density is known (with the test set's own
-    noise), MMD and sliced-W of samples. Images (EBMs and score models): classifier confidence and class balance
-    of samples, feature/pixel MMD, nearest training images, sample and nearest-neighbour grids."""
+    """2-D: exact test NLL (quadrature; diffusion runs: the probability-flow ODE on the first 2000 test points),
+    KL to the data when its density is known (with the test set's own noise), MMD and sliced-W of samples.
+    Images (EBMs and score models): classifier confidence and class balance of samples, feature/pixel MMD,
+    nearest training images, sample and nearest-neighbour grids; diffusion runs: bits/dim on 100 test images."""
     from .runs import evaluate as run_evaluate
 
     result = run_evaluate(_open_run(run_dir, device), seed=seed, plot=plot)

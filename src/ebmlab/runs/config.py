@@ -17,18 +17,19 @@ from typing import Any, Callable
 
 from ..objectives.contrastive import METHODS as EBM_METHODS
 from ..samplers.registry import SAMPLER_NAMES
-from ..score_training import SCORE_METHODS
+from ..score_training import SCORE_METHODS, SDE_METHODS
+from ..sde import WEIGHTINGS
 from ..training import default_alpha
 
 __all__ = ["CHAIN_SAMPLERS", "ConfigError", "EBM_METHODS", "IMAGE_DATA", "IMAGE_SCORE_METHODS", "METHODS",
-           "SCORE_METHODS", "TOY_STEPS_PER_LEVEL", "TRAIN_DEFAULTS", "TrainConfig"]
+           "SCORE_METHODS", "SDE_DEFAULTS", "SDE_METHODS", "TOY_STEPS_PER_LEVEL", "TRAIN_DEFAULTS", "TrainConfig"]
 
 #: Image data sets a config can name: scikit-learn's 8x8 digits, and MNIST / Fashion-MNIST (28x28) read from
 #: the local IDX files in ``data_root``. Pixels are in ``[-1, 1]``.
 IMAGE_DATA = ("digits", "mnist", "fashion_mnist")
 METHODS = (*EBM_METHODS, *SCORE_METHODS)
 #: Score methods trained on images (a ScoreConvNet; ism/ssm would need Jacobian traces of a convnet).
-IMAGE_SCORE_METHODS = ("dsm", "ncsn")
+IMAGE_SCORE_METHODS = ("dsm", "ncsn", *SDE_METHODS)
 #: MCMC samplers of an EBM's negatives.
 CHAIN_SAMPLERS = ("ula", "mala", "hmc")
 
@@ -47,12 +48,18 @@ TRAIN_DEFAULTS = {
     "digits_score": {"step_size": 1.41, "noise_scale": 0.01, "lr": 1e-3, "batch_size": 128, "data_noise": 0.0,
                      "alpha": 0.1, "steps_per_level": 50},
 }
+#: Diffusion runs (sde-ve, sde-vp), 2-D data and images alike. VE: sigma(t) from 0.01 up to sigma_max, whose
+#: default (None) is the data's largest pairwise distance (Song & Ermon 2020, technique 1; about 11 on
+#: eight_gaussians, so the prior N(0, sigma_max^2 I) covers the data); VP: Song et al.'s beta(t) from 0.1 to 20
+#: (the prior N(0, I) for data of order one); eq. 7's default lambda(t) = std^2; 500 predictor steps when
+#: sampling (the reverse SDE and PC; the ODE is adaptive RK45), as in Song et al.'s toy experiments.
+SDE_DEFAULTS = {"beta_min": 0.1, "beta_max": 20.0, "weighting": "default", "sde_steps": 500}
 #: Langevin steps per level when sampling a 2-D score model (ncsn / the others' single level).
 TOY_STEPS_PER_LEVEL = {"ncsn": 100, "other": 1000}
 #: Generated 2-D points when the config does not say.
 TOY_SIZES = {"n_train": 10_000, "n_test": 5_000}
 #: Keys a run's config.json may hold in its train section that are derived, not chosen.
-_DERIVED = ("sigmas", "tensorboard")
+_DERIVED = ("sigmas", "sde", "tensorboard")
 
 
 class ConfigError(ValueError):
@@ -134,13 +141,19 @@ class TrainConfig:
         max_seconds: wall-time budget (the last step is evaluated and checkpointed).
         sigma: ``dsm``'s noise level.
         sigma_max, sigma_min, num_sigmas: ``ncsn``'s geometric noise levels (``sigma_max``
-            default: the data's largest pairwise distance).
+            default: the data's largest pairwise distance); ``sigma_min`` and ``sigma_max``
+            are also the VE SDE's ``sigma(0)`` and ``sigma(1)`` (``sde-ve``; same defaults).
+        beta_min, beta_max: ``sde-vp``: the VP SDE's ``beta(0)`` and ``beta(1)`` (0.1, 20).
+        weighting: ``sde-ve`` / ``sde-vp``: the loss's ``lambda(t)``, ``default``
+            (``std(t)^2``) or ``likelihood`` (``g(t)^2``, Song, Durkan et al. 2021).
+        sde_steps: ``sde-ve`` / ``sde-vp``: predictor steps of the reverse-SDE and PC
+            samplers when the run is sampled (evaluation, ``ebmlab sample``; 500).
         data_root: MNIST / Fashion-MNIST: the folder of the IDX files (nothing is downloaded).
         score_clip: ULA: clamp each score coordinate to ``[-c, c]``.
         clamp: ULA: clamp each new chain state to ``(lo, hi)``.
         clamp_data: ULA: clamp to the data's range (default on for image EBMs with ULA).
         steps_per_level: score models: Langevin steps per noise level when sampling (100 for
-            2-D ncsn, 1000 for the other 2-D methods, 50 for images).
+            2-D ncsn, 1000 for the other 2-D methods, 50 for images; not for diffusion runs).
     """
 
     data: str = "eight_gaussians"
@@ -175,6 +188,10 @@ class TrainConfig:
     clamp: tuple[float, float] | None = None
     clamp_data: bool | None = None
     steps_per_level: int | None = None
+    beta_min: float | None = None
+    beta_max: float | None = None
+    weighting: str | None = None
+    sde_steps: int | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -243,6 +260,11 @@ class TrainConfig:
         """Whether the method is score matching (no MCMC while training)."""
         return self.method in SCORE_METHODS
 
+    @property
+    def diffusion(self) -> bool:
+        """Whether the method is score-based diffusion through an SDE (``sde-ve``, ``sde-vp``)."""
+        return self.method in SDE_METHODS
+
     def defaults(self) -> dict[str, Any]:
         """The data- and method-dependent defaults this config falls back on."""
         if not self.images:
@@ -275,13 +297,15 @@ class TrainConfig:
                 raise ConfigError.of(ValueError(f"{err}; or an image set: {', '.join(IMAGE_DATA)}")) from err
         if self.images and self.score and self.method not in IMAGE_SCORE_METHODS:
             raise ConfigError(f"{{0}} {self.method} on images: image score models are trained by "
-                              f"{' or '.join(IMAGE_SCORE_METHODS)} (a ScoreConvNet)", "method")
+                              f"{', '.join(IMAGE_SCORE_METHODS[:-1])} or {IMAGE_SCORE_METHODS[-1]} "
+                              "(a ScoreConvNet)", "method")
         d = self.defaults()
         cfg = replace(self, **{k: d[k] for k in ("step_size", "lr", "batch_size", "data_noise", "alpha")
                                if getattr(self, k) is None})
         if cfg.noise_scale is None:
             cfg = replace(cfg, noise_scale=d["noise_scale"])
-        if cfg.steps_per_level is None and cfg.score and cfg.images:
+        cfg = cfg._resolve_sde()
+        if cfg.steps_per_level is None and cfg.score and cfg.images and not cfg.diffusion:
             cfg = replace(cfg, steps_per_level=d["steps_per_level"])
         if not cfg.images:
             cfg = replace(cfg, n_train=cfg.n_train or TOY_SIZES["n_train"], n_test=cfg.n_test or TOY_SIZES["n_test"])
@@ -308,6 +332,34 @@ class TrainConfig:
         cfg = cfg._resolve_langevin(d)
         cfg._check_data_root()
         cfg._check_device()
+        return cfg
+
+    def _resolve_sde(self) -> TrainConfig:
+        """The diffusion options: defaulted for ``sde-ve`` / ``sde-vp``, refused for the other methods."""
+        own = {"sde-vp": ("beta_min", "beta_max", "weighting", "sde_steps"), "sde-ve": ("weighting", "sde_steps")}
+        mine = own.get(self.method, ())
+        foreign = [f for f in ("beta_min", "beta_max", "weighting", "sde_steps") if f not in mine
+                   and getattr(self, f) is not None]
+        if foreign:
+            names = ", ".join("{%d}" % i for i in range(len(foreign)))
+            which = "sde-vp" if set(foreign) <= {"beta_min", "beta_max"} else "sde-ve and sde-vp"
+            raise ConfigError(f"{names}: options of the diffusion method(s) {which}, which {{{len(foreign)}}} "
+                              f"{self.method} does not use", *foreign, "method")
+        if self.diffusion and self.steps_per_level is not None:
+            raise ConfigError("{0} is for Langevin sampling; a diffusion run is sampled by the reverse SDE, PC or "
+                              "the ODE with {1} steps", "steps_per_level", "sde_steps")
+        if not self.diffusion:
+            return self
+        cfg = replace(self, **{k: SDE_DEFAULTS[k] for k in mine if getattr(self, k) is None})
+        if cfg.weighting not in WEIGHTINGS:
+            raise ConfigError(f"{{0}} must be one of {', '.join(WEIGHTINGS)}, got {cfg.weighting!r}", "weighting")
+        _integer(cfg, "sde_steps", 1)
+        if cfg.method == "sde-vp":
+            _positive(cfg, "beta_min", zero=True)
+            _positive(cfg, "beta_max")
+            if cfg.beta_max < cfg.beta_min:
+                raise ConfigError(f"{{0}} ({cfg.beta_max}) must be at least {{1}} ({cfg.beta_min})", "beta_max",
+                                  "beta_min")
         return cfg
 
     def _resolve_langevin(self, d: dict[str, Any]) -> TrainConfig:

@@ -6,8 +6,15 @@
   MALA samples;
 * 2-D score models: MMD and sliced-W of (annealed) Langevin samples; ``ism``
   trains an energy, so it gets the exact NLL and KL too;
+* 2-D diffusion models (``sde-ve``, ``sde-vp``): MMD and sliced-W of PC
+  samples, and the test NLL by the probability-flow ODE
+  (:func:`ebmlab.sde.log_likelihood`, exact divergence) on the first
+  :data:`DIFFUSION_NLL_POINTS` test points, with the KL and the test set's
+  noise on those points as for the EBMs;
 * images (EBMs and score models): a classifier's confidence and class balance
-  of samples, feature and pixel MMD, nearest training images.
+  of samples, feature and pixel MMD, nearest training images; diffusion
+  models also bits/dim (:func:`ebmlab.sde.bits_per_dim`, uniform
+  dequantisation) on the first :data:`DIFFUSION_BPD_IMAGES` test images.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..score_training import SDE_METHODS
 from .run import Run, score_samples
 
-__all__ = ["CLASSIFIER_EPOCHS_28", "CLASSIFIER_MAX_TRAIN_28", "EVAL_IMAGE_SAMPLES", "EVAL_NEAREST",
-           "IMAGE_SCORE_EVAL_SAMPLES", "evaluate", "image_classifier", "training_evaluator"]
+__all__ = ["CLASSIFIER_EPOCHS_28", "CLASSIFIER_MAX_TRAIN_28", "DIFFUSION_BPD_IMAGES", "DIFFUSION_NLL_POINTS",
+           "EVAL_IMAGE_SAMPLES", "EVAL_NEAREST", "IMAGE_SCORE_EVAL_SAMPLES", "PIXEL_LEVELS", "evaluate",
+           "image_classifier", "likelihood_metrics", "training_evaluator"]
 
 #: Samples ``evaluate`` draws from an image model (EBM: at most this many of its chains; score model:
 #: annealed Langevin from noise), and how many of them the nearest-neighbour check compares with every
@@ -36,6 +45,14 @@ CLASSIFIER_MAX_TRAIN_28, CLASSIFIER_EPOCHS_28 = 10_000, 5
 _IMAGE_METRICS = ("mean_max_prob", "min_class_fraction", "feature_mmd", "pixel_mmd")
 #: The evaluation's generator is seeded with the run's seed plus this (training's own stream stays apart).
 EVAL_SEED_OFFSET = 17
+#: 2-D diffusion runs: test points whose NLL the probability-flow ODE computes (adaptive RK45, exact 2-D
+#: divergence: about 150 evaluations of the field on the CPU), in ``evaluate`` and while training.
+DIFFUSION_NLL_POINTS = {"evaluate": 2000, "training": 500}
+#: Image diffusion runs: test images whose bits/dim ``evaluate`` computes (Hutchinson's divergence, one
+#: Rademacher probe per image, through RK45).
+DIFFUSION_BPD_IMAGES = 100
+#: Quantisation levels of each image set's pixels (sklearn's digits are 0..16; MNIST-family 8-bit).
+PIXEL_LEVELS = {"digits": 17, "mnist": 256, "fashion_mnist": 256}
 
 
 def density_metrics(energy: nn.Module, name: str, test: Tensor, bounds: list, *, resolution: int,
@@ -48,6 +65,39 @@ def density_metrics(energy: nn.Module, name: str, test: Tensor, bounds: list, *,
         return evaluate_density_model(energy, test, bounds, true_density=toy.true_density(name),
                                       entropy=toy.entropy(name), resolution=resolution, generator=generator,
                                       num_chains=num_chains, num_steps=num_steps, step_size=step_size)
+
+
+def likelihood_metrics(log_prob: Tensor, name: str, test: Tensor) -> dict[str, Any]:
+    """Test NLL and, when the density of ``name`` is known, KL with the test set's noise, from a model's
+    per-point log-likelihoods ``log_prob`` of ``test`` (the definitions of
+    :func:`~ebmlab.evaluation.evaluate_density_model`): ``kl = test_nll - true_nll`` on the same points,
+    ``test_set_noise = true_nll - entropy``; ``test_nll_se`` is the NLL's standard error over the points,
+    ``kl_se`` the paired difference's."""
+    from ..data import toy
+
+    nll = -log_prob.detach().double().cpu()
+    out: dict[str, Any] = {"test_nll": float(nll.mean()), "test_nll_se": float(nll.std() / len(nll) ** 0.5)}
+    true_density = toy.true_density(name)
+    if true_density is not None:
+        true = true_density(test.detach().cpu().double())
+        out.update({"true_nll": float(true.mean()), "kl": float((nll - true).mean()),
+                    "kl_se": float((nll - true).std() / len(nll) ** 0.5)})
+        entropy = toy.entropy(name)
+        if entropy is not None:
+            out.update({"entropy": entropy, "test_set_noise": out["true_nll"] - entropy})
+    return out
+
+
+def _diffusion_nll(model: nn.Module, config: dict[str, Any], test: Tensor, n: int) -> dict[str, Any]:
+    """:func:`likelihood_metrics` of the probability-flow ODE likelihood on the first ``n`` test points."""
+    from ..sde import log_likelihood, score_model
+    from .models import build_sde
+
+    sde = build_sde(config["train"]["sde"])
+    points = test[:n]
+    ll, info = log_likelihood(score_model(model, sde), sde, points, return_info=True)
+    return {**likelihood_metrics(ll, config["data"]["name"], points), "nll_test_points": int(points.shape[0]),
+            "nll_nfe": info.nfe}
 
 
 def image_classifier(run_dir: str | Path, data: dict[str, Any]):
@@ -133,6 +183,9 @@ def training_evaluator(config: dict[str, Any], run_dir: Path, test: Tensor) -> C
     def evaluate_score(model, step):  # noqa: ARG001
         x = score_samples(model, config, 1000, g)
         row = {"mmd": mmd(x, test, generator=g), "sliced_w": sliced_wasserstein(x, test, generator=g)}
+        if tr["method"] in SDE_METHODS:  # a density by the probability-flow ODE: NLL and KL as for the EBMs
+            ev = _diffusion_nll(model, config, test, DIFFUSION_NLL_POINTS["training"])
+            row.update({k: ev[k] for k in ("test_nll", "kl") if k in ev})
         if kind == "energy_score":  # an energy: exact NLL by quadrature
             row["test_nll"] = density_metrics(model.energy, data["name"], test, bounds, resolution=256,
                                               generator=g, num_chains=10, num_steps=2,
@@ -173,6 +226,8 @@ def evaluate(run: Run | str | Path, *, seed: int = 0, plot: bool = False, device
         x = run.sample(2000, generator=g)
         result = {**head, "method": run.method, "mmd": mmd(x, test, generator=g),
                   "sliced_w": sliced_wasserstein(x, test, generator=g)}
+        if run.is_diffusion:  # exact likelihood by the probability-flow ODE, on a capped number of test points
+            result.update(_diffusion_nll(run.model, run.config, test, DIFFUSION_NLL_POINTS["evaluate"]))
         if run.energy is not None:
             ev = density_metrics(run.energy, name, test, run.bounds, resolution=512, generator=g, num_chains=10,
                                  num_steps=2, step_size=tr["step_size"])
@@ -222,6 +277,14 @@ def _evaluate_images(run: Run, test: Tensor, *, seed: int, plot: bool) -> dict[s
               "classifier_test_accuracy": clf.info.get("test_accuracy"),
               "nearest_train_distance_min": float(dist.min()), "nearest_train_distance_mean": float(dist.mean()),
               "samples_plot": str(run.path / f"samples_{run.step}.png")}
+    if run.is_diffusion:  # bits/dim by dequantisation and the probability-flow ODE (Song et al. 2021, sec. 4.3)
+        from ..sde import bits_per_dim
+
+        images = test[:DIFFUSION_BPD_IMAGES]
+        bpd = bits_per_dim(run.score, run.sde, images, generator=g, num_levels=PIXEL_LEVELS[data["name"]],
+                           data_range=tuple(data.get("range", (-1.0, 1.0)))).double().cpu()
+        result.update({"bits_per_dim": float(bpd.mean()), "bits_per_dim_se": float(bpd.std() / len(bpd) ** 0.5),
+                       "bpd_test_images": int(images.shape[0]), "pixel_levels": PIXEL_LEVELS[data["name"]]})
     if plot:
         result["plot"] = str(save_figure(nearest_neighbour_grid(x[:16], train), run.path / "nearest_neighbours.png"))
     return result

@@ -13,10 +13,12 @@ from torch import Tensor, nn
 
 from ..energies.nets import ConvEnergy, MLPEnergy
 from ..energies.score_nets import EnergyScore, ScoreConvNet, ScoreMLP
+from ..score_training import SDE_METHODS
+from ..sde import SDE, VESDE, VPSDE
 from .config import IMAGE_DATA, TrainConfig
 
-__all__ = ["SCORE_KINDS", "build_energy", "data_bounds", "data_section", "image_score_config", "load_data", "load_image_data",
-           "model_section"]
+__all__ = ["SCORE_KINDS", "build_energy", "build_sde", "data_bounds", "data_section", "image_score_config",
+           "load_data", "load_image_data", "model_section", "sde_section"]
 
 #: Model kinds in config.json that are score models (sampled by Langevin dynamics on the score).
 SCORE_KINDS = ("score_mlp", "score_conv", "energy_score")
@@ -26,12 +28,13 @@ _ACTIVATIONS = {"silu": nn.SiLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "elu":
 def image_score_config(in_channels: int, image_size: int, *, method: str = "ncsn", width: int = 32) -> dict[str, Any]:
     """The JSON description of the convolutional score network for images (a :class:`ScoreConvNet`).
 
-    Noise-conditional (``s(x, sigma) = net(x) / sigma``) for ``ncsn``,
-    unconditional for ``dsm``. The report's digits NCSN and
-    ``ebmlab train --data digits --method ncsn`` both build their network from it.
+    Noise-conditional (``s(x, sigma) = net(x) / sigma``) for ``ncsn`` and the
+    diffusion methods (``sigma`` = the SDE's marginal std), unconditional for
+    ``dsm``. The report's digits NCSN and ``ebmlab train --data digits --method
+    ncsn`` both build their network from it.
     """
     return {"kind": "score_conv", "in_channels": int(in_channels), "image_size": int(image_size), "width": int(width),
-            "noise_conditional": method == "ncsn", "activation": "silu"}
+            "noise_conditional": method in ("ncsn", *SDE_METHODS), "activation": "silu"}
 
 
 def model_section(cfg: TrainConfig, train: Tensor) -> dict[str, Any]:
@@ -46,7 +49,8 @@ def model_section(cfg: TrainConfig, train: Tensor) -> dict[str, Any]:
     if cfg.method == "ism":  # Hyvarinen's objective on an energy: the model keeps an exact NLL
         return {"kind": "energy_score", "dim": dim, "hidden": list(cfg.hidden), "activation": "silu"}
     if cfg.score:  # NCSN's network outputs s(x, sigma) * sigma (Song & Ermon 2020, technique 3)
-        ncsn = cfg.method == "ncsn"
+        # diffusion: the same net at sigma = std(t); the VE and VP marginals' scores scale as 1 / std too
+        ncsn = cfg.method in ("ncsn", *SDE_METHODS)
         return {"kind": "score_mlp", "dim": dim, "hidden": list(cfg.hidden), "activation": "silu",
                 "noise_conditional": ncsn, "scale_by_sigma": ncsn}
     return {"kind": "mlp", "dim": dim, "hidden": list(cfg.hidden), "spectral_norm": cfg.spectral_norm,
@@ -83,6 +87,43 @@ def build_energy(model: dict[str, Any]) -> nn.Module:
         return EnergyScore(MLPEnergy(model["dim"], hidden=tuple(model["hidden"]), activation=act))
     raise ValueError(f"unknown model kind {kind!r}; expected 'mlp', 'conv', 'score_mlp', 'score_conv' or "
                      f"'energy_score'")
+
+
+def sde_section(cfg: TrainConfig, train: Tensor) -> dict[str, Any] | None:
+    """The forward SDE of a diffusion run as JSON (``None`` for other methods): ``{"kind": "ve",
+    "sigma_min", "sigma_max"}`` (``sigma_max`` defaulted from the data, :func:`~ebmlab.score_training.default_sde`)
+    or ``{"kind": "vp", "beta_min", "beta_max"}``.
+
+    Raises:
+        ConfigError: naming ``sigma_max`` when the data leave no default.
+    """
+    from ..score_training import default_sde
+    from .config import ConfigError
+
+    if not cfg.diffusion:
+        return None
+    try:
+        sde = default_sde(cfg.method, train, sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
+                          beta_min=cfg.beta_min, beta_max=cfg.beta_max)
+    except ValueError as err:
+        raise ConfigError(f"{{0}}: {err}", "sigma_max") from err
+    if isinstance(sde, VESDE):
+        return {"kind": "ve", "sigma_min": sde.sigma_min, "sigma_max": sde.sigma_max}
+    return {"kind": "vp", "beta_min": sde.beta_min, "beta_max": sde.beta_max}
+
+
+def build_sde(section: dict[str, Any]) -> SDE:
+    """The SDE object of a diffusion run's JSON description (:func:`sde_section`).
+
+    Raises:
+        ValueError: for an unknown kind.
+    """
+    kind = section.get("kind")
+    if kind == "ve":
+        return VESDE(sigma_min=section["sigma_min"], sigma_max=section["sigma_max"])
+    if kind == "vp":
+        return VPSDE(beta_min=section["beta_min"], beta_max=section["beta_max"])
+    raise ValueError(f"unknown SDE kind {kind!r} in the run's config; expected 've' or 'vp'")
 
 
 def data_section(cfg: TrainConfig) -> dict[str, Any]:

@@ -2,6 +2,14 @@
 
 :meth:`Run.load` opens runs made by ``ebmlab train`` and by :func:`ebmlab.runs.train`
 alike; :meth:`Run.sample` draws from the model the way it was trained.
+
+A diffusion run (``sde-ve``, ``sde-vp``) also gives :attr:`Run.sde` (the
+forward SDE) and :attr:`Run.score` (``score(x, t)`` of its EMA weights), the
+two arguments of everything in :mod:`ebmlab.sde`::
+
+    run = Run.load("runs/vp")
+    x = run.sample(2000, generator=g, method="ode")        # ebmlab.sde.sample underneath
+    ll = ebmlab.sde.log_likelihood(run.score, run.sde, x)  # the same code as for an exact score
 """
 
 from __future__ import annotations
@@ -20,17 +28,23 @@ from ..devices import resolve_device
 from ..io import atomic_write
 from ..samplers.registry import build_sampler
 from ..training import CHECKPOINT, METRICS
-from .config import TOY_STEPS_PER_LEVEL, TRAIN_DEFAULTS
-from .models import SCORE_KINDS, build_energy, load_data
+from ..score_training import SDE_METHODS
+from .config import SDE_DEFAULTS, TOY_STEPS_PER_LEVEL, TRAIN_DEFAULTS
+from .models import SCORE_KINDS, build_energy, build_sde, load_data
 
-__all__ = ["CONFIG", "EBM_IMAGE_EXTRA_STEPS", "Run", "chain_sampler", "load_run", "save_config", "run_steps_per_level",
-           "score_samples"]
+__all__ = ["CONFIG", "DIFFUSION_SAMPLERS", "EBM_IMAGE_EXTRA_STEPS", "Run", "chain_sampler", "diffusion_samples",
+           "load_run", "save_config", "run_steps_per_level", "score_samples"]
 
 CONFIG = "config.json"
 #: Image EBMs are sampled as Du & Mordatch (2019) evaluate them: the training chains run this many more steps.
 EBM_IMAGE_EXTRA_STEPS = 60
 #: 2-D EBMs are sampled by MALA (exact for the model) from uniform noise over the box for this many steps.
 EBM_2D_MALA_STEPS = 1000
+#: How a diffusion run is sampled (:func:`ebmlab.sde.sample`'s methods); the first is the default.
+DIFFUSION_SAMPLERS = ("pc", "sde", "ode")
+#: ``method="ode"`` with a step count integrates by Heun's method, as Karras et al. (2022, "Elucidating the
+#: design space of diffusion-based generative models", Algorithm 1) do: two score calls per step.
+FIXED_STEP_ODE_SOLVER = "heun"
 
 
 def save_config(run_dir: str | os.PathLike, config: dict[str, Any]) -> Path:
@@ -114,6 +128,31 @@ class Run:
         return self.kind in SCORE_KINDS
 
     @property
+    def is_diffusion(self) -> bool:
+        """Whether the run is score-based diffusion through an SDE (``sde-ve``, ``sde-vp``)."""
+        return self.method in SDE_METHODS
+
+    @property
+    def sde(self):
+        """The forward SDE of a diffusion run (:class:`~ebmlab.sde.VESDE` or
+        :class:`~ebmlab.sde.VPSDE`, rebuilt from ``config.json``); ``None`` for other runs."""
+        if not self.is_diffusion:
+            return None
+        return build_sde(self.config["train"]["sde"])
+
+    @property
+    def score(self):
+        """A diffusion run's ``score(x, t)`` (``t`` of shape ``(B,)``): its network (EMA weights when the
+        run kept them, as loaded) at ``sigma = std(t)`` (:func:`ebmlab.sde.score_model`), an ``nn.Module``
+        with ``event_shape``; ``None`` for other runs. Pass it with :attr:`sde` to :func:`ebmlab.sde.sample`,
+        :func:`~ebmlab.sde.log_likelihood` or :func:`~ebmlab.sde.bits_per_dim`."""
+        if not self.is_diffusion:
+            return None
+        from ..sde import score_model
+
+        return score_model(self.model, self.sde)
+
+    @property
     def is_image(self) -> bool:
         return self.kind in ("conv", "score_conv")
 
@@ -154,9 +193,16 @@ class Run:
     # ------------------------------------------------------------------ sampling
 
     def sample(self, n: int, *, generator: torch.Generator | None = None, plain: bool = False,
-               steps_per_level: int | None = None) -> Tensor:
+               steps_per_level: int | None = None, method: str | None = None, num_steps: int | None = None,
+               return_info: bool = False) -> Tensor | tuple[Tensor, Any]:
         """``n`` samples of the model, drawn the way it was trained and is evaluated.
 
+        * diffusion runs (``sde-ve``, ``sde-vp``): :func:`ebmlab.sde.sample` from the
+          prior with :attr:`score` and :attr:`sde`, by ``method`` = ``"pc"``
+          (predictor-corrector, the default), ``"sde"`` (reverse-SDE
+          Euler--Maruyama) or ``"ode"`` (probability flow: adaptive RK45, or
+          ``num_steps`` Heun steps when given), ending with Tweedie's denoising
+          step; images are clamped to the pixel range;
         * score models: annealed Langevin over the training noise levels for
           ``ncsn``, plain Langevin on the score otherwise (``plain=True``: a
           2-D ``ncsn`` model by plain Langevin at its smallest level); image
@@ -173,16 +219,31 @@ class Run:
             plain: 2-D ``ncsn`` runs only: plain Langevin at the smallest noise level.
             steps_per_level: score models only: Langevin steps per noise level
                 instead of the run's own (:func:`run_steps_per_level`).
+            method: diffusion runs only: ``"pc"``, ``"sde"`` or ``"ode"`` (default ``"pc"``).
+            num_steps: diffusion runs only: predictor steps of ``"pc"`` / ``"sde"``
+                (default: the run's ``sde_steps``, 500), or fixed Heun steps of ``"ode"``.
+            return_info: diffusion runs only: also return :func:`ebmlab.sde.sample`'s
+                :class:`~ebmlab.sde.SampleInfo` (``nfe``: score evaluations).
 
         Returns:
-            ``(n, *event)`` samples on the run's device.
+            ``(n, *event)`` samples on the run's device (and the info when ``return_info``).
 
         Raises:
-            ValueError: for ``n < 1`` or ``plain`` on a run it does not apply to.
+            ValueError: for ``n < 1``, or an option on a run it does not apply to.
             DivergenceError: when a chain becomes non-finite.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        if self.is_diffusion:
+            if plain or steps_per_level is not None:
+                raise ValueError(f"{self.path} is a diffusion model ({self.method}): it is sampled by "
+                                 f"method={'|'.join(DIFFUSION_SAMPLERS)} and num_steps, not by Langevin dynamics "
+                                 "(plain, steps_per_level)")
+            return diffusion_samples(self.model, self.config, n, generator, method=method or DIFFUSION_SAMPLERS[0],
+                                     num_steps=num_steps, return_info=return_info)
+        if method is not None or num_steps is not None or return_info:
+            raise ValueError(f"method, num_steps and return_info sample a diffusion run (sde-ve, sde-vp); {self.path}"
+                             f" is a {self.kind} model trained by {self.method}")
         if plain and not (self.method == "ncsn" and not self.is_image):
             raise ValueError("plain=True samples a 2-D ncsn run at its smallest noise level; this run is a "
                              f"{self.kind} model trained by {self.method}")
@@ -218,13 +279,52 @@ class Run:
         return negatives(self.model, self.chain_sampler(), start, EBM_IMAGE_EXTRA_STEPS, generator=generator)[0]
 
 
+def diffusion_samples(model: nn.Module, config: dict[str, Any], n: int, generator: torch.Generator | None, *,
+                      method: str = "pc", num_steps: int | None = None, return_info: bool = False
+                      ) -> Tensor | tuple[Tensor, Any]:
+    """Samples of a diffusion run's network ``net(x, sigma)`` as :meth:`Run.sample` draws them: one call of
+    :func:`ebmlab.sde.sample` with :func:`ebmlab.sde.score_model` of the net and the run's SDE (the same
+    code as for an exact score). Training-time evaluation, ``ebmlab evaluate`` and ``ebmlab sample``
+    share it.
+
+    Raises:
+        ValueError: for a method not in :data:`DIFFUSION_SAMPLERS` or a bad ``num_steps``.
+    """
+    from .. import sde as diffusion
+
+    if method not in DIFFUSION_SAMPLERS:
+        raise ValueError(f"a diffusion run is sampled by method {', '.join(map(repr, DIFFUSION_SAMPLERS))}, "
+                         f"got {method!r}")
+    if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1):
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    tr = config["train"]
+    sde = build_sde(tr["sde"])
+    param = next(model.parameters())
+    solver = "rk45"
+    if method == "ode" and num_steps is not None:
+        solver = FIXED_STEP_ODE_SOLVER
+    steps = num_steps or int(tr.get("sde_steps") or SDE_DEFAULTS["sde_steps"])
+    x, info = diffusion.sample(diffusion.score_model(model, sde), sde, n, method=method, num_steps=steps,
+                               solver=solver, generator=generator, event_shape=model.event_shape,
+                               device=param.device, dtype=param.dtype, return_info=True)
+    if config["model"]["kind"] == "score_conv":  # Tweedie's last step can leave the pixel range slightly
+        x = x.clamp(*config["data"].get("range", (-1.0, 1.0)))
+    return (x, info) if return_info else x
+
+
 def score_samples(model: nn.Module, config: dict[str, Any], n: int, generator: torch.Generator | None,
                   x0: Tensor | None = None, *, plain: bool = False, steps_per_level: int | None = None) -> Tensor:
     """Samples of a trained score model as its config says (see :meth:`Run.sample`); the one recipe that
-    training-time evaluation, ``ebmlab evaluate`` and ``ebmlab sample --model`` share."""
+    training-time evaluation, ``ebmlab evaluate`` and ``ebmlab sample --model`` share (diffusion runs:
+    :func:`diffusion_samples` with its default sampler)."""
     from ..score_training import at_noise_level, sample_images, sample_scores
 
     tr = config["train"]
+    if tr["method"] in SDE_METHODS:
+        if x0 is not None or plain or steps_per_level is not None:
+            raise ValueError("a diffusion run starts from its prior and is sampled by its SDE (no x0, plain or "
+                             "steps_per_level)")
+        return diffusion_samples(model, config, n, generator)
     sigmas = tr.get("sigmas")
     sigmas = torch.tensor(sigmas) if sigmas else None
     bounds = config["data"].get("bounds")

@@ -17,9 +17,9 @@ from torch import Tensor
 
 from ..devices import resolve_device
 from .config import ConfigError
-from .run import Run
+from .run import DIFFUSION_SAMPLERS, Run
 
-__all__ = ["ADAPTABLE", "INITS", "PT_BASES", "SCORE_SAMPLERS", "SampleConfig", "sample"]
+__all__ = ["ADAPTABLE", "DIFFUSION_SAMPLERS", "INITS", "PT_BASES", "SCORE_SAMPLERS", "SampleConfig", "sample"]
 
 #: Where chains start: standard normal noise (as in the lecture), uniform over the target's box, exact samples.
 INITS = ("normal", "uniform", "exact")
@@ -39,8 +39,9 @@ class SampleConfig:
     Attributes:
         target: an analytic target name (ignored when sampling a run).
         sampler: ``rwmh``, ``ula``, ``mala``, ``hmc``, ``nuts``, ``pt`` (parallel tempering over
-            ``base``), ``rejection``; for a score run ``annealed`` or ``langevin``; ``None``: ``mala``,
-            or a score run's own.
+            ``base``), ``rejection``; for a score run ``annealed`` or ``langevin``; for a diffusion
+            run (``sde-ve``, ``sde-vp``) ``pc``, ``sde`` or ``ode``; ``None``: ``mala``, or a
+            score run's own (``pc`` for diffusion).
         step_size: eps of ULA/MALA/HMC/NUTS (PT: its base's at temperature 1); RWMH's proposal sigma;
             rejection's proposal scale in target sds.
         num_leapfrog: HMC's leapfrog steps.
@@ -51,11 +52,14 @@ class SampleConfig:
             ladder adapts during burn-in, in as many doubling rounds as fit in ``burn_in``).
         adapt: warm-up steps of step-size and diagonal-mass adaptation (:func:`ebmlab.adapt`) before
             ``steps`` (MALA, HMC, NUTS; 0 = off); the tuned values are reported.
-        chains, steps, burn_in, thin: the chains (steps include burn-in).
+        chains, steps, burn_in, thin: the chains (steps include burn-in); for a diffusion run
+            ``chains`` is the number of samples.
         init: one of :data:`INITS`.
         seed, device, dtype: the generator's seed, ``cpu``/``cuda[:N]``, ``float32``/``float64``.
         compile: run the sampler step through ``torch.compile``.
         steps_per_level: score runs only: Langevin steps per noise level (default: the run's own).
+        sde_steps: diffusion runs only: predictor steps of ``pc`` / ``sde`` (default: the run's
+            own ``sde_steps``), or fixed Heun steps of ``ode`` (default: adaptive RK45).
     """
 
     target: str = "banana"
@@ -77,6 +81,7 @@ class SampleConfig:
     dtype: str = "float32"
     compile: bool = False
     steps_per_level: int | None = None
+    sde_steps: int | None = None
 
     def checked(self) -> SampleConfig:
         """This config with its values checked (:class:`ConfigError` naming the field)."""
@@ -86,9 +91,10 @@ class SampleConfig:
                 and self.max_temperature > 1):
             raise ConfigError(f"{{0}} must be a finite number > 1, got {self.max_temperature}", "max_temperature")
         for name, lo in (("num_leapfrog", 1), ("max_tree_depth", 1), ("num_temperatures", 2), ("adapt", 0),
-                         ("chains", 1), ("steps", 1), ("burn_in", 0), ("thin", 1), ("steps_per_level", 1)):
+                         ("chains", 1), ("steps", 1), ("burn_in", 0), ("thin", 1), ("steps_per_level", 1),
+                         ("sde_steps", 1)):
             v = getattr(self, name)
-            if name == "steps_per_level" and v is None:
+            if name in ("steps_per_level", "sde_steps") and v is None:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(f"{{0}} must be an integer >= {lo}, got {v!r}", name)
@@ -191,10 +197,17 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
     if cfg.steps_per_level is not None:
         raise ConfigError("{0} sets the Langevin steps per noise level of a score model; this is MCMC on an energy "
                           "(use {1})", "steps_per_level", "steps")
+    if cfg.sde_steps is not None:
+        raise ConfigError("{0} sets the steps of a diffusion run's sampler ({1} RUN_DIR of an sde-ve or sde-vp run); "
+                          "this is MCMC on an energy (use {2})", "sde_steps", "model", "steps")
     cfg = replace(cfg, sampler=cfg.sampler or "mala")
     if cfg.sampler in SCORE_SAMPLERS:
         raise ConfigError(f"{{0}} {cfg.sampler} draws from a trained score model: pass {{1}} RUN_DIR of a run "
                           "trained by a score method (annealed: {2} ncsn); for an energy, ULA is {0} ula",
+                          "sampler", "model", "method")
+    if cfg.sampler in DIFFUSION_SAMPLERS:
+        raise ConfigError(f"{{0}} {cfg.sampler} reverses a diffusion SDE with a learned score: pass {{1}} RUN_DIR "
+                          "of a run trained by {2} sde-ve or sde-vp (an energy is sampled by MCMC, e.g. {0} mala)",
                           "sampler", "model", "method")
     if cfg.sampler == "rejection" and target.dim > 2:
         raise ConfigError("{0} rejection needs a 1-D or 2-D target (C is found on a grid)", "sampler")
@@ -297,6 +310,13 @@ def _sample_score_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str, An
     from .run import run_steps_per_level
 
     method = run.method
+    if run.is_diffusion:
+        return _sample_diffusion_run(cfg, run, out=out, plot=plot)
+    if cfg.sampler in DIFFUSION_SAMPLERS or cfg.sde_steps is not None:
+        name = "sampler" if cfg.sampler in DIFFUSION_SAMPLERS else "sde_steps"
+        raise ConfigError(f"model {run.path} is a score model trained by {method}, not a diffusion model: {{0}}"
+                          f"{' ' + cfg.sampler if name == 'sampler' else ''} needs a run trained by {{1}} sde-ve "
+                          "or sde-vp", name, "method")
     allowed = ("annealed",) if method == "ncsn" else ("langevin", "ula")  # ula: ULA on the learned score
     if method == "ncsn" and not run.is_image:
         allowed += ("langevin",)
@@ -346,5 +366,65 @@ def _sample_score_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str, An
             fig = sample_grid(x[:64], nrow=8, title=f"{method} samples from {run.path}")
         else:
             fig = scatter_pair(test, x, f"{method} samples from {run.path}")
+        result["plot"] = str(save_figure(fig, plot))
+    return result
+
+
+def _sample_diffusion_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str, Any]:
+    """A diffusion run (``sde-ve``, ``sde-vp``) by :meth:`Run.sample`: ``pc`` (default), ``sde`` or ``ode``.
+
+    ``sde_steps`` is the number of predictor steps (``pc``, ``sde``; default: the run's own) or fixed
+    Heun steps (``ode``; adaptive RK45 otherwise). The summary: pixel statistics or mean/cov, MMD to the test data,
+    ``nfe`` (batched score evaluations) and seconds, as for the other score runs."""
+    import time
+
+    from ..evaluation import mmd
+
+    sampler = cfg.sampler or DIFFUSION_SAMPLERS[0]
+    if sampler not in DIFFUSION_SAMPLERS:
+        why = ("MCMC samplers need an energy" if sampler not in SCORE_SAMPLERS
+               else "Langevin over noise levels is how ncsn runs are sampled")
+        raise ConfigError(f"model {run.path} is a diffusion model trained by {run.method}: it is sampled by "
+                          f"{', '.join(DIFFUSION_SAMPLERS)} (reverse SDE, predictor-corrector, probability-flow "
+                          f"ODE), not {{0}} {sampler} ({why})", "sampler")
+    defaults = SampleConfig()
+    ignored = [f for f in ("step_size", "num_leapfrog", "steps", "burn_in", "thin", "init", "compile",
+                           "steps_per_level") if getattr(cfg, f) != getattr(defaults, f)]
+    if ignored:
+        raise ConfigError(", ".join("{%d}" % i for i in range(len(ignored))) + f": a diffusion model is sampled "
+                          f"by {sampler} from its prior ({{{len(ignored)}}} sets its number of steps); these settings "
+                          "of MCMC and Langevin do not apply", *ignored, "sde_steps")
+    num_steps = cfg.sde_steps
+    g = torch.Generator().manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    x, info = run.sample(cfg.chains, generator=g, method=sampler, num_steps=num_steps, return_info=True)
+    seconds = time.perf_counter() - t0
+    _, test = run.data()
+    steps = num_steps if num_steps is not None else (None if sampler == "ode" else run.config["train"]["sde_steps"])
+    result: dict[str, Any] = {"target": f"model:{run.path}", "sampler": sampler, "chains": cfg.chains,
+                              "sde_steps": steps, "solver": ("rk45" if steps is None else "heun")
+                              if sampler == "ode" else "euler-maruyama", "nfe": info.nfe, "seconds": seconds}
+    if run.is_image:
+        from ..evaluation.images import pixel_mmd
+
+        result.update({"pixel_mean": float(x.mean()), "pixel_std": float(x.std()),
+                       "mmd_to_test_data": pixel_mmd(x, test, generator=g)})
+    else:
+        result.update({"mean": x.mean(0).tolist(), "cov": torch.cov(x.T).tolist(),
+                       "mmd_to_test_data": mmd(x, test, generator=g)})
+    if out is not None:
+        from ..io import save_npz
+
+        save_npz(out, samples=x.cpu().numpy(), config=np.array(json.dumps(asdict(cfg))))
+        result["out"] = str(out)
+    if plot is not None:
+        from ..viz import save_figure, scatter_pair
+
+        if run.is_image:
+            from ..evaluation.images import sample_grid
+
+            fig = sample_grid(x[:64].cpu(), nrow=8, title=f"{run.method} samples ({sampler}) from {run.path}")
+        else:
+            fig = scatter_pair(test.cpu(), x.cpu(), f"{run.method} samples ({sampler}) from {run.path}")
         result["plot"] = str(save_figure(fig, plot))
     return result

@@ -2,7 +2,8 @@
 
 Fills the run directory (``config.json``, checkpoints, ``metrics.jsonl``,
 figures), trains through the one loop (:func:`ebmlab.training.fit`, via
-``train_ebm`` or ``train_score``) with the run's evaluator, and returns the
+``train_ebm`` or ``train_score``, which also trains the diffusion methods
+``sde-ve`` / ``sde-vp``) with the run's evaluator, and returns the
 :class:`Run`. The same config and seed give the same numbers from Python and
 from the command line.
 """
@@ -20,7 +21,7 @@ from ..devices import resolve_device
 from ..training import prepare_run_dir
 from .config import ConfigError, TrainConfig
 from .evaluate import training_evaluator
-from .models import build_energy, data_bounds, data_section, load_data, model_section
+from .models import build_energy, build_sde, data_bounds, data_section, load_data, model_section, sde_section
 from .run import CONFIG, Run, chain_sampler, save_config
 
 __all__ = ["train"]
@@ -34,6 +35,9 @@ def _check_resume(out: Path, config: dict[str, Any]) -> None:
     saved = json.loads(saved_path.read_text())
     if saved.get("model") != config["model"] or saved.get("data", {}).get("name") != config["data"]["name"]:
         raise ValueError(f"resume: the model or data differ from {saved_path}")
+    if saved.get("train", {}).get("sde") != config["train"].get("sde"):
+        raise ValueError(f"resume: the SDE {config['train'].get('sde')} differs from {saved_path}'s "
+                         f"{saved.get('train', {}).get('sde')}")
 
 def _build_model(model_cfg: dict[str, Any], seed: int, device: torch.device) -> torch.nn.Module:
     """The network, initialised from the run's seed without touching the global RNG's stream."""
@@ -98,6 +102,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, callbacks: Sequence[Callb
         sigmas = torch.tensor([cfg.sigma])
     if cfg.score:
         section["sigmas"] = None if sigmas is None else [float(v) for v in sigmas]
+    if cfg.diffusion:  # the forward SDE, its VE sigma_max defaulted from the data (derived, like the sigmas)
+        section["sde"] = sde_section(cfg, train_x)
     config = {"model": model_cfg, "data": data, "train": section}
     try:
         if resume:
@@ -119,7 +125,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, callbacks: Sequence[Callb
                   log_every=max(1, min(50, cfg.eval_every)), checkpoint_every=cfg.eval_every, evaluate=evaluate,
                   eval_every=cfg.eval_every, callback=callback, max_seconds=cfg.max_seconds)
     try:
-        if cfg.score:
+        if cfg.diffusion:
+            result = train_score(model, train_x, method=cfg.method, sde=build_sde(section["sde"]),
+                                 weighting=cfg.weighting, **common)
+        elif cfg.score:
             result = train_score(model, train_x, method=cfg.method, sigma=cfg.sigma, sigmas=sigmas, **common)
         else:
             result = train_ebm(model, train_x, sampler=chain_sampler(section, images=cfg.images),
