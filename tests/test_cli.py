@@ -178,6 +178,14 @@ def test_known_density_reports_kl(tmp_path, capsys):
     (["train", "--lr", "nan"], "--lr"),
     (["evaluate", "/nonexistent/run"], "does not exist"),
     (["sample", "--model", "/nonexistent/run"], "does not exist"),
+    (["train", "--method", "sde-ve", "--beta-min", "0.2"], "--beta-min"),
+    (["train", "--method", "sde-vp", "--beta-min", "5", "--beta-max", "1"], "--beta-max"),
+    (["train", "--method", "ncsn", "--weighting", "likelihood"], "--weighting"),
+    (["train", "--method", "sde-vp", "--weighting", "uniform"], "weighting"),
+    (["train", "--method", "sde-vp", "--steps-per-level", "5"], "--sde-steps"),
+    (["train", "--method", "pcd", "--sde-steps", "5"], "--sde-steps"),
+    (["sample", "--sampler", "pc"], "--model"),
+    (["sample", "--sde-steps", "5"], "--sde-steps"),
 ])
 def test_train_and_evaluate_bad_input(args, needle, capsys, tmp_path):
     code, out, err = run_cli([*args, "--json"] if args[0] != "train" else [*args, "--out", str(tmp_path / "x"), "--json"], capsys)
@@ -296,7 +304,7 @@ def test_digits_score_model_trains_samples_and_evaluates(method, tmp_path, capsy
 def test_digits_score_model_refuses_what_does_not_apply(tmp_path, capsys):
     run = tmp_path / "ncsn"
     code, out, err = run_cli(["train", "--data", "digits", "--method", "ssm", "--out", str(tmp_path / "x")], capsys)
-    assert code == 2 and "dsm or ncsn" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "dsm, ncsn, sde-ve or sde-vp" in err and len(err.strip().splitlines()) == 1
     code, out, err = run_cli(["train", "--data", "digits", "--method", "ncsn", "--steps", "2", "--eval-every", "2",
                               "--num-sigmas", "2", "--steps-per-level", "1", "--out", str(run), "--json"], capsys)
     assert code == 0, err
@@ -494,3 +502,67 @@ def test_toy_alpha_default_depends_on_the_method(method, alpha, tmp_path, capsys
                             "--alpha", "0.5", "--out", str(tmp_path / "explicit"), "--json"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "explicit" / "config.json").read_text())["train"]["alpha"] == 0.5
+
+
+# --------------------------------------------------------------------------- diffusion (sde-ve, sde-vp)
+
+
+def test_diffusion_runs_train_sample_and_evaluate_from_the_cli(tmp_path, capsys):
+    small = ["--data", "eight_gaussians", "--steps", "20", "--eval-every", "20", "--hidden", "16,16", "--n-train",
+             "500", "--n-test", "150", "--sde-steps", "15", "--json"]
+    for method in ("sde-ve", "sde-vp"):
+        code, out, err = run_cli(["train", "--method", method, *small, "--out", str(tmp_path / method)], capsys)
+        assert code == 0, err
+        trained = json.loads(out)
+        assert trained["steps"] == 20 and np.isfinite(trained["kl"]) and np.isfinite(trained["mmd"])
+    run = tmp_path / "sde-vp"
+    tr = json.loads((run / "config.json").read_text())["train"]
+    assert tr["sde"] == {"kind": "vp", "beta_min": 0.1, "beta_max": 20.0} and tr["weighting"] == "default"
+    code, out, err = run_cli(["evaluate", str(run), "--json"], capsys)
+    assert code == 0, err
+    ev = json.loads(out)
+    assert ev["nll_test_points"] == 150 and ev["kl"] == pytest.approx(ev["test_nll"] - ev["true_nll"])
+    assert (run / "samples.png").is_file()
+    for sampler, steps, nfe in ((None, None, 31), ("sde", "10", 11), ("ode", "6", 13), ("ode", None, None)):
+        args = ["sample", "--model", str(run), "--chains", "30", "--json"]
+        args += ["--sampler", sampler] if sampler else []
+        args += ["--sde-steps", steps] if steps else []
+        code, out, err = run_cli([*args, "--plot", str(tmp_path / "s.png"), "--out", str(tmp_path / "s.npz")],
+                                 capsys)
+        assert code == 0, err
+        got = json.loads(out)
+        assert got["sampler"] == (sampler or "pc") and np.isfinite(got["mmd_to_test_data"]) and got["seconds"] > 0
+        assert len(got["mean"]) == 2 and len(got["cov"]) == 2
+        assert nfe is None or got["nfe"] == nfe  # steps (pc: predictor + corrector), + Tweedie's step
+        assert got["solver"] == {None: "euler-maruyama", "sde": "euler-maruyama"}.get(
+            sampler, "heun" if steps else "rk45")
+        with np.load(tmp_path / "s.npz") as data:
+            assert data["samples"].shape == (30, 2)
+    # a resumed diffusion run continues
+    code, out, err = run_cli(["train", "--method", "sde-vp", *small[:2], "--steps", "30", *small[4:], "--out",
+                              str(run), "--resume"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["step"] == 30
+
+
+def test_diffusion_samplers_are_refused_where_they_do_not_apply(tmp_path, capsys):
+    small = ["--data", "two_moons", "--steps", "2", "--eval-every", "2", "--hidden", "8", "--n-train", "200",
+             "--n-test", "50", "--json"]
+    assert run_cli(["train", "--method", "sde-ve", "--sde-steps", "3", *small, "--out", str(tmp_path / "ve")],
+                   capsys)[0] == 0
+    assert run_cli(["train", "--method", "pcd", "--langevin-steps", "1", *small, "--out", str(tmp_path / "ebm")],
+                   capsys)[0] == 0
+    assert run_cli(["train", "--method", "dsm", *small, "--out", str(tmp_path / "dsm")], capsys)[0] == 0
+    for run, args, needle in (
+        ("ve", ["--sampler", "annealed"], "sampled by pc, sde, ode"),
+        ("ve", ["--sampler", "mala"], "MCMC samplers need an energy"),
+        ("ve", ["--steps-per-level", "4"], "--steps-per-level"),
+        ("ve", ["--step-size", "0.1"], "--step-size"),
+        ("ve", ["--steps", "3000"], "--sde-steps"),
+        ("dsm", ["--sde-steps", "10"], "--sde-steps"),
+        ("ebm", ["--sampler", "pc"], "sde-ve or sde-vp"),
+        ("dsm", ["--sampler", "ode"], "not a diffusion model"),
+    ):
+        code, out, err = run_cli(["sample", "--model", str(tmp_path / run), *args, "--json"], capsys)
+        assert code == 2, (run, args, err)
+        assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
