@@ -200,7 +200,7 @@ def perturbed_gaussian(sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
     return c_inv, torch.eye(D, dtype=DT) / sigma**2 - c_inv
 
 
-@pytest.mark.parametrize("sigma", [0.3, 1.0])
+@pytest.mark.parametrize("sigma", [0.3, 1.0, 2.0])
 def test_dsm_value_at_the_perturbed_score_is_its_closed_form_minimum(sigma, data):
     # At s* = grad log N(mu, C) the residual r = s*(x~) + z / sigma ~ N(0, Omega), independent of x~:
     # DSM(s*) = 1/2 tr Omega = 1/2 (d / sigma^2 - tr C^-1), per-sample variance 1/2 tr Omega^2.
@@ -218,7 +218,7 @@ def test_dsm_value_at_the_perturbed_score_is_its_closed_form_minimum(sigma, data
     assert float(loss_worse.detach() - loss) > 0.5 * 0.02 * float(torch.trace(c_inv))
 
 
-@pytest.mark.parametrize("sigma", [0.3, 1.0])
+@pytest.mark.parametrize("sigma", [0.3, 2.0])  # two levels where a lost 1/sigma^2 shows (at sigma = 1 it cannot)
 def test_dsm_minimiser_is_the_perturbed_precision(sigma, data):
     # DSM with a linear model is least squares of -z/sigma on (x~, 1): OLS with a random Gaussian design,
     # residual covariance Omega, independent of x~. Var(A_jk) = Omega_jj (C^-1)_kk / n and
@@ -262,6 +262,10 @@ def test_ncsn_loss_at_the_exact_score_is_its_closed_form(data):
     se = math.sqrt(var / N)
     assert abs(float(loss) - mean) <= Z * se, (float(loss), mean, se)
     assert float(sigmas.min()) < metrics["sigma_mean"] < float(sigmas.max())
+    # The check has power against a wrong weighting: with lambda(sigma) = 1 instead of sigma^2 the same loss
+    # would be mean_sigma 1/2 tr Omega_sigma, many standard errors away.
+    unweighted = sum(0.5 * float(torch.trace(perturbed_gaussian(s)[1])) for s in sigmas.tolist()) / 6
+    assert abs(unweighted - mean) > 10 * Z * se
 
     # A score 20% too large: excess 1/2 0.2^2 mean_sigma sigma^2 E||s*||^2, checked with batch means
     # of the per-group difference (same noise for both, so the difference is the excess alone).

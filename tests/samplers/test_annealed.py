@@ -36,7 +36,9 @@ def exact_law(sampler: AnnealedLangevin, mean0: torch.Tensor, cov0: torch.Tensor
     """Mean and covariance after ``sampler.num_steps`` steps from N(mean0, cov0), by the linear recursion."""
     eye = torch.eye(2, dtype=DT)
     dev, p = mean0 - MEAN, cov0.clone()
-    sigmas, alphas = sampler.sigmas, sampler.step_sizes
+    # Algorithm 1 of Song & Ermon (2019): alpha_i = eps sigma_i^2 / sigma_L^2, from its formula, not from the sampler
+    sigmas = sampler.sigmas
+    alphas = [sampler.eps * s**2 / sigmas[-1] ** 2 for s in sigmas]
     for t in range(sampler.num_steps):
         i = min(t // sampler.steps_per_level, len(sigmas) - 1)
         c_inv = torch.linalg.inv(COV + sigmas[i] ** 2 * eye)
