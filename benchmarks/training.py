@@ -10,10 +10,13 @@ writes the "## Training" section of docs/benchmarks.md:
 machine; the budget is wall time, so a busy machine means fewer steps.)
 
 Columns: optimiser steps reached in the budget, wall time, exact test NLL
-(quadrature on the evaluation box; models with an energy only),
+(quadrature on the evaluation box for models with an energy; the
+probability-flow ODE on the first 2000 test points for the diffusion methods
+sde-ve and sde-vp),
 KL(p_data || p_model) (paired estimate, for data whose density is known),
 MMD^2 between 2000 model samples (long-run MALA for energies, annealed or
-plain Langevin for score networks, as `ebmlab evaluate` draws them) and
+plain Langevin for score networks, predictor-corrector for diffusion models,
+as `ebmlab evaluate` draws them) and
 held-out data, and sliced Wasserstein.
 """
 
@@ -44,7 +47,7 @@ NULL_SAMPLES = 2000  # as many as `ebmlab evaluate` draws from a 2-D model
 
 DATASETS = ("eight_gaussians", "two_moons", "rings")
 EBM_METHODS = ("cd", "short-run", "pcd", "buffer")
-SCORE_METHODS = ("ism", "ssm", "ssm-vr", "dsm", "ncsn")
+SCORE_METHODS = ("ism", "ssm", "ssm-vr", "dsm", "ncsn", "sde-ve", "sde-vp")
 METHODS = EBM_METHODS + SCORE_METHODS
 
 
@@ -223,10 +226,15 @@ Reading it: `evaluate` samples every energy by long-run MALA. Short-run
 models (Nijkamp et al. 2019) are trained to be sampled by their own short
 chains from noise, so their long-run samples drift off the data (high MMD and
 sliced-W) even where their exact NLL is close. Score rows other than `ism`
-have no energy, hence no NLL; their samples come from plain Langevin with the
-learned score (`ssm`, `ssm-vr`, `dsm`; `dsm` learns one noise level's score,
-so its samples are the data blurred at that level before the final denoising
-step) or annealed Langevin (`ncsn`). A failed row is the run's own error
+and the diffusion rows have no energy, hence no NLL; their samples come from
+plain Langevin with the learned score (`ssm`, `ssm-vr`, `dsm`; `dsm` learns
+one noise level's score, so its samples are the data blurred at that level
+before the final denoising step) or annealed Langevin (`ncsn`). The diffusion
+rows (`sde-ve`, `sde-vp`, Song et al. 2021) get their NLL and KL from the
+probability-flow ODE (adaptive RK45, exact 2-D divergence) on the first 2000
+test points, so their KL has the paired noise of 2000 points (`ebmlab
+evaluate` reports it as `kl_se`); their samples come from the
+predictor-corrector sampler, 500 steps. A failed row is the run's own error
 message: nothing is retried or hidden.
 
 Findings:
