@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test install dev bench clean
+.PHONY: demo test install dev bench screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: dev
 bench: install
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/samplers.py --write docs/benchmarks.md
+	$(BIN)/python benchmarks/nuts.py --write docs/benchmarks.md
+	$(BIN)/python benchmarks/tempering.py --write docs/benchmarks.md
+
+# Refresh the README's screenshots (tests write them to a temporary directory otherwise).
+screenshots: dev
+	EBMLAB_REFRESH_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/test_report.py tests/playground/test_playground_browser.py
 
 clean:
 	rm -rf $(VENV) report .pytest_cache

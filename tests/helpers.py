@@ -58,3 +58,14 @@ def mmd_null_threshold(sample_exact, n: int, *, reps: int = 200, seed: int = 0) 
         a, b = sample_exact(n, g), sample_exact(n, g)
         vals.append(mmd(a, b, generator=g))
     return max(vals)
+
+
+def screenshot_path(name: str, tmp_dir) -> "Path":
+    """Where a test writes a screenshot: the README's ``docs/img/<name>`` when ``EBMLAB_REFRESH_SCREENSHOTS=1``
+    (``make screenshots``), else a temporary directory, so a test run never rewrites tracked files."""
+    import os
+    from pathlib import Path
+
+    if os.environ.get("EBMLAB_REFRESH_SCREENSHOTS") == "1":
+        return Path(__file__).resolve().parents[1] / "docs" / "img" / name
+    return Path(tmp_dir) / name

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ebmlab.cli import main
+from helpers import screenshot_path
 
 
 def _finite_numbers(obj):
@@ -69,9 +70,6 @@ def test_quick_report_writes_every_section(tmp_path, capsys):
 
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "report.png"
-
-
 def _render_in_a_browser(page_path: Path) -> None:
     """The page renders in Chromium with every figure loaded and no console error; its top is the README's
     screenshot."""
@@ -89,7 +87,8 @@ def _render_in_a_browser(page_path: Path) -> None:
         page.wait_for_load_state("load")
         broken = page.evaluate("[...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).length")
         assert broken == 0 and not errors, (broken, errors)
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT))
+        shot = screenshot_path("report.png", page_path.parent)
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot))
         browser.close()
-    assert SCREENSHOT.stat().st_size > 20_000
+    assert shot.stat().st_size > 20_000
