@@ -197,6 +197,10 @@ class Trace:
             steps after burn-in, ``(chains,)`` (for ESS per gradient).
         divergences: NUTS only: divergent transitions per chain after burn-in, ``(chains,)``.
         mean_tree_depth: NUTS only: mean tree depth per chain after burn-in, ``(chains,)``.
+        moments: ``keep="stats"`` only: running statistics over every draw after
+            burn-in and every chain: ``mean`` (event shape), ``var`` (event shape),
+            ``cov`` (``(E, E)`` for ``E = prod(event) <= 64``, else ``None``), ``count``
+            (draws x chains) and ``thin`` (the reservoir's final spacing in steps).
         extras: anything else a caller wants to keep with the trace.
     """
 
@@ -210,6 +214,7 @@ class Trace:
     num_grad_evals: Tensor | None = None
     divergences: Tensor | None = None
     mean_tree_depth: Tensor | None = None
+    moments: dict[str, Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -286,6 +291,7 @@ def sample(
     compile: bool = False,
     check_every: int = 10,
     keep: str = "all",
+    max_kept: int = 1000,
 ) -> Trace:
     """Run ``num_steps`` transitions of ``sampler`` on every chain and keep the draws.
 
@@ -309,8 +315,14 @@ def sample(
             steps (each test syncs; the message names the window).
         keep: ``"all"`` keeps every ``thin``-th draw after burn-in;
             ``"last"`` keeps only the final state (``kept = 1``), the inner
-            loop of training, where storing draws would only cost memory.
+            loop of training, where storing draws would only cost memory;
+            ``"stats"`` runs in memory that does not grow with ``num_steps``:
+            running mean / variance / covariance of every draw (``Trace.moments``)
+            and a reservoir of at most ``max_kept`` evenly spaced draws for ESS and
+            R-hat (when it fills, every other draw is dropped and the spacing doubles,
+            so the kept draws stay a thinned chain).
             ``acceptance_rate`` covers the steps after burn-in either way.
+        max_kept: ``keep="stats"`` only: the reservoir's capacity in draws (even, >= 2).
 
     Returns:
         A :class:`Trace` with ``(kept, chains, *event)`` samples, where
@@ -341,8 +353,11 @@ def sample(
     _check_int("check_every", check_every, 1)
     if burn_in >= num_steps:
         raise ValueError(f"burn_in must be smaller than num_steps, got burn_in={burn_in}, num_steps={num_steps}")
-    if keep not in ("all", "last"):
-        raise ValueError(f"keep must be 'all' or 'last', got {keep!r}")
+    if keep not in ("all", "last", "stats"):
+        raise ValueError(f"keep must be 'all', 'last' or 'stats', got {keep!r}")
+    if keep == "stats" and (isinstance(max_kept, bool) or not isinstance(max_kept, int) or max_kept < 2
+                            or max_kept % 2):
+        raise ValueError(f"max_kept must be an even integer >= 2, got {max_kept!r}")
     start = time.perf_counter()
     if compile:
         import torch._inductor.config as inductor_config
@@ -366,6 +381,8 @@ def sample(
     kept = -(-(num_steps - burn_in) // thin) if keep_all else 0
     samples = torch.empty((kept, *state.x.shape), dtype=state.x.dtype, device=state.x.device)
     energies = torch.empty((kept, state.x.shape[0]), dtype=state.energy.dtype, device=state.x.device)
+    reservoir = _Reservoir(max_kept, state, thin) if keep == "stats" else None
+    moments = _Moments(state.x) if keep == "stats" else None
     accepted = torch.zeros(state.x.shape[0], dtype=torch.int32, device=state.x.device)
     tree: dict[str, Tensor] = {}  # NUTS' per-chain counts, summed after burn-in
     k, checked = 0, 0
@@ -385,9 +402,14 @@ def sample(
                 samples[k] = state.x
                 energies[k] = state.energy
                 k += 1
+            elif reservoir is not None:
+                reservoir.offer(t - burn_in, state)
+                moments.update(state.x)
         if callback is not None:
             callback(t, state, info)
-    if not keep_all:
+    if reservoir is not None:
+        samples, energies = reservoir.x[: reservoir.k], reservoir.e[: reservoir.k]
+    elif not keep_all:
         samples, energies = state.x.unsqueeze(0), state.energy.unsqueeze(0)
     seconds = time.perf_counter() - start
     return Trace(
@@ -401,4 +423,60 @@ def sample(
         num_grad_evals=tree.get("num_grad_evals"),
         divergences=tree.get("divergent"),
         mean_tree_depth=tree["tree_depth"].double() / (num_steps - burn_in) if "tree_depth" in tree else None,
+        moments=None if moments is None else {**moments.result(state.x.shape[1:]), "thin": reservoir.stride},
     )
+
+
+class _Reservoir:
+    """At most ``cap`` evenly spaced draws: when full, every other one is dropped and the spacing doubles."""
+
+    def __init__(self, cap: int, state: State, thin: int) -> None:
+        self.cap, self.stride, self.k = cap, thin, 0
+        self.x = torch.empty((cap, *state.x.shape), dtype=state.x.dtype, device=state.x.device)
+        self.e = torch.empty((cap, state.x.shape[0]), dtype=state.energy.dtype, device=state.x.device)
+
+    def offer(self, i: int, state: State) -> None:
+        """Draw ``i`` (0-based, after burn-in); kept if ``i`` is a multiple of the current spacing."""
+        if i % self.stride:
+            return
+        if self.k == self.cap:  # kept draws j * stride with j even are the multiples of the doubled stride
+            self.x[: self.cap // 2] = self.x[0::2].clone()
+            self.e[: self.cap // 2] = self.e[0::2].clone()
+            self.k, self.stride = self.cap // 2, 2 * self.stride
+            if i % self.stride:
+                return
+        self.x[self.k] = state.x
+        self.e[self.k] = state.energy
+        self.k += 1
+
+
+class _Moments:
+    """Running mean and (co)variance over draws and chains, merged one step at a time (Chan et al. 1979)."""
+
+    MAX_COV = 64  # coordinates up to which the full covariance is kept
+
+    def __init__(self, x: Tensor) -> None:
+        dim = x[0].numel()
+        self.n = 0
+        self.mean = torch.zeros(dim, dtype=torch.float64, device=x.device)
+        self.full = dim <= self.MAX_COV
+        self.m2 = torch.zeros((dim, dim) if self.full else dim, dtype=torch.float64, device=x.device)
+
+    def update(self, x: Tensor) -> None:
+        b = x.reshape(x.shape[0], -1).to(torch.float64)
+        nb = b.shape[0]
+        mb = b.mean(0)
+        c = b - mb
+        m2b = c.T @ c if self.full else (c * c).sum(0)
+        delta = mb - self.mean
+        n = self.n + nb
+        corr = torch.outer(delta, delta) if self.full else delta * delta
+        self.m2 += m2b + corr * (self.n * nb / n)
+        self.mean += delta * (nb / n)
+        self.n = n
+
+    def result(self, event: torch.Size) -> dict[str, Any]:
+        cov = self.m2 / max(self.n - 1, 1)
+        var = cov.diagonal() if self.full else cov
+        return {"mean": self.mean.reshape(event), "var": var.reshape(event), "cov": cov if self.full else None,
+                "count": self.n}
