@@ -371,7 +371,7 @@ def pixels(page, testid):
 def near(img, p, q, rgb, tol=60, radius=1):
     """Whether a pixel within ``radius`` of canvas point (p, q) has colour ``rgb`` (within ``tol`` per channel)."""
     h, w, _ = img.shape
-    i, j = int(round(q)), int(round(p))
+    i, j = int(q), int(p)  # the pixel the point falls in
     patch = img[max(0, i - radius): i + radius + 1, max(0, j - radius): j + radius + 1]
     return bool((abs(patch - rgb) <= tol).all(-1).any())
 

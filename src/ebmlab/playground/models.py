@@ -167,6 +167,30 @@ class _NetScore:
         return self.net(x.to(self.dtype), sigma.to(self.dtype)).to(x.dtype)
 
 
+#: ``ebmlab train --method`` values of diffusion runs (score-based diffusion through an SDE).
+DIFFUSION_RUN_METHODS = ("sde-ve", "sde-vp")
+
+
+def _diffusion_run(path: Path, method: str) -> DiffusionSource:
+    """A diffusion run's SDE and score ``s(x, t)``, from the run layer (``Run.load(path).sde`` / ``.score``).
+
+    Raises:
+        ValueError: when the run layer does not give them, or gives an SDE the page has no name for.
+    """
+    from ebmlab import sde as sde_lib
+    from ebmlab.runs import Run
+
+    run = Run.load(path)
+    forward, score = getattr(run, "sde", None), getattr(run, "score", None)
+    if forward is None or score is None:
+        raise ValueError(f"{path}: a diffusion run ({method}) needs the run layer's Run.sde and Run.score, "
+                         "which this version of ebmlab.runs does not give")
+    if isinstance(forward, sde_lib.SubVPSDE) or not isinstance(forward, (sde_lib.VPSDE, sde_lib.VESDE)):
+        raise ValueError(f"{path}: the playground reverses VP and VE SDEs, got {type(forward).__name__}")
+    name = "ve" if isinstance(forward, sde_lib.VESDE) else "vp"
+    return DiffusionSource({name: lambda: (forward, score)}, f"trained diffusion run, --method {method}")
+
+
 def load_models(paths: Sequence[str | Path]) -> dict[str, Model]:
     """Trained 2-D models from ``ebmlab train`` run directories, named ``model:<dir name>``.
 
@@ -179,6 +203,9 @@ def load_models(paths: Sequence[str | Path]) -> dict[str, Model]:
     * ``mlp`` (contrastive divergence) and ``energy_score`` (Hyvarinen score
       matching through an energy) runs are energies: every algorithm but
       ``annealed`` samples them, and their density is drawn;
+    * diffusion runs (``--method sde-ve`` or ``sde-vp``) are reversed by
+      ``diffusion`` under their own SDE with their ``score(x, t)``
+      (``ebmlab.runs.Run.load(dir).sde`` and ``.score``); no energy, no density;
     * noise-conditional ``score_mlp`` runs (``--method ncsn``) are direct score
       models: ``annealed`` samples them over their training noise levels
       (suggested schedule: those levels, ``eps = 0.2 sigma_min^2`` as
@@ -203,7 +230,9 @@ def load_models(paths: Sequence[str | Path]) -> dict[str, Model]:
             raise ValueError(f"{path}: the playground samples 2-D MLP energies (kind 'mlp' or 'energy_score') "
                              f"and 2-D noise-conditional score models ('score_mlp', --method ncsn), got model {spec}")
         train = config.get("train", {})
-        if kind == "score_mlp" and not spec.get("noise_conditional"):
+        if train.get("method") in DIFFUSION_RUN_METHODS:
+            diffusion = _diffusion_run(path, train["method"])
+        elif kind == "score_mlp" and not spec.get("noise_conditional"):
             raise ValueError(f"{path}: an unconditional score model (method {train.get('method')!r}) has the score "
                              "at one noise level only; the playground's annealed Langevin needs a noise-conditional "
                              "one (ebmlab train --method ncsn)")
@@ -218,7 +247,9 @@ def load_models(paths: Sequence[str | Path]) -> dict[str, Model]:
             name = f"model:{path.resolve().name}-{k}"
             k += 1
         box = _bounds_of(type("B", (), {"bounds": bounds}), name)
-        if kind == "mlp":
+        if train.get("method") in DIFFUSION_RUN_METHODS:
+            out[name] = Model(None, box, diffusion=diffusion, kind=f"diffusion model ({train['method']}, no energy)")
+        elif kind == "mlp":
             out[name] = Model(model, box, kind="trained MLP energy")
         elif kind == "energy_score":
             out[name] = Model(model.energy, box, kind="energy trained by score matching")
