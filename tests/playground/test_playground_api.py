@@ -976,8 +976,8 @@ def test_gif_export_of_the_new_views(client):
 
 
 def test_a_diffusion_run_is_reversed_under_its_own_sde(tmp_path, monkeypatch):
-    """The hook for runs trained by --method sde-vp / sde-ve: the playground takes Run.load(dir).sde and
-    .score from the run layer (here a stand-in that returns the exact VP score, so the result is checkable)."""
+    """Runs trained by --method sde-vp / sde-ve: the playground takes Run.load(dir).sde and .score from the
+    run layer (here a stand-in that returns the exact VP score, so the mode weight is checkable)."""
     import types
 
     from ebmlab import runs, sde
@@ -1007,3 +1007,23 @@ def test_a_diffusion_run_is_reversed_under_its_own_sde(tmp_path, monkeypatch):
     assert msg["diagnostics"]["diffusion"]["done"] and msg["diagnostics"]["kl"] is None
     # 3 binomial SE at 500 chains (0.054) + slack; ebmlab.sde.sample gives 0.800 on 40,000 draws at 100 steps
     assert abs((x.sum(1) > 0).mean() - 0.8) < 0.07
+
+
+def test_a_trained_diffusion_run_is_reversed_as_run_sample_draws_it(tmp_path):
+    """A tiny run trained by --method sde-ve: the playground's steps end where Run.sample(method="sde") ends
+    from the same seed (the same prior draw and noise), and only the run's own SDE is offered."""
+    from ebmlab import runs
+
+    cfg = runs.TrainConfig.resolve(method="sde-ve", data="eight_gaussians", steps=20, batch_size=64, eval_every=20,
+                                   hidden=(16, 16), n_train=500, n_test=200, sde_steps=10)
+    run = runs.train(cfg, tmp_path / "ve")
+    models = load_models([tmp_path / "ve"])
+    assert models["model:ve"].algorithms == ("diffusion",) and models["model:ve"].diffusion.sdes == ("ve",)
+    expected = run.sample(30, generator=torch.Generator().manual_seed(7), method="sde", num_steps=12)
+    with TestClient(create_app(models)) as c, c.websocket_connect("/ws") as ws:
+        assert "under the ve SDE only" in error_of(ws, {"type": "configure", "algorithm": "diffusion",
+                                                        "target": "model:ve", "sde": "vp"})
+        configure(ws, algorithm="diffusion", target="model:ve", sde="ve", chains=30, seed=7, diffusion_steps=12)
+        msg = step(ws, 12)
+    assert msg["diagnostics"]["diffusion"]["done"] and msg["diagnostics"]["diffusion"]["sde"] == "ve"
+    np.testing.assert_allclose(msg["frames"][-1]["x"], expected.numpy(), atol=6e-5)
