@@ -91,6 +91,7 @@ class ChainSampler(str, Enum):
     ula = "ula"
     mala = "mala"
     hmc = "hmc"
+    nuts = "nuts"
 
 
 class UsageFailure(Exception):
@@ -263,7 +264,9 @@ def train(
                                                 "diffusion through the VE or VP SDE (sde-ve, sde-vp). Images: "
                                                 "EBM methods (a ConvEnergy), dsm, ncsn, sde-ve or sde-vp "
                                                 "(a ScoreConvNet)."),
-    sampler: Optional[ChainSampler] = typer.Option(None, help="MCMC for the negatives (default ula)."),
+    sampler: Optional[ChainSampler] = typer.Option(None, help="MCMC for the negatives (default ula; nuts builds "
+                                                "trees of at most 5 doublings; parallel tempering is not offered "
+                                                "for negatives)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Optimiser steps (default 3000)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Data points and negative chains per step "
                                              "(default 256 for 2-D data, 128 for images)."),

@@ -4,6 +4,7 @@ CLI and the playground, and the CLI and Python give the same numbers from the sa
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -209,3 +210,15 @@ def test_generator_none_is_the_global_default_and_is_never_reseeded(tmp_path):
     train_ebm(MLPEnergy(2, hidden=(8,)), data, run_dir=tmp_path, generator=torch.Generator().manual_seed(0), **kw)
     with pytest.raises(ValueError, match="explicit generator"):
         train_ebm(MLPEnergy(2, hidden=(8,)), data, run_dir=tmp_path, resume=True, **{**kw, "steps": 4})
+
+
+def test_nuts_draws_the_negatives_and_parallel_tempering_is_refused(tmp_path):
+    cfg = runs.TrainConfig.resolve(**{**TINY, "sampler": "nuts", "steps": 3, "langevin_steps": 2, "eval_every": 3})
+    run = runs.train(cfg, tmp_path / "nuts")
+    sampler = run.chain_sampler()
+    assert type(sampler).__name__ == "NUTS" and sampler.max_tree_depth == runs.config.NEGATIVES_TREE_DEPTH
+    rows = [json.loads(line) for line in (tmp_path / "nuts" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
+    with pytest.raises(runs.ConfigError, match=r"unknown sampler 'pt' for sampler; expected one of ula, mala, hmc, "
+                                               r"nuts"):
+        runs.TrainConfig.resolve(**{**TINY, "sampler": "pt"})

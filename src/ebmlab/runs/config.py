@@ -21,7 +21,7 @@ from ..score_training import SCORE_METHODS, SDE_METHODS
 from ..sde import WEIGHTINGS
 from ..training import default_alpha
 
-__all__ = ["CHAIN_SAMPLERS", "ConfigError", "EBM_METHODS", "IMAGE_DATA", "IMAGE_SCORE_METHODS", "METHODS",
+__all__ = ["CHAIN_SAMPLERS", "NEGATIVES_TREE_DEPTH", "ConfigError", "EBM_METHODS", "IMAGE_DATA", "IMAGE_SCORE_METHODS", "METHODS",
            "SCORE_METHODS", "SDE_DEFAULTS", "SDE_METHODS", "TOY_STEPS_PER_LEVEL", "TRAIN_DEFAULTS", "TrainConfig"]
 
 #: Image data sets a config can name: scikit-learn's 8x8 digits, and MNIST / Fashion-MNIST (28x28) read from
@@ -30,8 +30,12 @@ IMAGE_DATA = ("digits", "mnist", "fashion_mnist")
 METHODS = (*EBM_METHODS, *SCORE_METHODS)
 #: Score methods trained on images (a ScoreConvNet; ism/ssm would need Jacobian traces of a convnet).
 IMAGE_SCORE_METHODS = ("dsm", "ncsn", *SDE_METHODS)
-#: MCMC samplers of an EBM's negatives.
-CHAIN_SAMPLERS = ("ula", "mala", "hmc")
+#: MCMC samplers of an EBM's negatives. NUTS runs with at most NEGATIVES_TREE_DEPTH doublings per step;
+#: parallel tempering is not offered: its replicas and ladder would have to persist with the chains, its ladder
+#: would chase a moving energy, and every negative would cost K chains.
+CHAIN_SAMPLERS = ("ula", "mala", "hmc", "nuts")
+#: NUTS' maximum tree depth for negatives (at most 2^5 = 32 gradients per chain per sampler step).
+NEGATIVES_TREE_DEPTH = 5
 
 # Defaults measured per kind of data (docs/benchmarks.md): 2-D toy sets use small
 # Langevin steps at the data's scale; 8x8 digits in [-1, 1] need gradient moves
@@ -120,7 +124,8 @@ class TrainConfig:
         data: a 2-D toy set or analytic target name, or an image set (:data:`IMAGE_DATA`).
         method: ``cd``, ``short-run``, ``pcd``, ``buffer`` (an EBM by maximum likelihood with
             MCMC negatives) or ``ism``, ``ssm``, ``ssm-vr``, ``dsm``, ``ncsn`` (score matching).
-        sampler: the negatives' MCMC: ``ula``, ``mala`` or ``hmc``.
+        sampler: the negatives' MCMC: ``ula``, ``mala``, ``hmc`` or ``nuts`` (tree depth at most
+            :data:`NEGATIVES_TREE_DEPTH`).
         steps: optimiser steps in total.
         batch_size: data points and negative chains per step (256 for 2-D data, 128 for images).
         langevin_steps: sampler steps per update (the k of CD-k).

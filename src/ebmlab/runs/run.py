@@ -29,7 +29,7 @@ from ..io import atomic_write
 from ..samplers.registry import build_sampler
 from ..training import CHECKPOINT, METRICS
 from ..score_training import SDE_METHODS
-from .config import SDE_DEFAULTS, TOY_STEPS_PER_LEVEL, TRAIN_DEFAULTS
+from .config import NEGATIVES_TREE_DEPTH, SDE_DEFAULTS, TOY_STEPS_PER_LEVEL, TRAIN_DEFAULTS
 from .models import SCORE_KINDS, build_energy, build_sde, load_data
 
 __all__ = ["CONFIG", "DIFFUSION_SAMPLERS", "EBM_IMAGE_EXTRA_STEPS", "Run", "chain_sampler", "diffusion_samples",
@@ -58,7 +58,7 @@ def chain_sampler(train: dict[str, Any], *, images: bool):
         clamp = train.get("clamp", [-1.0, 1.0] if images else None)  # runs before --clamp clamped images to [-1, 1]
         return build_sampler("ula", train["step_size"], noise_scale=train["noise_scale"],
                              score_clip=train.get("score_clip"), clamp=tuple(clamp) if clamp is not None else None)
-    return build_sampler(train["sampler"], train["step_size"], num_leapfrog=5)
+    return build_sampler(train["sampler"], train["step_size"], num_leapfrog=5, max_tree_depth=NEGATIVES_TREE_DEPTH)
 
 
 def run_steps_per_level(config: dict[str, Any]) -> int:
