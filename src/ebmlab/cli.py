@@ -170,9 +170,9 @@ def _emit(result: dict, json_output: bool, title: str, keys: tuple[str, ...] | N
 
 
 _SAMPLE_KEYS = ("sde_steps", "solver", "nfe", "acceptance_rate", "adapted_step_size", "adapted_inverse_mass",
-                "mean_tree_depth",
-                "grad_evals_per_step", "divergences", "temperatures", "swap_rates", "round_trips",
-                "communication_barrier", "ladder_adaptation_rounds", "mean", "cov", "ess_bulk_min", "rhat_max", "mmd_to_exact", "kl_to_exact",
+                "mean_tree_depth", "grad_evals_per_step", "divergences", "temperatures", "swap_rates", "round_trips",
+                "communication_barrier", "ladder_adaptation_rounds", "mean", "cov", "ess_bulk_min", "rhat_max",
+                "mmd_to_exact", "kl_to_exact",
                 "kl_to_model_density", "fraction_outside_box", "mmd_to_test_data", "steps_per_level", "pixel_mean",
                 "pixel_std", "seconds", "chain_steps_per_second", "out", "plot")
 
@@ -232,7 +232,8 @@ def sample(
 
     cfg = SampleConfig(target=target, sampler=sampler.value if sampler is not None else None, step_size=step_size,
                        num_leapfrog=num_leapfrog, max_tree_depth=max_tree_depth, base=base.value,
-                       num_temperatures=num_temperatures, max_temperature=max_temperature, adapt=adapt, chains=chains, steps=steps, burn_in=burn_in, thin=thin,
+                       num_temperatures=num_temperatures, max_temperature=max_temperature, adapt=adapt,
+                       chains=chains, steps=steps, burn_in=burn_in, thin=thin,
                        init=init.value, seed=seed, device=device, dtype=dtype, compile=compile,
                        steps_per_level=steps_per_level, sde_steps=sde_steps).checked()
     run = _open_run(model, device) if model is not None else None
@@ -412,7 +413,8 @@ def report(
                            "on a GPU with `ebmlab train/sample --device cuda`")
     bar = _Progress("report", len(SECTIONS), not json_output and sys.stderr.isatty())
     try:
-        metrics = write_report(out, quick=quick, seed=seed, progress=lambda name, i, n: bar.update(i, f"section: {name}"))
+        metrics = write_report(out, quick=quick, seed=seed,
+                               progress=lambda name, i, n: bar.update(i, f"section: {name}"))
     finally:
         bar.close()
     if json_output:

@@ -21,7 +21,8 @@ from ..score_training import SCORE_METHODS, SDE_METHODS
 from ..sde import WEIGHTINGS
 from ..training import default_alpha
 
-__all__ = ["CHAIN_SAMPLERS", "NEGATIVES_TREE_DEPTH", "ConfigError", "EBM_METHODS", "IMAGE_DATA", "IMAGE_SCORE_METHODS", "METHODS",
+__all__ = ["CHAIN_SAMPLERS", "NEGATIVES_TREE_DEPTH", "ConfigError", "EBM_METHODS", "IMAGE_DATA",
+           "IMAGE_SCORE_METHODS", "METHODS",
            "SCORE_METHODS", "SDE_DEFAULTS", "SDE_METHODS", "TOY_STEPS_PER_LEVEL", "TRAIN_DEFAULTS", "TrainConfig"]
 
 #: Image data sets a config can name: scikit-learn's 8x8 digits, and MNIST / Fashion-MNIST (28x28) read from

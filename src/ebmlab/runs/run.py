@@ -32,7 +32,8 @@ from ..score_training import SDE_METHODS
 from .config import NEGATIVES_TREE_DEPTH, SDE_DEFAULTS, TOY_STEPS_PER_LEVEL, TRAIN_DEFAULTS
 from .models import SCORE_KINDS, build_energy, build_sde, load_data
 
-__all__ = ["CONFIG", "DIFFUSION_SAMPLERS", "EBM_IMAGE_EXTRA_STEPS", "Run", "chain_sampler", "diffusion_samples",
+__all__ = ["CONFIG", "DIFFUSION_SAMPLERS", "EBM_IMAGE_EXTRA_STEPS", "Run", "chain_sampler", "default_diffusion_method",
+           "diffusion_samples",
            "load_run", "save_config", "run_steps_per_level", "score_samples"]
 
 CONFIG = "config.json"
@@ -40,8 +41,18 @@ CONFIG = "config.json"
 EBM_IMAGE_EXTRA_STEPS = 60
 #: 2-D EBMs are sampled by MALA (exact for the model) from uniform noise over the box for this many steps.
 EBM_2D_MALA_STEPS = 1000
-#: How a diffusion run is sampled (:func:`ebmlab.sde.sample`'s methods); the first is the default.
+#: How a diffusion run is sampled (:func:`ebmlab.sde.sample`'s methods); see :func:`default_diffusion_method`.
 DIFFUSION_SAMPLERS = ("pc", "sde", "ode")
+
+
+def default_diffusion_method(config: dict[str, Any]) -> str:
+    """How a diffusion run is sampled when nobody says: predictor-corrector for VP runs, the reverse SDE for VE.
+
+    Measured on eight_gaussians after 40 s of training (2000 samples, MMD^2 to the test set): VE with PC 0.016,
+    reverse SDE 5e-4, ODE 1e-4. The VE schedule spends about 30% of its steps below sigma 0.08, where a learned
+    score is poor and PC's Langevin corrector (snr 0.16) settles the chains onto its errors; with the exact score
+    PC is fine. VP runs sample well by PC (Song et al. 2021's default)."""
+    return "sde" if config["train"]["method"] == "sde-ve" else "pc"
 #: ``method="ode"`` with a step count integrates by Heun's method, as Karras et al. (2022, "Elucidating the
 #: design space of diffusion-based generative models", Algorithm 1) do: two score calls per step.
 FIXED_STEP_ODE_SOLVER = "heun"
@@ -199,10 +210,10 @@ class Run:
 
         * diffusion runs (``sde-ve``, ``sde-vp``): :func:`ebmlab.sde.sample` from the
           prior with :attr:`score` and :attr:`sde`, by ``method`` = ``"pc"``
-          (predictor-corrector, the default), ``"sde"`` (reverse-SDE
-          Euler--Maruyama) or ``"ode"`` (probability flow: adaptive RK45, or
-          ``num_steps`` Heun steps when given), ending with Tweedie's denoising
-          step; images are clamped to the pixel range;
+          (predictor-corrector), ``"sde"`` (reverse-SDE Euler--Maruyama) or ``"ode"``
+          (probability flow: adaptive RK45, or ``num_steps`` Heun steps when given);
+          default :func:`default_diffusion_method` (PC for VP, the reverse SDE for VE);
+          ending with Tweedie's denoising step; images are clamped to the pixel range;
         * score models: annealed Langevin over the training noise levels for
           ``ncsn``, plain Langevin on the score otherwise (``plain=True``: a
           2-D ``ncsn`` model by plain Langevin at its smallest level); image
@@ -219,7 +230,7 @@ class Run:
             plain: 2-D ``ncsn`` runs only: plain Langevin at the smallest noise level.
             steps_per_level: score models only: Langevin steps per noise level
                 instead of the run's own (:func:`run_steps_per_level`).
-            method: diffusion runs only: ``"pc"``, ``"sde"`` or ``"ode"`` (default ``"pc"``).
+            method: diffusion runs only: ``"pc"``, ``"sde"`` or ``"ode"`` (default: :func:`default_diffusion_method`).
             num_steps: diffusion runs only: predictor steps of ``"pc"`` / ``"sde"``
                 (default: the run's ``sde_steps``, 500), or fixed Heun steps of ``"ode"``.
             return_info: diffusion runs only: also return :func:`ebmlab.sde.sample`'s
@@ -239,7 +250,8 @@ class Run:
                 raise ValueError(f"{self.path} is a diffusion model ({self.method}): it is sampled by "
                                  f"method={'|'.join(DIFFUSION_SAMPLERS)} and num_steps, not by Langevin dynamics "
                                  "(plain, steps_per_level)")
-            return diffusion_samples(self.model, self.config, n, generator, method=method or DIFFUSION_SAMPLERS[0],
+            return diffusion_samples(self.model, self.config, n, generator,
+                                     method=method or default_diffusion_method(self.config),
                                      num_steps=num_steps, return_info=return_info)
         if method is not None or num_steps is not None or return_info:
             raise ValueError(f"method, num_steps and return_info sample a diffusion run (sde-ve, sde-vp); {self.path}"
@@ -280,7 +292,7 @@ class Run:
 
 
 def diffusion_samples(model: nn.Module, config: dict[str, Any], n: int, generator: torch.Generator | None, *,
-                      method: str = "pc", num_steps: int | None = None, return_info: bool = False
+                      method: str | None = None, num_steps: int | None = None, return_info: bool = False
                       ) -> Tensor | tuple[Tensor, Any]:
     """Samples of a diffusion run's network ``net(x, sigma)`` as :meth:`Run.sample` draws them: one call of
     :func:`ebmlab.sde.sample` with :func:`ebmlab.sde.score_model` of the net and the run's SDE (the same
@@ -292,6 +304,7 @@ def diffusion_samples(model: nn.Module, config: dict[str, Any], n: int, generato
     """
     from .. import sde as diffusion
 
+    method = method or default_diffusion_method(config)
     if method not in DIFFUSION_SAMPLERS:
         raise ValueError(f"a diffusion run is sampled by method {', '.join(map(repr, DIFFUSION_SAMPLERS))}, "
                          f"got {method!r}")

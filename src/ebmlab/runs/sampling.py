@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..devices import resolve_device
 from .config import ConfigError
-from .run import DIFFUSION_SAMPLERS, Run
+from .run import DIFFUSION_SAMPLERS, Run, default_diffusion_method
 
 __all__ = ["ADAPTABLE", "DIFFUSION_SAMPLERS", "INITS", "PT_BASES", "SCORE_SAMPLERS", "SampleConfig", "sample"]
 
@@ -347,7 +347,8 @@ def _sample_score_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str, An
     if run.is_image:
         from ..evaluation.images import pixel_mmd
 
-        result.update({"steps_per_level": cfg.steps_per_level or run_steps_per_level(run.config), "pixel_mean": float(x.mean()),
+        result.update({"steps_per_level": cfg.steps_per_level or run_steps_per_level(run.config),
+                       "pixel_mean": float(x.mean()),
                        "pixel_std": float(x.std()), "mmd_to_test_data": pixel_mmd(x, test, generator=g)})
     else:
         result.update({"mean": x.mean(0).tolist(), "cov": torch.cov(x.T).tolist(),
@@ -380,7 +381,7 @@ def _sample_diffusion_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str
 
     from ..evaluation import mmd
 
-    sampler = cfg.sampler or DIFFUSION_SAMPLERS[0]
+    sampler = cfg.sampler or default_diffusion_method(run.config)
     if sampler not in DIFFUSION_SAMPLERS:
         why = ("MCMC samplers need an energy" if sampler not in SCORE_SAMPLERS
                else "Langevin over noise levels is how ncsn runs are sampled")
