@@ -65,6 +65,7 @@ def test_quick_report_writes_every_section(tmp_path, capsys):
         for label in ("vp", "ve"):
             assert abs(d[f"{name}_{label}_likelihood_error"]) < 0.02  # on average, prior in place of p_T
             assert d[f"{name}_{label}_flow_error"] < 2e-3  # per point, with the exact p_T: the solver's error
+    assert all(0 < d[f"{m}_kl"] < 1.0 for m in ("sde-vp", "sde-ve"))  # 8 s of training: sane, not yet good
 
     _render_in_a_browser(out / "index.html")
 
