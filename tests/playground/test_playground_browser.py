@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers import screenshot_path
+
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
     pytest.skip("browser tests need Chromium at /usr/bin/chromium (apt-get install -y chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need the playwright Python package")
 
-REPO = Path(__file__).resolve().parents[2]
-SCREENSHOT = REPO / "docs" / "img" / "playground.png"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--no-first-run", "--disable-sync"]
 
@@ -219,30 +219,31 @@ def test_invalid_input_shows_the_servers_message(open_page):
     assert page.is_hidden("[data-testid=error]")
 
 
-def test_side_by_side_screenshot(open_page):
+def test_side_by_side_screenshot(open_page, tmp_path):
     """The README's second picture: MALA next to ULA on the eight Gaussians, same seed and budget."""
     page = open_page("?algorithm=mala&compare=ula&target=eight_gaussians&chains=20&step_size=0.5&tween=0&bins=40")
     run_steps(page, 300, per_click=100)
     assert text(page, "num-samples") == text(page, "num-samples-b") == str(300 * 20)
-    path = SCREENSHOT.with_name("playground_side_by_side.png")
+    path = screenshot_path("playground_side_by_side.png", tmp_path)
     page.screenshot(path=str(path))
     import matplotlib.image as mpimg
 
     assert mpimg.imread(str(path))[..., :3].std() > 0.05  # not blank
 
 
-def test_screenshot(open_page):
+def test_screenshot(open_page, tmp_path):
     page = open_page("?algorithm=mala&target=banana&chains=8&step_size=0.3&tween=0&bins=40")
     run_steps(page, 200, per_click=100)
     set_value(page, "tweening-delay", 1500)  # shoot mid-animation, so the proposals show
     set_value(page, "steps-per-click", 1)
     page.click("[data-testid=step]")
     page.wait_for_timeout(1100)
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT))
+    shot = screenshot_path("playground.png", tmp_path)
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot))
     import matplotlib.image as mpimg
 
-    img = mpimg.imread(str(SCREENSHOT))
+    img = mpimg.imread(str(shot))
     assert img.shape[0] >= 800 and img.shape[1] >= 1200
     assert img[..., :3].std() > 0.05  # not blank
     canvas = page.evaluate("""() => {
