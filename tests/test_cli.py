@@ -566,3 +566,20 @@ def test_diffusion_samplers_are_refused_where_they_do_not_apply(tmp_path, capsys
         code, out, err = run_cli(["sample", "--model", str(tmp_path / run), *args, "--json"], capsys)
         assert code == 2, (run, args, err)
         assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_keep_stats_runs_in_bounded_memory_and_auto_switches_when_draws_would_not_fit(capsys, monkeypatch):
+    args = ["sample", "--target", "standard", "--chains", "200", "--steps", "2000", "--burn-in", "100", "--json"]
+    code, out, err = run_cli([*args, "--keep", "stats"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["keep"] == "stats" and "keep_reason" not in r
+    # the mean of every draw: its ESS is at least the kept draws' (a subset of them), so 4 / sqrt(that) bounds 4 SE
+    assert all(abs(m) < 4 / r["ess_bulk_min"] ** 0.5 for m in r["mean"])
+    assert all(abs(r["cov"][i][i] - 1) < 4 * (2 / r["ess_bulk_min"]) ** 0.5 for i in range(2))  # SE of a variance
+    monkeypatch.setattr("ebmlab.runs.sampling.MAX_DRAW_BYTES", 1000)
+    code, out, err = run_cli(args, capsys)
+    assert code == 0 and json.loads(out)["keep"] == "stats"
+    assert err.startswith("note: the draws would take") and "--keep all" in err
+    code, out, err = run_cli([*args, "--keep", "all"], capsys)
+    assert code == 0 and json.loads(out)["keep"] == "all" and not err

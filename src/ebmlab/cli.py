@@ -62,6 +62,11 @@ class BaseName(str, Enum):
     ula = "ula"
 
 
+class KeepName(str, Enum):
+    all = "all"
+    stats = "stats"
+
+
 class InitName(str, Enum):
     uniform = "uniform"
     normal = "normal"
@@ -169,7 +174,8 @@ def _emit(result: dict, json_output: bool, title: str, keys: tuple[str, ...] | N
         _print_table(title, result, keys)
 
 
-_SAMPLE_KEYS = ("sde_steps", "solver", "nfe", "acceptance_rate", "adapted_step_size", "adapted_inverse_mass",
+_SAMPLE_KEYS = ("keep_reason", "sde_steps", "solver", "nfe", "acceptance_rate", "adapted_step_size",
+                "adapted_inverse_mass",
                 "mean_tree_depth", "grad_evals_per_step", "divergences", "temperatures", "swap_rates", "round_trips",
                 "communication_barrier", "ladder_adaptation_rounds", "mean", "cov", "ess_bulk_min", "rhat_max",
                 "mmd_to_exact", "kl_to_exact",
@@ -200,6 +206,10 @@ def sample(
                                          "ladder adapts during burn-in)."),
     max_temperature: float = typer.Option(10.0, help="PT: hottest temperature of the initial geometric ladder "
                                           "(adapted in doubling rounds that fit in --burn-in)."),
+    keep: Optional[KeepName] = typer.Option(None, help="all: every draw after burn-in; stats: running mean and "
+                                            "covariance plus 1000 evenly spaced draws for ESS/R-hat, in memory "
+                                            "that does not grow with --steps. Default: all if the draws fit in "
+                                            "1 GiB, else stats (and it says so)."),
     adapt: int = typer.Option(0, min=0, help="Warm-up steps tuning the step size (dual averaging) and a "
                               "diagonal mass matrix (Stan's windows) before --steps; mala, hmc, nuts. 0 = off."),
     chains: int = typer.Option(1000, min=1, help="Parallel chains (the batch dimension)."),
@@ -233,6 +243,7 @@ def sample(
     cfg = SampleConfig(target=target, sampler=sampler.value if sampler is not None else None, step_size=step_size,
                        num_leapfrog=num_leapfrog, max_tree_depth=max_tree_depth, base=base.value,
                        num_temperatures=num_temperatures, max_temperature=max_temperature, adapt=adapt,
+                       keep=keep.value if keep is not None else None,
                        chains=chains, steps=steps, burn_in=burn_in, thin=thin,
                        init=init.value, seed=seed, device=device, dtype=dtype, compile=compile,
                        steps_per_level=steps_per_level, sde_steps=sde_steps).checked()
@@ -244,6 +255,8 @@ def sample(
         bar.close()
     if run is not None:
         result["target"] = f"model:{model}"
+    if result.get("keep_reason"):
+        print(f"note: {result['keep_reason']}", file=sys.stderr)
     _emit(result, json_output, f"{result['sampler']} on {result['target']}", _SAMPLE_KEYS)
 
 

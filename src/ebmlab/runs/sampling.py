@@ -19,10 +19,14 @@ from ..devices import resolve_device
 from .config import ConfigError
 from .run import DIFFUSION_SAMPLERS, Run, default_diffusion_method
 
-__all__ = ["ADAPTABLE", "DIFFUSION_SAMPLERS", "INITS", "PT_BASES", "SCORE_SAMPLERS", "SampleConfig", "sample"]
+__all__ = ["ADAPTABLE", "DIFFUSION_SAMPLERS", "INITS", "MAX_DRAW_BYTES", "PT_BASES", "STATS_KEPT", "SCORE_SAMPLERS", "SampleConfig", "sample"]
 
 #: Where chains start: standard normal noise (as in the lecture), uniform over the target's box, exact samples.
 INITS = ("normal", "uniform", "exact")
+#: Draws kept in memory beyond which ``keep=None`` switches to running statistics (1 GiB).
+MAX_DRAW_BYTES = 2**30
+#: Draws kept for ESS / R-hat with ``keep="stats"``.
+STATS_KEPT = 1000
 #: Parallel tempering's base samplers (one per temperature).
 PT_BASES = ("mala", "hmc", "rwmh", "ula")
 #: Samplers ``adapt`` tunes (``None`` is the default, MALA).
@@ -50,6 +54,10 @@ class SampleConfig:
         num_temperatures: parallel tempering's ladder size (temperature 1 included).
         max_temperature: parallel tempering's hottest temperature before the ladder adapts (the
             ladder adapts during burn-in, in as many doubling rounds as fit in ``burn_in``).
+        keep: ``all`` (every draw after burn-in), ``stats`` (running moments and at most
+            :data:`STATS_KEPT` evenly spaced draws for ESS / R-hat: memory independent of ``steps``)
+            or ``None``: ``all`` when the draws fit in :data:`MAX_DRAW_BYTES`, else ``stats`` (the
+            result says so in ``keep`` and ``keep_reason``).
         adapt: warm-up steps of step-size and diagonal-mass adaptation (:func:`ebmlab.adapt`) before
             ``steps`` (MALA, HMC, NUTS; 0 = off); the tuned values are reported.
         chains, steps, burn_in, thin: the chains (steps include burn-in); for a diffusion run
@@ -70,6 +78,7 @@ class SampleConfig:
     base: str = "mala"
     num_temperatures: int = 8
     max_temperature: float = 10.0
+    keep: str | None = None
     adapt: int = 0
     chains: int = 1000
     steps: int = 2000
@@ -101,6 +110,8 @@ class SampleConfig:
         if self.burn_in >= self.steps:
             raise ConfigError(f"{{0}} must be smaller than {{1}}, got burn-in {self.burn_in} and steps {self.steps}",
                               "burn_in", "steps")
+        if self.keep not in (None, "all", "stats"):
+            raise ConfigError(f"{{0}} must be all or stats, got {self.keep!r}", "keep")
         if self.base not in PT_BASES:
             raise ConfigError(f"{{0}} must be one of {', '.join(PT_BASES)}, got {self.base!r}", "base")
         if self.adapt and self.sampler not in ADAPTABLE:
@@ -227,13 +238,18 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
     if cfg.adapt:
         tuned = samplers.adapt(target, sampler, x0, cfg.adapt, generator=generator)
         sampler, x0 = tuned.sampler, tuned.state.x
+    keep, why = _keep(cfg, target.dim, x0.element_size())
     trace = samplers.sample(target, sampler, x0, cfg.steps, generator=generator, burn_in=cfg.burn_in, thin=cfg.thin,
                             callback=(lambda t, s, i: callback(t + 1)) if callback is not None else None,
-                            compile=cfg.compile and cfg.sampler != "rejection")
+                            compile=cfg.compile and cfg.sampler != "rejection", keep=keep, max_kept=STATS_KEPT)
     flat = trace.samples.reshape(-1, target.dim)
     summary = evaluation.summarize(trace.samples)
-    result = {**asdict(cfg), **({"target": name} if run is not None else {}),
-              "acceptance_rate": float(trace.acceptance_rate.mean()), "mean": summary["mean"], "cov": summary["cov"],
+    mean, cov = summary["mean"], summary["cov"]
+    if trace.moments is not None:  # every draw's moments, not the reservoir's
+        mean, cov = trace.moments["mean"].tolist(), trace.moments["cov"].tolist()
+    result = {**asdict(cfg), **({"target": name} if run is not None else {}), "keep": keep,
+              **({"keep_reason": why} if why else {}),
+              "acceptance_rate": float(trace.acceptance_rate.mean()), "mean": mean, "cov": cov,
               "ess_bulk_min": summary["ess_bulk_min"], "rhat_max": summary["rhat_max"], "seconds": trace.seconds,
               "chain_steps_per_second": trace.chain_steps_per_second}
     result.update(_sampler_report(trace, tuned))
@@ -267,6 +283,17 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
                                  density_label="exact" if run is None else "model"), plot)
         result["plot"] = str(plot)
     return result
+
+
+def _keep(cfg: SampleConfig, dim: int, itemsize: int) -> tuple[str, str | None]:
+    """What to keep of the draws, and why when it was not asked for: every draw if they fit, else statistics."""
+    if cfg.keep is not None:
+        return cfg.keep, None
+    size = -(-(cfg.steps - cfg.burn_in) // cfg.thin) * cfg.chains * (dim + 1) * itemsize
+    if size <= MAX_DRAW_BYTES:
+        return "all", None
+    return "stats", (f"the draws would take {size / 2**30:.1f} GiB (more than {MAX_DRAW_BYTES / 2**30:.0f} GiB): "
+                     f"running moments and {STATS_KEPT} evenly spaced draws are kept instead (--keep all to insist)")
 
 
 def _ladder_within_burn_in(pt: Any, burn_in: int) -> Any:
@@ -330,7 +357,7 @@ def _sample_score_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str, An
                           f"{' or '.join(allowed)}, not {{0}} {sampler} ({why})", "sampler")
     sampler = "langevin" if sampler == "ula" else sampler
     defaults = SampleConfig()
-    ignored = [f for f in ("step_size", "num_leapfrog", "steps", "burn_in", "thin", "init", "compile")
+    ignored = [f for f in ("step_size", "num_leapfrog", "steps", "burn_in", "thin", "init", "compile", "keep")
                if getattr(cfg, f) != getattr(defaults, f)]
     if ignored:
         raise ConfigError(", ".join("{%d}" % i for i in range(len(ignored))) + f": a score model is sampled as "
@@ -389,7 +416,7 @@ def _sample_diffusion_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str
                           f"{', '.join(DIFFUSION_SAMPLERS)} (reverse SDE, predictor-corrector, probability-flow "
                           f"ODE), not {{0}} {sampler} ({why})", "sampler")
     defaults = SampleConfig()
-    ignored = [f for f in ("step_size", "num_leapfrog", "steps", "burn_in", "thin", "init", "compile",
+    ignored = [f for f in ("step_size", "num_leapfrog", "steps", "burn_in", "thin", "init", "compile", "keep",
                            "steps_per_level") if getattr(cfg, f) != getattr(defaults, f)]
     if ignored:
         raise ConfigError(", ".join("{%d}" % i for i in range(len(ignored))) + f": a diffusion model is sampled "
