@@ -272,3 +272,59 @@ def test_divergence_names_the_step():
     g = torch.Generator().manual_seed(7)
     with pytest.raises(DivergenceError, match=r"at step \d+"):
         adapt(energy, MALA(0.5), torch.zeros((100, 2), dtype=torch.float64), 500, generator=g)
+
+
+# --- The first step size's trial for NUTS: one leapfrog step ---------------------------------------
+
+
+def test_nuts_trial_is_one_leapfrog_step_in_closed_form():
+    """On E = x^2 / (2 s^2) with M^-1 = m, one leapfrog from (x, p) is the linear map
+    x1 = (1 - eps^2 m / (2 s^2)) x + eps m p, p1 = p - eps (x + x1) / (2 s^2); the trial's acceptance is
+    the mean of min(1, exp(H0 - H1)) over chains, with p = z / sqrt(m) from the generator's normals."""
+    from ebmlab.samplers.adapt import _one_leapfrog_acceptance
+    from ebmlab.samplers.nuts import NUTS
+
+    s2, m, eps = 2.0, 0.5, 3.3
+    target = targets.DiagonalGaussian(torch.tensor([math.sqrt(s2)], dtype=torch.float64))
+    x = torch.linspace(-3, 3, 41, dtype=torch.float64).unsqueeze(1)
+    nuts = NUTS(eps, inverse_mass=torch.tensor([m], dtype=torch.float64))
+    state = nuts.init(target, x)
+    got = _one_leapfrog_acceptance(target, nuts, state, torch.Generator().manual_seed(3))
+    p = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64) / math.sqrt(m)
+    x1 = (1 - eps**2 * m / (2 * s2)) * x + eps * m * p
+    p1 = p - eps * (x + x1) / (2 * s2)
+    h = lambda x, p: x**2 / (2 * s2) + m * p**2 / 2  # noqa: E731
+    want = float((h(x, p) - h(x1, p1)).clamp(max=0.0).exp().mean())
+    assert 0.05 < want < 0.95  # the trial can go either way here
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_nuts_step_size_search_costs_one_gradient_per_chain_and_trial():
+    """With the identity metric on a badly scaled Gaussian every NUTS tree would be as deep as allowed;
+    the search evaluates one leapfrog per chain and trial, and lands where one step's acceptance crosses 1/2."""
+    from ebmlab.samplers.adapt import _one_leapfrog_acceptance, _reasonable_step_size
+    from ebmlab.samplers.nuts import NUTS
+
+    target = ill_conditioned()
+    rows = []
+
+    class Counting:
+        def __call__(self, x):
+            return target(x)
+
+        def energy_and_score(self, x):
+            rows.append(x.shape[0])
+            return target.energy_and_score(x)
+
+    energy = Counting()
+    g = torch.Generator().manual_seed(0)
+    x0 = target.sample(100, generator=g, dtype=torch.float64)
+    nuts = NUTS(4.0)
+    state = nuts.init(energy, x0)
+    rows.clear()
+    eps = _reasonable_step_size(energy, nuts, None, None, state, 4.0, g)
+    assert rows and all(r == 100 for r in rows)  # one leapfrog per chain per trial, no tree
+    assert eps < 4.0 and len(rows) == round(math.log2(4.0 / eps)) + 1
+    # eps is the first halving below 1/2... where twice it is still below: the crossing.
+    assert _one_leapfrog_acceptance(target, NUTS(eps), state, g) > 0.5
+    assert _one_leapfrog_acceptance(target, NUTS(2 * eps), state, g) < 0.5

@@ -18,7 +18,9 @@ What Stan (Stan Reference Manual, "HMC algorithm parameters") and BlackJAX's
 * **A reasonable first step size** (Hoffman & Gelman 2014, Algorithm 4):
   double or halve ``eps`` until one trial step's mean acceptance crosses 1/2,
   at the start and after every mass update, so a poor initial step size
-  recovers in a few trial steps.
+  recovers in a few trial steps. For NUTS the trial is one leapfrog step
+  (Algorithm 4's, and Stan's ``base_hmc::init_stepsize``), not a whole tree:
+  a gradient per chain instead of up to ``2^max_tree_depth``.
 * **A diagonal inverse mass matrix** estimated in Stan's expanding windows:
   an initial fast buffer (75 steps: step size only, the chains find the
   typical set), slow windows of 25, 50, 100, ... steps (the last one
@@ -46,8 +48,10 @@ import torch
 from torch import Tensor
 
 from ..checks import check_int
-from .base import Info, State, check_finite_state
+from ..energies.core import energy_and_score
+from .base import Info, State, check_finite_state, normal_like
 from .mala import MALA
+from .nuts import NUTS
 
 __all__ = ["Adapted", "adapt", "default_target_accept", "window_schedule"]
 
@@ -230,20 +234,55 @@ def _with(sampler: Any, field: str | None, step_size: float, inverse_mass: Tenso
     return dataclasses.replace(sampler, step_size=step_size, **{field: value})
 
 
+def _one_leapfrog_acceptance(energy: Any, sampler: Any, state: State, generator: torch.Generator | None) -> float:
+    """Mean over chains of ``min(1, exp(H0 - H1))`` after one leapfrog step of ``sampler`` (a NUTS) from ``state``.
+
+    ``p ~ N(0, M)`` with ``M^-1`` the sampler's ``inverse_mass`` (one normal per coordinate from
+    ``generator``); a NaN energy error counts as acceptance 0. The trial of Hoffman & Gelman (2014),
+    Algorithm 4, and of Stan's ``base_hmc::init_stepsize``: one gradient per chain, not a whole tree.
+    """
+    x, e0, s0 = state.x, state.energy, state.score
+    minv = sampler._inverse_mass_like(x)
+    eps = sampler.step_size
+    z = normal_like(x, generator)
+    p0 = z if minv is None else z / minv**0.5
+    sharp = (lambda p: p) if minv is None else (lambda p: minv * p)
+    p_half = p0 + 0.5 * eps * s0
+    x1 = x + eps * sharp(p_half)
+    e1, s1 = energy_and_score(energy, x1)
+    p1 = p_half + 0.5 * eps * s1
+    kinetic = lambda p: 0.5 * (p * sharp(p)).reshape(p.shape[0], -1).sum(1)  # noqa: E731
+    log_a = (e0 + kinetic(p0)) - (e1 + kinetic(p1))
+    return float(torch.nan_to_num(log_a.clamp(max=0.0).exp(), nan=0.0).mean())
+
+
+def _trial_acceptance(energy: Any, sampler: Any, state: State, generator: torch.Generator | None) -> float:
+    """The mean acceptance of one trial of ``sampler`` from ``state`` (the chains do not move).
+
+    NUTS: one leapfrog step (:func:`_one_leapfrog_acceptance`), as Stan's step-size initialisation does for
+    every HMC sampler; a whole NUTS tree would cost up to ``2^max_tree_depth`` gradients per chain, and with
+    a poor first metric (identity on a badly scaled target) every trial builds the deepest tree. MALA and
+    HMC: one full step of the sampler.
+    """
+    if isinstance(sampler, NUTS):
+        return _one_leapfrog_acceptance(energy, sampler, state, generator)
+    _, info = sampler.step(energy, state, generator=generator)
+    return _mean_acceptance(info)
+
+
 def _reasonable_step_size(energy: Any, sampler: Any, field: str | None, inverse_mass: Tensor | None,
                           state: State, step_size: float, generator: torch.Generator | None) -> float:
     """Hoffman & Gelman (2014), Algorithm 4: double or halve until the mean acceptance crosses 1/2.
 
-    Each trial is one step of every chain from ``state`` (the chains do not
-    move); the step size returned is the first on the other side of 1/2.
+    Each trial is one trial step of every chain from ``state`` (the chains do not move; see
+    :func:`_trial_acceptance`); the step size returned is the first on the other side of 1/2.
     """
-    trial = _with(sampler, field, step_size, inverse_mass)
-    _, info = trial.step(energy, state, generator=generator)
-    direction = 1 if _mean_acceptance(info) > 0.5 else -1
+    acceptance = _trial_acceptance(energy, _with(sampler, field, step_size, inverse_mass), state, generator)
+    direction = 1 if acceptance > 0.5 else -1
     for _ in range(_MAX_SEARCH):
         step_size = step_size * 2.0**direction
-        _, info = _with(sampler, field, step_size, inverse_mass).step(energy, state, generator=generator)
-        if (_mean_acceptance(info) > 0.5) != (direction == 1):
+        acceptance = _trial_acceptance(energy, _with(sampler, field, step_size, inverse_mass), state, generator)
+        if (acceptance > 0.5) != (direction == 1):
             break
     return step_size
 
