@@ -582,4 +582,18 @@ def test_keep_stats_runs_in_bounded_memory_and_auto_switches_when_draws_would_no
     assert code == 0 and json.loads(out)["keep"] == "stats"
     assert err.startswith("note: the draws would take") and "--keep all" in err
     code, out, err = run_cli([*args, "--keep", "all"], capsys)
-    assert code == 0 and json.loads(out)["keep"] == "all" and not err
+    assert code == 0 and json.loads(out)["keep"] == "all" and "note:" not in err
+
+
+def test_bad_diagnostics_are_warned_about_with_what_to_change(capsys):
+    """Exit 0 with R-hat 5 and acceptance 0.002 used to pass in silence."""
+    code, out, err = run_cli(["sample", "--target", "banana", "--step-size", "3", "--chains", "100", "--steps", "300",
+                              "--burn-in", "100", "--json"], capsys)
+    assert code == 0
+    warnings_ = json.loads(out)["warnings"]
+    assert any(w.startswith("R-hat") for w in warnings_) and any(w.startswith("acceptance") for w in warnings_)
+    assert [line for line in err.splitlines() if line.startswith("warning: ")] == [f"warning: {w}" for w in warnings_]
+    assert all("--" in w for w in warnings_)  # each says which flag to change
+    code, out, err = run_cli(["sample", "--target", "standard", "--step-size", "1.2", "--chains", "200",
+                              "--steps", "1500", "--burn-in", "300", "--init", "exact", "--json"], capsys)
+    assert code == 0 and json.loads(out)["warnings"] == [] and "warning" not in err

@@ -257,6 +257,8 @@ def sample(
         result["target"] = f"model:{model}"
     if result.get("keep_reason"):
         print(f"note: {result['keep_reason']}", file=sys.stderr)
+    for warning in result.get("warnings", ()):
+        print(f"warning: {warning}", file=sys.stderr)
     _emit(result, json_output, f"{result['sampler']} on {result['target']}", _SAMPLE_KEYS)
 
 

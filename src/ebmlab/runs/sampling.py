@@ -265,6 +265,7 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
         lo = torch.tensor([b[0] for b in target.bounds], dtype=flat.dtype, device=flat.device)
         hi = torch.tensor([b[1] for b in target.bounds], dtype=flat.dtype, device=flat.device)
         result["fraction_outside_box"] = float(((flat < lo) | (flat > hi)).any(1).double().mean())
+    result["warnings"] = _diagnostic_warnings(result, cfg.sampler)
     if out is not None:
         from ..io import save_npz
 
@@ -283,6 +284,32 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
                                  density_label="exact" if run is None else "model"), plot)
         result["plot"] = str(plot)
     return result
+
+
+#: Samplers with a Metropolis-Hastings accept, whose acceptance rate means something.
+_MH = ("rwmh", "mala", "hmc", "pt")
+
+
+def _diagnostic_warnings(result: dict[str, Any], sampler: str) -> list[str]:
+    """What a user should not ignore in a run's diagnostics, each with what to change."""
+    out = []
+    rhat, ess, acc = result.get("rhat_max"), result.get("ess_bulk_min"), result.get("acceptance_rate")
+    if rhat is not None and rhat > 1.01:
+        out.append(f"R-hat {rhat:.3f} > 1.01: the chains disagree (not mixed, or stuck in different modes); run "
+                   "more steps and a longer --burn-in, or try --sampler pt for separated modes")
+    if ess is not None and ess < 100:
+        out.append(f"bulk ESS {ess:.0f} < 100: too few effective draws for stable estimates; run more steps or "
+                   "tune --step-size (--adapt N does it for mala, hmc, nuts)")
+    if sampler in _MH and acc is not None and acc < 0.05:
+        out.append(f"acceptance {acc:.3f} < 0.05: the chains barely move; lower --step-size (or --adapt N)")
+    if sampler in _MH and acc is not None and acc > 0.99:
+        out.append(f"acceptance {acc:.3f} > 0.99: steps this small explore slowly; raise --step-size (or --adapt N)")
+    outside = result.get("fraction_outside_box")
+    if outside is not None and outside > 0.001:
+        out.append(f"{outside:.1%} of the samples lie outside the target's box, beyond where its density is "
+                   "known; the chains may have diverged into the tails: lower --step-size or start inside "
+                   "(--init uniform)")
+    return out
 
 
 def _keep(cfg: SampleConfig, dim: int, itemsize: int) -> tuple[str, str | None]:
