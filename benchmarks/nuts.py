@@ -1,5 +1,5 @@
-"""NUTS benchmark: ebmlab's NUTS vs BlackJAX's NUTS, both with window adaptation,
-and parallel tempering vs MALA on a two-mode target.
+"""NUTS benchmark: ebmlab's NUTS vs BlackJAX's NUTS, both with window adaptation
+(parallel tempering vs MALA is benchmarks/tempering.py).
 
 NUTS: banana (d = 2), a correlated Gaussian (d = 50) and Neal's funnel (d = 10),
 at 1,000 chains, float64, one CPU thread for each library. Both libraries run
@@ -12,11 +12,6 @@ wall seconds (the fastest of ``--repeat`` identical runs; compile excluded for
 JAX, ebmlab runs eagerly; warm-up reported apart, one run), gradient
 evaluations, divergences, the min-over-coordinates bulk ESS of the kept draws,
 ESS per second and ESS per 1,000 gradient evaluations.
-
-Parallel tempering: a two-mode mixture (weights 0.8 / 0.2, modes 8 apart,
-sd 0.5), every chain started in the minor mode; the error of the estimated
-major-mode weight against wall time, for MALA alone and PT (MALA base) at
-several step budgets.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/nuts.py --write docs/benchmarks.md
 """
@@ -50,7 +45,7 @@ import ebmlab  # noqa: E402
 from ebmlab.energies import targets  # noqa: E402
 from ebmlab.evaluation import ess_bulk  # noqa: E402
 
-SECTION = "## NUTS and parallel tempering"
+SECTION = "## NUTS vs BlackJAX"
 ESS_CHAINS = 1000
 
 
@@ -178,30 +173,11 @@ def run_blackjax(name, target, chains, warmup, steps, seed, repeat=1):
             "depth": float(np.log2(np.asarray(nsteps) + 1).mean())}
 
 
-def pt_rows(chains, budgets, seed):
-    """Major-mode weight error vs wall time for MALA alone and PT(MALA), every chain started in the minor mode."""
-    target = targets.GaussianMixture(means=[[-4.0, 0.0], [4.0, 0.0]], variances=[0.25, 0.25], weights=[0.2, 0.8])
-    rows = []
-    for steps in budgets:
-        for label, sampler in (("MALA", ebmlab.MALA(0.5)),
-                               ("PT (MALA, 8 temperatures, DEO, adaptive ladder)",
-                                ebmlab.ParallelTempering(ebmlab.MALA(0.5), num_temperatures=8))):
-            g = torch.Generator().manual_seed(seed)
-            x0 = torch.tensor([-4.0, 0.0], dtype=torch.float64) + 0.5 * torch.randn(chains, 2, generator=g,
-                                                                                     dtype=torch.float64)
-            burn = steps // 2
-            trace = ebmlab.sample(target, sampler, x0, steps, generator=g, burn_in=burn)
-            w = float((trace.samples[..., 0] > 0).double().mean())
-            rows.append({"sampler": label, "steps": steps, "seconds": trace.seconds, "weight": w,
-                         "error": abs(w - 0.8)})
-    return rows
-
-
 def fmt(v, digits=0):
     return f"{v:,.{digits}f}"
 
 
-def build_markdown(rows, prows, meta, cmdline):
+def build_markdown(rows, meta, cmdline):
     lines = [SECTION, "",
              "ebmlab's `NUTS` (multinomial, generalised U-turn, each chain its own tree, vectorised over chains "
              "with masks) against BlackJAX's `nuts`, both after Stan's window adaptation (dual averaging to "
@@ -230,15 +206,6 @@ def build_markdown(rows, prows, meta, cmdline):
                      f"{r['depth']:.2f} | {r['divergences']} | {r['warmup_s']:.1f} | {r['seconds']:.1f} | "
                      f"{fmt(r['grads'])} | {fmt(r['ess'])} | {fmt(r['ess'] / r['seconds'])} | "
                      f"{1000 * r['ess'] / r['grads']:.2f} | {ratio} |")
-    lines += ["", "### Parallel tempering vs MALA on two separated modes", "",
-              "Mixture of N((-4, 0), 0.25 I) with weight 0.2 and N((4, 0), 0.25 I) with weight 0.8; "
-              f"{meta['pt_chains']:,} chains all started in the minor mode; MALA eps = 0.5 alone and as PT's "
-              "base; the first half of the steps discarded (PT adapts its ladder there). Error = |estimated "
-              "major-mode weight - 0.8|.", "",
-              "| sampler | steps | seconds | major-mode weight | error |", "|---|---:|---:|---:|---:|"]
-    for r in prows:
-        lines.append(f"| {r['sampler']} | {r['steps']:,} | {r['seconds']:.2f} | {r['weight']:.3f} | "
-                     f"{r['error']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -260,8 +227,6 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=500)
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--targets", default="banana,gaussian50,funnel10")
-    ap.add_argument("--pt-chains", type=int, default=1000)
-    ap.add_argument("--pt-budgets", default="500,2000")
     ap.add_argument("--no-blackjax", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3, help="timed sampling runs per library (the fastest counts)")
@@ -281,9 +246,6 @@ def main(argv=None):
                   f"depth {r['depth']:.2f} div {r['divergences']} warm {r['warmup_s']:.1f}s "
                   f"run {r['seconds']:.1f}s grads {r['grads']:.3g} ESS {r['ess']:.0f} "
                   f"ESS/s {r['ess'] / r['seconds']:.0f}", flush=True)
-    prows = pt_rows(args.pt_chains, [int(b) for b in args.pt_budgets.split(",")], args.seed)
-    for r in prows:
-        print(f"{r['sampler']:50s} steps {r['steps']:6d} {r['seconds']:.2f}s weight {r['weight']:.3f}", flush=True)
     try:
         import blackjax
         import jax
@@ -291,11 +253,11 @@ def main(argv=None):
         versions = (jax.__version__, blackjax.__version__)
     except ImportError:
         versions = ("-", "-")
-    meta = {"chains": args.chains, "warmup": args.warmup, "steps": args.steps, "pt_chains": args.pt_chains,
+    meta = {"chains": args.chains, "warmup": args.warmup, "steps": args.steps,
             "repeat": args.repeat,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
             "jax": versions[0], "blackjax": versions[1]}
-    md = build_markdown(rows, prows, meta, cmdline)
+    md = build_markdown(rows, meta, cmdline)
     print(md)
     if args.write:
         write_section(args.write, md)
