@@ -597,3 +597,19 @@ def test_bad_diagnostics_are_warned_about_with_what_to_change(capsys):
     code, out, err = run_cli(["sample", "--target", "standard", "--step-size", "1.2", "--chains", "200",
                               "--steps", "1500", "--burn-in", "300", "--init", "exact", "--json"], capsys)
     assert code == 0 and json.loads(out)["warnings"] == [] and "warning" not in err
+
+
+def test_serve_on_a_taken_port_exits_2_in_one_line(capsys):
+    """It used to print its URL and then die with exit 3."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, out, err = run_cli(["serve", "--port", str(port)], capsys)
+    assert code == 2 and out == ""
+    assert err.strip() == f"ebmlab: error: --port {port}: 127.0.0.1:{port} is taken (Address already in use); " \
+                          "choose another with --port"
+    code, out, err = run_cli(["serve", "--host", "no-such-host.invalid", "--port", str(port)], capsys)
+    assert code == 2 and err.startswith("ebmlab: error: --host no-such-host.invalid: cannot resolve it")

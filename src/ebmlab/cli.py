@@ -463,7 +463,25 @@ def serve(
     for m in model:
         if not m.is_dir():
             raise UsageFailure(f"--model {m}: run directory does not exist")
+    _check_port_free(host, port)
     run_server(host=host, port=port, models=list(model))
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on before printing a URL that would not work."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as err:
+        raise UsageFailure(f"--host {host}: cannot resolve it ({err.strerror})") from err
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise UsageFailure(f"--port {port}: {host}:{port} is taken ({err.strerror}); choose another with "
+                               "--port") from err
 
 
 def main(argv: list[str] | None = None) -> int:
