@@ -360,7 +360,6 @@ def _sample_score_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str, An
     (``evaluate`` adds the classifier's metrics); ``plot`` draws a grid of samples."""
     import time
 
-    from ..evaluation import mmd
     from .run import run_steps_per_level
 
     method = run.method
@@ -399,30 +398,8 @@ def _sample_score_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str, An
     result: dict[str, Any] = {"target": f"model:{run.path}", "sampler": sampler, "chains": cfg.chains,
                               "seconds": seconds}
     if run.is_image:
-        from ..evaluation.images import pixel_mmd
-
-        result.update({"steps_per_level": cfg.steps_per_level or run_steps_per_level(run.config),
-                       "pixel_mean": float(x.mean()),
-                       "pixel_std": float(x.std()), "mmd_to_test_data": pixel_mmd(x, test, generator=g)})
-    else:
-        result.update({"mean": x.mean(0).tolist(), "cov": torch.cov(x.T).tolist(),
-                       "mmd_to_test_data": mmd(x, test, generator=g)})
-    if out is not None:
-        from ..io import save_npz
-
-        save_npz(out, samples=x.cpu().numpy(), config=np.array(json.dumps(asdict(cfg))))
-        result["out"] = str(out)
-    if plot is not None:
-        from ..viz import save_figure, scatter_pair
-
-        if run.is_image:
-            from ..evaluation.images import sample_grid
-
-            fig = sample_grid(x[:64], nrow=8, title=f"{method} samples from {run.path}")
-        else:
-            fig = scatter_pair(test, x, f"{method} samples from {run.path}")
-        result["plot"] = str(save_figure(fig, plot))
-    return result
+        result["steps_per_level"] = cfg.steps_per_level or run_steps_per_level(run.config)
+    return _summarize_model_samples(result, cfg, run, x, test, g, out=out, plot=plot, title=f"{method} samples")
 
 
 def _sample_diffusion_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str, Any]:
@@ -433,7 +410,6 @@ def _sample_diffusion_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str
     ``nfe`` (batched score evaluations) and seconds, as for the other score runs."""
     import time
 
-    from ..evaluation import mmd
 
     sampler = cfg.sampler or default_diffusion_method(run.config)
     if sampler not in DIFFUSION_SAMPLERS:
@@ -459,6 +435,16 @@ def _sample_diffusion_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str
     result: dict[str, Any] = {"target": f"model:{run.path}", "sampler": sampler, "chains": cfg.chains,
                               "sde_steps": steps, "solver": ("rk45" if steps is None else "heun")
                               if sampler == "ode" else "euler-maruyama", "nfe": info.nfe, "seconds": seconds}
+    return _summarize_model_samples(result, cfg, run, x, test, g, out=out, plot=plot,
+                                    title=f"{run.method} samples ({sampler})")
+
+
+def _summarize_model_samples(result: dict[str, Any], cfg: SampleConfig, run: Run, x: Tensor, test: Tensor,
+                             g: torch.Generator, *, out, plot, title: str) -> dict[str, Any]:
+    """A score or diffusion run's samples: pixel statistics or mean/cov, MMD to the test data, then the
+    ``--out`` file and the ``--plot`` figure (a grid of images, or samples beside the test data)."""
+    from ..evaluation import mmd
+
     if run.is_image:
         from ..evaluation.images import pixel_mmd
 
@@ -478,8 +464,8 @@ def _sample_diffusion_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str
         if run.is_image:
             from ..evaluation.images import sample_grid
 
-            fig = sample_grid(x[:64].cpu(), nrow=8, title=f"{run.method} samples ({sampler}) from {run.path}")
+            fig = sample_grid(x[:64].cpu(), nrow=8, title=f"{title} from {run.path}")
         else:
-            fig = scatter_pair(test.cpu(), x.cpu(), f"{run.method} samples ({sampler}) from {run.path}")
+            fig = scatter_pair(test.cpu(), x.cpu(), f"{title} from {run.path}")
         result["plot"] = str(save_figure(fig, plot))
     return result
