@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test install dev bench screenshots clean
+.PHONY: demo test install dev bench screenshots docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e ".[web]"
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
@@ -42,5 +42,9 @@ bench: install
 screenshots: dev
 	EBMLAB_REFRESH_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/test_report.py tests/playground/test_playground_browser.py
 
+# The API reference site in site/ (the notebooks executed, their outputs shown).
+docs: dev
+	EBMLAB_DOCS_EXECUTE=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) report .pytest_cache
+	rm -rf $(VENV) report site dist build .pytest_cache
