@@ -39,7 +39,7 @@ from .samplers import (
 from .score_training import sample_scores, train_score
 from . import runs  # noqa: E402 - the run layer stands on everything above
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402 - the one place the version is written
 
 __all__ = [
     "data",
