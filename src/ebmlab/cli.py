@@ -24,8 +24,18 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from ._version import __version__
+
+        print(f"ebmlab {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, expose_value=False,
+                                 help="Print ebmlab's version and exit."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch; default OMP_NUM_THREADS if set, "
                                           "else 1 (small models run fastest single-threaded, and multi-threading "
                                           "collapses when cores are shared)."),
@@ -101,6 +111,21 @@ class ChainSampler(str, Enum):
 
 class UsageFailure(Exception):
     """Bad input from the command line: exit 2 with a one-line message."""
+
+
+class MissingExtra(UsageFailure):
+    """A command needs an optional extra that is not installed: exit 2 with the one line that says which."""
+
+
+def _need(modules: tuple[str, ...], message: str) -> None:
+    """Raise :class:`MissingExtra` with ``message`` unless every one of ``modules`` imports."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise MissingExtra(message) from err
 
 
 def _flag(field: str) -> str:
@@ -380,8 +405,8 @@ def train(
         try:
             callbacks.append(TensorBoardLogger(out, resume=resume))
         except ImportError as err:  # before any work
-            raise UsageFailure(f"--tensorboard needs the tensorboard package: pip install 'ebmlab[tensorboard]'"
-                               ) from err
+            raise MissingExtra("ebmlab train --tensorboard needs the tensorboard package: "
+                               "pip install 'ebmlab[tensorboard]'") from err
     if not json_output:
         tty = sys.stderr.isatty()
         callbacks.append(_Progress(f"train {cfg.method} on {cfg.data}", cfg.steps, True) if tty
@@ -458,6 +483,7 @@ def serve(
                                      "(repeatable); nothing else is ever loaded from disk."),
 ) -> None:
     """The interactive sampler playground: a web page driving ebmlab's own samplers."""
+    _need(("fastapi", "uvicorn", "websockets"), "ebmlab serve needs the playground's server: pip install 'ebmlab[web]'")
     from .playground.app import serve as run_server
 
     for m in model:
@@ -503,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ConfigError as e:  # a config value, named by its flag
         print(f"ebmlab: error: {e.render(_flag)}", file=sys.stderr)
+        return 2
+    except MissingExtra as e:  # the line names the command and the extra to install
+        print(e, file=sys.stderr)
         return 2
     except (UsageFailure, FileNotFoundError) as e:
         print(f"ebmlab: error: {e}", file=sys.stderr)
