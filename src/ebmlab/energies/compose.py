@@ -50,18 +50,46 @@ class _Composite(nn.Module):
 
 
 class Product(_Composite):
-    """Product of experts: ``E(x) = sum_i E_i(x)``."""
+    """Product of experts: ``E(x) = sum_i E_i(x)``.
+
+    Args:
+        parts: the experts, each a callable ``x -> (B,)``; ``nn.Module`` experts are registered as submodules.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
+        """The summed energy.
+
+        Args:
+            x: points, shape ``(B, *event)``.
+
+        Returns:
+            Energies, shape ``(B,)``.
+        """
         return sum(evaluate_energy(p, x) for p in self.parts)
 
     def energy_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Energy and score together: the sums of the experts' (analytic where they have one).
+
+        Args:
+            x: points, shape ``(B, *event)``.
+
+        Returns:
+            ``(energy, score)``, shapes ``(B,)`` and ``x.shape``.
+        """
         pairs = [energy_and_score(p, x) for p in self.parts]
         return sum(e for e, _ in pairs), sum(s for _, s in pairs)
 
 
 class Mixture(_Composite):
-    """Mixture ``E(x) = -logsumexp_k(log w_k - E_k(x))`` with weights summing to one."""
+    """Mixture ``E(x) = -logsumexp_k(log w_k - E_k(x))`` with weights summing to one.
+
+    Args:
+        parts: the component energies, each a callable ``x -> (B,)``.
+        weights: positive weights, one per component, normalised to sum to one; ``None`` for equal weights.
+
+    Raises:
+        ValueError: if the number of weights differs from the number of parts, or a weight is not finite and > 0.
+    """
 
     def __init__(self, parts: Sequence[EnergyFn], weights: Sequence[float] | None = None) -> None:
         super().__init__(parts)
@@ -78,9 +106,25 @@ class Mixture(_Composite):
         return torch.stack([lw - evaluate_energy(p, x) for lw, p in zip(self.log_weights, self.parts)])
 
     def forward(self, x: Tensor) -> Tensor:
+        """The mixture's energy.
+
+        Args:
+            x: points, shape ``(B, *event)``.
+
+        Returns:
+            Energies, shape ``(B,)``.
+        """
         return -torch.logsumexp(self._stack(x), dim=0)
 
     def energy_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Energy and score together: the score is the responsibility-weighted average of the parts' scores.
+
+        Args:
+            x: points, shape ``(B, *event)``.
+
+        Returns:
+            ``(energy, score)``, shapes ``(B,)`` and ``x.shape``.
+        """
         pairs = [energy_and_score(p, x) for p in self.parts]
         logits = torch.stack([lw - e for lw, (e, _) in zip(self.log_weights, pairs)])  # (K, B)
         resp = torch.softmax(logits, dim=0)  # posterior responsibility of each component
@@ -90,22 +134,50 @@ class Mixture(_Composite):
 
 
 class Tempered(_Composite):
-    """``E(x) / T``: flatter for ``T > 1``, sharper for ``T < 1``."""
+    """``E(x) / T``: flatter for ``T > 1``, sharper for ``T < 1``.
+
+    Args:
+        energy: the energy to temper, a callable ``x -> (B,)``.
+        temperature: ``T > 0``.
+    """
 
     def __init__(self, energy: EnergyFn, temperature: float) -> None:
         super().__init__([energy])
         self.temperature = check_positive("temperature", temperature)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The tempered energy ``E(x) / T``.
+
+        Args:
+            x: points, shape ``(B, *event)``.
+
+        Returns:
+            Energies, shape ``(B,)``.
+        """
         return evaluate_energy(self.parts[0], x) / self.temperature
 
     def energy_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Energy and score together, both divided by ``T``.
+
+        Args:
+            x: points, shape ``(B, *event)``.
+
+        Returns:
+            ``(energy, score)``, shapes ``(B,)`` and ``x.shape``.
+        """
         e, s = energy_and_score(self.parts[0], x)
         return e / self.temperature, s / self.temperature
 
 
 def product(*energies: EnergyFn) -> Product:
-    """Product of experts ``E = E_1 + ... + E_n`` (Hinton 2002)."""
+    """Product of experts ``E = E_1 + ... + E_n`` (Hinton 2002).
+
+    Args:
+        *energies: the experts; products among them are flattened (``(a + b) + c`` has three parts).
+
+    Returns:
+        The :class:`Product`.
+    """
     flat: list[EnergyFn] = []
     for e in energies:  # (a + b) + c is one product of three, not nested
         flat.extend(e.parts if isinstance(e, Product) else [e])
@@ -113,10 +185,26 @@ def product(*energies: EnergyFn) -> Product:
 
 
 def mixture(*energies: EnergyFn, weights: Sequence[float] | None = None) -> Mixture:
-    """Mixture ``p ∝ sum_k w_k exp(-E_k)``; equal weights by default."""
+    """Mixture ``p ∝ sum_k w_k exp(-E_k)``; equal weights by default.
+
+    Args:
+        *energies: the component energies.
+        weights: positive weights, one per component (normalised); ``None`` for equal weights.
+
+    Returns:
+        The :class:`Mixture`.
+    """
     return Mixture(energies, weights)
 
 
 def tempered(energy: EnergyFn, temperature: float) -> Tempered:
-    """Tempered energy ``E / T``."""
+    """Tempered energy ``E / T``.
+
+    Args:
+        energy: the energy to temper.
+        temperature: ``T > 0``.
+
+    Returns:
+        The :class:`Tempered` energy.
+    """
     return Tempered(energy, temperature)

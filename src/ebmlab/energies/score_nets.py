@@ -319,6 +319,9 @@ class EnergyScore(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``-grad_x E(x)``, shape ``x.shape``.
 
+        Args:
+            x: points, shape ``(B, *event_shape)``, floating point.
+
         Raises:
             ValueError: if ``x`` has the wrong shape, or the energy does not
                 return one finite-shaped value ``(B,)`` per sample.

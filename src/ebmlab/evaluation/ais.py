@@ -203,8 +203,10 @@ def ais_log_partition(
             reverse AIS from for ``log_z_upper`` (an upper bound in
             expectation when they are exact samples). ``None``: forward only.
         generator: source of all randomness (base draws and MALA steps).
-        dtype, device: of the chains; by default the energy's parameters' if
-            it is an ``nn.Module`` with some, else float64 on CPU.
+        dtype: of the chains; by default the energy's parameters' if it is
+            an ``nn.Module`` with some, else float64.
+        device: of the chains; by default the energy's parameters' if it is
+            an ``nn.Module`` with some, else the CPU.
 
     Returns:
         An :class:`AISResult`.

@@ -45,6 +45,12 @@ class DigitClassifier(nn.Module):
     batch norm, so it is a deterministic function of its input and training
     needs no randomness beyond the init and the shuffling.
     :meth:`features` is the penultimate (``hidden``-dimensional) representation.
+
+    Args:
+        width: channels of the first convolutions (``2 * width`` in the third).
+        hidden: width of the hidden layer (the feature dimension).
+        image_size: side of the square images (a multiple of 4 keeps the pooling exact).
+        in_channels: channels of the images.
     """
 
     def __init__(self, width: int = 16, hidden: int = 64, image_size: int = 8, in_channels: int = 1) -> None:
@@ -62,11 +68,19 @@ class DigitClassifier(nn.Module):
         self.head = nn.Linear(hidden, NUM_CLASSES)
 
     def features(self, x: Tensor) -> Tensor:
-        """Penultimate features ``(B, hidden)``."""
+        """Penultimate features ``(B, hidden)``.
+
+        Args:
+            x: images, shape ``(B, in_channels, image_size, image_size)``.
+        """
         return self.trunk(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Logits ``(B, 10)``."""
+        """Logits ``(B, 10)``.
+
+        Args:
+            x: images, shape ``(B, in_channels, image_size, image_size)``.
+        """
         return self.head(self.trunk(x))
 
 

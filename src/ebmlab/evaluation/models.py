@@ -27,7 +27,19 @@ __all__ = ["evaluate_density_model", "model_samples"]
 def model_samples(energy: Any, bounds: Sequence[tuple[float, float]], *, num_chains: int = 2000,
                   num_steps: int = 1000, step_size: float = 0.1, generator: torch.Generator | None = None
                   ) -> tuple[Tensor, float]:
-    """End points of long MALA chains started uniformly over ``bounds``; returns ``(samples, acceptance)``."""
+    """End points of long MALA chains started uniformly over ``bounds``.
+
+    Args:
+        energy: the model's energy, a callable ``x -> (B,)``.
+        bounds: the box the chains start in, one ``(lo, hi)`` pair per dimension.
+        num_chains: the number of chains (one sample each).
+        num_steps: MALA steps per chain; only the last state is kept.
+        step_size: MALA's step size ``eps``.
+        generator: the source of randomness (starts and steps); ``None`` is torch's global generator.
+
+    Returns:
+        ``(samples, acceptance)``: the final states ``(num_chains, d)`` and the mean acceptance rate.
+    """
     lo = torch.tensor([b[0] for b in bounds])
     hi = torch.tensor([b[1] for b in bounds])
     x0 = lo + (hi - lo) * torch.rand((num_chains, len(bounds)), generator=generator)
@@ -57,7 +69,9 @@ def evaluate_density_model(energy: Any, test: Tensor, bounds: Sequence[tuple[flo
         entropy: the data's entropy (e.g. :func:`ebmlab.data.toy.entropy`), for ``test_set_noise``.
         resolution: quadrature cells per dimension.
         generator: randomness of the model's MALA chains and of MMD / sliced-W.
-        num_chains, num_steps, step_size: the MALA chains (see :func:`model_samples`).
+        num_chains: the number of MALA chains for the model's samples (see :func:`model_samples`).
+        num_steps: MALA steps per chain.
+        step_size: MALA's step size.
 
     Returns:
         ``test_nll`` (nats per point), ``log_z`` and ``log_z_error``, ``log_z_edge_mass`` (the

@@ -50,7 +50,15 @@ def on_half_plane(x: Tensor) -> Tensor:
 
 @dataclass
 class PoEResult:
-    """Fractions of samples in the intersection, per energy, and the figure."""
+    """Fractions of samples in the intersection, per energy, and the figure.
+
+    Attributes:
+        fractions: per energy (``"A: ring"``, ``"B: half-plane"``, ``"A + B (product)"``), the fractions of its
+            samples on the ring (``ring``), on the right half-plane (``half_plane``) and on both (``both``), and
+            the MALA acceptance rate (``acceptance``).
+        figure: each energy's density with its samples.
+        seconds: wall time of the whole experiment.
+    """
 
     fractions: dict[str, dict[str, float]]
     figure: Figure
@@ -79,7 +87,7 @@ def product_of_experts(*, steps: int = 2000, max_seconds: float | None = None, c
 
     Returns:
         A :class:`PoEResult`; ``fractions[name]`` holds ``ring``, ``half_plane``
-        and ``both`` (the fraction of samples in each region).
+        and ``both`` (the fraction of samples in each region) and ``acceptance``.
     """
     import time
 

@@ -35,7 +35,16 @@ Box = tuple[tuple[float, float], ...]
 
 
 class Target:
-    """Base of the analytic targets; subclasses define ``energy``, ``score`` and maybe ``sample``."""
+    """Base of the analytic targets; subclasses define ``energy``, ``score`` and maybe ``sample``.
+
+    A target is itself an energy: calling it is ``energy(x)``, and ``target + other`` is a product of experts.
+
+    Attributes:
+        name: the name :func:`ebmlab.targets.get` knows it by.
+        dim: the dimension ``d`` of its points.
+        bounds: the plot and quadrature box, one ``(lo, hi)`` pair per dimension.
+        has_exact_sampler: whether :meth:`sample` draws exact i.i.d. samples.
+    """
 
     name: str = "target"
     dim: int = 2
@@ -43,12 +52,36 @@ class Target:
     has_exact_sampler: bool = False
 
     def energy(self, x: Tensor) -> Tensor:
+        """The exactly normalised energy ``E(x) = -log p(x)``.
+
+        Args:
+            x: points, shape ``(B, dim)``.
+
+        Returns:
+            Energies, shape ``(B,)``.
+        """
         raise NotImplementedError
 
     def score(self, x: Tensor) -> Tensor:
+        """The analytic score ``-grad_x E(x)``.
+
+        Args:
+            x: points, shape ``(B, dim)``.
+
+        Returns:
+            Scores, shape ``(B, dim)``.
+        """
         raise NotImplementedError
 
     def energy_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Energy and score at once, sharing intermediates and without autograd (the samplers' fast path).
+
+        Args:
+            x: points, shape ``(B, dim)``.
+
+        Returns:
+            ``(energy, score)``, shapes ``(B,)`` and ``(B, dim)``.
+        """
         return self.energy(x), self.score(x)
 
     def sample(
@@ -59,6 +92,20 @@ class Target:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
+        """Exact i.i.d. samples (where ``has_exact_sampler``).
+
+        Args:
+            n: the number of samples.
+            generator: the source of randomness; ``None`` is torch's global generator.
+            device: the device of the samples (default CPU).
+            dtype: their dtype.
+
+        Returns:
+            Samples, shape ``(n, dim)``.
+
+        Raises:
+            NotImplementedError: if the target has no exact sampler.
+        """
         raise NotImplementedError(f"target {self.name!r} has no exact sampler")
 
     def _check(self, x: Tensor) -> None:

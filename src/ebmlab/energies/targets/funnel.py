@@ -80,5 +80,9 @@ class Funnel(Target):
 
 
 def funnel(dim: int = 2) -> Funnel:
-    """Neal's funnel, see :class:`Funnel`."""
+    """Neal's funnel, see :class:`Funnel`.
+
+    Args:
+        dim: dimension ``d >= 2``.
+    """
     return Funnel(dim)

@@ -214,12 +214,20 @@ class StandardGaussian(DiagonalGaussian):
 
 
 def standard(dim: int = 2) -> StandardGaussian:
-    """``N(0, I_dim)``."""
+    """``N(0, I_dim)``.
+
+    Args:
+        dim: dimension ``d >= 1``.
+    """
     return StandardGaussian(dim)
 
 
 def ill_conditioned(dim: int = 2) -> DiagonalGaussian:
-    """``N(0, diag(scales^2))`` with ``scales`` log-spaced from 0.1 to 10 (condition number 1e4)."""
+    """``N(0, diag(scales^2))`` with ``scales`` log-spaced from 0.1 to 10 (condition number 1e4).
+
+    Args:
+        dim: dimension ``d >= 1``.
+    """
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
     return DiagonalGaussian(torch.logspace(-1.0, 1.0, dim, dtype=torch.float64), name="ill_conditioned")
