@@ -27,6 +27,16 @@ __all__ = ["Context", "SECTIONS", "Section", "write_report"]
 
 @dataclass
 class Context:
+    """What every section gets: where to write, how big to run, and the earlier sections' numbers.
+
+    Attributes:
+        out: the report's directory (figures are written beside ``index.html``).
+        quick: shrink every budget (the tests' setting).
+        seed: the base seed; each section draws from its own generator (:meth:`generator`).
+        device: where the sections compute.
+        results: the metrics of the sections run so far, by section key.
+    """
+
     out: Path
     quick: bool
     seed: int
@@ -34,14 +44,39 @@ class Context:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # earlier sections' metrics, by key
 
     def generator(self, offset: int = 0) -> torch.Generator:
+        """A fresh CPU generator seeded with ``seed + offset`` (one offset per section keeps them independent).
+
+        Args:
+            offset: added to the base seed.
+        """
         return torch.Generator().manual_seed(self.seed + offset)
 
     def size(self, quick: int, full: int) -> int:
+        """``quick`` in a quick run, else ``full``.
+
+        Args:
+            quick: the size of a quick run.
+            full: the size of a full run.
+        """
         return quick if self.quick else full
 
 
 @dataclass
 class Section:
+    """One section of the report, as a section function returns it.
+
+    Attributes:
+        key: short identifier, the HTML anchor and the key in ``metrics.json``.
+        title: the heading.
+        idea: the lecture's idea in one sentence, shown under the heading.
+        figures: ``(file name, caption)`` of each figure written into ``out``.
+        rows: the main table, one dict per row.
+        metrics: the measured numbers, for ``metrics.json`` and later sections.
+        notes: paragraphs after the tables.
+        extra_tables: more tables, each a list of rows.
+        seconds: the section's wall time (set by :func:`write_report`).
+    """
+
     key: str
     title: str
     idea: str
@@ -589,6 +624,7 @@ def section_images(ctx: Context) -> Section:
     return s
 
 
+#: The report's sections in order, each a function ``Context -> Section``.
 SECTIONS: list[Callable[[Context], Section]] = [
     section_tractable, section_rejection, section_langevin, section_training, section_products, section_scores,
     section_images, section_diffusion,
@@ -647,6 +683,13 @@ def write_report(out: str | os.PathLike = "report", *, quick: bool = False, seed
                  device: str | torch.device = "cpu",
                  progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Run every section and write ``index.html`` and ``metrics.json`` into ``out``.
+
+    Args:
+        out: the directory to write into (created if missing).
+        quick: shrink every budget (about 3 minutes instead of 16 on 2 cores).
+        seed: the base seed of every section.
+        device: where the sections compute.
+        progress: called as ``progress(section_name, index, number_of_sections)`` before each section.
 
     Returns:
         The metrics dict (also written to ``metrics.json``): per section its

@@ -52,6 +52,10 @@ class ReplayBuffer:
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draw ``n`` starting points: random entries, each replaced by noise with prob ``reinit_prob``.
 
+        Args:
+            n: the number of points, ``1 <= n <= capacity`` (distinct slots).
+            generator: the source of randomness; ``None`` is torch's global generator.
+
         Returns:
             ``(x, index)``: the points ``(n, *event)`` and the buffer slots they came from ``(n,)``.
         """
@@ -66,7 +70,12 @@ class ReplayBuffer:
         return x, index
 
     def update(self, index: Tensor, x: Tensor) -> None:
-        """Write the chains' end points back into the slots they started from."""
+        """Write the chains' end points back into the slots they started from.
+
+        Args:
+            index: the slots, as returned by :meth:`sample`, shape ``(n,)``.
+            x: the chains' end points, shape ``(n, *event)``.
+        """
         if x.shape[1:] != self.data.shape[1:] or x.shape[0] != index.shape[0]:
             raise ValueError(
                 f"expected {index.shape[0]} points of shape {tuple(self.data.shape[1:])}, got {tuple(x.shape)}"
@@ -74,9 +83,18 @@ class ReplayBuffer:
         self.data[index] = x.detach().to(self.data)
 
     def state_dict(self) -> dict[str, Tensor]:
+        """The buffer's contents (a copy), for a checkpoint: ``{"data": (capacity, *event)}``."""
         return {"data": self.data.clone()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore the contents saved by :meth:`state_dict`.
+
+        Args:
+            state: ``{"data": tensor}`` of this buffer's shape.
+
+        Raises:
+            ValueError: if the saved shape differs from this buffer's.
+        """
         data = state["data"]
         if data.shape != self.data.shape:
             raise ValueError(f"buffer shape mismatch: saved {tuple(data.shape)}, expected {tuple(self.data.shape)}")

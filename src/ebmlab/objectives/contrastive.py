@@ -30,6 +30,8 @@ from .buffer import ReplayBuffer
 
 __all__ = ["METHODS", "contrastive_divergence", "start_negatives"]
 
+#: The ways negatives' chains start (:func:`start_negatives`): at the data (``cd``), at noise (``short-run``),
+#: where the last update's chains ended (``pcd``), from a replay buffer with noise restarts (``buffer``).
 METHODS = ("cd", "short-run", "pcd", "buffer")
 
 

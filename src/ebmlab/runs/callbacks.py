@@ -18,7 +18,11 @@ __all__ = ["ProgressPrinter", "TensorBoardLogger", "progress_text"]
 
 def progress_text(row: dict[str, Any]) -> str:
     """A short summary of a metric row: loss and whichever of the energy gap, test NLL, KL,
-    MMD or classifier confidence it holds."""
+    MMD or classifier confidence it holds.
+
+    Args:
+        row: one row of ``metrics.jsonl`` (metric name -> value).
+    """
     text = f"loss {row['loss']:+.3f}" if "loss" in row else ""
     for key, label, fmt in (("energy_gap", "gap", "+.3f"), ("test_nll", "nll", ".3f"), ("kl", "kl", ".4f"),
                             ("mmd", "mmd", ".2e"), ("mean_max_prob", "max-prob", ".2f")):
@@ -57,6 +61,10 @@ class TensorBoardLogger:
     The writer opens at the first row (after the run directory was prepared);
     on a resumed run, events past the checkpoint's step are purged.
 
+    Args:
+        log_dir: the directory of the event files (the run directory, where the checkpoint is).
+        resume: the run resumes: purge the events logged after its checkpoint's step.
+
     Raises:
         ImportError: at construction when the tensorboard package is missing
             (``pip install 'ebmlab[tensorboard]'``), before any work is done.
@@ -86,5 +94,6 @@ class TensorBoardLogger:
                 self.writer.add_scalar(key, value, step)
 
     def close(self) -> None:
+        """Flush and close the event file (called when training ends)."""
         if self.writer is not None:
             self.writer.close()

@@ -60,10 +60,14 @@ class SampleConfig:
             result says so in ``keep`` and ``keep_reason``).
         adapt: warm-up steps of step-size and diagonal-mass adaptation (:func:`ebmlab.adapt`) before
             ``steps`` (MALA, HMC, NUTS; 0 = off); the tuned values are reported.
-        chains, steps, burn_in, thin: the chains (steps include burn-in); for a diffusion run
-            ``chains`` is the number of samples.
+        chains: the number of chains; for a diffusion run, the number of samples.
+        steps: the steps per chain, burn-in included.
+        burn_in: the first steps, not kept (less than ``steps``).
+        thin: keep every ``thin``-th draw after burn-in.
         init: one of :data:`INITS`.
-        seed, device, dtype: the generator's seed, ``cpu``/``cuda[:N]``, ``float32``/``float64``.
+        seed: the seed of the job's generator.
+        device: ``cpu`` or ``cuda[:N]``.
+        dtype: ``float32`` or ``float64``.
         compile: run the sampler step through ``torch.compile``.
         steps_per_level: score runs only: Langevin steps per noise level (default: the run's own).
         sde_steps: diffusion runs only: predictor steps of ``pc`` / ``sde`` (default: the run's

@@ -135,6 +135,9 @@ def default_target_accept(sampler: Any) -> float:
     0.574 for MALA (the optimal scaling of Roberts & Rosenthal 1998); 0.8 for
     HMC and NUTS (Stan's ``adapt_delta``).
 
+    Args:
+        sampler: a MALA, HMC or NUTS instance.
+
     Raises:
         ValueError: for a sampler :func:`adapt` cannot tune (no ``step_size``
             and mass field, e.g. RandomWalkMH, Langevin, RejectionSampler).

@@ -165,7 +165,11 @@ class AnnealedLangevin:
         return hit
 
     def level(self, step: Tensor) -> Tensor:
-        """The level index ``min(step // T, L - 1)`` of step ``step`` (0-based; a tensor)."""
+        """The level index ``min(step // T, L - 1)`` of step ``step`` (0-based; a tensor).
+
+        Args:
+            step: the step index, an int64 tensor (any shape).
+        """
         return torch.clamp(torch.div(step, self.steps_per_level, rounding_mode="floor"), max=self.num_levels - 1)
 
     def _score(self, score_fn: NoiseConditionalScoreFn, x: Tensor, sigma: Tensor) -> Tensor:
@@ -183,7 +187,12 @@ class AnnealedLangevin:
         return AnnealedState(x=x, energy=energy, score=s, step=step)
 
     def init(self, score_fn: NoiseConditionalScoreFn, x: Tensor) -> AnnealedState:
-        """The state at ``x`` before step 0: the score at ``sigma_1``."""
+        """The state at ``x`` before step 0: the score at ``sigma_1``.
+
+        Args:
+            score_fn: the noise-conditional score ``score_fn(x, sigma) -> x.shape``.
+            x: the chains' starting points, shape ``(chains, *event)``, floating point.
+        """
         if not isinstance(x, Tensor) or x.dim() < 2 or not x.is_floating_point():
             got = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"expected a floating-point x of shape (chains, *event), got {got}")
@@ -193,15 +202,40 @@ class AnnealedLangevin:
         return self._state(x, self._score(score_fn, x, sigmas[0]), step)
 
     def draw(self, state: State, generator: torch.Generator | None) -> tuple[Tensor]:
+        """Every random number of one step: the Langevin noise ``z``, shaped like ``state.x``.
+
+        Args:
+            state: the current state.
+            generator: the source of randomness; ``None`` is torch's global generator.
+        """
         return (normal_like(state.x, generator),)
 
     def step(self, score_fn: NoiseConditionalScoreFn, state: AnnealedState, *,
              generator: torch.Generator | None = None) -> tuple[AnnealedState, Info]:
+        """One annealed Langevin step of every chain: :meth:`draw`, then :meth:`transition`.
+
+        Args:
+            score_fn: the noise-conditional score ``score_fn(x, sigma) -> x.shape``.
+            state: from :meth:`init` or a previous step.
+            generator: the source of randomness; ``None`` is torch's global generator.
+
+        Returns:
+            ``(new_state, info)``; every move is accepted.
+        """
         return self.transition(score_fn, state, *self.draw(state, generator))
 
     def transition(self, score_fn: NoiseConditionalScoreFn, state: AnnealedState,
                    noise: Tensor) -> tuple[AnnealedState, Info]:
-        """One deterministic step given its noise; no host synchronisation (compiles to one graph)."""
+        """One deterministic step given its noise; no host synchronisation (compiles to one graph).
+
+        Args:
+            score_fn: the noise-conditional score ``score_fn(x, sigma) -> x.shape``.
+            state: the :class:`AnnealedState` from :meth:`init` or a previous step.
+            noise: the step's standard normal draw, from :meth:`draw`.
+
+        Returns:
+            ``(new_state, info)``; every move is accepted.
+        """
         if not isinstance(state, AnnealedState):
             raise ValueError(f"AnnealedLangevin needs the AnnealedState of its init, got {type(state).__name__}")
         sigmas, alphas = self._table(state.x)

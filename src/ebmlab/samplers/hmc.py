@@ -57,12 +57,29 @@ class HMC:
         return State(x=x.detach(), energy=e, score=s)
 
     def draw(self, state: State, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """Every random number of one step: the momentum's standard normal draw and ``log U`` for the accept.
+
+        Args:
+            state: the current state (the draws take its shape, device and dtype).
+            generator: the source of randomness; ``None`` is torch's global generator.
+        """
         return normal_like(state.x, generator), uniform_log(state.x, generator)
 
     def step(self, energy, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]:
         return self.transition(energy, state, *self.draw(state, generator))
 
     def transition(self, energy, state: State, z: Tensor, log_u: Tensor) -> tuple[State, Info]:
+        """One deterministic HMC transition given its random numbers (from :meth:`draw`): leapfrog, then the MH accept.
+
+        Args:
+            energy: the energy, a callable ``x -> (chains,)``.
+            state: the current state.
+            z: standard normal draw, shaped like ``state.x``; the momentum is ``sqrt(M) z``.
+            log_u: ``log U`` per chain, for the accept.
+
+        Returns:
+            ``(new_state, info)``; ``info`` has the ``energy_error`` (and the ``trajectory`` if recorded).
+        """
         eps, mass = self.step_size, self.mass
         if isinstance(mass, Tensor):
             mass = mass.to(device=state.x.device, dtype=state.x.dtype)

@@ -57,18 +57,38 @@ class Langevin:
         return State(x=x.detach(), energy=e, score=s)
 
     def drift(self, score: Tensor) -> Tensor:
-        """The deterministic part ``(eps^2/2) * score`` (clipped if asked)."""
+        """The deterministic part ``(eps^2/2) * score`` (clipped if asked).
+
+        Args:
+            score: the score at the current points, shape ``(chains, *event)``.
+        """
         if self.grad_clip is not None:
             score = score.clamp(-self.grad_clip, self.grad_clip)
         return (0.5 * self.step_size**2) * score
 
     def draw(self, state: State, generator: torch.Generator | None) -> tuple[Tensor]:
+        """Every random number of one step: the standard normal draw ``z``, shaped like ``state.x``.
+
+        Args:
+            state: the current state.
+            generator: the source of randomness; ``None`` is torch's global generator.
+        """
         return (normal_like(state.x, generator),)
 
     def step(self, energy, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]:
         return self.transition(energy, state, *self.draw(state, generator))
 
     def transition(self, energy, state: State, noise: Tensor) -> tuple[State, Info]:
+        """One deterministic ULA step given its noise (from :meth:`draw`); every move is accepted.
+
+        Args:
+            energy: the energy, a callable ``x -> (chains,)``.
+            state: the current state.
+            noise: standard normal draw ``z``, shaped like ``state.x``.
+
+        Returns:
+            ``(new_state, info)``.
+        """
         sd = self.step_size if self.noise_scale is None else self.noise_scale
         x_new = state.x + self.drift(state.score) + sd * noise
         if self.clamp is not None:

@@ -80,12 +80,29 @@ class MALA:
         return State(x=x.detach(), energy=e, score=s)
 
     def draw(self, state: State, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """Every random number of one step: the proposal's standard normal draw and ``log U`` for the accept.
+
+        Args:
+            state: the current state (the draws take its shape, device and dtype).
+            generator: the source of randomness; ``None`` is torch's global generator.
+        """
         return normal_like(state.x, generator), uniform_log(state.x, generator)
 
     def step(self, energy, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]:
         return self.transition(energy, state, *self.draw(state, generator))
 
     def transition(self, energy, state: State, noise: Tensor, log_u: Tensor) -> tuple[State, Info]:
+        """One deterministic MALA transition given its random numbers (from :meth:`draw`): Langevin proposal, then the MH accept.
+
+        Args:
+            energy: the energy, a callable ``x -> (chains,)``.
+            state: the current state.
+            noise: standard normal draw ``z``, shaped like ``state.x``.
+            log_u: ``log U`` per chain, for the accept.
+
+        Returns:
+            ``(new_state, info)``.
+        """
         if self.inverse_mass is not None:
             return self._preconditioned(energy, state, noise, log_u)
         half_eps2 = 0.5 * self.step_size**2

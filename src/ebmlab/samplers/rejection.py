@@ -50,7 +50,12 @@ class Proposal(Protocol):
 
 @dataclass(frozen=True)
 class GaussianProposal:
-    """``N(loc, diag(scale^2))``; ``loc`` and ``scale`` are per-dimension sequences or floats."""
+    """``N(loc, diag(scale^2))``; ``loc`` and ``scale`` are per-dimension sequences or floats.
+
+    Args:
+        loc: the mean, one value per dimension.
+        scale: the standard deviations, one per dimension or one for all.
+    """
 
     loc: Sequence[float]
     scale: Sequence[float] | float = 1.0
@@ -61,10 +66,29 @@ class GaussianProposal:
         return loc, scale
 
     def sample(self, n: int, *, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> Tensor:
+        """Exact draws.
+
+        Args:
+            n: the number of draws.
+            generator: the source of randomness; ``None`` is torch's global generator.
+            device: the device of the draws.
+            dtype: their dtype.
+
+        Returns:
+            Draws, shape ``(n, d)``.
+        """
         loc, scale = self._params(device, dtype)
         return loc + scale * torch.randn((n, loc.numel()), generator=generator, device=device, dtype=dtype)
 
     def log_prob(self, x: Tensor) -> Tensor:
+        """The normalised log density ``log q(x)``.
+
+        Args:
+            x: points, shape ``(B, d)``.
+
+        Returns:
+            Shape ``(B,)``.
+        """
         loc, scale = self._params(x.device, x.dtype)
         z = (x - loc) / scale
         return -0.5 * (z * z).sum(-1) - scale.log().sum() - 0.5 * loc.numel() * math.log(2 * math.pi)
@@ -79,6 +103,11 @@ class StudentTProposal:
     cannot: use it when :func:`find_log_c` refuses a Gaussian.
     ``df`` is an integer so the chi-square draw is a sum of squared normals
     from the caller's generator.
+
+    Args:
+        loc: the location, one value per dimension.
+        scale: the scales, one per dimension or one for all.
+        df: the degrees of freedom, an integer >= 1.
     """
 
     loc: Sequence[float]
@@ -92,12 +121,31 @@ class StudentTProposal:
         return GaussianProposal._params(self, device, dtype)  # same (loc, scale) handling
 
     def sample(self, n: int, *, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> Tensor:
+        """Exact draws: ``loc + scale * z * sqrt(df / chi2)``.
+
+        Args:
+            n: the number of draws.
+            generator: the source of randomness; ``None`` is torch's global generator.
+            device: the device of the draws.
+            dtype: their dtype.
+
+        Returns:
+            Draws, shape ``(n, d)``.
+        """
         loc, scale = self._params(device, dtype)
         z = torch.randn((n, loc.numel()), generator=generator, device=device, dtype=dtype)
         chi2 = torch.randn((n, self.df), generator=generator, device=device, dtype=dtype).pow(2).sum(1, keepdim=True)
         return loc + scale * z * (self.df / chi2).sqrt()
 
     def log_prob(self, x: Tensor) -> Tensor:
+        """The normalised log density ``log q(x)``.
+
+        Args:
+            x: points, shape ``(B, d)``.
+
+        Returns:
+            Shape ``(B,)``.
+        """
         loc, scale = self._params(x.device, x.dtype)
         d, nu = loc.numel(), float(self.df)
         q = (((x - loc) / scale) ** 2).sum(-1)
@@ -107,14 +155,37 @@ class StudentTProposal:
 
 @dataclass(frozen=True)
 class UniformProposal:
-    """Uniform on the box ``[low_i, high_i]``; ``bounds = ((low_1, high_1), ...)``."""
+    """Uniform on the box ``[low_i, high_i]``; ``bounds = ((low_1, high_1), ...)``.
+
+    Args:
+        bounds: the box, one ``(low, high)`` pair per dimension.
+    """
 
     bounds: Sequence[tuple[float, float]]
 
     def sample(self, n: int, *, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> Tensor:
+        """Exact draws.
+
+        Args:
+            n: the number of draws.
+            generator: the source of randomness; ``None`` is torch's global generator.
+            device: the device of the draws.
+            dtype: their dtype.
+
+        Returns:
+            Draws, shape ``(n, d)``.
+        """
         return uniform_in_bounds(n, self.bounds, generator=generator, device=device, dtype=dtype)
 
     def log_prob(self, x: Tensor) -> Tensor:
+        """The normalised log density ``log q(x)``: ``-log volume`` inside the box, ``-inf`` outside.
+
+        Args:
+            x: points, shape ``(B, d)``.
+
+        Returns:
+            Shape ``(B,)``.
+        """
         lo = torch.tensor([b[0] for b in self.bounds], device=x.device, dtype=x.dtype)
         hi = torch.tensor([b[1] for b in self.bounds], device=x.device, dtype=x.dtype)
         inside = ((x >= lo) & (x <= hi)).all(-1)
@@ -126,6 +197,11 @@ def proposal_for(target, *, scale: float = 2.0, df: int = 3) -> StudentTProposal
     """A Student-t proposal centred on a target's mean with ``scale`` times its marginal sds.
 
     Needs a target with ``mean`` and ``cov`` (every analytic target has them).
+
+    Args:
+        target: the target, with ``mean`` ``(d,)`` and ``cov`` ``(d, d)``.
+        scale: the proposal's scales in units of the target's marginal standard deviations.
+        df: the Student-t's degrees of freedom.
     """
     sd = target.cov.diagonal().sqrt()
     return StudentTProposal(loc=target.mean.tolist(), scale=(scale * sd).tolist(), df=df)
@@ -146,6 +222,16 @@ def find_log_c(
     the grid still misses. Refuses when ``q`` does not dominate
     ``p~`` on the grid: if the ratio ``p~/q`` peaks on the grid's edge it may
     grow without bound outside it, so no finite ``C`` is certain.
+
+    Args:
+        energy: the target's energy ``-log p~``, a callable ``x -> (B,)``.
+        proposal: the proposal, with ``log_prob``.
+        bounds: the grid's box, one ``(lo, hi)`` pair per dimension (d = 1 or 2).
+        resolution: grid cells per dimension.
+        margin: nats added to the grid's maximum.
+
+    Returns:
+        ``log C``.
 
     Raises:
         ValueError: when the ratio peaks on the edge of the grid, or is
@@ -203,6 +289,12 @@ class RejectionSampler:
         check_positive("max_rounds", self.max_rounds)
 
     def init(self, energy, x: Tensor) -> State:
+        """The state at ``x``: its energy (no score: rejection needs none).
+
+        Args:
+            energy: the target's energy, a callable ``x -> (chains,)``.
+            x: the chains' points, shape ``(chains, *event)``.
+        """
         with torch.no_grad():
             return State(x=x.detach(), energy=evaluate_energy(energy, x.detach()))
 
@@ -222,6 +314,21 @@ class RejectionSampler:
         return x, e, log_ratio.clamp(max=0), u.log() <= log_ratio
 
     def step(self, energy, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]:
+        """One exact, independent draw per chain: chains that reject propose again until they accept.
+
+        Args:
+            energy: the target's energy, a callable ``x -> (chains,)``.
+            state: the current state (only its shape, device and dtype matter).
+            generator: the source of randomness; ``None`` is torch's global generator.
+
+        Returns:
+            ``(new_state, info)``; ``info.accepted`` is the first proposal's outcome (its rate estimates
+            ``Z / C``) and ``info.num_proposals`` counts each chain's proposals.
+
+        Raises:
+            ValueError: if ``p~ > C q`` at a proposed point (``log_c`` too small).
+            RuntimeError: if a chain rejects ``max_rounds`` proposals in a row.
+        """
         n = state.x.shape[0]
         x, e, log_acc, acc = self._propose(energy, n, state.x, generator)
         first_x, first_log_acc, first_acc = x, log_acc, acc

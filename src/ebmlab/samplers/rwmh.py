@@ -37,12 +37,29 @@ class RandomWalkMH:
             return State(x=x.detach(), energy=evaluate_energy(energy, x.detach()))
 
     def draw(self, state: State, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """Every random number of one step: the proposal's standard normal draw and ``log U`` for the accept.
+
+        Args:
+            state: the current state (the draws take its shape, device and dtype).
+            generator: the source of randomness; ``None`` is torch's global generator.
+        """
         return normal_like(state.x, generator), uniform_log(state.x, generator)
 
     def step(self, energy, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]:
         return self.transition(energy, state, *self.draw(state, generator))
 
     def transition(self, energy, state: State, noise: Tensor, log_u: Tensor) -> tuple[State, Info]:
+        """One deterministic transition given its random numbers (from :meth:`draw`): propose ``x + scale * z``, then the MH accept.
+
+        Args:
+            energy: the energy, a callable ``x -> (chains,)``.
+            state: the current state.
+            noise: standard normal draw ``z``, shaped like ``state.x``.
+            log_u: ``log U`` per chain, for the accept.
+
+        Returns:
+            ``(new_state, info)``.
+        """
         x_new = state.x + self.scale * noise
         with torch.no_grad():
             e_new = evaluate_energy(energy, x_new)

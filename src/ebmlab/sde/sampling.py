@@ -105,7 +105,12 @@ class NoiseConditionalScore(nn.Module):
         return None if shape is None else tuple(shape)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """``net(x, std(t))``; ``t`` of shape ``(B,)``."""
+        """``net(x, std(t))``.
+
+        Args:
+            x: points, shape ``(B, *event)``.
+            t: times, shape ``(B,)`` (or a float for all).
+        """
         _, std = self.sde.marginal(_times(t, x))
         return self.net(x, std)
 

@@ -50,18 +50,66 @@ class SDE(Protocol):
     """What the samplers, the likelihood and the loss need of a forward SDE (eq. 5)."""
 
     @property
-    def T(self) -> float: ...
+    def T(self) -> float:
+        """The end time ``T`` (the prior's time)."""
+        ...
 
-    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]: ...
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The perturbation kernel ``x(t) | x(0) ~ N(mean_scale x(0), std^2 I)``.
 
-    def drift(self, x: Tensor, t: Tensor) -> Tensor: ...
+        Args:
+            t: times in ``[0, T]`` (a tensor or a float).
 
-    def diffusion(self, t: Tensor) -> Tensor: ...
+        Returns:
+            ``(mean_scale, std)``, tensors shaped like ``t``.
+        """
+        ...
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        """The drift ``f(x, t)`` of ``dx = f(x, t) dt + g(t) dw``.
+
+        Args:
+            x: points, shape ``(B, *event)``.
+            t: times, a float or shape ``(B,)``.
+
+        Returns:
+            Shape ``x.shape``.
+        """
+        ...
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        """The diffusion coefficient ``g(t)``.
+
+        Args:
+            t: times in ``[0, T]``.
+
+        Returns:
+            A tensor shaped like ``t``.
+        """
+        ...
 
     def prior_sample(self, shape: tuple[int, ...] | torch.Size, *, generator: torch.Generator | None = None,
-                     dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Tensor: ...
+                     dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Tensor:
+        """Draws from the prior, the marginal at ``T`` of a point mass at 0.
 
-    def prior_log_prob(self, x: Tensor) -> Tensor: ...
+        Args:
+            shape: ``(batch, *event)``.
+            generator: the source of randomness; ``None`` is torch's global generator.
+            dtype: the draws' dtype (default torch's default dtype).
+            device: the draws' device (default CPU).
+        """
+        ...
+
+    def prior_log_prob(self, x: Tensor) -> Tensor:
+        """The prior's log density per sample.
+
+        Args:
+            x: points, shape ``(B, *event)``.
+
+        Returns:
+            Shape ``(B,)``.
+        """
+        ...
 
 
 def check_sde(sde: object) -> SDE:
@@ -202,7 +250,11 @@ class VESDE:
         return math.log(self.sigma_max / self.sigma_min)
 
     def sigma(self, t: Tensor | float) -> Tensor:
-        """``sigma(t) = sigma_min (sigma_max / sigma_min)^t`` (NCSN's geometric ladder in continuous time)."""
+        """``sigma(t) = sigma_min (sigma_max / sigma_min)^t`` (NCSN's geometric ladder in continuous time).
+
+        Args:
+            t: times in ``[0, 1]``.
+        """
         t = as_time(t)
         return self.sigma_min * torch.exp(t * self.log_ratio)
 
@@ -277,12 +329,20 @@ class VPSDE:
         return 1.0
 
     def beta(self, t: Tensor | float) -> Tensor:
-        """``beta(t) = beta_min + t (beta_max - beta_min)``."""
+        """``beta(t) = beta_min + t (beta_max - beta_min)``.
+
+        Args:
+            t: times in ``[0, 1]``.
+        """
         t = as_time(t)
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
     def log_mean_scale(self, t: Tensor | float) -> Tensor:
-        """``log a(t) = -1/2 int_0^t beta = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2``."""
+        """``log a(t) = -1/2 int_0^t beta = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2``.
+
+        Args:
+            t: times in ``[0, 1]``.
+        """
         t = as_time(t)
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 

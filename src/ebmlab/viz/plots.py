@@ -116,6 +116,13 @@ def scatter_pair(reference: Tensor, samples: Tensor, title: str, *, labels: tupl
     """Two 2-D scatter plots side by side on shared axes: ``reference`` (e.g. test data) and ``samples``.
 
     For models without a density to draw (score models): the eye compares the two clouds.
+
+    Args:
+        reference: points ``(n, 2)`` for the left panel.
+        samples: points ``(m, 2)`` for the right panel.
+        title: the figure's title.
+        labels: the two panels' titles.
+        max_points: draw at most this many points per panel (the first ones).
     """
     import matplotlib.pyplot as plt
 
@@ -131,7 +138,16 @@ def scatter_pair(reference: Tensor, samples: Tensor, title: str, *, labels: tupl
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> Path:
-    """Save ``fig`` atomically (format from the suffix) and close it."""
+    """Save ``fig`` atomically (format from the suffix) and close it.
+
+    Args:
+        fig: the figure.
+        path: the file to write; its suffix names the format (default PNG).
+        dpi: resolution of raster formats.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
     fmt = Path(path).suffix.lstrip(".") or "png"
     out = atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
     plt.close(fig)
