@@ -275,7 +275,7 @@ def density_on_grid(
         ``(axes, density)``: ``axes`` is a tuple of d float64 vectors of cell
         centres (length ``resolution``). ``density`` is float64 with shape
         ``(resolution,)`` for d = 1 and ``(resolution, resolution)`` for d = 2,
-        indexed ``density[i1, i2]`` = p(axes[0][i1], axes[1][i2]) (first index
+        indexed ``density[i1, i2] = p(axes[0][i1], axes[1][i2])`` (first index
         along x1; for ``imshow`` with x1 horizontal, plot ``density.T`` with
         ``origin="lower"``).
     """
