@@ -21,7 +21,7 @@ from ..score_training import SCORE_METHODS, SDE_METHODS
 from ..sde import WEIGHTINGS
 from ..training import default_alpha
 
-__all__ = ["CHAIN_SAMPLERS", "NEGATIVES_TREE_DEPTH", "ConfigError", "EBM_METHODS", "IMAGE_DATA",
+__all__ = ["CHAIN_SAMPLERS", "FILE_TEST_FRACTION", "NEGATIVES_TREE_DEPTH", "ConfigError", "EBM_METHODS", "IMAGE_DATA",
            "IMAGE_SCORE_METHODS", "METHODS",
            "SCORE_METHODS", "SDE_DEFAULTS", "SDE_METHODS", "TOY_STEPS_PER_LEVEL", "TRAIN_DEFAULTS", "TrainConfig"]
 
@@ -63,6 +63,9 @@ SDE_DEFAULTS = {"beta_min": 0.1, "beta_max": 20.0, "weighting": "default", "sde_
 TOY_STEPS_PER_LEVEL = {"ncsn": 100, "other": 1000}
 #: Generated 2-D points when the config does not say.
 TOY_SIZES = {"n_train": 10_000, "n_test": 5_000}
+#: A data file's share of rows held out for evaluation when the config does not say.
+FILE_TEST_FRACTION = 0.2
+_FILES = ".npy, .csv or .pt points (N, d); .npz or a folder of PNG/JPEG images"
 #: Keys a run's config.json may hold in its train section that are derived, not chosen.
 _DERIVED = ("sigmas", "sde", "tensorboard")
 
@@ -102,6 +105,26 @@ def _integer(cfg: TrainConfig, name: str, lo: int, *, optional: bool = False) ->
         raise ConfigError(f"{{0}} must be an integer >= {lo}, got {v!r}", name)
 
 
+def _is_file_data(data: Any) -> bool:
+    """The path-vs-name rule (see :attr:`TrainConfig.data`): built-in names first, then
+    :func:`ebmlab.data.files.looks_like_path`."""
+    from ..data import files, toy
+    from ..energies import targets
+
+    if not isinstance(data, str) or data in IMAGE_DATA or data in toy.DATASETS or data in targets.names():
+        return False
+    return files.looks_like_path(data)
+
+
+def _file_kind(data: str) -> str:
+    """``images`` for a folder or an ``.npz``, else ``points`` (by the path alone: a missing file is reported by
+    :meth:`TrainConfig.resolved`)."""
+    from ..data import files
+
+    path = Path(data).expanduser()
+    return "images" if path.is_dir() or path.suffix.lower() in files.IMAGE_SUFFIXES else "points"
+
+
 def _hidden(value: Any) -> tuple[int, ...]:
     if isinstance(value, str):
         try:
@@ -122,7 +145,12 @@ class TrainConfig:
     :meth:`from_file` (a JSON file, e.g. a run's own ``config.json``).
 
     Attributes:
-        data: a 2-D toy set or analytic target name, or an image set (:data:`IMAGE_DATA`).
+        data: a 2-D toy set or analytic target name, an image set (:data:`IMAGE_DATA`), or a data
+            file: points ``(N, d)`` in ``.npy``, ``.csv`` or ``.pt``, grayscale images in ``.npz`` or a
+            folder of PNG/JPEG files (:mod:`ebmlab.data.files`). A built-in name always means the
+            built-in set; anything else with a data file suffix, a path separator, or that exists
+            on disk is a path (resolved to an absolute one; a file named like a built-in set is
+            ``./name``).
         method: ``cd``, ``short-run``, ``pcd``, ``buffer`` (an EBM by maximum likelihood with
             MCMC negatives) or ``ism``, ``ssm``, ``ssm-vr``, ``dsm``, ``ncsn`` (score matching).
         sampler: the negatives' MCMC: ``ula``, ``mala``, ``hmc`` or ``nuts`` (tree depth at most
@@ -141,6 +169,8 @@ class TrainConfig:
         buffer_size, reinit_prob: the replay buffer's capacity and restart probability (``buffer``).
         ema: decay of the weights' moving average used for evaluation and sampling (``None``/0: off).
         n_train, n_test: generated 2-D points (10000 / 5000); MNIST: the first N images (default all).
+        test_fraction: a data file: the share of its rows held out for evaluation (0.2), chosen by a
+            permutation of ``seed``.
         eval_every: evaluate and checkpoint every this many steps.
         seed: data, initialisation and sampling.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
@@ -198,6 +228,7 @@ class TrainConfig:
     beta_max: float | None = None
     weighting: str | None = None
     sde_steps: int | None = None
+    test_fraction: float | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -257,8 +288,15 @@ class TrainConfig:
     # ------------------------------------------------------------------ queries
 
     @property
+    def file_data(self) -> bool:
+        """Whether ``data`` names a data file (or image folder) rather than a built-in set."""
+        return _is_file_data(self.data)
+
+    @property
     def images(self) -> bool:
-        """Whether the data are images (a convolutional model)."""
+        """Whether the data are images (a convolutional model): an image set, an ``.npz`` or a folder."""
+        if self.file_data:
+            return _file_kind(self.data) == "images"
         return self.data in IMAGE_DATA
 
     @property
@@ -295,12 +333,20 @@ class TrainConfig:
                               f"{', '.join(CHAIN_SAMPLERS)} (of {', '.join(SAMPLER_NAMES)}, the ones that "
                               "train an EBM)", "sampler")
         if not isinstance(self.data, str):
-            raise ConfigError(f"{{0}} must be a data set name, got {self.data!r}", "data")
-        if not self.images:
+            raise ConfigError(f"{{0}} must be a data set name or a data file's path, got {self.data!r}", "data")
+        if self.file_data:
+            own = self._resolve_file()
+            if own != self:
+                return own.resolved()
+        elif self.test_fraction is not None:
+            raise ConfigError(f"{{0}} splits a data file; {{1}} {self.data} comes with its own test set (use "
+                              "{2} / {3} for generated and MNIST data)", "test_fraction", "data", "n_train", "n_test")
+        if not self.images and not self.file_data:
             try:
                 toy.get(self.data)
             except ValueError as err:
-                raise ConfigError.of(ValueError(f"{err}; or an image set: {', '.join(IMAGE_DATA)}")) from err
+                raise ConfigError.of(ValueError(f"{err}; or an image set: {', '.join(IMAGE_DATA)}; or a data "
+                                                f"file: {_FILES}")) from err
         if self.images and self.score and self.method not in IMAGE_SCORE_METHODS:
             raise ConfigError(f"{{0}} {self.method} on images: image score models are trained by "
                               f"{', '.join(IMAGE_SCORE_METHODS[:-1])} or {IMAGE_SCORE_METHODS[-1]} "
@@ -313,7 +359,7 @@ class TrainConfig:
         cfg = cfg._resolve_sde()
         if cfg.steps_per_level is None and cfg.score and cfg.images and not cfg.diffusion:
             cfg = replace(cfg, steps_per_level=d["steps_per_level"])
-        if not cfg.images:
+        if not cfg.images and not cfg.file_data:
             cfg = replace(cfg, n_train=cfg.n_train or TOY_SIZES["n_train"], n_test=cfg.n_test or TOY_SIZES["n_test"])
         cfg = replace(cfg, hidden=_hidden(cfg.hidden), ema=cfg.ema or None)
         for name, lo in (("steps", 1), ("batch_size", 1), ("langevin_steps", 0), ("buffer_size", 1),
@@ -339,6 +385,29 @@ class TrainConfig:
         cfg._check_data_root()
         cfg._check_device()
         return cfg
+
+    def _resolve_file(self) -> TrainConfig:
+        """A data file's config: its absolute path, checked to exist with a known suffix, and ``test_fraction``
+        (default :data:`FILE_TEST_FRACTION`); ``n_train`` / ``n_test`` are refused (the file's rows are split)."""
+        from ..data import files
+
+        path = Path(self.data).expanduser()
+        if not path.exists():
+            raise ConfigError.of(ValueError(f"{self.data}: no such file or folder (data files: {_FILES})"), "data",
+                                 prefix="{0} ")
+        try:
+            files.data_kind(path)
+        except ValueError as err:
+            raise ConfigError.of(err, "data", prefix="{0} ") from err
+        given = [f for f in ("n_train", "n_test") if getattr(self, f) is not None]
+        if given:
+            names = ", ".join("{%d}" % i for i in range(len(given)))
+            raise ConfigError(f"{names}: sizes of generated and MNIST data; a data file's rows are split by "
+                              f"{{{len(given)}}} (default {FILE_TEST_FRACTION})", *given, "test_fraction")
+        tf = FILE_TEST_FRACTION if self.test_fraction is None else self.test_fraction
+        if isinstance(tf, bool) or not isinstance(tf, (int, float)) or not 0.0 < tf < 1.0:
+            raise ConfigError(f"{{0}} must be a number in (0, 1), got {tf!r}", "test_fraction")
+        return replace(self, data=str(path.resolve()), test_fraction=float(tf))
 
     def _resolve_sde(self) -> TrainConfig:
         """The diffusion options: defaulted for ``sde-ve`` / ``sde-vp``, refused for the other methods."""

@@ -15,6 +15,14 @@
   of samples, feature and pixel MMD, nearest training images; diffusion
   models also bits/dim (:func:`ebmlab.sde.bits_per_dim`, uniform
   dequantisation) on the first :data:`DIFFUSION_BPD_IMAGES` test images.
+
+Own data (a data file, :mod:`ebmlab.data.files`) get what can be measured
+without a known density: the test NLL by quadrature for ``d <= 2`` on the
+data's range padded by 10% (by the ODE for diffusion runs), MMD and sliced-W
+of samples for any ``d``, the figures for ``d = 2``; own images get pixel MMD,
+nearest training images and the sample grid (the classifier exists for
+digits, MNIST and Fashion-MNIST only). :func:`evaluate`'s ``skipped`` maps
+every metric it left out to the reason.
 """
 
 from __future__ import annotations
@@ -26,10 +34,11 @@ import torch
 from torch import Tensor, nn
 
 from ..score_training import SDE_METHODS
+from .models import density_name
 from .run import Run, score_samples
 
 __all__ = ["CLASSIFIER_EPOCHS_28", "CLASSIFIER_MAX_TRAIN_28", "DIFFUSION_BPD_IMAGES", "DIFFUSION_NLL_POINTS",
-           "EVAL_IMAGE_SAMPLES", "EVAL_NEAREST", "IMAGE_SCORE_EVAL_SAMPLES", "PIXEL_LEVELS", "evaluate",
+           "EVAL_IMAGE_SAMPLES", "EVAL_NEAREST", "IMAGE_SCORE_EVAL_SAMPLES", "PIXEL_LEVELS", "SKIP_REASONS", "evaluate",
            "image_classifier", "likelihood_metrics", "training_evaluator"]
 
 #: Samples ``evaluate`` draws from an image model (EBM: at most this many of its chains; score model:
@@ -55,20 +64,29 @@ DIFFUSION_BPD_IMAGES = 100
 PIXEL_LEVELS = {"digits": 17, "mnist": 256, "fashion_mnist": 256}
 
 
-def density_metrics(energy: nn.Module, name: str, test: Tensor, bounds: list, *, resolution: int,
+def density_metrics(energy: nn.Module, name: str | None, test: Tensor, bounds: list, *, resolution: int,
                     generator: torch.Generator, num_chains: int, num_steps: int, step_size: float) -> dict[str, Any]:
-    """Exact test NLL, KL with its test-set noise (when the density of ``name`` is known), MMD, sliced-W."""
+    """Exact test NLL, KL with its test-set noise (when the density of ``name`` is known; ``None``: a data
+    file), MMD, sliced-W. For ``d > 2`` (no quadrature): MMD, sliced-W and the sampler's acceptance only."""
     from ..data import toy
-    from ..evaluation import evaluate_density_model
+    from ..evaluation import evaluate_density_model, mmd, model_samples, sliced_wasserstein
 
+    if len(bounds) > 2:
+        x, acc = model_samples(energy, bounds, num_chains=num_chains, num_steps=num_steps, step_size=step_size,
+                               generator=generator)
+        return {"mmd": mmd(x, test, generator=generator), "sliced_w": sliced_wasserstein(x, test, generator=generator),
+                "sampler_acceptance": acc}
     with torch.no_grad():
-        return evaluate_density_model(energy, test, bounds, true_density=toy.true_density(name),
-                                      entropy=toy.entropy(name), resolution=resolution, generator=generator,
+        return evaluate_density_model(energy, test, bounds,
+                                      true_density=toy.true_density(name) if name is not None else None,
+                                      entropy=toy.entropy(name) if name is not None else None,
+                                      resolution=resolution, generator=generator,
                                       num_chains=num_chains, num_steps=num_steps, step_size=step_size)
 
 
-def likelihood_metrics(log_prob: Tensor, name: str, test: Tensor) -> dict[str, Any]:
-    """Test NLL and, when the density of ``name`` is known, KL with the test set's noise, from a model's
+def likelihood_metrics(log_prob: Tensor, name: str | None, test: Tensor) -> dict[str, Any]:
+    """Test NLL and, when the density of ``name`` is known (``None``: a data file), KL with the test set's noise,
+    from a model's
     per-point log-likelihoods ``log_prob`` of ``test`` (the definitions of
     :func:`~ebmlab.evaluation.evaluate_density_model`): ``kl = test_nll - true_nll`` on the same points,
     ``test_set_noise = true_nll - entropy``; ``test_nll_se`` is the NLL's standard error over the points,
@@ -77,7 +95,7 @@ def likelihood_metrics(log_prob: Tensor, name: str, test: Tensor) -> dict[str, A
 
     nll = -log_prob.detach().double().cpu()
     out: dict[str, Any] = {"test_nll": float(nll.mean()), "test_nll_se": float(nll.std() / len(nll) ** 0.5)}
-    true_density = toy.true_density(name)
+    true_density = toy.true_density(name) if name is not None else None
     if true_density is not None:
         true = true_density(test.detach().cpu().double())
         out.update({"true_nll": float(true.mean()), "kl": float((nll - true).mean()),
@@ -88,15 +106,17 @@ def likelihood_metrics(log_prob: Tensor, name: str, test: Tensor) -> dict[str, A
     return out
 
 
-def _diffusion_nll(model: nn.Module, config: dict[str, Any], test: Tensor, n: int) -> dict[str, Any]:
-    """:func:`likelihood_metrics` of the probability-flow ODE likelihood on the first ``n`` test points."""
+def _diffusion_nll(model: nn.Module, config: dict[str, Any], test: Tensor, n: int,
+                   generator: torch.Generator | None = None) -> dict[str, Any]:
+    """:func:`likelihood_metrics` of the probability-flow ODE likelihood on the first ``n`` test points
+    (``generator``: Hutchinson's probes, used only above :data:`ebmlab.sde.EXACT_DIVERGENCE_MAX_DIM` values)."""
     from ..sde import log_likelihood, score_model
     from .models import build_sde
 
     sde = build_sde(config["train"]["sde"])
     points = test[:n]
-    ll, info = log_likelihood(score_model(model, sde), sde, points, return_info=True)
-    return {**likelihood_metrics(ll, config["data"]["name"], points), "nll_test_points": int(points.shape[0]),
+    ll, info = log_likelihood(score_model(model, sde), sde, points, return_info=True, generator=generator)
+    return {**likelihood_metrics(ll, density_name(config["data"]), points), "nll_test_points": int(points.shape[0]),
             "nll_nfe": info.nfe}
 
 
@@ -123,14 +143,19 @@ def image_classifier(run_dir: str | Path, data: dict[str, Any]):
 
 def _image_metrics(run_dir: Path, data: dict[str, Any], test: Tensor, x: Tensor, step: int, generator,
                    classifier) -> dict[str, float]:
-    """The classifier's metrics of samples ``x`` against the test images; writes ``samples_{step}.png``."""
-    from ..evaluation.images import classifier_metrics, sample_grid
+    """The classifier's metrics of samples ``x`` against the test images (``classifier=None``, own images:
+    the pixel MMD only); writes ``samples_{step}.png``."""
+    from ..evaluation.images import classifier_metrics, pixel_mmd, sample_grid
     from ..viz import save_figure
 
     x = x.detach().cpu()  # the classifier and its features live on the CPU
-    m = classifier_metrics(x, classifier, reference=test.cpu(), generator=generator)
+    if classifier is None:
+        out = {"pixel_mmd": float(pixel_mmd(x, test.cpu(), generator=generator))}
+    else:
+        m = classifier_metrics(x, classifier, reference=test.cpu(), generator=generator)
+        out = {k: float(m[k]) for k in _IMAGE_METRICS}
     save_figure(sample_grid(x[:64], nrow=8, title=f"samples after {step} steps"), run_dir / f"samples_{step}.png")
-    return {k: float(m[k]) for k in _IMAGE_METRICS}
+    return out
 
 
 def training_evaluator(config: dict[str, Any], run_dir: Path, test: Tensor) -> Callable[..., dict[str, Any]]:
@@ -152,6 +177,8 @@ def training_evaluator(config: dict[str, Any], run_dir: Path, test: Tensor) -> C
         state: dict[str, Any] = {}
 
         def classifier():
+            if "path" in data:  # own images: no classifier
+                return None
             if "clf" not in state:
                 state["clf"] = image_classifier(run_dir, data)
             return state["clf"]
@@ -172,9 +199,10 @@ def training_evaluator(config: dict[str, Any], run_dir: Path, test: Tensor) -> C
 
         return evaluate_image_score
     bounds = [tuple(b) for b in data["bounds"]]
+    name = density_name(data)
     if kind == "mlp":
         def evaluate_2d(model, step, negatives):  # noqa: ARG001 - 2-D models are sampled afresh
-            row = density_metrics(model, data["name"], test, bounds, resolution=256, generator=g, num_chains=500,
+            row = density_metrics(model, name, test, bounds, resolution=256, generator=g, num_chains=500,
                                   num_steps=200, step_size=tr["step_size"])
             return {k: row[k] for k in ("test_nll", "kl", "mmd") if k in row}
 
@@ -184,15 +212,26 @@ def training_evaluator(config: dict[str, Any], run_dir: Path, test: Tensor) -> C
         x = score_samples(model, config, 1000, g)
         row = {"mmd": mmd(x, test, generator=g), "sliced_w": sliced_wasserstein(x, test, generator=g)}
         if tr["method"] in SDE_METHODS:  # a density by the probability-flow ODE: NLL and KL as for the EBMs
-            ev = _diffusion_nll(model, config, test, DIFFUSION_NLL_POINTS["training"])
+            ev = _diffusion_nll(model, config, test, DIFFUSION_NLL_POINTS["training"], generator=g)
             row.update({k: ev[k] for k in ("test_nll", "kl") if k in ev})
-        if kind == "energy_score":  # an energy: exact NLL by quadrature
-            row["test_nll"] = density_metrics(model.energy, data["name"], test, bounds, resolution=256,
+        if kind == "energy_score" and len(bounds) <= 2:  # an energy: exact NLL by quadrature
+            row["test_nll"] = density_metrics(model.energy, name, test, bounds, resolution=256,
                                               generator=g, num_chains=10, num_steps=2,
                                               step_size=tr["step_size"])["test_nll"]
         return row
 
     return evaluate_score
+
+
+#: Why :func:`evaluate` leaves a metric out (its ``skipped``).
+SKIP_REASONS = {
+    "quadrature": "the test NLL is exact by quadrature for d <= 2 only; the data have d = {d}",
+    "density": "the data's density is unknown (KL needs it)",
+    "score": "a direct score model has no normalised density (ism, sde-ve and sde-vp runs have one)",
+    "plot": "the figures draw 2-D points; the data have d = {d}",
+    "classifier": "no classifier for own images (ebmlab has one for digits, mnist and fashion_mnist only)",
+    "levels": "the pixels' quantisation is unknown (floating-point source images)",
+}
 
 
 def evaluate(run: Run | str | Path, *, seed: int = 0, plot: bool = False, device: str | torch.device = "cpu"
@@ -207,19 +246,24 @@ def evaluate(run: Run | str | Path, *, seed: int = 0, plot: bool = False, device
         device: where to load the run when given as a directory.
 
     Returns:
-        ``run_dir``, ``step``, ``data`` and the metrics of its kind (see the module docstring).
+        ``run_dir``, ``step``, ``data``, the metrics of its kind (see the module docstring)
+        and ``skipped``: each metric left out (e.g. ``test_nll`` for ``d > 2``, ``kl``
+        when the data's density is unknown) mapped to the reason (:data:`SKIP_REASONS`).
 
     Raises:
-        FileNotFoundError, ValueError: for a run that cannot be opened (see :meth:`Run.load`).
+        FileNotFoundError, ValueError: for a run that cannot be opened (see :meth:`Run.load`), or
+            a data file that is gone or changed since the run was trained.
     """
     if not isinstance(run, Run):
         run = Run.load(run, device=device)
-    _, test = run.data()
+    train, test = run.data()
     if run.is_image:
-        return _evaluate_images(run, test, seed=seed, plot=plot)
+        return _evaluate_images(run, train, test, seed=seed, plot=plot)
     g = torch.Generator().manual_seed(seed)
-    name, tr = run.config["data"]["name"], run.config["train"]
+    data, tr = run.config["data"], run.config["train"]
+    name, known, dim = data["name"], density_name(data), int(test.shape[1])
     head = {"run_dir": str(run.path), "step": run.step, "data": name}
+    skipped: dict[str, str] = {}
     if run.is_score:
         from ..evaluation import mmd, sliced_wasserstein
 
@@ -227,21 +271,33 @@ def evaluate(run: Run | str | Path, *, seed: int = 0, plot: bool = False, device
         result = {**head, "method": run.method, "mmd": mmd(x, test, generator=g),
                   "sliced_w": sliced_wasserstein(x, test, generator=g)}
         if run.is_diffusion:  # exact likelihood by the probability-flow ODE, on a capped number of test points
-            result.update(_diffusion_nll(run.model, run.config, test, DIFFUSION_NLL_POINTS["evaluate"]))
-        if run.energy is not None:
-            ev = density_metrics(run.energy, name, test, run.bounds, resolution=512, generator=g, num_chains=10,
+            result.update(_diffusion_nll(run.model, run.config, test, DIFFUSION_NLL_POINTS["evaluate"], generator=g))
+        if run.energy is not None and dim <= 2:
+            ev = density_metrics(run.energy, known, test, run.bounds, resolution=512, generator=g, num_chains=10,
                                  num_steps=2, step_size=tr["step_size"])
             result.update({k: ev[k] for k in ("test_nll", "log_z", "true_nll", "kl", "entropy", "test_set_noise")
                            if k in ev})
-        if plot:
+        elif run.energy is not None:
+            skipped["test_nll"] = SKIP_REASONS["quadrature"].format(d=dim)
+        elif not run.is_diffusion:
+            skipped["test_nll"] = SKIP_REASONS["score"]
+        if "test_nll" in result and "kl" not in result:
+            skipped["kl"] = SKIP_REASONS["density"]
+        if plot and dim == 2:
             from ..viz import save_figure, scatter_pair
 
             fig = scatter_pair(test, x, f"{run.method} on {name} after {run.step} steps: MMD^2 {result['mmd']:.2e}")
             result["plot"] = str(save_figure(fig, run.path / "samples.png"))
-        return result
-    result = {**head, **density_metrics(run.model, name, test, run.bounds, resolution=512, generator=g,
+        elif plot:
+            skipped["plot"] = SKIP_REASONS["plot"].format(d=dim)
+        return {**result, "skipped": skipped}
+    result = {**head, **density_metrics(run.model, known, test, run.bounds, resolution=512, generator=g,
                                         num_chains=2000, num_steps=1000, step_size=tr["step_size"])}
-    if plot:
+    if "test_nll" not in result:
+        skipped["test_nll"] = SKIP_REASONS["quadrature"].format(d=dim)
+    elif "kl" not in result:
+        skipped["kl"] = SKIP_REASONS["density"]
+    if plot and dim == 2:
         from ..viz import plot_samples, save_figure
 
         x = run.sample(2000, generator=g)
@@ -249,42 +305,53 @@ def evaluate(run: Run | str | Path, *, seed: int = 0, plot: bool = False, device
                            f"test NLL {result['test_nll']:.3f}, MMD^2 {result['mmd']:.2e}", generator=g,
                            density_label="model")
         result["plot"] = str(save_figure(fig, run.path / "density.png"))
-    return result
+    elif plot:
+        skipped["plot"] = SKIP_REASONS["plot"].format(d=dim)
+    return {**result, "skipped": skipped}
 
 
-def _evaluate_images(run: Run, test: Tensor, *, seed: int, plot: bool) -> dict[str, Any]:
-    """Images (EBMs and score models alike): classifier metrics of samples, sample and nearest-neighbour grids."""
+def _evaluate_images(run: Run, train: Tensor, test: Tensor, *, seed: int, plot: bool) -> dict[str, Any]:
+    """Images (EBMs and score models alike): classifier metrics of samples (where a classifier exists),
+    pixel MMD, sample and nearest-neighbour grids."""
     from ..evaluation.images import classifier_metrics, nearest_neighbour_grid, nearest_neighbours
     from ..viz import save_figure
-    from .models import load_image_data
 
     g = torch.Generator().manual_seed(seed)
     data = run.config["data"]
+    own = "path" in data
+    skipped: dict[str, str] = {}
     if run.is_score:
         n = EVAL_IMAGE_SAMPLES["score"]
     else:  # the run's chains (all of them, up to the cap); cd / short-run: fresh uniform noise
         chains = run.chains()
         n = EVAL_IMAGE_SAMPLES["ebm"] if chains is None else min(EVAL_IMAGE_SAMPLES["ebm"], chains.shape[0])
     x = run.sample(n, generator=g).detach().cpu()
-    clf = image_classifier(run.path, data)
+    clf = None if own else image_classifier(run.path, data)
     metrics = _image_metrics(run.path, data, test, x, run.step, g, clf)
-    train = load_image_data(data, "train").images
+    train = train.cpu()
     dist, _ = nearest_neighbours(x[:EVAL_NEAREST], train)
     result = {"run_dir": str(run.path), "step": run.step, "data": data["name"], "method": run.method,
-              "samples": int(x.shape[0]), **metrics,
-              "class_fractions": classifier_metrics(x, clf)["class_fractions"],  # per predicted class
-              "classifier_train_images": int(clf.info["train_size"]),
-              "classifier_test_accuracy": clf.info.get("test_accuracy"),
-              "nearest_train_distance_min": float(dist.min()), "nearest_train_distance_mean": float(dist.mean()),
-              "samples_plot": str(run.path / f"samples_{run.step}.png")}
-    if run.is_diffusion:  # bits/dim by dequantisation and the probability-flow ODE (Song et al. 2021, sec. 4.3)
+              "samples": int(x.shape[0]), **metrics}
+    if clf is not None:
+        result.update({"class_fractions": classifier_metrics(x, clf)["class_fractions"],  # per predicted class
+                       "classifier_train_images": int(clf.info["train_size"]),
+                       "classifier_test_accuracy": clf.info.get("test_accuracy")})
+    else:
+        for key in (*(k for k in _IMAGE_METRICS if k != "pixel_mmd"), "class_fractions"):
+            skipped[key] = SKIP_REASONS["classifier"]
+    result.update({"nearest_train_distance_min": float(dist.min()), "nearest_train_distance_mean": float(dist.mean()),
+                   "samples_plot": str(run.path / f"samples_{run.step}.png")})
+    levels = data.get("pixel_levels") if own else PIXEL_LEVELS[data["name"]]
+    if run.is_diffusion and levels is None:
+        skipped["bits_per_dim"] = SKIP_REASONS["levels"]
+    elif run.is_diffusion:  # bits/dim by dequantisation and the probability-flow ODE (Song et al. 2021, sec. 4.3)
         from ..sde import bits_per_dim
 
         images = test[:DIFFUSION_BPD_IMAGES]
-        bpd = bits_per_dim(run.score, run.sde, images, generator=g, num_levels=PIXEL_LEVELS[data["name"]],
+        bpd = bits_per_dim(run.score, run.sde, images, generator=g, num_levels=levels,
                            data_range=tuple(data.get("range", (-1.0, 1.0)))).double().cpu()
         result.update({"bits_per_dim": float(bpd.mean()), "bits_per_dim_se": float(bpd.std() / len(bpd) ** 0.5),
-                       "bpd_test_images": int(images.shape[0]), "pixel_levels": PIXEL_LEVELS[data["name"]]})
+                       "bpd_test_images": int(images.shape[0]), "pixel_levels": levels})
     if plot:
         result["plot"] = str(save_figure(nearest_neighbour_grid(x[:16], train), run.path / "nearest_neighbours.png"))
-    return result
+    return {**result, "skipped": skipped}

@@ -17,8 +17,8 @@ from ..score_training import SDE_METHODS
 from ..sde import SDE, VESDE, VPSDE
 from .config import IMAGE_DATA, TrainConfig
 
-__all__ = ["SCORE_KINDS", "build_energy", "build_sde", "data_bounds", "data_section", "image_score_config",
-           "load_data", "load_image_data", "model_section", "sde_section"]
+__all__ = ["SCORE_KINDS", "build_energy", "build_sde", "data_bounds", "data_section", "density_name",
+           "image_score_config", "load_data", "load_data_file", "load_image_data", "model_section", "sde_section"]
 
 #: Model kinds in config.json that are score models (sampled by Langevin dynamics on the score).
 SCORE_KINDS = ("score_mlp", "score_conv", "energy_score")
@@ -127,7 +127,19 @@ def build_sde(section: dict[str, Any]) -> SDE:
 
 
 def data_section(cfg: TrainConfig) -> dict[str, Any]:
-    """The ``data`` section for a resolved config (2-D data get their ``bounds`` once loaded: :func:`data_bounds`)."""
+    """The ``data`` section for a resolved config (2-D data get their ``bounds`` once loaded: :func:`data_bounds`).
+
+    A data file's section holds ``path`` (absolute), ``kind`` (``points`` or ``images``),
+    ``test_fraction`` and ``seed`` (the split), and, once :func:`load_data_file` has read it,
+    ``sha256``, ``n_train``, ``n_test``, ``shape`` (of one point or image) and, for images,
+    ``range`` and ``pixel_levels``.
+    """
+    if cfg.file_data:
+        section: dict[str, Any] = {"name": cfg.data, "path": cfg.data, "kind": "images" if cfg.images else "points",
+                                   "test_fraction": cfg.test_fraction, "seed": cfg.seed}
+        if cfg.images:
+            section["range"] = [-1.0, 1.0]
+        return section
     if cfg.images:
         section: dict[str, Any] = {"name": cfg.data, "range": [-1.0, 1.0]}
         if cfg.data != "digits":
@@ -136,11 +148,17 @@ def data_section(cfg: TrainConfig) -> dict[str, Any]:
     return {"name": cfg.data, "n_train": cfg.n_train, "n_test": cfg.n_test, "seed": cfg.seed}
 
 
-def data_bounds(name: str, train: Tensor) -> list[list[float]]:
-    """Box for quadrature and plots: the target's box when the density is known, else the data's range + 10%."""
+def density_name(data: dict[str, Any]) -> str | None:
+    """The built-in data set whose density :mod:`ebmlab.data.toy` may know, or ``None`` for a data file."""
+    return None if "path" in data else data["name"]
+
+
+def data_bounds(name: str | None, train: Tensor) -> list[list[float]]:
+    """Box for quadrature and plots: the target's box when the density is known, else the data's range + 10%
+    (``name=None``: a data file, whose density is never known)."""
     from ..data import toy
 
-    target = toy.true_density(name)
+    target = toy.true_density(name) if name is not None else None
     if target is not None:
         return [list(b) for b in target.bounds]
     lo, hi = train.min(0).values, train.max(0).values
@@ -175,12 +193,38 @@ def load_image_data(data: dict[str, Any], split: str):
     return ds
 
 
+def load_data_file(data: dict[str, Any]):
+    """A data file's :class:`~ebmlab.data.DataSplit`, split as its section says; with a recorded ``sha256``
+    the file must be unchanged.
+
+    Raises:
+        FileNotFoundError: when the file is gone (the message says the run was trained on it).
+        ConfigError: (a ``ValueError``) for a bad or changed file, naming it.
+    """
+    from ..data import files
+    from .config import ConfigError
+
+    try:
+        return files.load_data(data["path"], data["test_fraction"], data["seed"], sha256=data.get("sha256"))
+    except FileNotFoundError as err:
+        if data.get("sha256") is None:
+            raise
+        raise FileNotFoundError(f"{err}: the run was trained on it (config.json records its path and SHA-256); "
+                                "put it back to evaluate, sample or resume the run") from err
+    except ValueError as err:
+        raise ConfigError.of(err) from err
+
+
 def load_data(data: dict[str, Any], *, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     """The (train, test) tensors a config names: images from :func:`load_image_data`, 2-D data
-    regenerated deterministically from the config's seed."""
+    regenerated deterministically from the config's seed, a data file reloaded and split as trained
+    (:func:`load_data_file`: refused when the file changed)."""
     from .. import data as datasets
 
     name = data["name"]
+    if "path" in data:
+        split = load_data_file(data)
+        return split.train.to(device), split.test.to(device)
     if name in IMAGE_DATA:
         train = load_image_data(data, "train").images
         test = load_image_data(data, "test").images

@@ -21,7 +21,8 @@ from ..devices import resolve_device
 from ..training import prepare_run_dir
 from .config import ConfigError, TrainConfig
 from .evaluate import training_evaluator
-from .models import build_energy, build_sde, data_bounds, data_section, load_data, model_section, sde_section
+from .models import (build_energy, build_sde, data_bounds, data_section, density_name, load_data, load_data_file,
+                     model_section, sde_section)
 from .run import CONFIG, Run, chain_sampler, save_config
 
 __all__ = ["train"]
@@ -35,6 +36,14 @@ def _check_resume(out: Path, config: dict[str, Any]) -> None:
     saved = json.loads(saved_path.read_text())
     if saved.get("model") != config["model"] or saved.get("data", {}).get("name") != config["data"]["name"]:
         raise ValueError(f"resume: the model or data differ from {saved_path}")
+    old, new = saved.get("data", {}), config["data"]
+    if "path" in new and old.get("sha256") != new.get("sha256"):
+        raise ValueError(f"resume: data file {new['path']} changed since the run was trained (SHA-256 "
+                         f"{str(new.get('sha256'))[:12]}..., recorded {str(old.get('sha256'))[:12]}...); restore it or "
+                         "train a new run")
+    if "path" in new and old.get("test_fraction") != new.get("test_fraction"):
+        raise ValueError(f"resume: test_fraction {new.get('test_fraction')} differs from the run's "
+                         f"{old.get('test_fraction')} (the split would change)")
     if saved.get("train", {}).get("sde") != config["train"].get("sde"):
         raise ValueError(f"resume: the SDE {config['train'].get('sde')} differs from {saved_path}'s "
                          f"{saved.get('train', {}).get('sde')}")
@@ -67,7 +76,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, callbacks: Sequence[Callb
         ``seconds``, the last logged row, and ``plot`` for 2-D EBMs).
 
     Raises:
-        ConfigError: for a bad config value (naming the field).
+        ConfigError: for a bad config value (naming the field), or a bad data file (naming it).
         ValueError: for a run directory that already holds a run (without
             ``resume`` or ``overwrite``), or a resume whose model or data differ.
         FileNotFoundError: for missing data files (the message says how to get them).
@@ -81,9 +90,18 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, callbacks: Sequence[Callb
     out = Path(out)
     device = resolve_device(cfg.device)
     data = data_section(cfg)
-    train_x, test = load_data(data, device=device)
-    if not cfg.images:
-        data["bounds"] = data_bounds(cfg.data, train_x.cpu())
+    if cfg.file_data:  # read once: its digest and split sizes go into config.json
+        split = load_data_file(data)
+        data.update(sha256=split.sha256, n_train=int(split.train.shape[0]), n_test=int(split.test.shape[0]),
+                    shape=list(split.train.shape[1:]))
+        if cfg.images:
+            data["pixel_levels"] = split.pixel_levels
+        train_x, test = split.train.to(device), split.test.to(device)
+    else:
+        train_x, test = load_data(data, device=device)
+    if not cfg.images:  # a data file's box covers its test rows too (the NLL is computed on them)
+        every = torch.cat([train_x, test]) if cfg.file_data else train_x
+        data["bounds"] = data_bounds(density_name(data), every.cpu())
     model_cfg = model_section(cfg, train_x)
     if cfg.clamp_data and cfg.clamp is None:  # the data's range: the declared pixel range for images
         lo, hi = data["range"] if cfg.images else (float(train_x.min()), float(train_x.max()))
