@@ -32,6 +32,12 @@ def image_score_config(in_channels: int, image_size: int, *, method: str = "ncsn
     diffusion methods (``sigma`` = the SDE's marginal std), unconditional for
     ``dsm``. The report's digits NCSN and ``ebmlab train --data digits --method
     ncsn`` both build their network from it.
+
+    Args:
+        in_channels: the images' channels.
+        image_size: their side.
+        method: the training method (noise-conditional for ``ncsn`` and the diffusion methods).
+        width: the network's base width.
     """
     return {"kind": "score_conv", "in_channels": int(in_channels), "image_size": int(image_size), "width": int(width),
             "noise_conditional": method in ("ncsn", *SDE_METHODS), "activation": "silu"}
@@ -60,6 +66,9 @@ def model_section(cfg: TrainConfig, train: Tensor) -> dict[str, Any]:
 def build_energy(model: dict[str, Any]) -> nn.Module:
     """A network from its JSON description: an energy (``kind`` = ``mlp`` or ``conv``) or a score model
     (``score_mlp``, ``score_conv`` or ``energy_score``).
+
+    Args:
+        model: a config's ``model`` section.
 
     Raises:
         ValueError: for an unknown kind or activation.
@@ -173,6 +182,10 @@ def load_image_data(data: dict[str, Any], split: str):
     ``mnist`` / ``fashion_mnist``: the IDX files in ``data["root"]``; the
     first ``n_train`` / ``n_test`` images when those are set (``None``: all).
 
+    Args:
+        data: a config's ``data`` section.
+        split: ``"train"`` or ``"test"``.
+
     Raises:
         FileNotFoundError: when the IDX files are missing (the message says how to get them).
         ValueError: for a name that is not in :data:`IMAGE_DATA`, or a missing ``root``.
@@ -218,7 +231,12 @@ def load_data_file(data: dict[str, Any]):
 def load_data(data: dict[str, Any], *, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     """The (train, test) tensors a config names: images from :func:`load_image_data`, 2-D data
     regenerated deterministically from the config's seed, a data file reloaded and split as trained
-    (:func:`load_data_file`: refused when the file changed)."""
+    (:func:`load_data_file`: refused when the file changed).
+
+    Args:
+        data: a config's ``data`` section.
+        device: where to put the tensors.
+    """
     from .. import data as datasets
 
     name = data["name"]
