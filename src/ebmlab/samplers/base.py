@@ -20,8 +20,10 @@ job (or a training loop's, or the playground's).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
@@ -220,6 +222,41 @@ class Trace:
     @property
     def chain_steps_per_second(self) -> float:
         return self.samples.shape[1] * self.num_steps / max(self.seconds, 1e-12)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the trace to one safetensors file (tensors) with its scalars as JSON metadata, atomically;
+        never pickled (format: :mod:`ebmlab.samplers.trace_io`).
+
+        Raises:
+            TypeError: for an ``extras`` value that is neither a tensor nor JSON-able.
+        """
+        from .trace_io import save_trace
+
+        return save_trace(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Trace:
+        """A trace written by :meth:`save`, its tensors on ``device`` (never unpickles).
+
+        Raises:
+            FileNotFoundError: when ``path`` does not exist.
+            ValueError: for a file that is not an ebmlab trace.
+        """
+        from .trace_io import load_trace
+
+        return load_trace(path, device=device)
+
+    def to_arviz(self, *, var_name: str = "x"):
+        """An ``arviz.InferenceData``: ``posterior[var_name]`` shaped ``(chain, draw, *event)``,
+        ``sample_stats.lp = -energies`` and per-chain ``acceptance_rate`` (NUTS: ``mean_tree_depth``,
+        ``divergences``, ``num_grad_evals``); see :mod:`ebmlab.samplers.trace_io`.
+
+        Raises:
+            ImportError: without ArviZ ("Trace.to_arviz needs ArviZ: pip install 'ebmlab[arviz]'").
+        """
+        from .trace_io import to_arviz
+
+        return to_arviz(self, var_name=var_name)
 
 
 def _check_int(name: str, value: int, minimum: int) -> None:

@@ -1,0 +1,239 @@
+"""A :class:`~ebmlab.samplers.base.Trace` on disk and in ArviZ.
+
+File format (:func:`save_trace`, :func:`load_trace`): one safetensors file, written
+atomically. Every tensor of the trace is a safetensors tensor (``samples``,
+``energies``, ``acceptance_rate``; NUTS' ``num_grad_evals``, ``divergences``,
+``mean_tree_depth`` when present; ``moments.<key>`` of a ``keep="stats"`` trace;
+``final_state.<field>``; ``extras.<key>``), dtypes kept. Everything else is one
+JSON object in the file's metadata under ``"ebmlab.trace"``: ``format_version``,
+``num_steps``, ``seconds``, ``burn_in``, which optional tensors are there, the
+moments' scalars (``count``, ``thin``), the JSON-able extras, and the final
+state's structure (its class -- :class:`~ebmlab.samplers.base.State`,
+:class:`~ebmlab.samplers.annealed.AnnealedState` or
+:class:`~ebmlab.samplers.tempering.PTState` -- and each field: a tensor's name,
+a number, ``None``, a tuple, or a nested state). Loading never unpickles: the
+classes are looked up in that fixed list, nothing is imported by a name read
+from the file. A final state of another class (a user's own sampler) is stored
+as a plain ``State`` of its ``x``, ``energy`` and ``score``, and the metadata
+says which class it came from.
+
+ArviZ (:func:`to_arviz`): ``posterior[var_name]`` is ``samples`` with the chain and
+draw axes swapped to ArviZ's ``(chain, draw, *event)``. ``sample_stats.lp`` is
+``-energies`` (the unnormalised log density, ArviZ's ``lp``), shape ``(chain,
+draw)``; there is no ``sample_stats.energy``, since ArviZ reads that name as the
+Hamiltonian energy of HMC for its BFMI, which a trace does not keep. The trace
+keeps per-chain summaries, not per-draw ones, so they are variables of the
+``chain`` dimension only: ``acceptance_rate`` (each chain's fraction of accepted
+proposals after burn-in) and, for NUTS, ``mean_tree_depth``, ``divergences`` (a
+count, not ArviZ's per-draw ``diverging``) and ``num_grad_evals``. The attributes
+of both groups hold ``num_steps``, ``burn_in``, ``seconds``, ``inference_library``
+and, for ``keep="stats"``, the kept draws' spacing ``thin``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import State, Trace
+
+__all__ = ["ARVIZ_MISSING", "FORMAT_VERSION", "load_trace", "save_trace", "to_arviz"]
+
+#: Version of the metadata layout; :func:`load_trace` refuses files of a later version.
+FORMAT_VERSION = 1
+_KEY = "ebmlab.trace"
+_OPTIONAL = ("num_grad_evals", "divergences", "mean_tree_depth")
+#: The message of the ImportError :func:`to_arviz` raises without ArviZ.
+ARVIZ_MISSING = "Trace.to_arviz needs ArviZ: pip install 'ebmlab[arviz]'"
+
+
+def _state_classes() -> dict[str, type]:
+    """The state classes a trace file may name (imported here, never by a name read from a file)."""
+    from .annealed import AnnealedState
+    from .tempering import PTState
+
+    return {"State": State, "AnnealedState": AnnealedState, "PTState": PTState}
+
+
+def _is_json_value(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=True)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _put(tensors: dict[str, Tensor], name: str, t: Tensor) -> str:
+    # a copy: safetensors refuses tensors that share memory (keep="last" samples view the final state)
+    tensors[name] = t.detach().to("cpu", copy=True).contiguous()
+    return name
+
+
+def _encode(value: Any, name: str, tensors: dict[str, Tensor], classes: dict[str, type]) -> dict[str, Any]:
+    """A final state's value as JSON; its tensors go into ``tensors`` under ``name``-based keys."""
+    if isinstance(value, Tensor):
+        return {"tensor": _put(tensors, name, value)}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"value": value}
+    if isinstance(value, (tuple, list)):
+        return {"tuple": [_encode(v, f"{name}.{i}", tensors, classes) for i, v in enumerate(value)]}
+    if dataclasses.is_dataclass(value) and classes.get(type(value).__name__) is type(value):
+        return {"class": type(value).__name__,
+                "fields": {f.name: _encode(getattr(value, f.name), f"{name}.{f.name}", tensors, classes)
+                           for f in dataclasses.fields(value)}}
+    raise TypeError(f"{name} is a {type(value).__name__}: a trace file stores tensors, numbers, strings, None, "
+                    "tuples and ebmlab's sampler states")
+
+
+def _decode(spec: dict[str, Any], tensors: dict[str, Tensor], classes: dict[str, type], where: str) -> Any:
+    if "tensor" in spec:
+        return tensors[spec["tensor"]]
+    if "value" in spec:
+        return spec["value"]
+    if "tuple" in spec:
+        return tuple(_decode(s, tensors, classes, where) for s in spec["tuple"])
+    if "class" in spec and spec["class"] in classes:
+        fields = {k: _decode(s, tensors, classes, where) for k, s in spec["fields"].items()}
+        return classes[spec["class"]](**fields)
+    raise ValueError(f"{where}: the final state names {spec.get('class', spec)!r}, not a state class this version "
+                     f"of ebmlab knows ({', '.join(classes)})")
+
+
+def save_trace(trace: Trace, path: str | os.PathLike) -> Path:
+    """Write ``trace`` to ``path`` (a safetensors file; ``.safetensors`` is the usual suffix), atomically.
+
+    Raises:
+        TypeError: for an ``extras`` value that is neither a tensor nor JSON-able (the message names it).
+    """
+    if not isinstance(trace, Trace):
+        raise TypeError(f"save_trace writes an ebmlab Trace, got {type(trace).__name__}")
+    tensors: dict[str, Tensor] = {}
+    for name in ("samples", "energies", "acceptance_rate"):
+        _put(tensors, name, getattr(trace, name))
+    optional = [name for name in _OPTIONAL if getattr(trace, name) is not None]
+    for name in optional:
+        _put(tensors, name, getattr(trace, name))
+    moments = None
+    if trace.moments is not None:
+        moments = {}
+        for key, v in trace.moments.items():
+            if isinstance(v, Tensor):
+                moments[key] = {"tensor": _put(tensors, f"moments.{key}", v)}
+            elif _is_json_value(v):
+                moments[key] = {"value": v}
+            else:
+                raise TypeError(f"moments[{key!r}] is a {type(v).__name__}: a trace file stores tensors and JSON values")
+    extras: dict[str, Any] = {}
+    for key, v in trace.extras.items():
+        if isinstance(v, Tensor):
+            extras[key] = {"tensor": _put(tensors, f"extras.{key}", v)}
+        elif _is_json_value(v):
+            extras[key] = {"value": v}
+        else:
+            raise TypeError(f"extras[{key!r}] is a {type(v).__name__}: Trace.save stores tensors and JSON values "
+                            "(numbers, strings, lists, dicts) only; convert it or drop it from extras")
+    classes = _state_classes()
+    state, reduced = trace.final_state, None
+    if classes.get(type(state).__name__) is not type(state):  # a user's own state class: its x, energy, score
+        reduced = f"{type(state).__module__}.{type(state).__qualname__}"
+        state = State(x=state.x, energy=state.energy, score=getattr(state, "score", None))
+    meta = {"format_version": FORMAT_VERSION, "num_steps": int(trace.num_steps), "seconds": float(trace.seconds),
+            "burn_in": int(trace.burn_in), "optional": optional, "moments": moments, "extras": extras,
+            "final_state": _encode(state, "final_state", tensors, classes), "final_state_reduced_from": reduced}
+    from safetensors.torch import save
+
+    blob = save(tensors, metadata={_KEY: json.dumps(meta)})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:  # temp file, fsync, rename: a crash never leaves half a trace
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_trace(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Trace:
+    """Read a trace written by :func:`save_trace` (never unpickles).
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: for a file that is not an ebmlab trace, or of a later format version.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no trace file at {path}")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            raw = (f.metadata() or {}).get(_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for files that are not safetensors
+        raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
+    if raw is None:
+        raise ValueError(f"{path} is a safetensors file but not an ebmlab trace (no {_KEY!r} metadata; "
+                         "traces are written by Trace.save)")
+    meta = json.loads(raw)
+    if meta.get("format_version", math.inf) > FORMAT_VERSION:
+        raise ValueError(f"{path} is a trace of format {meta.get('format_version')}; this ebmlab reads up to "
+                         f"{FORMAT_VERSION}: upgrade ebmlab")
+    classes = _state_classes()
+    moments = None
+    if meta["moments"] is not None:
+        moments = {k: tensors[s["tensor"]] if "tensor" in s else s["value"] for k, s in meta["moments"].items()}
+    extras = {k: tensors[s["tensor"]] if "tensor" in s else s["value"] for k, s in meta["extras"].items()}
+    return Trace(samples=tensors["samples"], energies=tensors["energies"], acceptance_rate=tensors["acceptance_rate"],
+                 final_state=_decode(meta["final_state"], tensors, classes, str(path)), num_steps=meta["num_steps"],
+                 seconds=meta["seconds"], burn_in=meta["burn_in"],
+                 **{name: tensors[name] for name in meta["optional"]}, moments=moments, extras=extras)
+
+
+def _numpy(t: Tensor):
+    t = t.detach().cpu()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.to(torch.float32)
+    return t.numpy()
+
+
+def to_arviz(trace: Trace, *, var_name: str = "x"):
+    """The trace as an ``arviz.InferenceData`` (see the module docstring for what goes where).
+
+    Raises:
+        ImportError: without ArviZ, with the message :data:`ARVIZ_MISSING`.
+    """
+    try:
+        import arviz as az
+    except ImportError as err:
+        raise ImportError(ARVIZ_MISSING) from err
+    import numpy as np
+
+    posterior = np.swapaxes(_numpy(trace.samples), 0, 1)  # (kept, chains, *event) -> (chain, draw, *event)
+    lp = -np.swapaxes(_numpy(trace.energies), 0, 1)
+    attrs: dict[str, Any] = {"num_steps": int(trace.num_steps), "burn_in": int(trace.burn_in),
+                             "seconds": float(trace.seconds), "inference_library": "ebmlab"}
+    if trace.moments is not None and "thin" in trace.moments:
+        attrs["thin"] = int(trace.moments["thin"])
+    idata = az.from_dict(posterior={var_name: posterior}, sample_stats={"lp": lp}, posterior_attrs=attrs,
+                         sample_stats_attrs=attrs)
+    per_chain = {"acceptance_rate": trace.acceptance_rate, **{n: getattr(trace, n) for n in _OPTIONAL}}
+    for name, value in per_chain.items():
+        if value is not None:
+            idata.sample_stats[name] = (("chain",), _numpy(value))
+    return idata
