@@ -174,9 +174,15 @@ class NaNAfter(nn.Module):
 def test_divergence_names_the_step_and_last_checkpoint(tmp_path):
     data = torch.randn(100, 2, generator=torch.Generator().manual_seed(0))
     with pytest.raises(TrainingDiverged, match=r"at step 1: loss is nan; no checkpoint was written yet"):
-        train_score(NaNAfter(1), data, method="dsm", steps=10, batch_size=8)
+        train_score(NaNAfter(1), data, method="dsm", steps=10, batch_size=8, max_recoveries=0)
     with pytest.raises(TrainingDiverged, match=rf"at step 6: loss is nan; last good checkpoint: .*{CHECKPOINT}"):
-        train_score(NaNAfter(6), data, method="dsm", steps=10, batch_size=8, run_dir=tmp_path, checkpoint_every=4)
+        train_score(NaNAfter(6), data, method="dsm", steps=10, batch_size=8, run_dir=tmp_path, checkpoint_every=4,
+                    max_recoveries=0)
+    # with recoveries (the default): a model that stays broken is rolled back 3 times, then the run stops
+    with pytest.warns(RuntimeWarning, match="rolled back to step 4"):
+        with pytest.raises(TrainingDiverged, match=r"at step 5: loss is nan \(3 recoveries before it"):
+            train_score(NaNAfter(6), data, method="dsm", steps=10, batch_size=8, run_dir=tmp_path / "r",
+                        checkpoint_every=4)
     assert (tmp_path / CHECKPOINT).exists()
 
 

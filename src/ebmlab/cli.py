@@ -7,7 +7,9 @@ Nothing else happens here: every command is one call a Python user can make
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -355,6 +357,15 @@ def train(
                                              "(default 500)."),
     max_seconds: Optional[float] = typer.Option(None, help="Stop after this much wall time (the last step is "
                                                 "evaluated and checkpointed)."),
+    log_every: Optional[int] = typer.Option(None, min=1, help="Write a metrics row every this many steps "
+                                            "(default: 50, or --eval-every when smaller)."),
+    checkpoint_every: Optional[int] = typer.Option(None, min=1, help="Checkpoint every this many steps (default: "
+                                                   "--eval-every)."),
+    checkpoint_seconds: Optional[float] = typer.Option(None, help="Also checkpoint when this much wall time has "
+                                                       "passed since the last checkpoint (default off)."),
+    max_recoveries: Optional[int] = typer.Option(None, min=0, help="When training diverges, roll back to the last "
+                                                 "checkpoint with the learning rate (and the sampler's step, if the "
+                                                 "chains diverged) halved, at most this many times (default 3)."),
     sigma: Optional[float] = typer.Option(None, help="dsm: the noise level (default 0.1)."),
     sigma_max: Optional[float] = typer.Option(None, help="ncsn and sde-ve: largest noise level (default: the "
                                               "largest pairwise distance in the data, Song & Ermon 2020)."),
@@ -391,7 +402,8 @@ def train(
         alpha=alpha, grad_clip=grad_clip, data_noise=data_noise, hidden=hidden, spectral_norm=spectral_norm,
         buffer_size=buffer_size, reinit_prob=reinit_prob, ema=ema, n_train=n_train, n_test=n_test,
         test_fraction=test_fraction,
-        eval_every=eval_every, max_seconds=max_seconds, sigma=sigma, sigma_max=sigma_max, sigma_min=sigma_min,
+        eval_every=eval_every, max_seconds=max_seconds, log_every=log_every, checkpoint_every=checkpoint_every,
+        checkpoint_seconds=checkpoint_seconds, max_recoveries=max_recoveries, sigma=sigma, sigma_max=sigma_max, sigma_min=sigma_min,
         num_sigmas=num_sigmas, score_clip=score_clip, clamp=clamp, clamp_data=clamp_data,
         steps_per_level=steps_per_level, seed=seed, device=device, beta_min=beta_min, beta_max=beta_max,
         weighting=weighting.value if weighting else None, sde_steps=sde_steps,
@@ -417,7 +429,13 @@ def train(
         callbacks.append(_Progress(f"train {cfg.method} on {cfg.data}", cfg.steps, True) if tty
                          else ProgressPrinter(cfg.steps))
     run = run_train(cfg, out, callbacks=callbacks, resume=resume, overwrite=overwrite)
-    _emit(run.summary, json_output, f"trained {cfg.method} on {cfg.data}")
+    stopped = run.summary.get("stopped_by")
+    _emit(run.summary, json_output, f"{cfg.method} on {cfg.data} stopped by {stopped} at step {run.summary['steps']}"
+          if stopped else f"trained {cfg.method} on {cfg.data}")
+    if stopped:  # checkpointed: say how to go on, and exit as a process ended by that signal does
+        print(f"ebmlab: {stopped}: checkpoint written at step {run.summary['steps']}; continue with "
+              f"`ebmlab train ... --out {out} --resume`", file=sys.stderr)
+        raise typer.Exit(128 + int(getattr(signal, stopped)))
 
 
 @app.command()
@@ -523,14 +541,22 @@ def _check_port_free(host: str, port: int) -> None:
                                "--port") from err
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    print(f"ebmlab: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input exits 2 with one line on stderr, never a traceback."""
+    from .io import RunLocked
     from .runs import ConfigError
     from .samplers import DivergenceError
-    from .training import TrainingDiverged
+    from .training import RunDirectoryError, TrainingDiverged
 
     try:
-        app(args=argv, standalone_mode=False)
+        with warnings.catch_warnings():  # the library's warnings as one line each, without file and line
+            warnings.showwarning = _show_warning
+            code = app(args=argv, standalone_mode=False)  # click returns a typer.Exit's code here
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
@@ -546,16 +572,19 @@ def main(argv: list[str] | None = None) -> int:
     except MissingExtra as e:  # the line names the command and the extra to install
         print(e, file=sys.stderr)
         return 2
-    except (UsageFailure, FileNotFoundError) as e:
+    except (UsageFailure, FileNotFoundError, RunLocked) as e:
         print(f"ebmlab: error: {e}", file=sys.stderr)
         return 2
+    except RunDirectoryError as e:  # disk full, read-only: the last good checkpoint is intact
+        print(f"ebmlab: failed: {e}", file=sys.stderr)
+        return 1
     except (DivergenceError, TrainingDiverged) as e:
         print(f"ebmlab: diverged: {e}", file=sys.stderr)
         return 1
     except (ValueError, RuntimeError) as e:  # e.g. a rejection envelope found invalid while sampling
         print(f"ebmlab: failed: {e}", file=sys.stderr)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

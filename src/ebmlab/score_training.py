@@ -47,7 +47,7 @@ from .samplers.annealed import AnnealedLangevin
 from .samplers.base import random_on, sample
 from .sde import VESDE, VPSDE, WEIGHTINGS, dsm_loss, score_model
 from .sde.sdes import SDE, check_sde
-from .training import CHECKPOINT, TrainResult, Update, fit
+from .training import CHECKPOINT, MAX_RECOVERIES, TrainResult, Update, fit
 
 __all__ = ["SCORE_METHODS", "SDE_METHODS", "ScoreTrainResult", "at_noise_level", "data_diameter", "default_sde",
            "default_sigmas", "sample_images", "sample_scores", "sde_parameters", "train_score"]
@@ -203,10 +203,12 @@ def train_score(
     overwrite: bool = False,
     log_every: int = 50,
     checkpoint_every: int = 500,
+    checkpoint_seconds: float | None = None,
     evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None,
     eval_every: int = 500,
     callback: Callable[[int, dict[str, float]], None] | None = None,
     max_seconds: float | None = None,
+    max_recoveries: int = MAX_RECOVERIES,
 ) -> ScoreTrainResult:
     """Train the score model ``model`` on ``train_data`` by score matching.
 
@@ -247,13 +249,19 @@ def train_score(
         resume: continue from ``run_dir``'s checkpoint.
         overwrite: empty an existing run in ``run_dir`` first (without it, or
             ``resume``, an existing run is refused).
-        log_every, checkpoint_every, eval_every: periods in steps.
+        log_every: log a metrics row every this many steps.
+        checkpoint_every: write a checkpoint every this many steps.
+        checkpoint_seconds: also write one when this much wall time has passed since the last.
         evaluate: ``evaluate(model, step) -> metrics``, called with the EMA
             model when there is one, in eval mode. A divergence of its
             sampler is recorded as the row's ``eval_error``; training goes on.
         callback: ``callback(step, row)`` after each logged row.
+        eval_every: evaluate every this many steps (and at the last).
         max_seconds: stop after the first step that ends past this wall-time
             budget (that step is logged, evaluated and checkpointed as the last).
+        max_recoveries: rollbacks from divergence (a non-finite loss or
+            gradient) before the run stops, each halving the learning rate
+            (see :func:`ebmlab.training.fit`).
 
     Returns:
         A :class:`ScoreTrainResult`.
@@ -330,13 +338,14 @@ def train_score(
     result = fit(
         model, step_fn, method=method, steps=steps, lr=lr, betas=betas, grad_clip=grad_clip, ema_decay=ema_decay,
         generator=generator, run_dir=run_dir, resume=resume, overwrite=overwrite, log_every=log_every,
-        checkpoint_every=checkpoint_every, evaluate=evaluate, eval_every=eval_every, callback=callback,
-        max_seconds=max_seconds,
+        checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds, evaluate=evaluate,
+        eval_every=eval_every, callback=callback, max_seconds=max_seconds, max_recoveries=max_recoveries,
         extra_state=(lambda: {"sde" if sde is not None else "sigmas": current["levels"]}) if levels is not None
         else None,
         load_extra=load_levels if levels is not None else None,
     )
     return ScoreTrainResult(step=result.step, history=result.history, seconds=result.seconds, ema=result.ema,
+                            stopped_by=result.stopped_by, recoveries=result.recoveries,
                             sigmas=current["levels"] if sde is None else None, sde=sde)
 
 

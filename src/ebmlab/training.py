@@ -13,11 +13,15 @@ run exactly (parameters, optimiser, buffer, generator state and step counter).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,14 +32,17 @@ from torch import Tensor, nn
 from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from .checks import check_int
 from .devices import default_generator
-from .io import atomic_write
+from .io import LOCK, atomic_write, remove_stale_temporaries, run_lock
 from .objectives.buffer import ReplayBuffer
 from .objectives.contrastive import METHODS, contrastive_divergence, start_negatives
 from .samplers.base import DivergenceError, random_on, sample
 
 __all__ = [
     "CHECKPOINT",
+    "MAX_ENERGY",
+    "MAX_RECOVERIES",
     "METRICS",
+    "RunDirectoryError",
     "TOY_ALPHA",
     "TrainResult",
     "TrainingDiverged",
@@ -45,6 +52,8 @@ __all__ = [
     "fit",
     "negatives",
     "prepare_run_dir",
+    "read_metrics",
+    "scaled_step",
     "train_ebm",
     "truncate_metrics",
     "uniform_noise",
@@ -60,8 +69,19 @@ METRICS = "metrics.jsonl"
 TOY_ALPHA = {"cd": 0.03, "short-run": 0.1, "pcd": 0.03, "buffer": 0.03}
 
 
+#: Energies whose root mean square over the data and the negatives passes this count as diverged: healthy
+#: regularised runs stay under about 100, and at 1e5 float32 resolves an energy only to about 0.01.
+MAX_ENERGY = 1e5
+#: Rollbacks from divergence before a run stops (``--max-recoveries``).
+MAX_RECOVERIES = 3
+
+
 class TrainingDiverged(RuntimeError):
     """Training produced a non-finite loss or energy; the message names the step and the last good checkpoint."""
+
+
+class RunDirectoryError(OSError):
+    """Writing into the run directory failed (disk full, read-only); the last good checkpoint is intact."""
 
 
 @dataclass
@@ -74,6 +94,8 @@ class TrainResult:
         seconds: wall time of this call.
         buffer: the replay buffer / persistent chains (``None`` for cd, short-run).
         ema: the exponential moving average of the model, when asked for.
+        stopped_by: ``"SIGTERM"`` / ``"SIGINT"`` when a signal ended the run early (checkpointed), else ``None``.
+        recoveries: rollbacks from divergence so far (a resumed run counts its past).
     """
 
     step: int
@@ -81,6 +103,8 @@ class TrainResult:
     seconds: float = 0.0
     buffer: ReplayBuffer | None = None
     ema: nn.Module | None = None
+    stopped_by: str | None = None
+    recoveries: int = 0
 
 
 def uniform_noise(low: float, high: float, event_shape: tuple[int, ...], *, device=None,
@@ -107,11 +131,39 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
             pe.lerp_(pm, 1.0 - d)
 
 
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl``; a torn last line (a process killed mid-write) is dropped.
+
+    Raises:
+        ValueError: a line other than the last is not a JSON object with a
+            ``step`` (the file was edited or is not ebmlab's), naming the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not a row with an integer step")
+        except ValueError as err:
+            if i == len(lines) - 1:  # no newline after it: the write was cut short
+                break
+            raise ValueError(f"{path}, line {i + 1}: not a metrics row ({err}): {line[:80]!r}") from None
+        rows.append(row)
+    return rows
+
+
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop rows logged after ``step`` (a crashed run may have logged past its last checkpoint)."""
+    """Drop rows logged after ``step`` (a crashed run may have logged past its last checkpoint),
+    and a torn last line."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    keep = [json.dumps(row) for row in read_metrics(path) if row["step"] <= step]
     atomic_write(path, lambda f: f.write(("\n".join(keep) + ("\n" if keep else "")).encode()))
 
 
@@ -146,16 +198,22 @@ def prepare_run_dir(run_dir: str | os.PathLike | None, *, resume: bool, overwrit
     if resume:
         if not (path / CHECKPOINT).is_file():
             raise ValueError(f"resume: {path} holds no {CHECKPOINT} to continue from")
-    elif overwrite and path.is_dir() and any(path.iterdir()):
+    elif overwrite and path.is_dir() and _entries(path):
         if not (has_run or (path / "config.json").exists()):
             raise ValueError(f"overwrite: {path} is not a run directory (no config.json, checkpoint or metrics); "
                              "refusing to empty it")
-        shutil.rmtree(path)
+        for entry in _entries(path):  # the lock file stays: another process may be waiting on it
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     elif has_run:
         raise ValueError(f"{path} already holds a run; resume it (--resume, resume=True) or start it over "
                          "(--overwrite, overwrite=True)")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _entries(path: Path) -> list[Path]:
+    """A directory's entries other than its lock file."""
+    return [p for p in path.iterdir() if p.name != LOCK]
 
 
 @dataclass
@@ -166,15 +224,52 @@ class Update:
         loss: the scalar to minimise (differentiable in the parameters).
         metrics: detached tensors (or floats); turned into numbers only at a log step.
         after: called after the optimiser step (e.g. chains' ends back into the replay buffer).
+        magnitude: a 0-d tensor that must stay at most the loop's ``max_energy`` (EBMs: the energies' root
+            mean square), checked in the same sync as the loss.
     """
 
     loss: Tensor
     metrics: dict[str, Any]
     after: Callable[[], None] | None = None
+    magnitude: Tensor | None = None
 
 
 def _number(value: Any) -> Any:
     return float(value) if isinstance(value, Tensor) else value
+
+
+class _StopOnSignal:
+    """SIGTERM / SIGINT during training (what schedulers and Ctrl-C send) end the run after the current step,
+    with a checkpoint; a second SIGINT interrupts at once. Only the main thread can install handlers:
+    elsewhere the signals keep their usual effect."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002 - signal's signature
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+    @property
+    def name(self) -> str | None:
+        return signal.Signals(self.signum).name if self.signum is not None else None
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def fit(
@@ -193,58 +288,106 @@ def fit(
     overwrite: bool = False,
     log_every: int = 50,
     checkpoint_every: int = 500,
+    checkpoint_seconds: float | None = None,
     evaluate: Callable[[nn.Module, int], dict[str, Any]] | None = None,
     eval_every: int = 500,
     callback: Callable[[int, dict[str, float]], None] | None = None,
     max_seconds: float | None = None,
     extra_state: Callable[[], dict[str, Tensor]] | None = None,
     load_extra: Callable[[dict[str, Tensor], dict[str, Any]], None] | None = None,
+    max_recoveries: int = MAX_RECOVERIES,
+    on_recover: Callable[[bool], dict[str, Any]] | None = None,
+    max_energy: float = MAX_ENERGY,
 ) -> TrainResult:
     """The one training loop of ebmlab: every method is a ``step_fn`` inside it.
 
     Read top to bottom: ``step_fn(step)`` (data batch, negatives or noise,
-    loss), backward, clip, Adam step (a non-finite loss or gradient stops the
-    run, naming the step and the last good checkpoint), EMA, ``update.after``,
-    then log / evaluate / checkpoint on their periods. Metrics stay tensors
-    until a log step. ``resume=True`` restores parameters, optimiser, EMA,
-    generator state, the step counter and the method's ``extra_state``
+    loss), backward, clip, Adam step, EMA, ``update.after``, then log /
+    evaluate / checkpoint on their periods. Metrics stay tensors until a log
+    step. ``resume=True`` restores parameters, optimiser, EMA, generator
+    state, the step counter and the method's ``extra_state``
     (``load_extra(tensors, meta)``), so a resumed run continues bit for bit.
+
+    Divergence (a non-finite loss or gradient, chains or energies that blow
+    up: a :class:`~ebmlab.samplers.DivergenceError` from ``step_fn``, or
+    ``update.magnitude`` above ``max_energy``) rolls the run back to its last
+    good state (the last checkpoint, or the start), halves the learning rate
+    (and, through ``on_recover``, the sampler's step when the chains
+    diverged), records a ``{"event": "recovery", ...}`` row in the metrics,
+    warns, and goes on; after ``max_recoveries`` recoveries it raises
+    :class:`TrainingDiverged`. The run directory is locked while training
+    (:func:`ebmlab.io.run_lock`), and SIGTERM / SIGINT end the run after the
+    current step with a checkpoint (``TrainResult.stopped_by``).
 
     Args:
         model: the ``nn.Module`` trained.
         step_fn: ``step_fn(step) -> Update``.
         method: recorded in the checkpoint (a resume checks it).
         steps: optimiser steps in total (a resumed run counts its past).
-        lr, betas: Adam's.
+        lr: Adam's learning rate.
+        betas: Adam's betas.
         grad_clip: clip the parameter gradient's global norm (``None``: off).
         ema_decay: keep a moving average of the weights (``None``: off).
         generator: all randomness of ``step_fn`` (saved with the checkpoint).
-        run_dir, resume, overwrite: see :func:`prepare_run_dir`.
-        log_every, checkpoint_every, eval_every: periods in steps.
+        run_dir: where metrics and checkpoints go (``None``: nothing written); see :func:`prepare_run_dir`.
+        resume: continue the run in ``run_dir`` from its checkpoint.
+        overwrite: empty an existing run in ``run_dir`` first.
+        log_every: log a metrics row every this many steps.
+        checkpoint_every: write a checkpoint every this many steps.
+        checkpoint_seconds: also write one when this much wall time has passed since the last (``None``: off).
         evaluate: ``evaluate(model, step) -> metrics`` with the EMA model when
             there is one, in eval mode; its sampler diverging is recorded as
             the row's ``eval_error`` and training goes on.
+        eval_every: evaluate every this many steps (and at the last).
         callback: ``callback(step, row)`` after each logged row.
         max_seconds: stop after the first step that ends past this budget.
         extra_state: the method's tensors to checkpoint (buffer, noise levels).
-        load_extra: restores them on resume (may raise ValueError on a mismatch).
+        load_extra: restores them on resume and on a rollback (may raise ValueError on a mismatch).
+        max_recoveries: rollbacks from divergence before the run stops (0: stop at the first).
+        on_recover: ``on_recover(chains_diverged) -> changes``, called after a
+            rollback (e.g. to halve the sampler's step); its JSON-able
+            ``changes`` go into the recovery row.
+        max_energy: ``update.magnitude`` above this counts as divergence (:data:`MAX_ENERGY`).
 
     Returns:
         A :class:`TrainResult`.
+
+    Raises:
+        TrainingDiverged: divergence after ``max_recoveries`` recoveries, naming
+            the step, what diverged and the last good checkpoint.
+        RunDirectoryError: a checkpoint or metrics write failed (disk full, read-only); the last good
+            checkpoint is intact.
+        ebmlab.io.RunLocked: another process is training into ``run_dir``.
     """
     for name, value, lo in (("steps", steps, 1), ("log_every", log_every, 1),
-                            ("checkpoint_every", checkpoint_every, 1), ("eval_every", eval_every, 1)):
+                            ("checkpoint_every", checkpoint_every, 1), ("eval_every", eval_every, 1),
+                            ("max_recoveries", max_recoveries, 0)):
         check_int(name, value, lo)
     if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay!r}")
+    if checkpoint_seconds is not None and not (math.isfinite(checkpoint_seconds) and checkpoint_seconds > 0):
+        raise ValueError(f"checkpoint_seconds must be a positive number of seconds or None, got {checkpoint_seconds!r}")
+    with run_lock(run_dir), _StopOnSignal() as stop:
+        return _fit(model, step_fn, stop, method=method, steps=steps, lr=lr, betas=betas, grad_clip=grad_clip,
+                    ema_decay=ema_decay, generator=generator, run_dir=run_dir, resume=resume, overwrite=overwrite,
+                    log_every=log_every, checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+                    evaluate=evaluate, eval_every=eval_every, callback=callback, max_seconds=max_seconds,
+                    extra_state=extra_state, load_extra=load_extra, max_recoveries=max_recoveries,
+                    on_recover=on_recover, max_energy=max_energy)
+
+
+def _fit(model, step_fn, stop, *, method, steps, lr, betas, grad_clip, ema_decay, generator, run_dir, resume,
+         overwrite, log_every, checkpoint_every, checkpoint_seconds, evaluate, eval_every, callback, max_seconds,
+         extra_state, load_extra, max_recoveries, on_recover, max_energy) -> TrainResult:
     run_path = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
     optimizer = torch.optim.Adam(params, lr=lr, betas=betas)
     ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
-    start = 0
+    start, recoveries, lr_scale = 0, 0, 1.0
     if resume:
+        remove_stale_temporaries(run_path)  # a killed process's half-written files (we hold the lock)
         ckpt = run_path / CHECKPOINT
         tensors, meta = load_checkpoint(ckpt, device=next(iter(params)).device)
         if meta.get("method", method) != method:
@@ -255,43 +398,98 @@ def fit(
             raise ValueError("resume=True needs an explicit generator: its state is restored from the checkpoint, "
                              "and ebmlab never reseeds torch's global default generator")
         start = restore_training_state(tensors, meta, model, optimizer, generator, ema)
+        recoveries, lr_scale = int(meta.get("recoveries", 0)), float(meta.get("lr_scale", 1.0))
+        _set_lr(optimizer, lr * lr_scale)
         truncate_metrics(run_path / METRICS, start)
     last_good = str(run_path / CHECKPOINT) if resume else None
-    history: list[dict[str, float]] = []
+    history: list[dict[str, Any]] = []
+
+    def snapshot(step: int) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The state to roll back to (and to checkpoint): copies, so training on does not change it."""
+        tensors, meta = training_state(model, optimizer, generator, ema)
+        if extra_state is not None:
+            tensors.update(extra_state())
+        tensors = {k: v.detach().clone() for k, v in tensors.items()}
+        return tensors, {**copy.deepcopy(meta), "method": method, "step": step, "recoveries": recoveries,
+                         "lr_scale": lr_scale}
+
+    def write_row(row: dict[str, Any]) -> None:
+        if run_path is None:
+            return
+        try:
+            with open(run_path / METRICS, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as err:
+            raise RunDirectoryError(f"could not write {run_path / METRICS}: {err}; "
+                                    f"{_last_good(last_good)}") from err
 
     def diverged(step: int, what: str) -> TrainingDiverged:
-        where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was written yet"
-        return TrainingDiverged(f"training diverged at step {step}: {what}; {where}")
+        return TrainingDiverged(f"training diverged at step {step}: {what}; {_last_good(last_good)}")
 
+    good = snapshot(start)
     t0 = time.perf_counter()
+    t_ckpt = t0
     model.train()
     step = start
-    for step in range(start + 1, steps + 1):
+    while step < steps:
+        step += 1
         # 1. the method's work: batch, negatives or noise, loss
+        failure: tuple[str, bool] | None = None
         try:
             update = step_fn(step)
         except DivergenceError as err:
-            raise diverged(step, str(err)) from err
-        # 2. backward, clip, step; one sync checks both the loss and the gradient
-        optimizer.zero_grad(set_to_none=True)
-        update.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
-        if not bool(torch.isfinite(update.loss.detach() + grad_norm)):
-            what = (f"loss is {float(update.loss.detach())}" if not torch.isfinite(update.loss)
-                    else f"parameter gradient norm is {float(grad_norm)}")
-            raise diverged(step, what)
+            failure = (str(err), True)
+        if failure is None:
+            # 2. backward, clip; one sync checks the loss, the gradient and the energies' magnitude
+            optimizer.zero_grad(set_to_none=True)
+            update.loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
+            ok = torch.isfinite(update.loss.detach() + grad_norm)
+            if update.magnitude is not None:
+                ok = ok & (update.magnitude.detach() <= max_energy)
+            if not bool(ok):
+                failure = (_what_diverged(update, grad_norm, max_energy), False)
+        if failure is not None:  # roll back to the last good state, halve the step sizes, go on
+            what, chains = failure
+            if recoveries >= max_recoveries:
+                tail = f" ({recoveries} recoveries before it; --max-recoveries)" if recoveries else ""
+                raise diverged(step, what + tail)
+            recoveries += 1
+            lr_scale *= 0.5
+            tensors, meta = good
+            if load_extra is not None:
+                load_extra(tensors, meta)
+            back = restore_training_state(tensors, meta, model, optimizer, generator, ema)
+            _set_lr(optimizer, lr * lr_scale)
+            changes = on_recover(chains) if on_recover is not None else {}
+            history[:] = [row for row in history if row["step"] <= back]
+            if run_path is not None:
+                truncate_metrics(run_path / METRICS, back)
+            row = {"step": back, "event": "recovery", "recovery": recoveries, "diverged_at": step, "what": what,
+                   "lr": lr * lr_scale, **changes}
+            history.append(row)
+            write_row(row)
+            warnings.warn(f"training diverged at step {step} ({what}); rolled back to step {back} with the learning "
+                          f"rate halved to {lr * lr_scale:.3g}"
+                          + "".join(f", {k} {v:.3g}" for k, v in changes.items() if isinstance(v, float))
+                          + f" (recovery {recoveries} of {max_recoveries})", RuntimeWarning, stacklevel=3)
+            good = snapshot(back)
+            step = back
+            continue
         optimizer.step()
         if ema is not None:
             ema_update(ema, model, ema_decay, step)
         if update.after is not None:
             update.after()
         # 3. log, evaluate, checkpoint
-        last = step == steps or (max_seconds is not None and time.perf_counter() - t0 >= max_seconds)
-        eval_now = evaluate is not None and (step % eval_every == 0 or last)
+        now = time.perf_counter()
+        last = (step == steps or (max_seconds is not None and now - t0 >= max_seconds)
+                or stop.signum is not None)
+        eval_now = evaluate is not None and (step % eval_every == 0 or (last and stop.signum is None))
         if step % log_every == 0 or last or eval_now:
             row = {"step": step, "loss": float(update.loss.detach()),
                    **{k: _number(v) for k, v in update.metrics.items() if k != "loss"},
-                   "grad_norm": float(grad_norm), "seconds": time.perf_counter() - t0}
+                   "grad_norm": float(grad_norm), "seconds": now - t0}
             if eval_now:
                 model.eval()
                 try:
@@ -299,24 +497,44 @@ def fit(
                 except DivergenceError as err:  # the model's samples blew up; the training state is fine
                     row["eval_error"] = f"evaluation sampler diverged: {err}"
                 model.train()
+            if stop.signum is not None:
+                row["stopped_by"] = stop.name
             history.append(row)
-            if run_path is not None:
-                with open(run_path / METRICS, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+            write_row(row)
             if callback is not None:
                 callback(step, row)
-        if run_path is not None and (step % checkpoint_every == 0 or last):
-            tensors, meta = training_state(model, optimizer, generator, ema)
-            if extra_state is not None:
-                tensors.update(extra_state())
-            save_checkpoint(run_path / CHECKPOINT, tensors, {**meta, "method": method, "step": step})
-            last_good = str(run_path / CHECKPOINT)
+        if (step % checkpoint_every == 0 or last
+                or (checkpoint_seconds is not None and time.perf_counter() - t_ckpt >= checkpoint_seconds)):
+            good = snapshot(step)
+            if run_path is not None:
+                try:
+                    save_checkpoint(run_path / CHECKPOINT, *good)
+                except OSError as err:  # atomic: the previous checkpoint is still there
+                    raise RunDirectoryError(f"could not write the checkpoint at step {step} into {run_path}: "
+                                            f"{err}; {_last_good(last_good)}") from err
+                last_good = f"{run_path / CHECKPOINT} (step {step})"
+            t_ckpt = time.perf_counter()
         if last:
             break
     model.eval()
     if ema is not None:
         ema.eval()
-    return TrainResult(step=step, history=history, seconds=time.perf_counter() - t0, ema=ema)
+    return TrainResult(step=step, history=history, seconds=time.perf_counter() - t0, ema=ema,
+                       stopped_by=stop.name, recoveries=recoveries)
+
+
+def _last_good(last_good: str | None) -> str:
+    return f"last good checkpoint: {last_good}" if last_good else "no checkpoint was written yet"
+
+
+def _what_diverged(update: Update, grad_norm: Tensor, max_energy: float) -> str:
+    loss = float(update.loss.detach())
+    if not math.isfinite(loss):
+        return f"loss is {loss}"
+    if not math.isfinite(float(grad_norm)):
+        return f"parameter gradient norm is {float(grad_norm)}"
+    return (f"energy magnitude {float(update.magnitude):.3g} is above max_energy={max_energy:g} (the energies "
+            "blew up; a smaller learning rate or a larger alpha keeps them bounded)")
 
 
 def default_alpha(method: str, *, images: bool) -> float:
@@ -348,10 +566,12 @@ def train_ebm(
     overwrite: bool = False,
     log_every: int = 50,
     checkpoint_every: int = 500,
+    checkpoint_seconds: float | None = None,
     evaluate: Callable[[nn.Module, int, Tensor], dict[str, float]] | None = None,
     eval_every: int = 500,
     callback: Callable[[int, dict[str, float]], None] | None = None,
     max_seconds: float | None = None,
+    max_recoveries: int = MAX_RECOVERIES,
 ) -> TrainResult:
     """Train ``energy`` on ``train_data`` by maximum likelihood with MCMC negatives.
 
@@ -390,23 +610,31 @@ def train_ebm(
         resume: continue from ``run_dir``'s checkpoint.
         overwrite: empty an existing run in ``run_dir`` first (without it, or
             ``resume``, an existing run is refused).
-        log_every, checkpoint_every, eval_every: periods in steps.
+        log_every: log a metrics row every this many steps.
+        checkpoint_every: write a checkpoint every this many steps.
+        checkpoint_seconds: also write one when this much wall time has passed since the last.
         evaluate: ``evaluate(model, step, negatives) -> metrics`` called every
             ``eval_every`` steps; ``negatives`` are the current chains (the
             replay buffer's contents, or this step's negatives). A
             :class:`~ebmlab.samplers.DivergenceError` inside it is recorded
             as the row's ``eval_error`` and training goes on.
         callback: ``callback(step, row)`` after each logged row.
+        eval_every: evaluate every this many steps (and at the last).
         max_seconds: stop after the first step that ends past this wall-time
             budget (that step is logged, evaluated and checkpointed as the last).
+        max_recoveries: rollbacks from divergence (a non-finite loss, energy
+            or gradient, chains that blow up, energies whose root mean square
+            passes :data:`MAX_ENERGY`) before the run stops; each halves the
+            learning rate, and the sampler's step (and ULA's noise) when the
+            chains diverged (see :func:`fit`).
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
         ValueError: for bad arguments or a run_dir that already holds a run.
-        TrainingDiverged: on a non-finite loss, energy or gradient, naming the
-            step and the last good checkpoint (never silently replaced).
+        TrainingDiverged: on divergence after ``max_recoveries`` recoveries,
+            naming the step and the last good checkpoint (never silently replaced).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
@@ -438,6 +666,7 @@ def train_ebm(
     elif method == "buffer":
         buffer = ReplayBuffer(buffer_size, noise, reinit_prob=reinit_prob, generator=generator)
     latest: dict[str, Tensor] = {}
+    chains = {"sampler": sampler, "scale": 1.0}  # the sampler's step is halved when its chains diverge
 
     def step_fn(step: int) -> Update:  # noqa: ARG001 - the loop's signature
         # 1. a data batch (with optional data noise)
@@ -448,29 +677,55 @@ def train_ebm(
         # 2. negatives: k sampler steps from where the method says chains start
         x0, slots = start_negatives(method, x_pos, noise=noise, buffer=buffer, generator=generator)
         energy.eval()  # fixed weights while sampling (spectral norm's power iteration updates in train mode)
-        x_neg, acceptance = negatives(energy, sampler, x0, mcmc_steps, generator=generator)
+        x_neg, acceptance = negatives(energy, chains["sampler"], x0, mcmc_steps, generator=generator)
         energy.train()
         latest["x_neg"] = x_neg
         # 3. loss (slide "Contrastive divergence"): lower E on data, raise it on samples
         loss, metrics = contrastive_divergence(energy, x_pos, x_neg, alpha=alpha)
         # 4. after the update, the chains' ends go back to the buffer (PCD: they are the persistent chains)
         after = (lambda: buffer.update(slots, x_neg)) if buffer is not None else None
-        return Update(loss, {**metrics, "acceptance": acceptance}, after)
+        return Update(loss, {**metrics, "acceptance": acceptance}, after, magnitude=metrics["regulariser"].sqrt())
 
     def evaluate_fn(model: nn.Module, step: int) -> dict[str, Any]:
         return evaluate(model, step, buffer.data if buffer is not None else latest["x_neg"])
 
+    def set_scale(scale: float) -> dict[str, Any]:
+        chains["scale"] = scale
+        chains["sampler"] = scaled_step(sampler, scale)
+        return {"sampler_step_size": chains["sampler"].step_size} if hasattr(sampler, "step_size") else {}
+
+    def on_recover(chains_diverged: bool) -> dict[str, Any]:
+        return set_scale(chains["scale"] * 0.5) if chains_diverged else {}
+
+    def extra_state() -> dict[str, Tensor]:
+        return {"sampler_step_scale": torch.tensor(chains["scale"], dtype=torch.float64),
+                **({"buffer.data": buffer.data} if buffer is not None else {})}
+
+    def load_extra(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:  # noqa: ARG001
+        set_scale(float(tensors["sampler_step_scale"]) if "sampler_step_scale" in tensors else 1.0)
+        if buffer is not None:
+            buffer.load_state_dict({"data": tensors["buffer.data"]})
+
     result = fit(
         energy, step_fn, method=method, steps=steps, lr=lr, betas=betas, grad_clip=grad_clip,
         ema_decay=ema_decay, generator=generator, run_dir=run_dir, resume=resume, overwrite=overwrite,
-        log_every=log_every, checkpoint_every=checkpoint_every,
+        log_every=log_every, checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
         evaluate=evaluate_fn if evaluate is not None else None, eval_every=eval_every, callback=callback,
-        max_seconds=max_seconds,
-        extra_state=(lambda: {"buffer.data": buffer.data}) if buffer is not None else None,
-        load_extra=(lambda t, m: buffer.load_state_dict({"data": t["buffer.data"]})) if buffer is not None else None,
+        max_seconds=max_seconds, extra_state=extra_state, load_extra=load_extra, max_recoveries=max_recoveries,
+        on_recover=on_recover,
     )
     result.buffer = buffer
     return result
+
+
+def scaled_step(sampler: Any, scale: float) -> Any:
+    """``sampler`` with its step size (and ULA's noise scale, keeping the chains' temperature) times ``scale``."""
+    if scale == 1.0 or not hasattr(sampler, "step_size"):
+        return sampler
+    changes = {"step_size": sampler.step_size * scale}
+    if getattr(sampler, "noise_scale", None) is not None:
+        changes["noise_scale"] = sampler.noise_scale * scale
+    return dataclasses.replace(sampler, **changes)
 
 
 def negatives(energy: Any, sampler: Any, x0: Tensor, num_steps: int, *,

@@ -19,7 +19,7 @@ from ..objectives.contrastive import METHODS as EBM_METHODS
 from ..samplers.registry import SAMPLER_NAMES
 from ..score_training import SCORE_METHODS, SDE_METHODS
 from ..sde import WEIGHTINGS
-from ..training import default_alpha
+from ..training import MAX_RECOVERIES, default_alpha
 
 __all__ = ["CHAIN_SAMPLERS", "FILE_TEST_FRACTION", "NEGATIVES_TREE_DEPTH", "ConfigError", "EBM_METHODS", "IMAGE_DATA",
            "IMAGE_SCORE_METHODS", "METHODS",
@@ -171,7 +171,12 @@ class TrainConfig:
         n_train, n_test: generated 2-D points (10000 / 5000); MNIST: the first N images (default all).
         test_fraction: a data file: the share of its rows held out for evaluation (0.2), chosen by a
             permutation of ``seed``.
-        eval_every: evaluate and checkpoint every this many steps.
+        eval_every: evaluate (and, by default, checkpoint) every this many steps.
+        log_every: write a metrics row every this many steps (default: ``min(50, eval_every)``).
+        checkpoint_every: write a checkpoint every this many steps (default: ``eval_every``).
+        checkpoint_seconds: also write one when this much wall time has passed since the last (default off).
+        max_recoveries: rollbacks from divergence before the run stops (3; each halves the learning
+            rate, and the sampler's step when the chains diverged).
         seed: data, initialisation and sampling.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         max_seconds: wall-time budget (the last step is evaluated and checkpointed).
@@ -229,6 +234,10 @@ class TrainConfig:
     weighting: str | None = None
     sde_steps: int | None = None
     test_fraction: float | None = None
+    log_every: int | None = None
+    checkpoint_every: int | None = None
+    checkpoint_seconds: float | None = None
+    max_recoveries: int = MAX_RECOVERIES
 
     # ------------------------------------------------------------------ building
 
@@ -363,9 +372,9 @@ class TrainConfig:
             cfg = replace(cfg, n_train=cfg.n_train or TOY_SIZES["n_train"], n_test=cfg.n_test or TOY_SIZES["n_test"])
         cfg = replace(cfg, hidden=_hidden(cfg.hidden), ema=cfg.ema or None)
         for name, lo in (("steps", 1), ("batch_size", 1), ("langevin_steps", 0), ("buffer_size", 1),
-                         ("eval_every", 1), ("num_sigmas", 2), ("seed", 0)):
+                         ("eval_every", 1), ("num_sigmas", 2), ("seed", 0), ("max_recoveries", 0)):
             _integer(cfg, name, lo)
-        for name in ("n_train", "n_test", "steps_per_level"):
+        for name in ("n_train", "n_test", "steps_per_level", "log_every", "checkpoint_every"):
             _integer(cfg, name, 1, optional=True)
         for name in ("step_size", "lr", "grad_clip", "sigma", "sigma_min"):
             _positive(cfg, name)
@@ -374,6 +383,7 @@ class TrainConfig:
         for name in ("alpha", "data_noise"):
             _positive(cfg, name, zero=True)
         _positive(cfg, "max_seconds", optional=True, zero=True)
+        _positive(cfg, "checkpoint_seconds", optional=True)
         if not (isinstance(cfg.reinit_prob, (int, float)) and 0.0 <= cfg.reinit_prob <= 1.0):
             raise ConfigError(f"{{0}} must be a probability in [0, 1], got {cfg.reinit_prob!r}", "reinit_prob")
         if cfg.ema is not None and not (isinstance(cfg.ema, (int, float)) and 0.0 <= cfg.ema < 1.0):

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from ..devices import resolve_device
-from ..training import prepare_run_dir
+from ..io import LOCK, run_lock
+from ..training import CHECKPOINT, METRICS, prepare_run_dir
 from .config import ConfigError, TrainConfig
 from .evaluate import training_evaluator
 from .models import (build_energy, build_sde, data_bounds, data_section, density_name, load_data, load_data_file,
@@ -47,6 +49,15 @@ def _check_resume(out: Path, config: dict[str, Any]) -> None:
     if saved.get("train", {}).get("sde") != config["train"].get("sde"):
         raise ValueError(f"resume: the SDE {config['train'].get('sde')} differs from {saved_path}'s "
                          f"{saved.get('train', {}).get('sde')}")
+
+def _not_started(out: Path) -> bool:
+    """Whether ``out`` is a run killed before its first checkpoint: empty, or its own config.json and rows only."""
+    return all(p.name in (CONFIG, METRICS) or p.name.startswith(".") for p in _entries(out))
+
+
+def _entries(out: Path) -> list[Path]:
+    return [p for p in out.iterdir() if p.name != LOCK] if out.is_dir() else []
+
 
 def _build_model(model_cfg: dict[str, Any], seed: int, device: torch.device) -> torch.nn.Module:
     """The network, initialised from the run's seed without touching the global RNG's stream."""
@@ -82,9 +93,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, callbacks: Sequence[Callb
         FileNotFoundError: for missing data files (the message says how to get them).
         TrainingDiverged: when training diverges (naming the step and the last good checkpoint).
     """
-    from ..score_training import default_sigmas, train_score
-    from ..training import train_ebm
-    from .callbacks import ProgressPrinter
+    from ..score_training import default_sigmas
 
     cfg = cfg.resolved()
     out = Path(out)
@@ -123,7 +132,25 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, callbacks: Sequence[Callb
     if cfg.diffusion:  # the forward SDE, its VE sigma_max defaulted from the data (derived, like the sigmas)
         section["sde"] = sde_section(cfg, train_x)
     config = {"model": model_cfg, "data": data, "train": section}
+    with run_lock(out):  # one training process per run directory (a killed one leaves no stale lock)
+        return _train_locked(cfg, out, config, train_x, test, sigmas, section, callbacks=callbacks, resume=resume,
+                             overwrite=overwrite, progress=progress, device=device)
+
+
+def _train_locked(cfg: TrainConfig, out: Path, config: dict[str, Any], train_x: torch.Tensor, test: Any,
+                  sigmas: torch.Tensor | None, section: dict[str, Any], *, callbacks: Sequence[Callback],
+                  resume: bool, overwrite: bool, progress: bool, device: torch.device) -> Run:
+    from ..score_training import train_score
+    from ..training import train_ebm
+    from .callbacks import ProgressPrinter
+
+    model_cfg = config["model"]
     try:
+        if resume and not (out / CHECKPOINT).is_file() and _not_started(out):
+            # killed before its first checkpoint: nothing to continue, so start it afresh (and say so)
+            warnings.warn(f"{out} holds no checkpoint yet (the run stopped before writing one): starting it afresh "
+                          "from step 0", RuntimeWarning, stacklevel=3)
+            resume, overwrite = False, _entries(out) != []
         if resume:
             _check_resume(out, config)
         prepare_run_dir(out, resume=resume, overwrite=overwrite)
@@ -140,8 +167,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, callbacks: Sequence[Callb
 
     common = dict(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, grad_clip=cfg.grad_clip, ema_decay=cfg.ema,
                   generator=torch.Generator(device=device).manual_seed(cfg.seed), run_dir=out, resume=resume,
-                  log_every=max(1, min(50, cfg.eval_every)), checkpoint_every=cfg.eval_every, evaluate=evaluate,
-                  eval_every=cfg.eval_every, callback=callback, max_seconds=cfg.max_seconds)
+                  log_every=cfg.log_every or min(50, cfg.eval_every),
+                  checkpoint_every=cfg.checkpoint_every or cfg.eval_every,
+                  checkpoint_seconds=cfg.checkpoint_seconds, evaluate=evaluate, eval_every=cfg.eval_every,
+                  callback=callback, max_seconds=cfg.max_seconds, max_recoveries=cfg.max_recoveries)
     try:
         if cfg.diffusion:
             result = train_score(model, train_x, method=cfg.method, sde=build_sde(section["sde"]),
@@ -160,6 +189,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, callbacks: Sequence[Callb
                 close()
     last = result.history[-1] if result.history else {}
     summary = {"run_dir": str(out), "steps": result.step, "seconds": result.seconds, **last}
+    if result.stopped_by is not None:  # SIGTERM / SIGINT: checkpointed, to be resumed
+        summary["stopped_by"] = result.stopped_by
+    if result.recoveries:
+        summary["recoveries"] = result.recoveries
     run = Run.load(out, device=device)
     if result.buffer is not None and not cfg.images and train_x.shape[1] == 2:  # the chains the model trained against
         from ..viz import plot_samples, save_figure
