@@ -16,7 +16,7 @@ def test_readme_python_example_runs_and_matches_its_comments(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)  # the run API example writes runs/eg
     namespace: dict = {}
     with contextlib.redirect_stdout(out):
-        for code in blocks[:3]:  # sampling, the run API (which uses its generator), then NUTS / PT / diffusion
+        for code in blocks[:4]:  # sampling, the run API (which uses its generator), NUTS / PT / diffusion, traces
             exec(compile(code, "README.md", "exec"), namespace)
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("torch.Size([700, 1000, 2])")
@@ -41,3 +41,8 @@ def test_readme_python_example_runs_and_matches_its_comments(tmp_path, monkeypat
     # the ODE log-likelihood of 200 exact draws: on average -entropy = -3.334; SE of a mean of 200 log densities
     # 0.08, so 4 SE = 0.32
     assert abs(float(lines[9]) + 3.334) < 0.32
+    # the trace saved and loaded is the same trace; ArviZ's R-hat on to_arviz() is ebmlab's on the trace
+    assert lines[10] == "True"
+    rhat_arviz, rhat_ebmlab = map(float, lines[11].split())
+    assert rhat_arviz == rhat_ebmlab and 1.0 <= rhat_arviz < 1.1
+    assert (tmp_path / "banana.safetensors").is_file() and (tmp_path / "banana.png").is_file()
