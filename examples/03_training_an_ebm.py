@@ -84,7 +84,9 @@ plt.show()
 # %%
 def exact_kl(energy, test):
     """KL(data || model) on the test points: mean of log p_true - log p_model, and its standard error."""
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # a model that has not decayed at the box's edge is normalised on the box (see the note below)
+        warnings.filterwarnings("ignore", message="log_partition: .* outermost cells")
         log_model = evaluation.normalized_log_prob(energy, test, bounds, 256).double()
     gap = -truth(test.double()) - log_model
     return float(gap.mean()), float(gap.std() / math.sqrt(len(gap)))
@@ -93,9 +95,7 @@ def exact_kl(energy, test):
 with torch.random.fork_rng():
     torch.manual_seed(0)
     untrained = ebmlab.MLPEnergy(2)
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="log_partition: .* outermost cells")  # the note above
-    kl_untrained, _ = exact_kl(untrained, split.test)
+kl_untrained, _ = exact_kl(untrained, split.test)
 print(f"KL(data || untrained network) = {kl_untrained:.3f} nat")
 
 # %%
@@ -105,29 +105,31 @@ assert kl_untrained > 1.5, kl_untrained
 # ## CD, short-run and PCD
 #
 # `runs.TrainConfig.resolve` fills every default for this data and method
-# (Langevin negatives with $\epsilon = 0.1$, 20 steps per update, batch 256,
-# Adam, an exponential moving average of the weights) and `runs.train` writes a
-# run directory: `config.json`, `metrics.jsonl` and a checkpoint. We keep the
-# budget small, 200 updates per method, and evaluate every 50 (exact KL by
-# quadrature on the run's 5000 test points). Longer runs go much further; this
-# notebook is about the shape of the curves.
+# (Langevin negatives with $\epsilon = 0.1$, 20 steps per update, Adam, an
+# exponential moving average of the weights) and `runs.train` writes a run
+# directory: `config.json`, `metrics.jsonl` and a checkpoint. We keep the budget
+# small, 200 updates of 128 points per method (the default batch is 256), and
+# evaluate every 50 (exact KL by quadrature on the run's 5000 test points).
+# Longer runs go much further; this notebook is about the shape of the curves.
 
 # %%
 methods = ("cd", "short-run", "pcd")
 trained = {}
 for method in methods:
-    cfg = runs.TrainConfig.resolve(data="eight_gaussians", method=method, steps=200, eval_every=50, seed=0)
+    cfg = runs.TrainConfig.resolve(data="eight_gaussians", method=method, steps=200, batch_size=128, eval_every=50,
+                                   seed=0)
     trained[method] = runs.train(cfg, Path("runs") / method, overwrite=True)
     curve = [(row["step"], row["kl"]) for row in trained[method].history() if "kl" in row]
     print(f"{method:9s} {trained[method].summary['seconds']:5.1f} s  KL by step: "
           + ", ".join(f"{s}: {k:.3f}" for s, k in curve))
 
 # %% [markdown]
-# Each method brings the exact KL from the untrained network's value to below
-# 0.6 nat in 200 updates, and each curve falls from its first evaluation to its
-# last. At this budget the three end within 0.1 nat of each other, a few
-# standard errors of the KL estimate (about 0.01 nat, from 5000 test points):
-# where the chains start matters less here than how long we train.
+# Each method brings the exact KL more than 1 nat below the untrained
+# network's, and each curve falls from its first evaluation to its last. The
+# three end within 0.15 nat of each other; the standard error of each KL
+# estimate is about 0.01 nat (5000 test points), so some of that spread is
+# real, but which start is best is not something 200 updates settle: the
+# budget matters more here than where the chains start.
 
 # %%
 final = {}
@@ -136,9 +138,9 @@ for method, run in trained.items():
     _, test = run.data()
     final[method] = exact_kl(run.model, test)
     print(f"{method:9s} final KL {final[method][0]:.3f} +- {final[method][1]:.3f} nat")
-    assert curve[-1] < 0.6 and curve[-1] < curve[0], (method, curve)
+    assert curve[-1] < kl_untrained - 1.0 and curve[-1] < curve[0], (method, curve)
     assert abs(final[method][0] - curve[-1]) < 1e-3  # the run's own evaluation is the same exact KL
-assert max(k for k, _ in final.values()) - min(k for k, _ in final.values()) < 0.1, final
+assert max(k for k, _ in final.values()) - min(k for k, _ in final.values()) < 0.15, final
 assert all(se < 0.015 for _, se in final.values()), final
 
 # %%
@@ -170,7 +172,7 @@ plt.show()
 reloaded = runs.Run.load(Path("runs") / "pcd")
 kl_reloaded, _ = exact_kl(reloaded.model, split.test)
 kl_before, _ = exact_kl(trained["pcd"].model, split.test)
-samples = reloaded.sample(500, generator=g)
+samples = reloaded.sample(100, generator=g)
 print(f"reloaded at step {reloaded.step}: KL {kl_reloaded:.4f} (before: {kl_before:.4f}); samples {tuple(samples.shape)}")
 
 # %%
@@ -202,8 +204,8 @@ experts = {"A: eight Gaussians": expert_a, "B: right half-plane": expert_b, "A +
 # %% [markdown]
 # Quadrature gives each energy's normalised density, so we can integrate it
 # over regions exactly: the right half-plane, the ring of radius $4 \pm 1.5$
-# where A's modes are, and both. A alone puts less than 0.6 of its mass on the
-# right half of the ring, and so does B; their product puts more than 0.85 there.
+# where A's modes are, and both. Their product puts more than 0.85 of its mass
+# on the right half of the ring, at least 0.3 more than either expert alone.
 
 # %%
 radius = (u[:, None] ** 2 + v[None, :] ** 2).sqrt()
@@ -219,8 +221,8 @@ for name, energy in experts.items():
           f"on the right half of the ring {masses[name]['both']:.3f}")
 
 # %%
-assert masses["A: eight Gaussians"]["both"] < 0.6 and masses["B: right half-plane"]["both"] < 0.6, masses
-assert masses["A + B"]["both"] > 0.85, masses["A + B"]
+alone = max(masses["A: eight Gaussians"]["both"], masses["B: right half-plane"]["both"])
+assert masses["A + B"]["both"] > 0.85 and masses["A + B"]["both"] > alone + 0.3, masses
 
 # %% [markdown]
 # The product is an energy like any other, so MALA samples it directly (white
@@ -229,8 +231,8 @@ assert masses["A + B"]["both"] > 0.85, masses["A + B"]
 # not gone. The exact masses above come from quadrature, not from the chains.
 
 # %%
-x0 = torch.empty((1000, 2)).uniform_(-7, 7, generator=g)
-product_samples = ebmlab.sample(experts["A + B"], ebmlab.MALA(0.1), x0, 400, burn_in=399, generator=g).final_state.x
+x0 = torch.empty((500, 2)).uniform_(-7, 7, generator=g)
+product_samples = ebmlab.sample(experts["A + B"], ebmlab.MALA(0.1), x0, 300, burn_in=299, generator=g).final_state.x
 fig, axs = plt.subplots(1, 3, figsize=(9, 3))
 for ax, (name, dens) in zip(axs, densities.items()):
     ax.imshow(dens.T.numpy(), origin="lower", extent=(*bounds[0], *bounds[1]), cmap="viridis")
