@@ -185,3 +185,39 @@ def test_stats_memory_does_not_grow_with_the_steps():
     grow_stats = held_kib(3000, "stats") - held_kib(300, "stats")
     assert grow_all > 60_000, grow_all  # KiB: most of the 84,000 KiB of extra draws
     assert abs(grow_stats) < 5_000, grow_stats
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ebmlab.Langevin(0.3), lambda: ebmlab.MALA(0.5), lambda: ebmlab.HMC(0.2, num_leapfrog=3),
+    lambda: ebmlab.RandomWalkMH(0.5), lambda: ebmlab.NUTS(0.3, max_tree_depth=4),
+    lambda: ebmlab.ParallelTempering(ebmlab.MALA(0.5), num_temperatures=3, max_temperature=4.0),
+], ids=["ula", "mala", "hmc", "rwmh", "nuts", "pt"])
+def test_draws_written_in_blocks_are_the_states_of_every_step(make):
+    """``sample`` writes the draws of several steps at once for ebmlab's own samplers: every kept draw and the
+    acceptance count must equal what a callback copying each step's state sees (a sampler that modified a
+    returned state in place would break this)."""
+    banana = ebmlab.targets.get("banana")
+    seen, acc = [], torch.zeros(64)
+    cb = lambda t, state, info: (seen.append(state.x.clone()), acc.add_(info.accepted) if t >= 7 else None)  # noqa
+    trace = ebmlab.sample(banana, make(), torch.randn(64, 2, generator=torch.Generator().manual_seed(1)), 90,
+                          burn_in=7, thin=2, generator=torch.Generator().manual_seed(0), callback=cb)
+    assert torch.equal(trace.samples, torch.stack(seen[7::2]))
+    assert torch.equal(trace.acceptance_rate, acc / 83)
+
+
+def test_a_sampler_that_updates_its_state_in_place_keeps_every_draw():
+    """Samplers from outside ebmlab may reuse their state's tensor; their draws are copied every step."""
+
+    class InPlace:
+        def init(self, energy, x):
+            return ebmlab.samplers.State(x=x.clone(), energy=energy(x))
+
+        def step(self, energy, state, *, generator=None):
+            state.x.add_(1.0)  # moves every chain by one, in place
+            state = ebmlab.samplers.State(x=state.x, energy=energy(state.x))
+            return state, ebmlab.samplers.Info(proposal=state.x, accepted=torch.ones(state.x.shape[0], dtype=bool),
+                                               log_acceptance=torch.zeros(state.x.shape[0]))
+
+    trace = ebmlab.sample(lambda x: (x**2).sum(-1), InPlace(), torch.zeros(3, 2), 40)
+    assert torch.equal(trace.samples[:, 0, 0], torch.arange(1.0, 41.0))
+    assert torch.equal(trace.acceptance_rate, torch.ones(3))

@@ -35,6 +35,7 @@ __all__ = [
     "Sampler",
     "State",
     "Trace",
+    "all_accepted",
     "broadcast_chains",
     "mh_accept",
     "normal_like",
@@ -156,6 +157,28 @@ def mh_accept(log_alpha: Tensor, current: State, proposed: State, log_u: Tensor)
     return new, accepted, log_alpha.clamp(max=0.0)
 
 
+_ALL_ACCEPTED: dict[tuple[int, torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+
+
+def all_accepted(energy: Tensor) -> tuple[Tensor, Tensor]:
+    """``(accepted, log_acceptance)`` of a step without an accept test: all ``True`` and all 0, per chain.
+
+    The same two tensors every step (one cached pair per shape, device and
+    dtype, at most 64 kept): allocating and filling them per step costs as much
+    as a cheap step's arithmetic. Treat them as read-only.
+    """
+    if torch.compiler.is_compiling():  # inside a graph: two constants, fused away
+        return torch.ones_like(energy, dtype=torch.bool), torch.zeros_like(energy)
+    key = (energy.shape[0], energy.device, energy.dtype)
+    pair = _ALL_ACCEPTED.get(key)
+    if pair is None:
+        if len(_ALL_ACCEPTED) >= 64:
+            _ALL_ACCEPTED.clear()
+        pair = _ALL_ACCEPTED[key] = (torch.ones(key[0], dtype=torch.bool, device=key[1]),
+                                     torch.zeros(key[0], dtype=key[2], device=key[1]))
+    return pair
+
+
 def random_on(fn: Callable[..., Tensor], shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None,
               device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
     """``fn(shape)`` (``torch.randn`` or ``torch.rand``) from ``generator`` on ``device``.
@@ -166,8 +189,10 @@ def random_on(fn: Callable[..., Tensor], shape: tuple[int, ...] | torch.Size, ge
     generator on the chains' device to avoid the copy. ``device=None`` is
     torch's default device.
     """
+    if generator is None or generator.device == device:  # the common case, without building a torch.device
+        return fn(shape, generator=generator, device=device, dtype=dtype)
     device = torch.get_default_device() if device is None else torch.device(device)
-    if generator is not None and generator.device.type != device.type:
+    if generator.device.type != device.type:
         return fn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
     return fn(shape, generator=generator, device=device, dtype=dtype)
 
@@ -422,28 +447,33 @@ def sample(
     moments = _Moments(state.x) if keep == "stats" else None
     accepted = torch.zeros(state.x.shape[0], dtype=torch.int32, device=state.x.device)
     tree: dict[str, Tensor] = {}  # NUTS' per-chain counts, summed after burn-in
-    k, checked = 0, 0
+    # The draws and acceptance flags of the last few steps are written in one op each (a copy per step costs
+    # as much as a cheap step's arithmetic); only ebmlab's own samplers, which never modify a returned state
+    # in place, and at most about 16 MB of pending draws.
+    pending = _Pending(samples, energies, accepted, state.x,
+                       deferred=type(sampler).__module__.startswith("ebmlab.samplers."))
+    checked = 0
     for t in range(num_steps):
         state, info = step(state)
         if (t + 1) % check_every == 0 or t + 1 == num_steps:
             check_finite_state(state, t + 1, since=checked)
             checked = t + 1
         if t >= burn_in:
-            accepted += info.accepted
             if info.num_grad_evals is not None:
                 for name in ("num_grad_evals", "divergent", "tree_depth"):
                     v = getattr(info, name)
                     if v is not None:
                         tree[name] = tree[name] + v if name in tree else v.to(torch.int64)
             if keep_all and (t - burn_in) % thin == 0:
-                samples[k] = state.x
-                energies[k] = state.energy
-                k += 1
-            elif reservoir is not None:
-                reservoir.offer(t - burn_in, state)
-                moments.update(state.x)
+                pending.add(state, info.accepted)
+            else:
+                pending.add(None, info.accepted)
+                if reservoir is not None:
+                    reservoir.offer(t - burn_in, state)
+                    moments.update(state.x)
         if callback is not None:
             callback(t, state, info)
+    pending.flush()
     if reservoir is not None:
         samples, energies = reservoir.x[: reservoir.k], reservoir.e[: reservoir.k]
     elif not keep_all:
@@ -462,6 +492,48 @@ def sample(
         mean_tree_depth=tree["tree_depth"].double() / (num_steps - burn_in) if "tree_depth" in tree else None,
         moments=None if moments is None else {**moments.result(state.x.shape[1:]), "thin": reservoir.stride},
     )
+
+
+class _Pending:
+    """Draws, energies and acceptance flags of recent steps, written into the trace's tensors in one op each."""
+
+    MAX_BYTES = 1 << 24
+
+    def __init__(self, samples: Tensor, energies: Tensor, accepted: Tensor, x: Tensor, *, deferred: bool) -> None:
+        self.samples, self.energies, self.accepted = samples, energies, accepted
+        per_step = x.numel() * x.element_size()
+        self.cap = max(1, min(32, self.MAX_BYTES // max(per_step, 1))) if deferred else 1
+        self.k = 0
+        self.x: list[Tensor] = []
+        self.e: list[Tensor] = []
+        self.acc: list[Tensor] = []
+
+    def add(self, state: State | None, accepted: Tensor) -> None:
+        if state is not None:
+            self.x.append(state.x)
+            self.e.append(state.energy)
+        self.acc.append(accepted)
+        if len(self.acc) >= self.cap:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.x:
+            m = len(self.x)
+            if m == 1:
+                self.samples[self.k].copy_(self.x[0])
+                self.energies[self.k].copy_(self.e[0])
+            else:
+                torch.stack(self.x, out=self.samples[self.k: self.k + m])
+                torch.stack(self.e, out=self.energies[self.k: self.k + m])
+            self.k += m
+            self.x.clear()
+            self.e.clear()
+        if self.acc:
+            if len(self.acc) == 1:
+                self.accepted += self.acc[0]
+            else:
+                self.accepted += torch.stack(self.acc).sum(0, dtype=torch.int32)
+            self.acc.clear()
 
 
 class _Reservoir:

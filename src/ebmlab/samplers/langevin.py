@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..checks import check_positive
 from ..energies.core import energy_and_score
-from .base import Info, State, normal_like
+from .base import Info, State, all_accepted, normal_like
 
 __all__ = ["Langevin"]
 
@@ -94,6 +94,5 @@ class Langevin:
         if self.clamp is not None:
             x_new = x_new.clamp(*self.clamp)
         e, s = energy_and_score(energy, x_new)
-        zeros = torch.zeros_like(e)
-        return State(x=x_new, energy=e, score=s), Info(proposal=x_new, accepted=torch.ones_like(e, dtype=torch.bool),
-                                                        log_acceptance=zeros)
+        accepted, log_acceptance = all_accepted(e)
+        return State(x=x_new, energy=e, score=s), Info(proposal=x_new, accepted=accepted, log_acceptance=log_acceptance)
