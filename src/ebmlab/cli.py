@@ -512,16 +512,27 @@ def serve(
     port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
     model: list[Path] = typer.Option([], "--model", help="A trained 2-D run directory to offer as a target "
                                      "(repeatable); nothing else is ever loaded from disk."),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a --host that is not loopback (e.g. "
+                                      "0.0.0.0): anyone who can reach the port can then drive the sampler."),
+    max_clients: int = typer.Option(32, "--max-clients", min=1, help="Concurrent WebSocket clients; one more "
+                                    "gets an error and is closed (code 1013, try again later)."),
 ) -> None:
     """The interactive sampler playground: a web page driving ebmlab's own samplers."""
     _need(("fastapi", "uvicorn", "websockets"), "ebmlab serve needs the playground's server: pip install 'ebmlab[web]'")
+    from .playground.app import is_loopback
     from .playground.app import serve as run_server
 
     for m in model:
         if not m.is_dir():
             raise UsageFailure(f"--model {m}: run directory does not exist")
     _check_port_free(host, port)
-    run_server(host=host, port=port, models=list(model))
+    if not is_loopback(host):
+        if not allow_remote:
+            raise UsageFailure(f"--host {host} is not loopback: anyone who can reach port {port} could drive the "
+                               "sampler; add --allow-remote to serve it there anyway")
+        print(f"ebmlab: warning: serving on {host}:{port} (not loopback): anyone who can reach this port can "
+              "drive the sampler", file=sys.stderr)
+    run_server(host=host, port=port, models=list(model), max_clients=max_clients, allow_remote=allow_remote)
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -58,22 +58,37 @@ command line (the page can name them, never give paths); each connection runs
 one command at a time, its steps run in a small shared thread pool under a
 per-message time budget, exports are bounded in frames, size and time, and
 messages are rate-limited per connection.
+
+Only the page drives the server: ``/ws`` and ``/api/*`` (everything but
+``/`` and ``/static``) refuse a request whose ``Origin`` is another site's
+(a WebSocket is closed with 1008 before it opens, HTTP gets 403 with a JSON
+``detail``; see :func:`_refusal` for the rule), and a server bound to
+loopback answers there only to loopback ``Host`` names. At most
+``max_clients`` WebSockets are open at once (one more gets an error frame
+and close code 1013); a frame over ``LIMITS["max_frame_bytes"]`` ends its
+connection (1009), and a step reply holds at most
+``LIMITS["max_reply_points"]`` chain-steps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import logging
 import math
+import socket
 import time
 from contextlib import asynccontextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .models import Model, Registry, load_models
 from .session import KL_SUBDIVISIONS, Session, cached_histogram_kl
@@ -89,11 +104,117 @@ __all__ = [
     "Session",
     "cached_histogram_kl",
     "create_app",
+    "is_loopback",
     "load_models",
     "serve",
 ]
 
 STATIC = Path(__file__).parent / "static"
+MAX_CLIENTS = 32  # concurrent WebSocket connections by default (``ebmlab serve --max-clients``)
+#: The names of this machine's loopback interface; a page on one may drive a server reached by another
+#: (same scheme and port), and a server bound to loopback answers only to them (see :func:`serve`).
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` serves this machine only.
+
+    Args:
+        host: an interface as given to ``--host``: an IP address or a name.
+
+    Returns:
+        True for loopback addresses (``127.0.0.0/8``, ``::1``) and for names
+        that resolve to loopback addresses only; False for anything else
+        (``0.0.0.0``, ``::``, a public address, a name that does not resolve).
+    """
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
+
+
+def _endpoint(scheme: str, netloc: str) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of ``scheme://netloc`` (the default port filled in), or None when malformed."""
+    if scheme not in _DEFAULT_PORTS or not netloc or any(c in netloc for c in "/?#@\\ "):
+        return None
+    try:
+        parts = urlsplit(f"{scheme}://{netloc}")
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+
+
+def _refusal(scope: Scope, hosts: Collection[str] | None) -> str | None:
+    """Why a request may not act (its page is on another site, or it names another host), or None.
+
+    Allowed: no ``Origin`` header (curl, scripts, tests), or an ``Origin`` whose
+    ``scheme://host:port`` is the one the request came to (its ``Host`` header);
+    two loopback names (:data:`LOOPBACK_NAMES`) for the same scheme and port
+    count as one. With ``hosts``, the ``Host`` header must name one of them
+    (any port): a page on another site whose name was rebound to this
+    machine's address (DNS rebinding) is same-origin by the first rule.
+    """
+    headers = {}
+    for key, value in scope.get("headers", []):
+        key = key.decode("latin-1").lower()
+        if key in ("origin", "host"):
+            if key in headers:
+                return f"more than one {key.title()} header"
+            headers[key] = value.decode("latin-1").strip()
+    scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+    host = _endpoint(scheme, headers.get("host", ""))
+    if hosts is not None and (host is None or host[1] not in hosts):
+        return (f"Host {headers.get('host', '')!r} is not a name of this server "
+                f"(it answers to {', '.join(sorted(hosts))})")
+    if "origin" not in headers:
+        return None
+    origin_text = headers["origin"]
+    try:
+        parts = urlsplit(origin_text)  # an origin is scheme://host[:port], nothing more
+        origin = None if parts.path or parts.query or parts.fragment else _endpoint(parts.scheme, parts.netloc)
+    except ValueError:
+        origin = None
+    if origin is not None and host is not None and (
+            origin == host
+            or (origin[0], origin[2]) == (host[0], host[2]) and {origin[1], host[1]} <= LOOPBACK_NAMES):
+        return None
+    return f"cross-origin request refused: Origin {origin_text!r} is not this server's page"
+
+
+class _OriginGuard:
+    """ASGI middleware: everything but the page and its static files runs only for the page's own
+    origin (see :func:`_refusal`). HTTP gets 403 with a JSON ``detail``; a WebSocket is closed
+    before it is accepted with code 1008 (policy violation; uvicorn answers the handshake with 403)."""
+
+    def __init__(self, app: ASGIApp, hosts: Collection[str] | None = None) -> None:
+        self.app, self.hosts = app, None if hosts is None else frozenset(h.lower() for h in hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind, path = scope["type"], scope.get("path", "")
+        if kind not in ("http", "websocket") or (kind == "http" and (path == "/" or path.startswith("/static/"))):
+            await self.app(scope, receive, send)
+            return
+        problem = _refusal(scope, self.hosts)
+        if problem is None:
+            await self.app(scope, receive, send)
+        elif kind == "http":
+            await JSONResponse({"detail": problem}, status_code=403)(scope, receive, send)
+        else:
+            reason = problem.encode()[:123].decode(errors="ignore")  # a close reason holds 123 bytes
+            await WebSocket(scope, receive, send).close(code=1008, reason=reason)
 
 
 class _RateLimiter:
@@ -113,7 +234,14 @@ class _RateLimiter:
         return False
 
 
-def create_app(models: dict[str, Any] | None = None, *, workers: int = 2) -> FastAPI:
+async def _send(websocket: WebSocket, message: dict[str, Any]) -> None:
+    """Send ``message`` as JSON text escaped to ASCII: what a client sent and is echoed back (a
+    message type, an id) may hold lone surrogates, which have no UTF-8 encoding."""
+    await websocket.send_text(json.dumps(message, separators=(",", ":")))
+
+
+def create_app(models: dict[str, Any] | None = None, *, workers: int = 2, max_clients: int = MAX_CLIENTS,
+               hosts: Collection[str] | None = None) -> FastAPI:
     """The playground app.
 
     Args:
@@ -122,14 +250,22 @@ def create_app(models: dict[str, Any] | None = None, *, workers: int = 2) -> Fas
             may carry a noise-conditional score; see :func:`load_models` for
             ``ebmlab train`` run directories).
         workers: threads that run sampler steps, shared by all connections.
+        max_clients: concurrent WebSocket connections; one more is accepted,
+            sent an error frame and closed with code 1013 (try again later).
+        hosts: the ``Host`` names the WebSocket and ``/api`` answer to (any
+            port; ``None``: any name). :func:`serve` passes
+            :data:`LOOPBACK_NAMES` when it binds a loopback interface.
 
     Returns:
         The FastAPI app: ``/`` (the page), ``/static``, ``/api/targets``,
         ``/api/density`` and the ``/ws`` WebSocket.
 
     Raises:
-        ValueError: for a model name that clashes with a built-in target, or a model without 2-D bounds.
+        ValueError: for a model name that clashes with a built-in target, a model without 2-D bounds,
+            or ``max_clients < 1``.
     """
+    if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
+        raise ValueError(f"max_clients must be a positive integer, got {max_clients!r}")
     registry = Registry(models)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="playground")
 
@@ -141,6 +277,8 @@ def create_app(models: dict[str, Any] | None = None, *, workers: int = 2) -> Fas
     app = FastAPI(title="ebmlab playground", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.registry = registry
     app.state.pool = pool
+    app.state.clients = 0  # open WebSocket connections (at most max_clients)
+    app.add_middleware(_OriginGuard, hosts=hosts)
 
     async def run(fn: Callable, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -176,58 +314,89 @@ def create_app(models: dict[str, Any] | None = None, *, workers: int = 2) -> Fas
 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:
-        await websocket.accept()
+        if app.state.clients >= max_clients:  # refused at once: no session, no worker thread
+            try:
+                await websocket.accept()
+                await _send(websocket, {"type": "error", "reply_to": None, "message":
+                                        f"too many clients ({max_clients}) on this server; try again later"})
+                await websocket.close(code=1013, reason="too many clients")
+            except (WebSocketDisconnect, RuntimeError):
+                pass
+            return
+        app.state.clients += 1
+        try:
+            await websocket.accept()
+            await _serve_connection(websocket)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            app.state.clients -= 1
+
+    async def _serve_connection(websocket: WebSocket) -> None:
         limiter = _RateLimiter(LIMITS["messages_per_second"])
-        session: Session | None = None
 
         async def send_error(message: str, reply_to: str | None = None) -> None:
-            await websocket.send_json({"type": "error", "message": message, "reply_to": reply_to})
+            await _send(websocket, {"type": "error", "message": message, "reply_to": reply_to})
 
-        try:
-            session = await run(Session, registry)
-            while True:
-                text = await websocket.receive_text()
-                if len(text) > LIMITS["max_message_bytes"]:
-                    await send_error(f"message too long ({len(text)} bytes > {LIMITS['max_message_bytes']})")
-                    continue
-                if not limiter.allow():
-                    await send_error(f"rate limited: at most {LIMITS['messages_per_second']} messages per second")
-                    continue
-                try:
-                    msg = json.loads(text)
-                except ValueError:
-                    await send_error("messages must be JSON objects")
-                    continue
-                if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-                    await send_error('messages must be JSON objects with a "type"')
-                    continue
-                kind = msg.pop("type")
-                req_id = msg.pop("id", None)
-                try:
-                    if kind == "configure":
-                        reply = await run(session.configure, msg)
-                    elif kind == "reset":
-                        reply = await run(session.reset)
-                    elif kind == "step":
-                        reply = await run(session.step, msg.get("n", 1))
-                    elif kind == "export":
-                        reply = await run(session.export, msg.get("format", "csv"))
-                    else:
-                        raise PlaygroundError(f"unknown message type {kind!r}; expected configure, step, reset or export")
-                except PlaygroundError as err:
-                    await send_error(str(err), kind)
-                    continue
-                if isinstance(req_id, (int, str)):
-                    reply["id"] = req_id
-                await websocket.send_json(reply)
-        except WebSocketDisconnect:
-            return
+        session = await run(Session, registry)
+        while True:
+            frame = await websocket.receive()
+            if frame["type"] == "websocket.disconnect":
+                return
+            text, data = frame.get("text"), frame.get("bytes")
+            size = len(text.encode("utf-8", "surrogatepass")) if text is not None else len(data or b"")
+            if size > LIMITS["max_frame_bytes"]:  # uvicorn (ws_max_size) closes such frames before they arrive
+                await send_error(f"message too big ({size} bytes > {LIMITS['max_frame_bytes']}); closing")
+                await websocket.close(code=1009, reason="message too big")
+                return
+            if not limiter.allow():
+                await send_error(f"rate limited: at most {LIMITS['messages_per_second']} messages per second")
+                continue
+            if text is None:
+                await send_error("binary frames are not part of the protocol: send JSON text messages")
+                continue
+            if size > LIMITS["max_message_bytes"]:
+                await send_error(f"message too long ({size} bytes > {LIMITS['max_message_bytes']})")
+                continue
+            try:
+                msg = json.loads(text)
+            except (ValueError, RecursionError):  # RecursionError: nested too deeply
+                await send_error("messages must be JSON objects")
+                continue
+            if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+                await send_error('messages must be JSON objects with a "type"')
+                continue
+            kind = msg.pop("type")
+            req_id = msg.pop("id", None)
+            try:
+                if kind == "configure":
+                    reply = await run(session.configure, msg)
+                elif kind == "reset":
+                    reply = await run(session.reset)
+                elif kind == "step":
+                    reply = await run(session.step, msg.get("n", 1))
+                elif kind == "export":
+                    reply = await run(session.export, msg.get("format", "csv"))
+                else:
+                    raise PlaygroundError(f"unknown message type {kind!r}; expected configure, step, reset or export")
+            except PlaygroundError as err:
+                await send_error(str(err), kind)
+                continue
+            except Exception:  # a bug, not the client's error: this connection ends, the server lives on
+                _log.exception("playground: a %r message failed", kind[:40])
+                await send_error(f"internal error while handling a {kind!r} message; closing", kind)
+                await websocket.close(code=1011, reason="internal error")
+                return
+            if isinstance(req_id, (int, str)):
+                reply["id"] = req_id
+            await _send(websocket, reply)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, models: list[Path] | None = None) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8000, models: list[Path] | None = None, *,
+          max_clients: int = MAX_CLIENTS, allow_remote: bool = False) -> None:
     """Run the playground with uvicorn (blocking).
 
     Args:
@@ -235,9 +404,24 @@ def serve(host: str = "127.0.0.1", port: int = 8000, models: list[Path] | None =
         port: the TCP port.
         models: ``ebmlab train`` run directories (2-D energies and
             noise-conditional score models, see :func:`load_models`).
+        max_clients: concurrent WebSocket connections (see :func:`create_app`).
+        allow_remote: required for a ``host`` that is not loopback (see
+            :func:`is_loopback`): anyone who can reach the port can then drive
+            the sampler. On loopback the server answers only to loopback
+            ``Host`` names (:data:`LOOPBACK_NAMES`), which keeps out pages
+            whose site name was rebound to 127.0.0.1.
+
+    Raises:
+        ValueError: for a host that is not loopback without ``allow_remote``.
     """
     import uvicorn
 
-    app = create_app(load_models(models or []))
+    local = is_loopback(host)
+    if not (local or allow_remote):
+        raise ValueError(f"{host} is not a loopback interface: pass allow_remote=True to serve the playground "
+                         "to anyone who can reach the port")
+    hosts = LOOPBACK_NAMES | {host.strip().strip("[]").lower()} if local else None
+    app = create_app(load_models(models or []), max_clients=max_clients, hosts=hosts)
     print(f"ebmlab playground on http://{host}:{port}/")
-    uvicorn.run(app, host=host, port=port, log_level="warning", ws_max_size=LIMITS["max_message_bytes"] * 4)
+    # ws_max_size: the transport refuses larger frames (close 1009) before reading them
+    uvicorn.run(app, host=host, port=port, log_level="warning", ws_max_size=LIMITS["max_frame_bytes"])

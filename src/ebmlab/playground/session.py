@@ -507,7 +507,8 @@ class Session:
 
     # ---- stepping
     def step(self, n: int, budget_s: float = LIMITS["message_budget_s"]) -> dict[str, Any]:
-        """``n`` steps of every sampler (fewer when the time budget runs out; equal counts side by side).
+        """``n`` steps of every sampler (fewer when the time budget or the reply's size bound
+        ``LIMITS["max_reply_points"]`` runs out; equal counts side by side).
 
         Args:
             n: steps, in ``[1, LIMITS["max_steps_per_message"]]``.
@@ -530,8 +531,10 @@ class Session:
         start = time.perf_counter()
         truncated = False
         animate = self.settings["animate_proposal"]
+        # one reply holds at most LIMITS["max_reply_points"] chain-steps (all samplers): its size is bounded
+        most = max(1, LIMITS["max_reply_points"] // (self.settings["chains"] * len(self.runs)))
         for i in range(n):
-            if i and time.perf_counter() - start > budget_s:
+            if i and (i >= most or time.perf_counter() - start > budget_s):
                 truncated = True
                 break
             results = []

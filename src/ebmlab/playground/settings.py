@@ -68,9 +68,11 @@ LIMITS = {
     "replica_chains": 200,  # PT: replicas sent (and drawn per temperature) for at most this many chains
     "min_diffusion_steps": 2,  # reverse diffusion: time steps from T to eps
     "max_diffusion_steps": 2000,
-    "max_message_bytes": 4096,
+    "max_message_bytes": 4096,  # longer messages get an error frame; the connection stays
+    "max_frame_bytes": 65536,  # larger frames close the connection (1009); uvicorn's ws_max_size
     "message_budget_s": 0.5,  # wall time of one step message; the rest is refused as truncated
     "messages_per_second": 60,  # token bucket per connection
+    "max_reply_points": 100_000,  # chains x steps in one step reply (both samplers); more is truncated
     "max_kept_points": 200_000,  # draws kept for diagnostics/export: (draws x chains) cap
     "diag_max_draws": 1000,  # ESS/R-hat use at most this many recent draws ...
     "diag_max_chains": 64,  # ... of at most this many evenly spaced chains
