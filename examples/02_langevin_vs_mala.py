@@ -153,8 +153,7 @@ for eps in (0.1, 0.2, 0.3):
 # %% [markdown]
 # MALA's variances are within 4 standard errors of the exact ones at every
 # step; ULA's are not at $\epsilon = 0.3$, and its histogram KL there is more
-# than five times MALA's. (At $\epsilon = 0.4$ ULA diverges outright on the
-# banana's tails.)
+# than five times MALA's.
 
 # %%
 for r in rows:

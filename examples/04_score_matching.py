@@ -242,6 +242,7 @@ print(f"NCSN: {len(fit.sigmas)} levels from {float(fit.sigmas[0]):.1f} to {float
       f"{fit.step} steps in {fit.seconds:.1f} s; heavy-mode share {heavy(from_ncsn):.3f}")
 
 # %%
+assert len(fit.sigmas) == 20 and float(fit.sigmas[-1]) == 0.01
 assert abs(heavy(from_ncsn) - 0.8) < 0.05, heavy(from_ncsn)
 
 # %%
