@@ -59,7 +59,16 @@ def _checksum_field(value: str) -> bytes:
 
 
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
-    """Write ``tensors`` and JSON-able ``meta`` to ``path`` atomically, with the file's SHA-256 in its header."""
+    """Write ``tensors`` and JSON-able ``meta`` to ``path`` atomically, with the file's SHA-256 in its header.
+
+    Args:
+        path: the checkpoint file (``.safetensors``); its directory is created if missing.
+        tensors: named tensors, saved detached, contiguous and on the CPU.
+        meta: everything else, JSON-serialisable; stored in the file's metadata.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     blob = save(clean, metadata={"ebmlab": json.dumps(meta), CHECKSUM_KEY: _PLACEHOLDER})
     n = int.from_bytes(blob[:8], "little")
@@ -117,6 +126,9 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     Checks that the file is safetensors (not a pickle or ``torch.save`` archive, which are never opened as
     such), that the header is well-formed JSON of known dtypes and shapes, and that the tensors' byte ranges
     tile the rest of the file exactly (a truncated or extended file is refused).
+
+    Args:
+        path: the checkpoint file.
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
@@ -243,7 +255,15 @@ def load_checkpoint(path: str | os.PathLike, *, device: torch.device | str = "cp
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optim.") -> tuple[dict[str, Tensor], dict]:
-    """Split an optimizer's state dict into tensors (for safetensors) and JSON (the rest)."""
+    """Split an optimizer's state dict into tensors (for safetensors) and JSON (the rest).
+
+    Args:
+        optimizer: the optimizer.
+        prefix: prepended to the tensors' names (``prefix + "<param id>.<state name>"``).
+
+    Returns:
+        ``(tensors, meta)``: the state's tensors, and the parameter groups with the non-tensor state.
+    """
     sd = optimizer.state_dict()
     tensors: dict[str, Tensor] = {}
     state_meta: dict[str, dict[str, Any]] = {}
@@ -259,7 +279,14 @@ def optimizer_to_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optim.
 
 def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict,
                            prefix: str = "optim.") -> None:
-    """Inverse of :func:`optimizer_to_tensors`."""
+    """Inverse of :func:`optimizer_to_tensors`: load the state back into ``optimizer``.
+
+    Args:
+        optimizer: the optimizer to restore, built over the same parameters.
+        tensors: the checkpoint's tensors (those starting with ``prefix`` are the optimizer's).
+        meta: the ``meta`` that :func:`optimizer_to_tensors` returned.
+        prefix: the prefix the tensors were saved with.
+    """
     state: dict[int, dict[str, Any]] = {int(pid): dict(rest) for pid, rest in meta["state"].items()}
     for key, value in tensors.items():
         if key.startswith(prefix):
@@ -271,6 +298,12 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
 def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
                    ema: torch.nn.Module | None = None) -> tuple[dict[str, Tensor], dict]:
     """What a training loop saves to resume exactly: parameters, optimiser, EMA and generator state.
+
+    Args:
+        model: the model being trained.
+        optimizer: its optimizer.
+        generator: the training's generator (its state is saved).
+        ema: the EMA copy of the model, if any.
 
     Returns:
         ``(tensors, meta)``; callers add their own entries (buffer, noise
@@ -288,7 +321,19 @@ def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, gen
 def restore_training_state(tensors: dict[str, Tensor], meta: dict, model: torch.nn.Module,
                            optimizer: torch.optim.Optimizer, generator: torch.Generator,
                            ema: torch.nn.Module | None = None) -> int:
-    """Inverse of :func:`training_state`; returns the saved step."""
+    """Inverse of :func:`training_state`: load everything back in place.
+
+    Args:
+        tensors: the checkpoint's tensors.
+        meta: the checkpoint's metadata, with ``optimizer`` and ``step``.
+        model: the model to restore.
+        optimizer: its optimizer.
+        generator: the generator whose state is restored.
+        ema: the EMA copy to restore, if any.
+
+    Returns:
+        The saved step.
+    """
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
     if ema is not None:
