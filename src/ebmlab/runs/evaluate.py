@@ -126,6 +126,10 @@ def image_classifier(run_dir: str | Path, data: dict[str, Any]):
     Digits: on the digits' training split. 28x28 data: the same classifier
     architecture on the first :data:`CLASSIFIER_MAX_TRAIN_28` images of the
     full training split for :data:`CLASSIFIER_EPOCHS_28` epochs (deterministic).
+
+    Args:
+        run_dir: the run directory, where the classifier is cached.
+        data: the config's ``data`` section (an image data set).
     """
     from ..data import ImageDataset
     from ..evaluation.images import load_or_train_classifier
