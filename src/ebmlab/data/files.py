@@ -252,6 +252,9 @@ def _read_npy(path: Path) -> np.ndarray:
 def load_points(path: str | os.PathLike) -> Tensor:
     """The points of a ``.npy``, ``.csv`` or ``.pt`` file (see the module docstring).
 
+    Args:
+        path: the file; its suffix says how to read it.
+
     Returns:
         float32 ``(N, d)``.
 
@@ -391,6 +394,9 @@ def _load_images(path: Path) -> tuple[Tensor, int | None]:
 
 def load_images(path: str | os.PathLike) -> Tensor:
     """The images of a folder of PNG/JPEG files or of an ``.npz`` (see the module docstring).
+
+    Args:
+        path: the folder of images, or the ``.npz`` file.
 
     Returns:
         float32 ``(N, 1, S, S)`` in ``[-1, 1]``.
