@@ -25,7 +25,15 @@ __all__ = ["LOCK", "RunLocked", "atomic_write", "remove_stale_temporaries", "run
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], Any]) -> Path:
-    """Call ``write(f)`` on a temporary file, then rename it to ``path``."""
+    """Call ``write(f)`` on a temporary file, then rename it to ``path``.
+
+    Args:
+        path: the destination; its directory is created if missing.
+        write: writes the content into the binary file object it is given.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -45,7 +53,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], A
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    """``np.savez`` written atomically."""
+    """``np.savez`` written atomically.
+
+    Args:
+        path: the ``.npz`` file.
+        **arrays: the arrays, by name.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
@@ -69,6 +85,9 @@ def run_lock(run_dir: str | os.PathLike | None) -> Iterator[Path | None]:
     included), so a killed run never leaves it stuck. Re-entrant within one
     process (the run layer and the training loop both take it). Where
     ``fcntl`` does not exist (Windows) the directory is not locked.
+
+    Args:
+        run_dir: the run directory (created if missing), or ``None``.
 
     Raises:
         RunLocked: another live process holds the lock (its pid is named).
@@ -118,6 +137,9 @@ def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
 
     Call only while holding :func:`run_lock` (another process's write in
     progress would otherwise lose its file). Returns the removed paths.
+
+    Args:
+        run_dir: the run directory.
     """
     removed = []
     for tmp in Path(run_dir).glob(".*.tmp"):
