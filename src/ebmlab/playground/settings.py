@@ -84,6 +84,7 @@ LIMITS = {
     "gif_max_bytes": 4_000_000,  # every other frame is dropped until the file fits
 }
 
+#: The settings a new session starts with; a ``configure`` message may change any of them.
 DEFAULTS: dict[str, Any] = {
     "algorithm": "mala",
     "compare": "",  # a second algorithm side by side ("" = off)
