@@ -28,6 +28,7 @@ __all__ = ["CHAIN_SAMPLERS", "FILE_TEST_FRACTION", "NEGATIVES_TREE_DEPTH", "Conf
 #: Image data sets a config can name: scikit-learn's 8x8 digits, and MNIST / Fashion-MNIST (28x28) read from
 #: the local IDX files in ``data_root``. Pixels are in ``[-1, 1]``.
 IMAGE_DATA = ("digits", "mnist", "fashion_mnist")
+#: Every training method: the EBM methods (``objectives.METHODS``), then the score and diffusion methods.
 METHODS = (*EBM_METHODS, *SCORE_METHODS)
 #: Score methods trained on images (a ScoreConvNet; ism/ssm would need Jacobian traces of a convnet).
 IMAGE_SCORE_METHODS = ("dsm", "ncsn", *SDE_METHODS)
@@ -38,14 +39,14 @@ CHAIN_SAMPLERS = ("ula", "mala", "hmc", "nuts")
 #: NUTS' maximum tree depth for negatives (at most 2^5 = 32 gradients per chain per sampler step).
 NEGATIVES_TREE_DEPTH = 5
 
-# Defaults measured per kind of data (docs/benchmarks.md): 2-D toy sets use small
-# Langevin steps at the data's scale; 8x8 digits in [-1, 1] need gradient moves
-# near 1 (eps ~ 1.4) with a much smaller, tempered noise (Nijkamp et al. 2019;
-# Grathwohl et al. 2020), clamped to the pixel range. MNIST / Fashion-MNIST (same
-# pixel range) use the digits values, not tuned at 28x28. Score models on images
-# use the report's digits NCSN settings: Adam lr 1e-3, batch 128, 20 levels down
-# to 0.01, 50 annealed Langevin steps per level when sampling. The 2-D alpha is
-# training.TOY_ALPHA per method (short-run needs the stronger 0.1).
+#: Defaults measured per kind of data (docs/benchmarks.md): 2-D toy sets use small
+#: Langevin steps at the data's scale; 8x8 digits in [-1, 1] need gradient moves
+#: near 1 (eps ~ 1.4) with a much smaller, tempered noise (Nijkamp et al. 2019;
+#: Grathwohl et al. 2020), clamped to the pixel range. MNIST / Fashion-MNIST (same
+#: pixel range) use the digits values, not tuned at 28x28. Score models on images
+#: use the report's digits NCSN settings: Adam lr 1e-3, batch 128, 20 levels down
+#: to 0.01, 50 annealed Langevin steps per level when sampling. The 2-D alpha is
+#: training.TOY_ALPHA per method (short-run needs the stronger 0.1).
 TRAIN_DEFAULTS = {
     "toy": {"step_size": 0.1, "noise_scale": None, "lr": 1e-3, "batch_size": 256, "data_noise": 0.0},
     "digits": {"step_size": 1.41, "noise_scale": 0.01, "lr": 1e-4, "batch_size": 128, "data_noise": 0.01,
@@ -72,7 +73,12 @@ _DERIVED = ("sigmas", "sde", "tensorboard")
 
 class ConfigError(ValueError):
     """A bad :class:`TrainConfig` value. The message names the field; :meth:`render` names it
-    another way (the command line names its flag)."""
+    another way (the command line names its flag).
+
+    Args:
+        message: the message, with the fields as ``{0}``, ``{1}``, ... (literal braces doubled).
+        *fields_named: the fields the message names, in that order.
+    """
 
     def __init__(self, message: str, *fields_named: str) -> None:
         self.message, self.fields = message, fields_named
@@ -80,11 +86,21 @@ class ConfigError(ValueError):
 
     @classmethod
     def of(cls, err: Exception, *fields_named: str, prefix: str = "") -> ConfigError:
-        """``err``'s message as a ConfigError (``prefix`` may name fields as ``{0}``, ...)."""
+        """``err``'s message as a ConfigError (``prefix`` may name fields as ``{0}``, ...).
+
+        Args:
+            err: the exception whose message is taken (its braces escaped).
+            *fields_named: the fields ``prefix`` names.
+            prefix: text put before the message.
+        """
         return cls(prefix + str(err).replace("{", "{{").replace("}", "}}"), *fields_named)
 
     def render(self, name: Callable[[str], str]) -> str:
-        """The message with each field written as ``name(field)``."""
+        """The message with each field written as ``name(field)``.
+
+        Args:
+            name: maps a field name to how it is shown (the CLI: its ``--flag``).
+        """
         return self.message.format(*(name(f) for f in self.fields))
 
 
@@ -152,7 +168,8 @@ class TrainConfig:
             on disk is a path (resolved to an absolute one; a file named like a built-in set is
             ``./name``).
         method: ``cd``, ``short-run``, ``pcd``, ``buffer`` (an EBM by maximum likelihood with
-            MCMC negatives) or ``ism``, ``ssm``, ``ssm-vr``, ``dsm``, ``ncsn`` (score matching).
+            MCMC negatives), ``ism``, ``ssm``, ``ssm-vr``, ``dsm``, ``ncsn`` (score matching) or
+            ``sde-ve``, ``sde-vp`` (score-based diffusion).
         sampler: the negatives' MCMC: ``ula``, ``mala``, ``hmc`` or ``nuts`` (tree depth at most
             :data:`NEGATIVES_TREE_DEPTH`).
         steps: optimiser steps in total.
@@ -166,9 +183,11 @@ class TrainConfig:
         data_noise: std of Gaussian noise on data batches (0; 0.01 for image EBMs).
         hidden: MLP hidden widths.
         spectral_norm: spectral-normalise every layer.
-        buffer_size, reinit_prob: the replay buffer's capacity and restart probability (``buffer``).
+        buffer_size: the replay buffer's capacity (``buffer``).
+        reinit_prob: the replay buffer's probability of restarting a chain from noise (``buffer``).
         ema: decay of the weights' moving average used for evaluation and sampling (``None``/0: off).
-        n_train, n_test: generated 2-D points (10000 / 5000); MNIST: the first N images (default all).
+        n_train: generated 2-D training points (10000); MNIST: the first N training images (default all).
+        n_test: generated 2-D test points (5000); MNIST: the first N test images (default all).
         test_fraction: a data file: the share of its rows held out for evaluation (0.2), chosen by a
             permutation of ``seed``.
         eval_every: evaluate (and, by default, checkpoint) every this many steps.
@@ -181,10 +200,12 @@ class TrainConfig:
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         max_seconds: wall-time budget (the last step is evaluated and checkpointed).
         sigma: ``dsm``'s noise level.
-        sigma_max, sigma_min, num_sigmas: ``ncsn``'s geometric noise levels (``sigma_max``
-            default: the data's largest pairwise distance); ``sigma_min`` and ``sigma_max``
-            are also the VE SDE's ``sigma(0)`` and ``sigma(1)`` (``sde-ve``; same defaults).
-        beta_min, beta_max: ``sde-vp``: the VP SDE's ``beta(0)`` and ``beta(1)`` (0.1, 20).
+        sigma_max: ``ncsn``'s largest noise level (default: the data's largest pairwise
+            distance); also the VE SDE's ``sigma(1)`` (``sde-ve``; same default).
+        sigma_min: ``ncsn``'s smallest noise level; also the VE SDE's ``sigma(0)``.
+        num_sigmas: ``ncsn``'s number of geometric noise levels.
+        beta_min: ``sde-vp``: the VP SDE's ``beta(0)`` (0.1).
+        beta_max: ``sde-vp``: the VP SDE's ``beta(1)`` (20).
         weighting: ``sde-ve`` / ``sde-vp``: the loss's ``lambda(t)``, ``default``
             (``std(t)^2``) or ``likelihood`` (``g(t)^2``, Song, Durkan et al. 2021).
         sde_steps: ``sde-ve`` / ``sde-vp``: predictor steps of the reverse-SDE and PC
@@ -245,6 +266,9 @@ class TrainConfig:
     def resolve(cls, **values: Any) -> TrainConfig:
         """A config with ``values`` set, every other default filled in, and all checks done.
 
+        Args:
+            **values: fields of :class:`TrainConfig` (``None`` values mean the default).
+
         Raises:
             ConfigError: naming the field, for an unknown field, a bad value or
                 options that contradict each other.
@@ -263,6 +287,10 @@ class TrainConfig:
         (its ``train`` section is read; derived entries such as the noise
         levels are recomputed). Values in the file count as given: they are
         not replaced by the defaults of other data.
+
+        Args:
+            path: the JSON file.
+            **overrides: fields that replace the file's.
 
         Raises:
             FileNotFoundError: when the file does not exist.
