@@ -36,6 +36,7 @@ __all__ = ["CONFIG", "DIFFUSION_SAMPLERS", "EBM_IMAGE_EXTRA_STEPS", "Run", "chai
            "diffusion_samples",
            "load_run", "save_config", "run_steps_per_level", "score_samples"]
 
+#: The name of a run directory's configuration file (``model``, ``data`` and ``train`` sections).
 CONFIG = "config.json"
 #: Image EBMs are sampled as Du & Mordatch (2019) evaluate them: the training chains run this many more steps.
 EBM_IMAGE_EXTRA_STEPS = 60
@@ -59,12 +60,25 @@ FIXED_STEP_ODE_SOLVER = "heun"
 
 
 def save_config(run_dir: str | os.PathLike, config: dict[str, Any]) -> Path:
-    """Write ``config.json`` atomically."""
+    """Write ``config.json`` atomically.
+
+    Args:
+        run_dir: the run directory.
+        config: the configuration (``model``, ``data`` and ``train`` sections), JSON-serialisable.
+
+    Returns:
+        The path of the written file.
+    """
     return atomic_write(Path(run_dir) / CONFIG, lambda f: f.write(json.dumps(config, indent=2).encode()))
 
 
 def chain_sampler(train: dict[str, Any], *, images: bool):
-    """The MCMC sampler of an EBM run's negatives, from its config's ``train`` section (training and evaluation)."""
+    """The MCMC sampler of an EBM run's negatives, from its config's ``train`` section (training and evaluation).
+
+    Args:
+        train: a config's ``train`` section.
+        images: whether the run is on images (an older image run's ULA clamps to ``[-1, 1]``).
+    """
     if train["sampler"] == "ula":
         clamp = train.get("clamp", [-1.0, 1.0] if images else None)  # runs before --clamp clamped images to [-1, 1]
         return build_sampler("ula", train["step_size"], noise_scale=train["noise_scale"],
@@ -126,6 +140,7 @@ class Run:
 
     @property
     def method(self) -> str:
+        """The training method (``config.json``'s ``train.method``)."""
         return self.config["train"]["method"]
 
     @property
@@ -165,6 +180,7 @@ class Run:
 
     @property
     def is_image(self) -> bool:
+        """Whether the run models images (a convolutional energy or score network)."""
         return self.kind in ("conv", "score_conv")
 
     @property
@@ -175,6 +191,7 @@ class Run:
 
     @property
     def device(self) -> torch.device:
+        """The device of the model's parameters."""
         return next(self.model.parameters()).device
 
     @property
