@@ -114,9 +114,33 @@ class Info:
 
 
 class Sampler(Protocol):
-    def init(self, energy: Any, x: Tensor) -> State: ...
+    """What :func:`sample` needs of a sampler: a frozen dataclass of hyper-parameters with ``init`` and ``step``.
 
-    def step(self, energy: Any, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]: ...
+    The gradient samplers also split ``step`` into ``draw`` (every random number of the step) and a
+    deterministic ``transition``, which ``sample(..., compile=True)`` compiles.
+    """
+
+    def init(self, energy: Any, x: Tensor) -> State:
+        """The state at ``x``: energy (and score, for gradient samplers) evaluated once and cached.
+
+        Args:
+            energy: the energy, a callable ``x -> (chains,)``.
+            x: the chains' starting points, shape ``(chains, *event)``.
+        """
+        ...
+
+    def step(self, energy: Any, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]:
+        """One transition of every chain.
+
+        Args:
+            energy: the energy, a callable ``x -> (chains,)``.
+            state: from :meth:`init` or a previous step.
+            generator: the source of all randomness; ``None`` is torch's global generator.
+
+        Returns:
+            ``(new_state, info)``.
+        """
+        ...
 
 
 def broadcast_chains(v: Tensor, like: Tensor) -> Tensor:
@@ -246,11 +270,15 @@ class Trace:
 
     @property
     def chain_steps_per_second(self) -> float:
+        """Chains times steps (burn-in included) per second of wall time."""
         return self.samples.shape[1] * self.num_steps / max(self.seconds, 1e-12)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the trace to one safetensors file (tensors) with its scalars as JSON metadata, atomically;
         never pickled (format: :mod:`ebmlab.samplers.trace_io`).
+
+        Args:
+            path: the file to write.
 
         Raises:
             TypeError: for an ``extras`` value that is neither a tensor nor JSON-able.
@@ -262,6 +290,10 @@ class Trace:
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Trace:
         """A trace written by :meth:`save`, its tensors on ``device`` (never unpickles).
+
+        Args:
+            path: the file :meth:`save` wrote.
+            device: where to load the tensors.
 
         Raises:
             FileNotFoundError: when ``path`` does not exist.
@@ -275,6 +307,9 @@ class Trace:
         """An ``arviz.InferenceData``: ``posterior[var_name]`` shaped ``(chain, draw, *event)``,
         ``sample_stats.lp = -energies`` and per-chain ``acceptance_rate`` (NUTS: ``mean_tree_depth``,
         ``divergences``, ``num_grad_evals``); see :mod:`ebmlab.samplers.trace_io`.
+
+        Args:
+            var_name: the name of the sampled variable in ``posterior``.
 
         Raises:
             ImportError: without ArviZ ("Trace.to_arviz needs ArviZ: pip install 'ebmlab[arviz]'").
