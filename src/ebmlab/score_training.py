@@ -72,7 +72,8 @@ class ScoreTrainResult(TrainResult):
         sigmas: the NCSN levels (``ncsn``), ``(sigma,)`` for ``dsm``, ``None`` otherwise.
         sde: the forward SDE of a diffusion method, ``None`` otherwise (sample
             with ``ebmlab.sde.sample(ebmlab.sde.score_model(result.ema, result.sde), result.sde, n)``).
-        (and ``step``, ``history``, ``seconds``, ``ema``; ``buffer`` is always ``None``.)
+
+    The other fields are :class:`~ebmlab.training.TrainResult`'s; ``buffer`` is always ``None``.
     """
 
     sigmas: Tensor | None = None
@@ -85,6 +86,9 @@ def data_diameter(train_data: Tensor) -> float:
 
     Song & Ermon (2020), technique 1: a largest noise level this big connects every pair of modes; it is
     the default ``sigma_max`` of NCSN's ladder and of the VE SDE.
+
+    Args:
+        train_data: the training points ``(N, *event)`` (flattened per point).
     """
     n = train_data.shape[0]
     idx = torch.linspace(0, n - 1, min(n, SIGMA_MAX_SUBSAMPLE)).round().long().to(train_data.device)
@@ -103,6 +107,14 @@ def default_sde(method: str, train_data: Tensor, *, sigma_min: float = 0.01, sig
     ``beta(t)`` from 0.1 to 20 (DDPM's schedule in continuous time); its prior is ``N(0, I)`` for data of
     order one.
 
+    Args:
+        method: ``sde-ve`` or ``sde-vp``.
+        train_data: the training points (for the default ``sigma_max``).
+        sigma_min: the VE SDE's ``sigma(0)``.
+        sigma_max: the VE SDE's ``sigma(1)``; ``None``: :func:`data_diameter`.
+        beta_min: the VP SDE's ``beta(0)``.
+        beta_max: the VP SDE's ``beta(1)``.
+
     Raises:
         ValueError: for a method that is not in :data:`SDE_METHODS`, or bad SDE parameters (named).
     """
@@ -120,7 +132,14 @@ def default_sde(method: str, train_data: Tensor, *, sigma_min: float = 0.01, sig
 
 def sde_parameters(sde: SDE) -> Tensor:
     """The hyper-parameters of a VE or VP SDE as a float64 tensor (what a diffusion checkpoint records):
-    ``(sigma_min, sigma_max)`` or ``(beta_min, beta_max)``."""
+    ``(sigma_min, sigma_max)`` or ``(beta_min, beta_max)``.
+
+    Args:
+        sde: a ``VESDE`` or ``VPSDE``.
+
+    Raises:
+        ValueError: for any other SDE.
+    """
     if isinstance(sde, VESDE):
         return torch.tensor([sde.sigma_min, sde.sigma_max], dtype=torch.float64)
     if isinstance(sde, VPSDE):
@@ -146,6 +165,12 @@ def default_sigmas(train_data: Tensor, *, sigma_max: float | None = None, sigma_
     at the level where the modes separate; finer levels there keep them
     closer to equilibrium). NCSNv2's rule for the number of levels
     (technique 2) is vacuous in 2-D.
+
+    Args:
+        train_data: the training points ``(N, *event)``.
+        sigma_max: the largest level; ``None``: :func:`data_diameter` of ``train_data``.
+        sigma_min: the smallest level.
+        num_sigmas: the number of levels.
 
     Raises:
         ValueError: when the data are all one point (no default ``sigma_max``)
@@ -227,11 +252,15 @@ def train_score(
             Song et al. 2021, eq. 7: :func:`ebmlab.sde.dsm_loss`).
         steps: optimiser steps (in total, counting a resumed run's past).
         batch_size: data points per step.
-        lr, betas: Adam's.
+        lr: Adam's learning rate.
+        betas: Adam's moment decays.
         sigma: the ``dsm`` noise level.
         sigmas: the ``ncsn`` levels (decreasing); default
-            :func:`default_sigmas` from ``sigma_max`` (default: the data's largest
-            pairwise distance), ``sigma_min`` and ``num_sigmas``.
+            :func:`default_sigmas` from ``sigma_max``, ``sigma_min`` and ``num_sigmas``.
+        sigma_max: ``ncsn``'s largest default level (default: the data's largest pairwise
+            distance); also the default VE SDE's ``sigma(1)``.
+        sigma_min: ``ncsn``'s smallest default level; also the default VE SDE's ``sigma(0)``.
+        num_sigmas: the number of ``ncsn``'s default levels.
         num_projections: projections per sample (``ssm``, ``ssm-vr``, and
             ``ism`` with the Hutchinson trace).
         trace: ``ism``'s trace, ``"exact"`` or ``"hutchinson"``; default exact
@@ -501,6 +530,10 @@ def at_noise_level(model: nn.Module, sigma: float) -> nn.Module:
     For plain Langevin with a trained NCSN at one level (e.g. its smallest, the
     lecture's "sampling from a trained score model"): ``sample_scores(at_noise_level(
     model, sigmas[-1]), method="dsm", ...)``.
+
+    Args:
+        model: the noise-conditional score ``model(x, sigma)``, ``sigma`` of shape ``(B,)``.
+        sigma: the noise level, finite and > 0.
     """
     if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
         raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
@@ -524,6 +557,15 @@ def sample_images(
     ``sigmas = (sigma,)`` for ``dsm``, both ending with Tweedie's denoising
     step; the result is clamped to ``value_range`` (the last step can leave it
     slightly).
+
+    Args:
+        model: the trained score model.
+        method: its training method: ``ncsn`` or ``dsm``.
+        n: the number of images.
+        sigmas: the noise levels (``ncsn``), or ``(sigma,)`` (``dsm``).
+        value_range: the pixel range ``(lo, hi)`` the chains start in and the images are clamped to.
+        steps_per_level: Langevin steps per noise level.
+        generator: the source of randomness; ``None`` is torch's global generator.
 
     Returns:
         ``(n, *model.event_shape)`` images in ``value_range``.
