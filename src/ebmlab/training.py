@@ -59,7 +59,9 @@ __all__ = [
     "uniform_noise",
 ]
 
+#: The checkpoint's file name in a run directory.
 CHECKPOINT = "checkpoint.safetensors"
+#: The metrics' file name in a run directory (one JSON row per logged step).
 METRICS = "metrics.jsonl"
 
 
@@ -109,7 +111,15 @@ class TrainResult:
 
 def uniform_noise(low: float, high: float, event_shape: tuple[int, ...], *, device=None,
                   dtype: torch.dtype = torch.float32) -> Callable[[int, torch.Generator | None], Tensor]:
-    """``noise(n, generator)``: uniform on ``[low, high]^event`` (where short-run chains start)."""
+    """``noise(n, generator)``: uniform on ``[low, high]^event`` (where short-run chains start).
+
+    Args:
+        low: the lower end, finite.
+        high: the upper end, finite and > ``low``.
+        event_shape: the shape of one point.
+        device: the device of the draws.
+        dtype: their dtype.
+    """
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
         raise ValueError(f"noise range must be finite with low < high, got ({low}, {high})")
 
@@ -124,7 +134,14 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
     """One step of the weights' exponential moving average, warmed up as
     ``min(decay, (1 + step) / (10 + step))`` (as TensorFlow's
     ExponentialMovingAverage with num_updates) so that early averages are not
-    dominated by the initial weights."""
+    dominated by the initial weights.
+
+    Args:
+        ema: the averaged copy, updated in place.
+        model: the model being trained (same architecture).
+        decay: the decay once warmed up.
+        step: the optimiser step (0-based), for the warm-up.
+    """
     d = min(decay, (1 + step) / (10 + step))
     with torch.no_grad():
         for pe, pm in zip(ema.parameters(), model.parameters()):
@@ -133,6 +150,9 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of a ``metrics.jsonl``; a torn last line (a process killed mid-write) is dropped.
+
+    Args:
+        path: the file (missing: no rows).
 
     Raises:
         ValueError: a line other than the last is not a JSON object with a
@@ -160,7 +180,12 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop rows logged after ``step`` (a crashed run may have logged past its last checkpoint),
-    and a torn last line."""
+    and a torn last line.
+
+    Args:
+        path: the ``metrics.jsonl`` file (rewritten atomically; missing: nothing to do).
+        step: the last step to keep.
+    """
     if not path.exists():
         return
     keep = [json.dumps(row) for row in read_metrics(path) if row["step"] <= step]
@@ -176,6 +201,11 @@ def prepare_run_dir(run_dir: str | os.PathLike | None, *, resume: bool, overwrit
     would overwrite the checkpoint and append a second run's rows to the
     first's metrics. ``config.json`` alone does not count (the run layer
     writes it just before training starts).
+
+    Args:
+        run_dir: the run directory, or ``None`` (nothing is written).
+        resume: continue the run in ``run_dir``.
+        overwrite: empty an existing run in ``run_dir`` first.
 
     Returns:
         The directory as a ``Path`` (created), or ``None`` without a run_dir.
@@ -538,7 +568,12 @@ def _what_diverged(update: Update, grad_norm: Tensor, max_energy: float) -> str:
 
 
 def default_alpha(method: str, *, images: bool) -> float:
-    """The energy regulariser's default for ``method``: :data:`TOY_ALPHA` on vectors, 0.1 on images."""
+    """The energy regulariser's default for ``method``: :data:`TOY_ALPHA` on vectors, 0.1 on images.
+
+    Args:
+        method: the EBM training method (``cd``, ``short-run``, ``pcd``, ``buffer``).
+        images: whether the data are images.
+    """
     return 0.1 if images else TOY_ALPHA.get(method, 0.03)
 
 
@@ -591,7 +626,8 @@ def train_ebm(
         steps: optimiser steps (in total, counting a resumed run's past).
         batch_size: data points (and negative chains) per step.
         mcmc_steps: sampler transitions per step (the k of CD-k).
-        lr, betas: Adam's; beta1 = 0 follows Du & Mordatch (2019).
+        lr: Adam's learning rate.
+        betas: Adam's moment decays; beta1 = 0 follows Du & Mordatch (2019).
         alpha: energy-magnitude regulariser (Du & Mordatch 2019); default
             :func:`default_alpha` (the measured value the CLI uses too).
         grad_clip: clip the parameter gradient's global norm (``None``: off).
@@ -719,7 +755,12 @@ def train_ebm(
 
 
 def scaled_step(sampler: Any, scale: float) -> Any:
-    """``sampler`` with its step size (and ULA's noise scale, keeping the chains' temperature) times ``scale``."""
+    """``sampler`` with its step size (and ULA's noise scale, keeping the chains' temperature) times ``scale``.
+
+    Args:
+        sampler: a sampler dataclass (one without ``step_size`` is returned as it is).
+        scale: the factor (1: ``sampler`` itself).
+    """
     if scale == 1.0 or not hasattr(sampler, "step_size"):
         return sampler
     changes = {"step_size": sampler.step_size * scale}
