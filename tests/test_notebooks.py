@@ -17,6 +17,7 @@ takes longer than :data:`BUDGET_S` seconds, or when it shows no figure.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -38,7 +39,6 @@ BUDGET_S = 90.0
 CELL_TIMEOUT_S = 90
 #: What the kernel's environment adds: one thread (two notebooks share a 2-core machine), figures inline.
 KERNEL_ENV = {"OMP_NUM_THREADS": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
-_PREFIX_MARK = "kernel sys.prefix: "
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -76,8 +76,9 @@ def _stdout(cell) -> str:
 def test_notebook_runs_in_time_and_draws(path: Path, tmp_path: Path) -> None:
     nb = jupytext.read(path)
     assert any(c.cell_type == "markdown" for c in nb.cells), f"{path.name}: no prose cells"
-    # One more cell, in the executed copy only: which interpreter the kernel runs.
-    nb.cells.append(nbformat.v4.new_code_cell(f"import sys; print({_PREFIX_MARK!r} + sys.prefix)"))
+    # One more cell, in the executed copy only: which interpreter the kernel runs, and with how many threads.
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import json, sys, torch; print(json.dumps({'prefix': sys.prefix, 'threads': torch.get_num_threads()}))"))
     workdir = tmp_path / "work"
     workdir.mkdir()
     client = NotebookClient(nb, km=_kernel_manager(tmp_path), kernel_name="python3", timeout=CELL_TIMEOUT_S,
@@ -92,8 +93,9 @@ def test_notebook_runs_in_time_and_draws(path: Path, tmp_path: Path) -> None:
     seconds = time.perf_counter() - start
     print(f"{path.name}: {seconds:.1f} s")
     assert not _errors(nb), f"{path.name}: {_errors(nb)}"
-    prefix = _stdout(nb.cells[-1]).strip().removeprefix(_PREFIX_MARK)
-    assert Path(prefix).resolve() == Path(sys.prefix).resolve(), (
-        f"{path.name} ran in the interpreter of {prefix}, not this one ({sys.prefix})")
+    kernel = json.loads(_stdout(nb.cells[-1]).strip().splitlines()[-1])
+    assert Path(kernel["prefix"]).resolve() == Path(sys.prefix).resolve(), (
+        f"{path.name} ran in the interpreter of {kernel['prefix']}, not this one ({sys.prefix})")
+    assert kernel["threads"] == 1, f"{path.name} ran with {kernel['threads']} intra-op threads, not 1"
     assert _images(nb) >= 1, f"{path.name} showed no figure (plt.show() with the inline backend)"
     assert seconds <= BUDGET_S, f"{path.name} took {seconds:.1f} s, more than its budget of {BUDGET_S:.0f} s"
