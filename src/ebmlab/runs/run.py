@@ -10,12 +10,19 @@ two arguments of everything in :mod:`ebmlab.sde`::
     run = Run.load("runs/vp")
     x = run.sample(2000, generator=g, method="ode")        # ebmlab.sde.sample underneath
     ll = ebmlab.sde.log_likelihood(run.score, run.sde, x)  # the same code as for an exact score
+
+A run directory may come from anyone, so loading trusts none of it: ``config.json`` is read up to
+:data:`MAX_CONFIG_BYTES` and checked key by key (:func:`ebmlab.runs.models.check_config`: unknown keys,
+types, bounds, a parameter count made on the ``meta`` device), the checkpoint's header is checked against
+the config's tensor shapes and its SHA-256 before any tensor is read, nothing is unpickled, and the run's
+files must be regular files, not symbolic links.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,21 +30,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import inspect_checkpoint, load_checkpoint
 from ..devices import resolve_device
 from ..io import atomic_write
 from ..samplers.registry import build_sampler
-from ..training import CHECKPOINT, METRICS
+from ..training import CHECKPOINT, METRICS, read_metrics
 from ..score_training import SDE_METHODS
 from .config import NEGATIVES_TREE_DEPTH, SDE_DEFAULTS, TOY_STEPS_PER_LEVEL, TRAIN_DEFAULTS
-from .models import SCORE_KINDS, build_energy, build_sde, load_data
+from .models import MAX_PARAMETERS, SCORE_KINDS, build_energy, build_sde, check_config, load_data
 
-__all__ = ["CONFIG", "DIFFUSION_SAMPLERS", "EBM_IMAGE_EXTRA_STEPS", "Run", "chain_sampler", "default_diffusion_method",
-           "diffusion_samples",
-           "load_run", "save_config", "run_steps_per_level", "score_samples"]
+__all__ = ["CONFIG", "DIFFUSION_SAMPLERS", "EBM_IMAGE_EXTRA_STEPS", "MAX_CONFIG_BYTES", "Run", "chain_sampler",
+           "default_diffusion_method", "diffusion_samples", "load_run", "read_config", "save_config",
+           "run_steps_per_level", "score_samples"]
 
 #: The name of a run directory's configuration file (``model``, ``data`` and ``train`` sections).
 CONFIG = "config.json"
+#: The largest ``config.json`` a run may have; it is refused before parsing (ebmlab writes about 2 KB).
+MAX_CONFIG_BYTES = 2**20
+#: Suffixes of files that hold pickles by convention: named when a run has no checkpoint, never opened.
+_PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib")
 #: Image EBMs are sampled as Du & Mordatch (2019) evaluate them: the training chains run this many more steps.
 EBM_IMAGE_EXTRA_STEPS = 60
 #: 2-D EBMs are sampled by MALA (exact for the model) from uniform noise over the box for this many steps.
@@ -115,20 +126,28 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu", ema: bool = True) -> Run:
+    def load(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu", ema: bool = True,
+             max_parameters: int = MAX_PARAMETERS) -> Run:
         """Open a run directory written by ``ebmlab train`` or :func:`ebmlab.runs.train`.
+
+        Nothing in the directory is trusted: see :func:`load_run` for what is checked before anything
+        is allocated.
 
         Args:
             path: the run directory.
             device: where to put the model.
             ema: use the EMA weights when the run kept them.
+            max_parameters: the most parameters the config's model may have
+                (:data:`~ebmlab.runs.models.MAX_PARAMETERS`, 10^8).
 
         Raises:
             FileNotFoundError: when the directory, its config or its checkpoint is missing.
-            ValueError: for a device this machine does not have (the message names it), or a
-                config whose model cannot be built.
+            ValueError: naming the file and the problem: a device this machine does not have, a
+                config.json that is too large, not JSON, or has an unknown key, a missing section or a
+                bad value; a checkpoint that is truncated, corrupt (its SHA-256 differs), a pickle, or
+                does not match the config; a symbolic link or other non-regular file.
         """
-        model, config, meta = load_run(path, device=device, ema=ema)
+        model, config, meta = load_run(path, device=device, ema=ema, max_parameters=max_parameters, complete=True)
         return cls(path=Path(path), config=config, model=model, meta=meta)
 
     # ------------------------------------------------------------------ what it is
@@ -206,11 +225,14 @@ class Run:
         return load_data(self.config["data"], device=self.device)
 
     def history(self) -> list[dict[str, Any]]:
-        """The logged metric rows of ``metrics.jsonl``."""
-        path = self.path / METRICS
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        """The logged metric rows of ``metrics.jsonl`` (loading, sampling and evaluating a run never read it).
+
+        Raises:
+            ValueError: for a line that is not a metrics row, naming the line (:func:`ebmlab.training.read_metrics`),
+                or a ``metrics.jsonl`` that is a symbolic link.
+        """
+        path = _run_file(self.path, METRICS)
+        return [] if path is None else read_metrics(path)
 
     def chain_sampler(self):
         """The MCMC sampler the run's negatives were drawn with (EBMs)."""
@@ -291,7 +313,10 @@ class Run:
 
     def chains(self) -> Tensor | None:
         """The checkpoint's negative chains (replay buffer / persistent chains), or ``None``."""
-        tensors, _ = load_checkpoint(self.path / CHECKPOINT, device=self.device)
+        path = _run_file(self.path, CHECKPOINT)
+        if path is None:
+            raise FileNotFoundError(f"{self.path} has no {CHECKPOINT}")
+        tensors, _ = load_checkpoint(path, device=self.device, prefixes=("buffer.data",))
         return tensors.get("buffer.data")
 
     def _image_ebm_samples(self, n: int, generator: torch.Generator | None) -> Tensor:
@@ -371,34 +396,146 @@ def score_samples(model: nn.Module, config: dict[str, Any], n: int, generator: t
                          steps_per_level=per_level, generator=generator)
 
 
-def load_run(run_dir: str | os.PathLike, *, device: torch.device | str = "cpu", ema: bool = True
+def _run_file(run: Path, name: str) -> Path | None:
+    """``run / name`` when it is a regular file, ``None`` when absent.
+
+    Raises:
+        ValueError: for a symbolic link (ebmlab writes none; one could lead anywhere on the machine) or
+            anything else that is not a regular file (a FIFO would block the read, a device never end).
+    """
+    path = run / name
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        raise ValueError(f"{path} is a symbolic link; ebmlab reads a run's files only as regular files (copy the "
+                         "run with `cp -rL` to replace links by what they point to)")
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path} is not a regular file")
+    return path
+
+
+def _read_config(run: Path, *, complete: bool, max_parameters: int) -> tuple[dict[str, Any], nn.Module]:
+    path = _run_file(run, CONFIG)
+    if path is None:
+        raise FileNotFoundError(f"{run} has no {CONFIG}: not a run directory written by `ebmlab train` or "
+                                "ebmlab.runs.train")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes (a run's config.json has a few "
+                         "kilobytes); refused unread")
+    try:
+        config = json.loads(raw)
+    except RecursionError:
+        raise ValueError(f"{path} is not a run's config: its JSON is nested too deeply") from None
+    except ValueError as err:  # bad JSON, bad UTF-8, an integer of thousands of digits
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    net = check_config(config, where=str(path), complete=complete, max_parameters=max_parameters)
+    return config, net
+
+
+def read_config(run_dir: str | os.PathLike, *, complete: bool = True) -> dict[str, Any]:
+    """A run directory's ``config.json``, read (at most :data:`MAX_CONFIG_BYTES`) and checked
+    (:func:`ebmlab.runs.models.check_config`) without building anything.
+
+    Raises:
+        FileNotFoundError: when the directory or its config is missing.
+        ValueError: naming the file and the problem (see :meth:`Run.load`).
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory {run} does not exist")
+    return _read_config(run, complete=complete, max_parameters=MAX_PARAMETERS)[0]
+
+
+def _no_checkpoint(run: Path) -> FileNotFoundError:
+    """The missing checkpoint, and the pickles beside it that are never loaded instead."""
+    pickles = []
+    with os.scandir(run) as entries:
+        for i, entry in enumerate(entries):
+            if i >= 10_000:
+                break
+            if entry.name.lower().endswith(_PICKLE_SUFFIXES):
+                pickles.append(entry.name)
+    also = ""
+    if pickles:
+        also = (f" (it holds {', '.join(sorted(pickles)[:3])}{', ...' if len(pickles) > 3 else ''}: ebmlab never "
+                "loads pickled files, which can run code)")
+    return FileNotFoundError(f"{run} has no {CHECKPOINT}: the run wrote no checkpoint yet{also}")
+
+
+_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
+def load_run(run_dir: str | os.PathLike, *, device: torch.device | str = "cpu", ema: bool = True,
+             max_parameters: int = MAX_PARAMETERS, complete: bool = False
              ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """The trained model of a run directory, in eval mode with no parameter gradients (see :meth:`Run.load`).
+
+    In this order, before anything large is allocated: ``config.json`` (a regular file of at most
+    :data:`MAX_CONFIG_BYTES`) is parsed and checked (:func:`ebmlab.runs.models.check_config`, which also
+    counts the model's parameters on the ``meta`` device); the checkpoint's header is read alone
+    (:func:`ebmlab.checkpoint.inspect_checkpoint`) and its tensors' names and shapes compared with the
+    config's model; its SHA-256 is checked when recorded; only then are the model's tensors read (and
+    found finite) and the network built.
+
+    Args:
+        run_dir: the run directory.
+        device: where to put the model.
+        ema: use the EMA weights when the run kept them.
+        max_parameters: see :meth:`Run.load`.
+        complete: require the ``data`` and ``train`` sections and the checkpoint's step
+            (:meth:`Run.load` does); ``False`` (the playground) accepts a config of ``model`` and
+            ``data.bounds`` alone, still checking whatever is there.
 
     Returns:
         ``(model, config, checkpoint_meta)``.
 
     Raises:
         FileNotFoundError: when the directory, its config or its checkpoint is missing.
-        ValueError: for a device this machine does not have (named), or a bad model config.
+        ValueError: naming the file and the problem (see :meth:`Run.load`).
     """
     device = resolve_device(device)
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {run} does not exist")
-    if not (run / CONFIG).is_file():
-        raise FileNotFoundError(f"{run} has no {CONFIG}: not a run directory written by `ebmlab train` or "
-                                "ebmlab.runs.train")
-    try:
-        config = json.loads((run / CONFIG).read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{run / CONFIG} is not valid JSON: {err}") from err
-    if not (run / CHECKPOINT).is_file():
-        raise FileNotFoundError(f"{run} has no {CHECKPOINT}: the run wrote no checkpoint yet")
-    tensors, meta = load_checkpoint(run / CHECKPOINT, device=device)
-    prefix = "ema." if ema and any(k.startswith("ema.") for k in tensors) else "model."
+    config, net = _read_config(run, complete=complete, max_parameters=max_parameters)
+    ckpt = _run_file(run, CHECKPOINT)
+    if ckpt is None:
+        raise _no_checkpoint(run)
+    info = inspect_checkpoint(ckpt)
+    if info.meta is None:
+        raise ValueError(f"{ckpt} is a safetensors file but not an ebmlab checkpoint (no 'ebmlab' metadata)")
+    step = info.meta.get("step")
+    if (complete or step is not None) and (type(step) is not int or step < 0):
+        raise ValueError(f"{ckpt}: its metadata's step must be an integer >= 0, got {step!r}")
+    prefix = "ema." if ema and any(k.startswith("ema.") for k in info.shapes) else "model."
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    found = {k[len(prefix):]: shape for k, shape in info.shapes.items() if k.startswith(prefix)}
+    for key, shape in expected.items():
+        if key not in found:
+            raise ValueError(f"{ckpt} does not match {CONFIG}: it has no tensor {prefix}{key} of shape {shape} "
+                             f"for the config's {config['model']['kind']} model")
+        if found[key] != shape:
+            raise ValueError(f"{ckpt} does not match {CONFIG}: tensor {prefix}{key} has shape {found[key]}, the "
+                             f"config's {config['model']['kind']} model needs {shape}")
+        if info.dtypes[prefix + key] not in _FLOAT_DTYPES:
+            raise ValueError(f"{ckpt}: tensor {prefix}{key} has dtype {info.dtypes[prefix + key]}, expected a "
+                             "floating-point one")
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise ValueError(f"{ckpt} does not match {CONFIG}: tensor {prefix}{extra[0]} is not part of the config's "
+                         f"{config['model']['kind']} model")
+    tensors, meta = load_checkpoint(ckpt, device=device, prefixes=(prefix,))
+    for key, value in tensors.items():
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{ckpt}: tensor {key} holds non-finite values (NaN or inf); ebmlab never saves such "
+                             "weights, so the file is corrupt")
     model = build_energy(config["model"]).to(device)
-    model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()})
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval(), config, meta
