@@ -74,7 +74,8 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Tensor], meta: d
     n = int.from_bytes(blob[:8], "little")
     header, data = blob[8:8 + n], memoryview(blob)[8 + n:]
     if header.count(_checksum_field(_PLACEHOLDER)) != 1:  # a safetensors that formats its header otherwise
-        raise RuntimeError(f"cannot place the checksum in the checkpoint header written by safetensors: {header[:200]!r}")
+        raise RuntimeError("cannot place the checksum in the checkpoint header written by safetensors: "
+                           f"{header[:200]!r}")
     digest = hashlib.sha256(blob[:8])
     digest.update(header)
     digest.update(data)

@@ -135,13 +135,35 @@ def _flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split("\n"))
+
+
 def _open_run(path: Path, device: str):
     from .runs import Run
 
     try:
         return Run.load(path, device=device)
     except (FileNotFoundError, ValueError) as err:
-        raise UsageFailure(str(err)) from err
+        raise UsageFailure(_one_line(err)) from err
+
+
+def _check_models(paths: list[Path]) -> None:
+    """``serve --model``: check each run's config.json as ``Run.load`` does (all sections), then load the runs
+    as the playground will, so that a missing, broken or hostile run directory exits 2 in one line before the
+    port is bound (the server loads them again; they are small)."""
+    from .playground.models import load_models
+    from .runs.run import read_config
+
+    for m in paths:
+        if not m.is_dir():
+            raise UsageFailure(f"--model {m}: run directory does not exist")
+    try:
+        for m in paths:
+            read_config(m)
+        load_models(list(paths))
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageFailure(f"--model: {_one_line(err)}") from err
 
 
 class _Progress:
@@ -522,9 +544,7 @@ def serve(
     from .playground.app import is_loopback
     from .playground.app import serve as run_server
 
-    for m in model:
-        if not m.is_dir():
-            raise UsageFailure(f"--model {m}: run directory does not exist")
+    _check_models(model)
     _check_port_free(host, port)
     if not is_loopback(host):
         if not allow_remote:
