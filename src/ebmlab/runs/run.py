@@ -441,6 +441,13 @@ def read_config(run_dir: str | os.PathLike, *, complete: bool = True) -> dict[st
     """A run directory's ``config.json``, read (at most :data:`MAX_CONFIG_BYTES`) and checked
     (:func:`ebmlab.runs.models.check_config`) without building anything.
 
+    Args:
+        run_dir: the run directory.
+        complete: require the ``data`` and ``train`` sections (as :meth:`Run.load` does).
+
+    Returns:
+        The parsed configuration.
+
     Raises:
         FileNotFoundError: when the directory or its config is missing.
         ValueError: naming the file and the problem (see :meth:`Run.load`).
