@@ -776,6 +776,13 @@ def negatives(energy: Any, sampler: Any, x0: Tensor, num_steps: int, *,
     The inner loop of training and of image evaluation. Model parameters get
     no gradient (scores are taken with respect to ``x`` only).
 
+    Args:
+        energy: the model's energy.
+        sampler: the MCMC sampler.
+        x0: the chains' starts, shape ``(chains, *event)``.
+        num_steps: the transitions to run (0: return ``x0``).
+        generator: the source of randomness; ``None`` is torch's global generator.
+
     Returns:
         ``(x, acceptance)``: detached end points and the mean acceptance rate
         (a 0-d tensor, so nothing syncs until it is logged); ``num_steps = 0``
