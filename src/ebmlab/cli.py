@@ -198,6 +198,28 @@ class _Progress:
             self.bar.stop()
 
 
+def _join_process_group(device: str) -> bool:
+    """Under ``torchrun``, join its process group (:func:`ebmlab.distributed.init_from_env`) before any work;
+    returns whether this process prints (rank 0, or a plain single process)."""
+    from . import distributed
+
+    try:
+        distributed.init_from_env(device)
+    except ValueError as err:
+        raise UsageFailure(f"--device {device}: {err}") from err
+    return distributed.is_main()
+
+
+def _launched_rank() -> int:
+    """The rank torchrun gave this process (0 outside torchrun), read before any process group exists."""
+    import os
+
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0
+
+
 def _print_table(title: str, result: dict, keys: tuple[str, ...] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -437,7 +459,8 @@ def train(
             raise UsageFailure(f"--config: {err}") from err
     else:
         cfg = TrainConfig.resolve(**given)
-    if resume and not out.is_dir():
+    speak = _join_process_group(cfg.device)
+    if resume and speak and not out.is_dir():  # rank 0's directory: the other nodes need not see it
         raise UsageFailure(f"--resume: run directory {out} does not exist")
     callbacks: list = []
     if tensorboard:
@@ -446,12 +469,16 @@ def train(
         except ImportError as err:  # before any work
             raise MissingExtra("ebmlab train --tensorboard needs the tensorboard package: "
                                "pip install 'ebmlab[tensorboard]'") from err
-    if not json_output:
+    if speak and not json_output:
         tty = sys.stderr.isatty()
         callbacks.append(_Progress(f"train {cfg.method} on {cfg.data}", cfg.steps, True) if tty
                          else ProgressPrinter(cfg.steps))
     run = run_train(cfg, out, callbacks=callbacks, resume=resume, overwrite=overwrite)
     stopped = run.summary.get("stopped_by")
+    if not speak:  # under torchrun only rank 0 prints; every rank exits alike
+        if stopped:
+            raise typer.Exit(128 + int(getattr(signal, stopped)))
+        return
     _emit(run.summary, json_output, f"{cfg.method} on {cfg.data} stopped by {stopped} at step {run.summary['steps']}"
           if stopped else f"trained {cfg.method} on {cfg.data}")
     if stopped:  # checkpointed: say how to go on, and exit as a process ended by that signal does
@@ -578,42 +605,57 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: bad input exits 2 with one line on stderr, never a traceback."""
+    """Entry point: bad input exits 2 with one line on stderr, never a traceback.
+
+    Under ``torchrun`` ranks other than 0 print no results, progress or warnings; their own errors are
+    printed with their rank (``ebmlab (rank 1): ...``), and when rank 0 failed they exit quietly (rank 0 says why).
+    """
+    from .distributed import PeerFailed
     from .io import RunLocked
     from .runs import ConfigError
     from .samplers import DivergenceError
     from .training import RunDirectoryError, TrainingDiverged
 
+    rank = _launched_rank()
+    me = "ebmlab" if rank == 0 else f"ebmlab (rank {rank})"
     try:
         with warnings.catch_warnings():  # the library's warnings as one line each, without file and line
             warnings.showwarning = _show_warning
+            if rank != 0:
+                warnings.simplefilter("ignore")  # rank 0 warns for the run
             code = app(args=argv, standalone_mode=False)  # click returns a typer.Exit's code here
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
-        print("ebmlab: aborted", file=sys.stderr)
+        print(f"{me}: aborted", file=sys.stderr)
         return 130
+    except PeerFailed:  # rank 0 failed and printed why
+        return 1
     except TyperException as e:  # usage errors (unknown option, bad integer, ...)
-        if e.format_message():  # an empty message: help was already shown for a bare `ebmlab`
+        if e.format_message() and rank == 0:  # an empty message: help was already shown for a bare `ebmlab`
             print(f"ebmlab: error: {e.format_message()}", file=sys.stderr)
         return 2
     except ConfigError as e:  # a config value, named by its flag
-        print(f"ebmlab: error: {e.render(_flag)}", file=sys.stderr)
+        print(f"{me}: error: {e.render(_flag)}", file=sys.stderr)
         return 2
     except MissingExtra as e:  # the line names the command and the extra to install
         print(e, file=sys.stderr)
         return 2
     except (UsageFailure, FileNotFoundError, RunLocked) as e:
-        print(f"ebmlab: error: {e}", file=sys.stderr)
+        print(f"{me}: error: {e}", file=sys.stderr)
         return 2
     except RunDirectoryError as e:  # disk full, read-only: the last good checkpoint is intact
-        print(f"ebmlab: failed: {e}", file=sys.stderr)
+        print(f"{me}: failed: {e}", file=sys.stderr)
         return 1
-    except (DivergenceError, TrainingDiverged) as e:
-        print(f"ebmlab: diverged: {e}", file=sys.stderr)
+    except TrainingDiverged as e:
+        if rank == 0:  # every rank stops at the same step with the same message
+            print(f"ebmlab: diverged: {e}", file=sys.stderr)
+        return 1
+    except DivergenceError as e:
+        print(f"{me}: diverged: {e}", file=sys.stderr)
         return 1
     except (ValueError, RuntimeError) as e:  # e.g. a rejection envelope found invalid while sampling
-        print(f"ebmlab: failed: {e}", file=sys.stderr)
+        print(f"{me}: failed: {e}", file=sys.stderr)
         return 1
     return code if isinstance(code, int) else 0
 

@@ -234,6 +234,7 @@ def train_score(
     callback: Callable[[int, dict[str, float]], None] | None = None,
     max_seconds: float | None = None,
     max_recoveries: int = MAX_RECOVERIES,
+    seed: int | None = None,
 ) -> ScoreTrainResult:
     """Train the score model ``model`` on ``train_data`` by score matching.
 
@@ -291,6 +292,12 @@ def train_score(
         max_recoveries: rollbacks from divergence (a non-finite loss or
             gradient) before the run stops, each halving the learning rate
             (see :func:`ebmlab.training.fit`).
+        seed: the run's seed; needed only to resume a run under another
+            number of processes (each rank's generator is re-seeded from it).
+
+    Under ``torchrun`` (see :func:`ebmlab.training.fit`) every rank draws its
+    own ``batch_size`` points and noise from its own ``generator``; the loss is
+    the mean over ranks.
 
     Returns:
         A :class:`ScoreTrainResult`.
@@ -371,7 +378,7 @@ def train_score(
         eval_every=eval_every, callback=callback, max_seconds=max_seconds, max_recoveries=max_recoveries,
         extra_state=(lambda: {"sde" if sde is not None else "sigmas": current["levels"]}) if levels is not None
         else None,
-        load_extra=load_levels if levels is not None else None,
+        load_extra=load_levels if levels is not None else None, seed=seed,
     )
     return ScoreTrainResult(step=result.step, history=result.history, seconds=result.seconds, ema=result.ema,
                             stopped_by=result.stopped_by, recoveries=result.recoveries,

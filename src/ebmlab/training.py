@@ -12,8 +12,11 @@ run exactly (parameters, optimiser, buffer, generator state and step counter).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
+import hashlib
 import json
 import math
 import os
@@ -24,11 +27,12 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from . import distributed
 from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from .checks import check_int
 from .devices import default_generator
@@ -328,6 +332,8 @@ def fit(
     max_recoveries: int = MAX_RECOVERIES,
     on_recover: Callable[[bool], dict[str, Any]] | None = None,
     max_energy: float = MAX_ENERGY,
+    rank_state: Sequence[str] = (),
+    seed: int | None = None,
 ) -> TrainResult:
     """The one training loop of ebmlab: every method is a ``step_fn`` inside it.
 
@@ -348,6 +354,25 @@ def fit(
     :class:`TrainingDiverged`. The run directory is locked while training
     (:func:`ebmlab.io.run_lock`), and SIGTERM / SIGINT end the run after the
     current step with a checkpoint (``TrainResult.stopped_by``).
+
+    Under a process group (``torchrun``; :func:`ebmlab.distributed.init_from_env`)
+    every rank runs this loop with its own ``step_fn`` data, negatives and
+    ``generator`` (each rank must pass its own stream, e.g.
+    :func:`ebmlab.distributed.generator`). Rank 0's weights are copied to every
+    rank at the start; after each backward one all-reduce averages the
+    gradients over the ranks (the gradient of the mean of the ranks' losses, as
+    DistributedDataParallel computes it) together with every rank's divergence
+    and stop flags, so clipping sees the global norm and all ranks roll back,
+    stop on a signal or on ``max_seconds``, and checkpoint at the same step.
+    Logged metrics are means over the ranks. Rank 0 alone holds the run
+    directory's lock, evaluates, calls ``callback`` and writes metrics and
+    checkpoints (the others wait); a checkpoint holds every rank's generator
+    state (``generator.rank{r}``) and its ``rank_state`` entries concatenated in
+    rank order, with ``world_size`` in its metadata. A resume under the same
+    world size continues bit for bit; under another one the ``rank_state``
+    rows are re-split evenly over the new ranks, each rank's generator is
+    re-seeded from ``(seed, rank, step)`` (not a bitwise continuation), and a
+    ``{"event": "world_size_changed", "from": a, "to": b}`` row is logged.
 
     Args:
         model: the ``nn.Module`` trained.
@@ -372,12 +397,17 @@ def fit(
         callback: ``callback(step, row)`` after each logged row.
         max_seconds: stop after the first step that ends past this budget.
         extra_state: the method's tensors to checkpoint (buffer, noise levels).
-        load_extra: restores them on resume and on a rollback (may raise ValueError on a mismatch).
+        load_extra: restores them on resume and on a rollback (may raise ValueError on a mismatch);
+            after a change of world size its ``meta`` holds ``"resharded_from"`` (the old world size).
         max_recoveries: rollbacks from divergence before the run stops (0: stop at the first).
         on_recover: ``on_recover(chains_diverged) -> changes``, called after a
             rollback (e.g. to halve the sampler's step); its JSON-able
             ``changes`` go into the recovery row.
         max_energy: ``update.magnitude`` above this counts as divergence (:data:`MAX_ENERGY`).
+        rank_state: the ``extra_state`` entries each rank holds its own of
+            (persistent chains, a replay buffer), rows along the first dimension.
+        seed: the run's seed, from which a resume under a new world size
+            re-seeds each rank's generator (needed only then).
 
     Returns:
         A :class:`TrainResult`.
@@ -388,6 +418,8 @@ def fit(
         RunDirectoryError: a checkpoint or metrics write failed (disk full, read-only); the last good
             checkpoint is intact.
         ebmlab.io.RunLocked: another process is training into ``run_dir``.
+        ebmlab.distributed.PeerFailed: on ranks other than 0, when rank 0 failed
+            (in its checks of the run directory, its evaluation or its writes).
     """
     for name, value, lo in (("steps", steps, 1), ("log_every", log_every, 1),
                             ("checkpoint_every", checkpoint_every, 1), ("eval_every", eval_every, 1),
@@ -397,40 +429,67 @@ def fit(
         raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay!r}")
     if checkpoint_seconds is not None and not (math.isfinite(checkpoint_seconds) and checkpoint_seconds > 0):
         raise ValueError(f"checkpoint_seconds must be a positive number of seconds or None, got {checkpoint_seconds!r}")
-    with run_lock(run_dir), _StopOnSignal() as stop:
+    with contextlib.ExitStack() as held:
+        # rank 0 alone holds the run directory (the others never touch it); a refusal stops every rank
+        distributed.run_on_main(lambda: held.enter_context(run_lock(run_dir)) and None)
+        stop = held.enter_context(_StopOnSignal())
         return _fit(model, step_fn, stop, method=method, steps=steps, lr=lr, betas=betas, grad_clip=grad_clip,
                     ema_decay=ema_decay, generator=generator, run_dir=run_dir, resume=resume, overwrite=overwrite,
                     log_every=log_every, checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
                     evaluate=evaluate, eval_every=eval_every, callback=callback, max_seconds=max_seconds,
                     extra_state=extra_state, load_extra=load_extra, max_recoveries=max_recoveries,
-                    on_recover=on_recover, max_energy=max_energy)
+                    on_recover=on_recover, max_energy=max_energy, rank_state=tuple(rank_state), seed=seed)
 
 
 def _fit(model, step_fn, stop, *, method, steps, lr, betas, grad_clip, ema_decay, generator, run_dir, resume,
          overwrite, log_every, checkpoint_every, checkpoint_seconds, evaluate, eval_every, callback, max_seconds,
-         extra_state, load_extra, max_recoveries, on_recover, max_energy) -> TrainResult:
-    run_path = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+         extra_state, load_extra, max_recoveries, on_recover, max_energy, rank_state, seed) -> TrainResult:
+    world, main = distributed.world_size(), distributed.is_main()
+    made = distributed.run_on_main(lambda: _as_str(prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)))
+    run_path = Path(made) if made is not None else None  # every rank names it; only rank 0 writes into it
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
+    if world > 1:
+        distributed.broadcast_module(model)  # every rank starts from rank 0's weights
+        _check_ranks_agree(generator, steps=steps, log_every=log_every, checkpoint_every=checkpoint_every,
+                           eval_every=eval_every, evaluate=evaluate is not None, resume=resume, params=len(params))
     optimizer = torch.optim.Adam(params, lr=lr, betas=betas)
     ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
     start, recoveries, lr_scale = 0, 0, 1.0
+    resized: tuple[int, int] | None = None
     if resume:
-        remove_stale_temporaries(run_path)  # a killed process's half-written files (we hold the lock)
         ckpt = run_path / CHECKPOINT
-        tensors, meta = load_checkpoint(ckpt, device=next(iter(params)).device)
+        device = next(iter(params)).device
+        if world == 1:
+            remove_stale_temporaries(run_path)  # a killed process's half-written files (we hold the lock)
+            tensors, meta = load_checkpoint(ckpt, device=device)
+        else:  # rank 0 reads it (the others may not see its disk) and sends it to every rank
+            read: dict[str, Any] = {}
+
+            def load() -> dict[str, Any]:
+                remove_stale_temporaries(run_path)
+                read["tensors"], meta = load_checkpoint(ckpt)
+                return meta
+
+            meta = distributed.run_on_main(load)
+            tensors = {k: v.to(device) for k, v in distributed.broadcast_tensors(read.get("tensors")).items()}
         if meta.get("method", method) != method:
             raise ValueError(f"{ckpt} was written by method {meta.get('method')!r}, not {method!r}")
+        saved_world = int(meta.get("world_size", 1))
+        tensors, meta = _rank_view(tensors, meta, rank_state, generator, world, ckpt, seed)
         if load_extra is not None:
             load_extra(tensors, meta)
         if generator is default_generator(generator.device):
             raise ValueError("resume=True needs an explicit generator: its state is restored from the checkpoint, "
                              "and ebmlab never reseeds torch's global default generator")
         start = restore_training_state(tensors, meta, model, optimizer, generator, ema)
+        if saved_world != world:  # each rank's stream re-derived: a continuation, not a bitwise one
+            generator.manual_seed(distributed.derive_seed(seed, distributed.rank(), start))
+            resized = (saved_world, world)
         recoveries, lr_scale = int(meta.get("recoveries", 0)), float(meta.get("lr_scale", 1.0))
         _set_lr(optimizer, lr * lr_scale)
-        truncate_metrics(run_path / METRICS, start)
+        distributed.run_on_main(lambda: truncate_metrics(run_path / METRICS, start))
     last_good = str(run_path / CHECKPOINT) if resume else None
     history: list[dict[str, Any]] = []
 
@@ -441,10 +500,10 @@ def _fit(model, step_fn, stop, *, method, steps, lr, betas, grad_clip, ema_decay
             tensors.update(extra_state())
         tensors = {k: v.detach().clone() for k, v in tensors.items()}
         return tensors, {**copy.deepcopy(meta), "method": method, "step": step, "recoveries": recoveries,
-                         "lr_scale": lr_scale}
+                         "lr_scale": lr_scale, "world_size": world}
 
     def write_row(row: dict[str, Any]) -> None:
-        if run_path is None:
+        if run_path is None or not main:
             return
         try:
             with open(run_path / METRICS, "a") as f:
@@ -456,6 +515,10 @@ def _fit(model, step_fn, stop, *, method, steps, lr, betas, grad_clip, ema_decay
     def diverged(step: int, what: str) -> TrainingDiverged:
         return TrainingDiverged(f"training diverged at step {step}: {what}; {_last_good(last_good)}")
 
+    if resized is not None:
+        row = {"step": start, "event": "world_size_changed", "from": resized[0], "to": resized[1]}
+        history.append(row)
+        distributed.run_on_main(lambda: write_row(row))
     good = snapshot(start)
     t0 = time.perf_counter()
     t_ckpt = t0
@@ -470,15 +533,23 @@ def _fit(model, step_fn, stop, *, method, steps, lr, betas, grad_clip, ema_decay
         except DivergenceError as err:
             failure = (str(err), True)
         if failure is None:
-            # 2. backward, clip; one sync checks the loss, the gradient and the energies' magnitude
             optimizer.zero_grad(set_to_none=True)
             update.loss.backward()
+        peers = None
+        if world > 1:  # one all-reduce: the gradients' mean over ranks, every rank's divergence and stop flags
+            peers = _reduce_step(params, None if failure is not None else update, failure is not None, stop,
+                                 max_energy=max_energy, timers=(t0, max_seconds, t_ckpt, checkpoint_seconds))
+        if failure is None or peers is not None:
+            # 2. clip; one sync checks the loss, the gradient and the energies' magnitude (on every rank)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
-            ok = torch.isfinite(update.loss.detach() + grad_norm)
-            if update.magnitude is not None:
-                ok = ok & (update.magnitude.detach() <= max_energy)
-            if not bool(ok):
-                failure = (_what_diverged(update, grad_norm, max_energy), False)
+            if peers is not None:
+                failure = peers.failure(failure, None if failure is not None else update, grad_norm, max_energy)
+            else:
+                ok = torch.isfinite(update.loss.detach() + grad_norm)
+                if update.magnitude is not None:
+                    ok = ok & (update.magnitude.detach() <= max_energy)
+                if not bool(ok):
+                    failure = (_what_diverged(update, grad_norm, max_energy), False)
         if failure is not None:  # roll back to the last good state, halve the step sizes, go on
             what, chains = failure
             if recoveries >= max_recoveries:
@@ -493,16 +564,20 @@ def _fit(model, step_fn, stop, *, method, steps, lr, betas, grad_clip, ema_decay
             _set_lr(optimizer, lr * lr_scale)
             changes = on_recover(chains) if on_recover is not None else {}
             history[:] = [row for row in history if row["step"] <= back]
-            if run_path is not None:
-                truncate_metrics(run_path / METRICS, back)
             row = {"step": back, "event": "recovery", "recovery": recoveries, "diverged_at": step, "what": what,
                    "lr": lr * lr_scale, **changes}
             history.append(row)
-            write_row(row)
-            warnings.warn(f"training diverged at step {step} ({what}); rolled back to step {back} with the learning "
-                          f"rate halved to {lr * lr_scale:.3g}"
-                          + "".join(f", {k} {v:.3g}" for k, v in changes.items() if isinstance(v, float))
-                          + f" (recovery {recoveries} of {max_recoveries})", RuntimeWarning, stacklevel=3)
+
+            def record(row=row, step=step, back=back, changes=changes) -> None:
+                if run_path is not None and main:
+                    truncate_metrics(run_path / METRICS, back)
+                write_row(row)
+                warnings.warn(f"training diverged at step {step} ({what}); rolled back to step {back} with the "
+                              f"learning rate halved to {lr * lr_scale:.3g}"
+                              + "".join(f", {k} {v:.3g}" for k, v in changes.items() if isinstance(v, float))
+                              + f" (recovery {recoveries} of {max_recoveries})", RuntimeWarning, stacklevel=5)
+
+            distributed.run_on_main(record)
             good = snapshot(back)
             step = back
             continue
@@ -511,46 +586,249 @@ def _fit(model, step_fn, stop, *, method, steps, lr, betas, grad_clip, ema_decay
             ema_update(ema, model, ema_decay, step)
         if update.after is not None:
             update.after()
-        # 3. log, evaluate, checkpoint
+        # 3. log, evaluate, checkpoint (every rank decides alike: the stop flags were reduced with the gradients)
         now = time.perf_counter()
-        last = (step == steps or (max_seconds is not None and now - t0 >= max_seconds)
-                or stop.signum is not None)
-        eval_now = evaluate is not None and (step % eval_every == 0 or (last and stop.signum is None))
+        stopped = stop.name if peers is None else peers.stopped_by
+        time_up = (max_seconds is not None and now - t0 >= max_seconds) if peers is None else peers.time_up
+        last = step == steps or time_up or stopped is not None
+        eval_now = evaluate is not None and (step % eval_every == 0 or (last and stopped is None))
+        row = None
         if step % log_every == 0 or last or eval_now:
-            row = {"step": step, "loss": float(update.loss.detach()),
-                   **{k: _number(v) for k, v in update.metrics.items() if k != "loss"},
-                   "grad_norm": float(grad_norm), "seconds": now - t0}
-            if eval_now:
-                model.eval()
-                try:
-                    row.update(evaluate(ema if ema is not None else model, step))
-                except DivergenceError as err:  # the model's samples blew up; the training state is fine
-                    row["eval_error"] = f"evaluation sampler diverged: {err}"
-                model.train()
-            if stop.signum is not None:
-                row["stopped_by"] = stop.name
-            history.append(row)
-            write_row(row)
-            if callback is not None:
-                callback(step, row)
-        if (step % checkpoint_every == 0 or last
-                or (checkpoint_seconds is not None and time.perf_counter() - t_ckpt >= checkpoint_seconds)):
-            good = snapshot(step)
-            if run_path is not None:
-                try:
-                    save_checkpoint(run_path / CHECKPOINT, *good)
-                except OSError as err:  # atomic: the previous checkpoint is still there
-                    raise RunDirectoryError(f"could not write the checkpoint at step {step} into {run_path}: "
-                                            f"{err}; {_last_good(last_good)}") from err
-                last_good = f"{run_path / CHECKPOINT} (step {step})"
-            t_ckpt = time.perf_counter()
+            row = {"step": step, **_logged(update, world), "grad_norm": float(grad_norm), "seconds": now - t0}
+        if world == 1:
+            if row is not None:
+                _evaluate_into(row, evaluate, eval_now, model, ema, step)
+                if stopped is not None:
+                    row["stopped_by"] = stopped
+                history.append(row)
+                write_row(row)
+                if callback is not None:
+                    callback(step, row)
+            if (step % checkpoint_every == 0 or last
+                    or (checkpoint_seconds is not None and time.perf_counter() - t_ckpt >= checkpoint_seconds)):
+                good = snapshot(step)
+                if run_path is not None:
+                    last_good = _save(run_path, good, step, last_good)
+                t_ckpt = time.perf_counter()
+        else:
+            save_now = step % checkpoint_every == 0 or last or peers.checkpoint_due
+            if save_now:
+                good = snapshot(step)
+                state = _gather_checkpoint(good, rank_state)  # collective: every rank's chains and generator
+            if row is not None or save_now:
+
+                def on_main(row=row, save_now=save_now, step=step, eval_now=eval_now) -> dict[str, Any] | None:
+                    if row is not None:
+                        _evaluate_into(row, evaluate, eval_now, model, ema, step)
+                        if stopped is not None:
+                            row["stopped_by"] = stopped
+                        write_row(row)
+                        if callback is not None:
+                            callback(step, row)
+                    if save_now and run_path is not None:
+                        _save(run_path, state, step, last_good)
+                    return row
+
+                row = distributed.run_on_main(on_main)  # the others wait for rank 0's evaluation and files
+                if row is not None:
+                    history.append(row)
+            if save_now:
+                if run_path is not None:
+                    last_good = f"{run_path / CHECKPOINT} (step {step})"
+                t_ckpt = time.perf_counter()
         if last:
             break
     model.eval()
     if ema is not None:
         ema.eval()
     return TrainResult(step=step, history=history, seconds=time.perf_counter() - t0, ema=ema,
-                       stopped_by=stop.name, recoveries=recoveries)
+                       stopped_by=stop.name if world == 1 else (peers.stopped_by if peers is not None else None),
+                       recoveries=recoveries)
+
+
+def _as_str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _evaluate_into(row: dict[str, Any], evaluate: Any, eval_now: bool, model: nn.Module, ema: nn.Module | None,
+                   step: int) -> None:
+    if not eval_now:
+        return
+    model.eval()
+    try:
+        row.update(evaluate(ema if ema is not None else model, step))
+    except DivergenceError as err:  # the model's samples blew up; the training state is fine
+        row["eval_error"] = f"evaluation sampler diverged: {err}"
+    model.train()
+
+
+def _save(run_path: Path, state: tuple[dict[str, Tensor], dict[str, Any]], step: int, last_good: str | None) -> str:
+    try:
+        save_checkpoint(run_path / CHECKPOINT, *state)
+    except OSError as err:  # atomic: the previous checkpoint is still there
+        raise RunDirectoryError(f"could not write the checkpoint at step {step} into {run_path}: "
+                                f"{err}; {_last_good(last_good)}") from err
+    return f"{run_path / CHECKPOINT} (step {step})"
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, Tensor) and value.numel() == 1) or (
+        isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _logged(update: Update, world: int) -> dict[str, Any]:
+    """The loss and metrics of a log step, as numbers: under a process group, their means over the ranks."""
+    metrics = {"loss": update.loss.detach(), **{k: v for k, v in update.metrics.items() if k != "loss"}}
+    if world == 1:
+        return {k: _number(v) for k, v in metrics.items()}
+    names = [k for k, v in metrics.items() if _is_number(v)]
+    device = update.loss.device
+    values = torch.stack([torch.as_tensor(metrics[k], dtype=torch.float64, device=device).detach().reshape(())
+                          for k in names])
+    mean = distributed.all_mean(values).tolist()
+    return {k: (mean[names.index(k)] if k in names else v) for k, v in metrics.items()}
+
+
+#: Per-rank slots of the flags reduced with the gradients: chains diverged, loss not finite, energies too large,
+#: the signal received (its number), the time budget spent, a time-based checkpoint due.
+_FLAGS = ("chains", "loss", "magnitude", "signal", "time_up", "checkpoint_due")
+
+
+@dataclass
+class _Peers:
+    """What the ranks told each other in a step's all-reduce."""
+
+    flags: Tensor  # (world, len(_FLAGS))
+
+    def ranks(self, name: str) -> list[int]:
+        return [r for r, f in enumerate(self.flags[:, _FLAGS.index(name)].tolist()) if f]
+
+    @property
+    def stopped_by(self) -> str | None:
+        signums = [int(s) for s in self.flags[:, _FLAGS.index("signal")].tolist() if s]
+        return signal.Signals(signums[0]).name if signums else None
+
+    @property
+    def time_up(self) -> bool:
+        return bool(self.ranks("time_up"))
+
+    @property
+    def checkpoint_due(self) -> bool:
+        return bool(self.ranks("checkpoint_due"))
+
+    def failure(self, mine: tuple[str, bool] | None, update: Update | None, grad_norm: Tensor,
+                max_energy: float) -> tuple[str, bool] | None:
+        """The step's divergence as every rank sees it (this rank's own words when it is among the culprits)."""
+        me = distributed.rank()
+        for name, chains in (("chains", True), ("loss", False)):
+            ranks = self.ranks(name)
+            if ranks:
+                own = mine[0] if mine is not None else (_what_diverged(update, grad_norm, max_energy)
+                                                       if me in ranks and update is not None else None)
+                what = own if me in ranks and own else ("the chains diverged" if chains else "the loss is not finite")
+                return f"{what} (on rank {', '.join(map(str, ranks))})", chains
+        if not bool(torch.isfinite(grad_norm)):
+            return f"parameter gradient norm is {float(grad_norm)}", False
+        ranks = self.ranks("magnitude")
+        if ranks:
+            what = (_what_diverged(update, grad_norm, max_energy) if me in ranks and update is not None
+                    else f"the energies' magnitude is above max_energy={max_energy:g}")
+            return f"{what} (on rank {', '.join(map(str, ranks))})", False
+        return None
+
+
+def _reduce_step(params: list[nn.Parameter], update: Update | None, chains_failed: bool, stop: _StopOnSignal, *,
+                 max_energy: float, timers: tuple[float, float | None, float, float | None]) -> _Peers:
+    """Average the gradients over the ranks in place and exchange every rank's flags, in one all-reduce.
+
+    A rank whose chains diverged contributes zero gradients (the step is rolled back everywhere anyway); a
+    parameter without a gradient on every rank keeps ``None``.
+    """
+    world, me = distributed.world_size(), distributed.rank()
+    dtype = functools.reduce(torch.promote_types, [p.dtype for p in params])
+    device = params[0].device
+    t0, max_seconds, t_ckpt, checkpoint_seconds = timers
+    now = time.perf_counter()
+    flags = torch.zeros((world, len(_FLAGS)), dtype=dtype, device=device)
+    local = [0.0, 0.0, 0.0, float(stop.signum or 0), float(max_seconds is not None and now - t0 >= max_seconds),
+             float(checkpoint_seconds is not None and now - t_ckpt >= checkpoint_seconds)]
+    flags[me] = torch.tensor(local, dtype=dtype, device=device)
+    flags[me, 0] = float(chains_failed)
+    if update is not None:
+        flags[me, 1] = (~torch.isfinite(update.loss.detach())).to(dtype)
+        if update.magnitude is not None:
+            flags[me, 2] = (update.magnitude.detach() > max_energy).to(dtype)
+    grads = [p.grad.reshape(-1).to(dtype) if p.grad is not None else torch.zeros(p.numel(), dtype=dtype, device=device)
+             for p in params]
+    has = torch.tensor([float(p.grad is not None) for p in params], dtype=dtype, device=device)
+    total = distributed.all_sum(torch.cat([*grads, has, flags.reshape(-1)]))
+    n = sum(p.numel() for p in params)
+    mean = total[:n] / world
+    for p, g, count in zip(params, mean.split([p.numel() for p in params]), total[n:n + len(params)].tolist()):
+        p.grad = g.reshape(p.shape).to(p.dtype) if count else None
+    return _Peers(total[n + len(params):].reshape(world, len(_FLAGS)).cpu())
+
+
+def _check_ranks_agree(generator: torch.Generator, **settings: Any) -> None:
+    """Every rank must run the same schedule (or the collectives would pair different steps) from its own
+    random stream (or the ranks would draw the same batches and negatives)."""
+    state = generator.get_state().numpy().tobytes()
+    digest = int.from_bytes(hashlib.blake2b(state, digest_size=7).digest(), "little")
+    values = torch.tensor([*(int(v) for v in settings.values()), digest], dtype=torch.int64)
+    table = distributed.all_gather_stack(values)
+    for i, name in enumerate(settings):
+        if len(set(table[:, i].tolist())) > 1:
+            raise ValueError(f"the ranks disagree on {name} ({table[:, i].tolist()}): every rank of a process group "
+                             "must train with the same settings")
+    if len(set(table[:, -1].tolist())) < table.shape[0]:
+        raise ValueError("two ranks hold generators in the same state: they would draw the same batches and chains; "
+                         "give each rank its own stream (ebmlab.distributed.generator(seed) derives it from the rank)")
+
+
+def _rank_view(tensors: dict[str, Tensor], meta: dict[str, Any], rank_state: tuple[str, ...],
+               generator: torch.Generator, world: int, ckpt: Path, seed: int | None
+               ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """This rank's part of a checkpoint: its generator state and its rows of each ``rank_state`` entry.
+
+    Under the world size that wrote it, the rows each rank held; under another, an even re-split of all of
+    them (the generator is re-seeded by the caller)."""
+    saved = int(meta.get("world_size", 1))
+    me = distributed.rank()
+    if saved == world == 1:
+        return tensors, meta
+    out = {k: v for k, v in tensors.items() if not k.startswith("generator.rank")}
+    if saved == world:
+        out["generator"] = tensors[f"generator.rank{me}"]
+        for key in rank_state:
+            sizes = meta["rank_sizes"][key]
+            lo = sum(sizes[:me])
+            out[key] = tensors[key][lo:lo + sizes[me]]
+        return out, meta
+    if seed is None:
+        raise ValueError(f"{ckpt} was written by {saved} process(es) and this run has {world}: each rank's generator "
+                         "is then re-seeded from the run's seed, which fit(seed=...) must be given")
+    out["generator"] = generator.get_state()  # replaced by the re-derived stream after the restore
+    for key in rank_state:
+        out[key] = tensors[key][distributed.shard(tensors[key].shape[0])]
+    return out, {**meta, "resharded_from": saved}
+
+
+def _gather_checkpoint(state: tuple[dict[str, Tensor], dict[str, Any]], rank_state: tuple[str, ...]
+                       ) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+    """Rank 0's checkpoint of a process group: the shared state, every rank's generator state and its
+    ``rank_state`` rows concatenated in rank order (their counts in ``meta["rank_sizes"]``); ``None`` elsewhere."""
+    tensors, meta = state
+    world = distributed.world_size()
+    generators = distributed.gather_cat(tensors["generator"].unsqueeze(0))
+    parts = {key: distributed.gather_cat(tensors[key]) for key in rank_state}
+    sizes = distributed.all_gather_stack(torch.tensor([tensors[key].shape[0] for key in rank_state],
+                                                      dtype=torch.int64))
+    if not distributed.is_main():
+        return None
+    out = {k: v for k, v in tensors.items() if k != "generator" and k not in rank_state}
+    out.update({f"generator.rank{r}": generators[r] for r in range(world)})
+    out.update(parts)
+    return out, {**meta, "rank_sizes": {key: sizes[:, i].tolist() for i, key in enumerate(rank_state)}}
 
 
 def _last_good(last_good: str | None) -> str:
@@ -607,6 +885,7 @@ def train_ebm(
     callback: Callable[[int, dict[str, float]], None] | None = None,
     max_seconds: float | None = None,
     max_recoveries: int = MAX_RECOVERIES,
+    seed: int | None = None,
 ) -> TrainResult:
     """Train ``energy`` on ``train_data`` by maximum likelihood with MCMC negatives.
 
@@ -663,6 +942,14 @@ def train_ebm(
             passes :data:`MAX_ENERGY`) before the run stops; each halves the
             learning rate, and the sampler's step (and ULA's noise) when the
             chains diverged (see :func:`fit`).
+        seed: the run's seed; needed only to resume a run under another
+            number of processes (each rank's generator is re-seeded from it).
+
+    Under ``torchrun`` (see :func:`fit`) every rank draws ``batch_size`` data
+    points and runs its own ``batch_size`` chains from its own persistent
+    chains or replay buffer (``buffer_size`` each) with its own ``generator``:
+    the global batch is ``world_size * batch_size``, and the loss is the mean
+    over ranks. Evaluation sees rank 0's chains.
 
     Returns:
         A :class:`TrainResult`.
@@ -740,7 +1027,12 @@ def train_ebm(
     def load_extra(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:  # noqa: ARG001
         set_scale(float(tensors["sampler_step_scale"]) if "sampler_step_scale" in tensors else 1.0)
         if buffer is not None:
-            buffer.load_state_dict({"data": tensors["buffer.data"]})
+            data = tensors["buffer.data"]
+            if "resharded_from" in meta:  # another world size: this rank's share of all chains, to its capacity
+                data = data[: buffer.capacity]
+                if data.shape[0] < buffer.capacity:
+                    data = torch.cat([data, noise(buffer.capacity - data.shape[0], generator).to(data)])
+            buffer.load_state_dict({"data": data})
 
     result = fit(
         energy, step_fn, method=method, steps=steps, lr=lr, betas=betas, grad_clip=grad_clip,
@@ -748,7 +1040,7 @@ def train_ebm(
         log_every=log_every, checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
         evaluate=evaluate_fn if evaluate is not None else None, eval_every=eval_every, callback=callback,
         max_seconds=max_seconds, extra_state=extra_state, load_extra=load_extra, max_recoveries=max_recoveries,
-        on_recover=on_recover,
+        on_recover=on_recover, rank_state=("buffer.data",) if buffer is not None else (), seed=seed,
     )
     result.buffer = buffer
     return result

@@ -10,6 +10,7 @@ from the command line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -18,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .. import distributed
 from ..devices import resolve_device
 from ..io import LOCK, run_lock
 from ..training import CHECKPOINT, METRICS, prepare_run_dir
@@ -82,9 +84,17 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, callbacks: Sequence[Callb
         overwrite: empty an existing run in ``out`` first.
         progress: also print a plain-text progress line every few seconds.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) this process
+    joins the process group (:func:`ebmlab.distributed.init_from_env`) and
+    trains one rank of the run (see :func:`ebmlab.training.fit`): its own data
+    batches and chains, from the generator ``(seed, rank)``; ``batch_size`` is
+    per rank. Rank 0 alone writes ``out``; the data (a file included) must be
+    readable on every node, the run directory only on rank 0's.
+
     Returns:
         The trained :class:`Run` (its ``summary`` holds ``run_dir``, ``steps``,
-        ``seconds``, the last logged row, and ``plot`` for 2-D EBMs).
+        ``seconds``, the last logged row, and ``plot`` for 2-D EBMs). Ranks other
+        than 0 get a :class:`Run` of the trained model in memory (same summary).
 
     Raises:
         ConfigError: for a bad config value (naming the field), or a bad data file (naming it).
@@ -92,12 +102,15 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, callbacks: Sequence[Callb
             ``resume`` or ``overwrite``), or a resume whose model or data differ.
         FileNotFoundError: for missing data files (the message says how to get them).
         TrainingDiverged: when training diverges (naming the step and the last good checkpoint).
+        ebmlab.distributed.PeerFailed: under torchrun, on ranks other than 0 when rank 0 failed (it reports why).
     """
     from ..score_training import default_sigmas
 
     cfg = cfg.resolved()
     out = Path(out)
     device = resolve_device(cfg.device)
+    if distributed.init_from_env(device):  # under torchrun: one process of a group, on its own GPU
+        device = distributed.local_device(device)
     data = data_section(cfg)
     if cfg.file_data:  # read once: its digest and split sizes go into config.json
         split = load_data_file(data)
@@ -132,7 +145,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, callbacks: Sequence[Callb
     if cfg.diffusion:  # the forward SDE, its VE sigma_max defaulted from the data (derived, like the sigmas)
         section["sde"] = sde_section(cfg, train_x)
     config = {"model": model_cfg, "data": data, "train": section}
-    with run_lock(out):  # one training process per run directory (a killed one leaves no stale lock)
+    with contextlib.ExitStack() as held:
+        # one training process per run directory (a killed one leaves no stale lock); under torchrun rank 0's
+        distributed.run_on_main(lambda: held.enter_context(run_lock(out)) and None)
         return _train_locked(cfg, out, config, train_x, test, sigmas, section, callbacks=callbacks, resume=resume,
                              overwrite=overwrite, progress=progress, device=device)
 
@@ -145,18 +160,24 @@ def _train_locked(cfg: TrainConfig, out: Path, config: dict[str, Any], train_x: 
     from .callbacks import ProgressPrinter
 
     model_cfg = config["model"]
-    try:
-        if resume and not (out / CHECKPOINT).is_file() and _not_started(out):
-            # killed before its first checkpoint: nothing to continue, so start it afresh (and say so)
-            warnings.warn(f"{out} holds no checkpoint yet (the run stopped before writing one): starting it afresh "
-                          "from step 0", RuntimeWarning, stacklevel=3)
-            resume, overwrite = False, _entries(out) != []
-        if resume:
-            _check_resume(out, config)
-        prepare_run_dir(out, resume=resume, overwrite=overwrite)
-    except ValueError as err:  # the run directory's state: a user's choice to make, named
-        raise ConfigError.of(err) from err
-    save_config(out, config)
+
+    def check_run_dir() -> tuple[bool, bool]:  # rank 0's files: the others learn what it decided
+        resume_, overwrite_ = resume, overwrite
+        try:
+            if resume_ and not (out / CHECKPOINT).is_file() and _not_started(out):
+                # killed before its first checkpoint: nothing to continue, so start it afresh (and say so)
+                warnings.warn(f"{out} holds no checkpoint yet (the run stopped before writing one): starting it "
+                              "afresh from step 0", RuntimeWarning, stacklevel=5)
+                resume_, overwrite_ = False, _entries(out) != []
+            if resume_:
+                _check_resume(out, config)
+            prepare_run_dir(out, resume=resume_, overwrite=overwrite_)
+        except ValueError as err:  # the run directory's state: a user's choice to make, named
+            raise ConfigError.of(err) from err
+        save_config(out, config)
+        return resume_, overwrite_
+
+    resume, overwrite = distributed.run_on_main(check_run_dir)
     model = _build_model(model_cfg, cfg.seed, device)
     evaluate = training_evaluator(config, out, test)
     hooks = list(callbacks) + ([ProgressPrinter(cfg.steps)] if progress else [])
@@ -166,7 +187,7 @@ def _train_locked(cfg: TrainConfig, out: Path, config: dict[str, Any], train_x: 
             hook(step, row)
 
     common = dict(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, grad_clip=cfg.grad_clip, ema_decay=cfg.ema,
-                  generator=torch.Generator(device=device).manual_seed(cfg.seed), run_dir=out, resume=resume,
+                  generator=distributed.generator(cfg.seed, device=device), seed=cfg.seed, run_dir=out, resume=resume,
                   log_every=cfg.log_every or min(50, cfg.eval_every),
                   checkpoint_every=cfg.checkpoint_every or cfg.eval_every,
                   checkpoint_seconds=cfg.checkpoint_seconds, evaluate=evaluate, eval_every=cfg.eval_every,
@@ -193,14 +214,22 @@ def _train_locked(cfg: TrainConfig, out: Path, config: dict[str, Any], train_x: 
         summary["stopped_by"] = result.stopped_by
     if result.recoveries:
         summary["recoveries"] = result.recoveries
+    if distributed.world_size() > 1:
+        summary["world_size"] = distributed.world_size()
+        if not distributed.is_main():  # the run directory is rank 0's: the others keep the trained model in memory
+            trained = result.ema if result.ema is not None else model
+            meta = {"step": result.step, "method": cfg.method, "world_size": distributed.world_size()}
+            return Run(path=out, config=config, model=trained.eval().requires_grad_(False), meta=meta,
+                       summary=summary)
     run = Run.load(out, device=device)
     if result.buffer is not None and not cfg.images and train_x.shape[1] == 2:  # the chains the model trained against
         from ..viz import plot_samples, save_figure
 
-        fig = plot_samples(run.model, result.buffer.data.cpu(), run.bounds,
+        chains = result.buffer.data if distributed.world_size() == 1 else run.chains()  # every rank's
+        fig = plot_samples(run.model, chains.cpu(), run.bounds,
                            generator=torch.Generator().manual_seed(cfg.seed + 17), density_label="model",
                            title=f"{cfg.method} on {cfg.data} after {result.step} steps: model density and "
-                                 f"its {len(result.buffer)} negative chains")
+                                 f"its {chains.shape[0]} negative chains")
         summary["plot"] = str(save_figure(fig, out / f"samples_{result.step}.png"))
     run.summary = summary
     return run
