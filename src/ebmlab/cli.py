@@ -318,12 +318,16 @@ def sample(
                        chains=chains, steps=steps, burn_in=burn_in, thin=thin,
                        init=init.value, seed=seed, device=device, dtype=dtype, compile=compile,
                        steps_per_level=steps_per_level, sde_steps=sde_steps).checked()
+    speak = _join_process_group(cfg.device)
     run = _open_run(model, device) if model is not None else None
-    bar = _Progress(f"{cfg.sampler or 'mala'} on {model or target}", steps, not json_output and sys.stderr.isatty())
+    bar = _Progress(f"{cfg.sampler or 'mala'} on {model or target}", steps,
+                    speak and not json_output and sys.stderr.isatty())
     try:
         result = run_sample(cfg, model=run, out=out, plot=plot, callback=bar.update)
     finally:
         bar.close()
+    if not speak:  # under torchrun, rank 0 prints the one result of all ranks' chains
+        return
     if run is not None:
         result["target"] = f"model:{model}"
     if result.get("keep_reason"):

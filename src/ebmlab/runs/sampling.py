@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import distributed
 from ..devices import resolve_device
 from .config import ConfigError
 from .run import DIFFUSION_SAMPLERS, Run, default_diffusion_method
@@ -173,6 +175,13 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
         plot: write a samples-over-density figure (2-D; a grid of images for image score runs).
         callback: ``callback(steps_done)`` after each transition (a progress bar).
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the chains are split over the ranks in rank order
+    (:func:`ebmlab.distributed.shard`), each rank drawing from its own generator ``(seed, rank)``
+    (rank 0's is the one-process stream, so its chains are those of a one-process job of its size);
+    rank 0 gathers every draw, computes the diagnostics over all chains and writes ``out`` and
+    ``plot`` with the layout of a one-process job; every rank returns the same result. Parallel
+    tempering, ``adapt`` and ``keep="stats"`` run in one process only.
+
     Returns:
         What ``ebmlab sample --json`` prints: the settings, ``acceptance_rate``, ``mean``, ``cov``,
         ``ess_bulk_min``, ``rhat_max``, ``seconds``, ``chain_steps_per_second``, and
@@ -182,12 +191,15 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
         ConfigError: for bad settings (naming the field).
         FileNotFoundError, ValueError: for a run that cannot be opened or sampled that way.
         DivergenceError: when chains diverge.
+        ebmlab.distributed.PeerFailed: under torchrun, on the ranks whose work went well when another failed.
     """
     from .. import evaluation, samplers
     from ..energies import targets
 
     cfg = cfg.checked()
     device, dtype = resolve_device(cfg.device), _DTYPES[cfg.dtype]
+    if distributed.init_from_env(device):  # under torchrun: the chains are split over the ranks
+        device = distributed.local_device(device)
     run = None
     if model is not None:
         run = model if isinstance(model, Run) else Run.load(model, device=device)
@@ -236,58 +248,115 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
         raise ConfigError.of(err, "sampler", prefix="{0}: ") from err
     if cfg.sampler == "pt":
         sampler = _ladder_within_burn_in(sampler, cfg.burn_in)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    x0 = _initial_points(cfg, target, generator, device, dtype)
+    world = distributed.world_size()
+    if world > 1:
+        _check_shardable(cfg)
+    generator = distributed.generator(cfg.seed, device=device)  # rank 0's is the one-process stream
+    share = distributed.shard(cfg.chains)  # this rank's chains: cfg.chains split in rank order
+    x0 = _initial_points(replace(cfg, chains=share.stop - share.start), target, generator, device, dtype)
     tuned = None
     if cfg.adapt:
         tuned = samplers.adapt(target, sampler, x0, cfg.adapt, generator=generator)
         sampler, x0 = tuned.sampler, tuned.state.x
     keep, why = _keep(cfg, target.dim, x0.element_size())
-    trace = samplers.sample(target, sampler, x0, cfg.steps, generator=generator, burn_in=cfg.burn_in, thin=cfg.thin,
-                            callback=(lambda t, s, i: callback(t + 1)) if callback is not None else None,
-                            compile=cfg.compile and cfg.sampler != "rejection", keep=keep, max_kept=STATS_KEPT)
-    flat = trace.samples.reshape(-1, target.dim)
-    summary = evaluation.summarize(trace.samples)
-    mean, cov = summary["mean"], summary["cov"]
-    if trace.moments is not None:  # every draw's moments, not the reservoir's
-        mean, cov = trace.moments["mean"].tolist(), trace.moments["cov"].tolist()
-    result = {**asdict(cfg), **({"target": name} if run is not None else {}), "keep": keep,
-              **({"keep_reason": why} if why else {}),
-              "acceptance_rate": float(trace.acceptance_rate.mean()), "mean": mean, "cov": cov,
-              "ess_bulk_min": summary["ess_bulk_min"], "rhat_max": summary["rhat_max"], "seconds": trace.seconds,
-              "chain_steps_per_second": trace.chain_steps_per_second}
-    result.update(_sampler_report(trace, tuned))
-    if target.has_exact_sampler:
-        ref_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        exact = target.sample(min(flat.shape[0], 4000), generator=ref_gen, device=device, dtype=dtype)
-        result["mmd_to_exact"] = evaluation.mmd(flat, exact, generator=ref_gen)
-    if target.dim == 2:
-        with warnings.catch_warnings():  # samples outside the box: reported as a field instead
-            warnings.simplefilter("ignore")
-            key = "kl_to_exact" if run is None else "kl_to_model_density"
-            result[key] = evaluation.histogram_kl(flat, target, target.bounds, dtype=flat.dtype)
-        lo = torch.tensor([b[0] for b in target.bounds], dtype=flat.dtype, device=flat.device)
-        hi = torch.tensor([b[1] for b in target.bounds], dtype=flat.dtype, device=flat.device)
-        result["fraction_outside_box"] = float(((flat < lo) | (flat > hi)).any(1).double().mean())
-    result["warnings"] = _diagnostic_warnings(result, cfg.sampler)
-    if out is not None:
-        from ..io import save_npz
+    if world > 1 and keep == "stats":
+        raise ConfigError(f"{{0}} stats under torchrun: the draws of all chains are gathered on rank 0 for the "
+                          f"diagnostics{' (' + why + ')' if why else ''}; sample fewer chains or steps, or thin "
+                          "more ({1})", "keep", "thin")
+    t0 = time.perf_counter()
+    trace = distributed.run_on_all(lambda: samplers.sample(
+        target, sampler, x0, cfg.steps, generator=generator, burn_in=cfg.burn_in, thin=cfg.thin,
+        callback=(lambda t, s, i: callback(t + 1)) if callback is not None else None,
+        compile=cfg.compile and cfg.sampler != "rejection", keep=keep, max_kept=STATS_KEPT))
+    if world > 1:  # every rank's chains, in rank order, on rank 0: the diagnostics see all of them
+        trace = _gathered(trace, time.perf_counter() - t0)
 
-        save_npz(out, samples=trace.samples.cpu().numpy(), energies=trace.energies.cpu().numpy(),
-                 acceptance_rate=trace.acceptance_rate.cpu().numpy(), config=np.array(json.dumps(asdict(cfg))))
-        result["out"] = str(out)
-    if plot is not None:
-        if target.dim != 2:
-            raise ConfigError("{0} draws 2-D targets only", "plot")
-        from ..viz import plot_samples, save_figure
+    def summarize() -> dict[str, Any]:
+        flat = trace.samples.reshape(-1, target.dim)
+        summary = evaluation.summarize(trace.samples)
+        mean, cov = summary["mean"], summary["cov"]
+        if trace.moments is not None:  # every draw's moments, not the reservoir's
+            mean, cov = trace.moments["mean"].tolist(), trace.moments["cov"].tolist()
+        result = {**asdict(cfg), **({"target": name} if run is not None else {}), "keep": keep,
+                  **({"keep_reason": why} if why else {}),
+                  "acceptance_rate": float(trace.acceptance_rate.mean()), "mean": mean, "cov": cov,
+                  "ess_bulk_min": summary["ess_bulk_min"], "rhat_max": summary["rhat_max"], "seconds": trace.seconds,
+                  "chain_steps_per_second": trace.chain_steps_per_second}
+        result.update(_sampler_report(trace, tuned))
+        if target.has_exact_sampler:
+            ref_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+            exact = target.sample(min(flat.shape[0], 4000), generator=ref_gen, device=device, dtype=dtype)
+            result["mmd_to_exact"] = evaluation.mmd(flat, exact, generator=ref_gen)
+        if target.dim == 2:
+            with warnings.catch_warnings():  # samples outside the box: reported as a field instead
+                warnings.simplefilter("ignore")
+                key = "kl_to_exact" if run is None else "kl_to_model_density"
+                result[key] = evaluation.histogram_kl(flat, target, target.bounds, dtype=flat.dtype)
+            lo = torch.tensor([b[0] for b in target.bounds], dtype=flat.dtype, device=flat.device)
+            hi = torch.tensor([b[1] for b in target.bounds], dtype=flat.dtype, device=flat.device)
+            result["fraction_outside_box"] = float(((flat < lo) | (flat > hi)).any(1).double().mean())
+        result["warnings"] = _diagnostic_warnings(result, cfg.sampler)
+        if out is not None:
+            from ..io import save_npz
 
-        title = (f"{cfg.sampler.upper()} on {result['target']}: eps={cfg.step_size}, {cfg.chains} chains x "
-                 f"{cfg.steps} steps, acceptance {result['acceptance_rate']:.2f}, min bulk ESS "
-                 f"{result['ess_bulk_min']:.0f}")
-        save_figure(plot_samples(target, trace.samples, target.bounds, title=title, generator=generator,
-                                 density_label="exact" if run is None else "model"), plot)
-        result["plot"] = str(plot)
-    return result
+            save_npz(out, samples=trace.samples.cpu().numpy(), energies=trace.energies.cpu().numpy(),
+                     acceptance_rate=trace.acceptance_rate.cpu().numpy(), config=np.array(json.dumps(asdict(cfg))))
+            result["out"] = str(out)
+        if plot is not None:
+            if target.dim != 2:
+                raise ConfigError("{0} draws 2-D targets only", "plot")
+            from ..viz import plot_samples, save_figure
+
+            title = (f"{cfg.sampler.upper()} on {result['target']}: eps={cfg.step_size}, {cfg.chains} chains x "
+                     f"{cfg.steps} steps, acceptance {result['acceptance_rate']:.2f}, min bulk ESS "
+                     f"{result['ess_bulk_min']:.0f}")
+            save_figure(plot_samples(target, trace.samples, target.bounds, title=title, generator=generator,
+                                     density_label="exact" if run is None else "model"), plot)
+            result["plot"] = str(plot)
+        return result
+
+    return distributed.run_on_main(summarize)  # rank 0 measures, writes and plots; every rank gets the result
+
+
+def _chains_here(cfg: SampleConfig) -> int:
+    """This rank's share of ``cfg.chains`` (all of them without a process group)."""
+    if cfg.chains < distributed.world_size():
+        raise ConfigError(f"{{0}} {cfg.chains} is fewer than the {distributed.world_size()} processes: every rank "
+                          "needs a chain", "chains")
+    share = distributed.shard(cfg.chains)
+    return share.stop - share.start
+
+
+def _check_shardable(cfg: SampleConfig) -> None:
+    """What runs with its chains split over the ranks of a process group: every sampler but parallel
+    tempering (each rank would adapt its own ladder), without ``adapt`` (one step size from all chains)."""
+    world = distributed.world_size()
+    if cfg.chains < world:
+        raise ConfigError(f"{{0}} {cfg.chains} is fewer than the {world} processes: every rank needs a chain",
+                          "chains")
+    if cfg.adapt:
+        raise ConfigError("{0} tunes one step size from all chains' statistics; under torchrun run the warm-up in "
+                          "one process and pass its adapted step size ({1})", "adapt", "step_size")
+    if cfg.sampler == "pt":
+        raise ConfigError("{0} pt adapts its temperature ladder from its chains' swap rates: each rank would adapt "
+                          "its own; run parallel tempering in one process", "sampler")
+
+
+def _gathered(trace: Any, seconds: float) -> Any:
+    """Every rank's trace joined along the chains in rank order, on rank 0 (``None`` elsewhere); ``seconds``
+    is the wall time until the slowest rank's chains arrived."""
+    from ..samplers.base import State
+
+    joined = {name: distributed.gather_cat(getattr(trace, name), dim)
+              for name, dim in (("samples", 1), ("energies", 1), ("acceptance_rate", 0))}
+    for name in ("num_grad_evals", "divergences", "mean_tree_depth"):  # NUTS: on every rank or on none
+        if getattr(trace, name) is not None:
+            joined[name] = distributed.gather_cat(getattr(trace, name))
+    state = trace.final_state
+    final = [distributed.gather_cat(v) if v is not None else None for v in (state.x, state.energy, state.score)]
+    if not distributed.is_main():
+        return None
+    return replace(trace, **joined, final_state=State(*final), seconds=seconds)
 
 
 #: Samplers with a Metropolis-Hastings accept, whose acceptance rate means something.
@@ -393,17 +462,23 @@ def _sample_score_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str, An
         raise ConfigError(", ".join("{%d}" % i for i in range(len(ignored))) + f": a score model is sampled as "
                           f"trained ({sampler} Langevin with the run's noise levels and steps per level); these "
                           "settings of MCMC on an energy do not apply", *ignored)
-    g = torch.Generator().manual_seed(cfg.seed)
+    g, n = distributed.generator(cfg.seed), _chains_here(cfg)  # under torchrun: this rank's stream and share
     t0 = time.perf_counter()
-    x = run.sample(cfg.chains, generator=g, plain=sampler == "langevin" and method == "ncsn",
-                   steps_per_level=cfg.steps_per_level)
+    x = distributed.run_on_all(lambda: run.sample(n, generator=g, plain=sampler == "langevin" and method == "ncsn",
+                                                  steps_per_level=cfg.steps_per_level))
+    x = distributed.gather_cat(x)  # every rank's samples in rank order, on rank 0
     seconds = time.perf_counter() - t0
-    _, test = run.data()
-    result: dict[str, Any] = {"target": f"model:{run.path}", "sampler": sampler, "chains": cfg.chains,
-                              "seconds": seconds}
-    if run.is_image:
-        result["steps_per_level"] = cfg.steps_per_level or run_steps_per_level(run.config)
-    return _summarize_model_samples(result, cfg, run, x, test, g, out=out, plot=plot, title=f"{method} samples")
+
+    def summarize() -> dict[str, Any]:
+        _, test = run.data()
+        result: dict[str, Any] = {"target": f"model:{run.path}", "sampler": sampler, "chains": cfg.chains,
+                                  "seconds": seconds}
+        if run.is_image:
+            result["steps_per_level"] = cfg.steps_per_level or run_steps_per_level(run.config)
+        return _summarize_model_samples(result, cfg, run, x, test, g, out=out, plot=plot,
+                                        title=f"{method} samples")
+
+    return distributed.run_on_main(summarize)
 
 
 def _sample_diffusion_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str, Any]:
@@ -430,17 +505,25 @@ def _sample_diffusion_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str
                           f"by {sampler} from its prior ({{{len(ignored)}}} sets its number of steps); these settings "
                           "of MCMC and Langevin do not apply", *ignored, "sde_steps")
     num_steps = cfg.sde_steps
-    g = torch.Generator().manual_seed(cfg.seed)
+    g, n = distributed.generator(cfg.seed), _chains_here(cfg)  # under torchrun: this rank's stream and share
     t0 = time.perf_counter()
-    x, info = run.sample(cfg.chains, generator=g, method=sampler, num_steps=num_steps, return_info=True)
+    x, info = distributed.run_on_all(lambda: run.sample(n, generator=g, method=sampler, num_steps=num_steps,
+                                                        return_info=True))
+    x = distributed.gather_cat(x)  # every rank's samples in rank order, on rank 0
+    nfe = int(distributed.all_gather_stack(torch.tensor(int(info.nfe))).max())  # the slowest rank's
     seconds = time.perf_counter() - t0
-    _, test = run.data()
-    steps = num_steps if num_steps is not None else (None if sampler == "ode" else run.config["train"]["sde_steps"])
-    result: dict[str, Any] = {"target": f"model:{run.path}", "sampler": sampler, "chains": cfg.chains,
-                              "sde_steps": steps, "solver": ("rk45" if steps is None else "heun")
-                              if sampler == "ode" else "euler-maruyama", "nfe": info.nfe, "seconds": seconds}
-    return _summarize_model_samples(result, cfg, run, x, test, g, out=out, plot=plot,
-                                    title=f"{run.method} samples ({sampler})")
+
+    def summarize() -> dict[str, Any]:
+        _, test = run.data()
+        steps = num_steps if num_steps is not None else (None if sampler == "ode"
+                                                         else run.config["train"]["sde_steps"])
+        result: dict[str, Any] = {"target": f"model:{run.path}", "sampler": sampler, "chains": cfg.chains,
+                                  "sde_steps": steps, "solver": ("rk45" if steps is None else "heun")
+                                  if sampler == "ode" else "euler-maruyama", "nfe": nfe, "seconds": seconds}
+        return _summarize_model_samples(result, cfg, run, x, test, g, out=out, plot=plot,
+                                        title=f"{run.method} samples ({sampler})")
+
+    return distributed.run_on_main(summarize)
 
 
 def _summarize_model_samples(result: dict[str, Any], cfg: SampleConfig, run: Run, x: Tensor, test: Tensor,
