@@ -225,6 +225,24 @@ def test_a_step_reply_holds_a_bounded_number_of_points(compare):
     assert len(msg["frames"]) == LIMITS["max_steps_per_message"] and msg["truncated"] is False
 
 
+def test_density_replies_are_serialised_off_the_event_loop(monkeypatch):
+    """A 128 x 128 density is 190 kB of JSON, tens of ms to write: in the event loop it would stall every
+    socket while a page loads."""
+    import ebmlab.playground.app as playground
+
+    threads = []
+
+    class Recording(playground.JSONResponse):
+        def render(self, content):
+            threads.append(threading.current_thread().name)
+            return super().render(content)
+
+    monkeypatch.setattr(playground, "JSONResponse", Recording)
+    with TestClient(create_app()) as c:
+        assert c.get("/api/density?target=banana&resolution=128").status_code == 200
+    assert threads and all(name.startswith("playground") for name in threads), threads
+
+
 # --------------------------------------------------------------------------- hostile input
 
 HOSTILE = [

@@ -308,7 +308,8 @@ def create_app(models: dict[str, Any] | None = None, *, workers: int = 2, max_cl
         if target not in [*registry.names, PRODUCT]:
             raise HTTPException(404, f"unknown target {target!r}; expected one of: {', '.join([*registry.names, PRODUCT])}")
         try:
-            return JSONResponse(await run(registry.density, target, resolution, expert1, expert2, temperature))
+            # serialised in the pool too: 128 x 128 densities take tens of ms, which would stall every socket
+            return await run(lambda: JSONResponse(registry.density(target, resolution, expert1, expert2, temperature)))
         except PlaygroundError as err:
             raise HTTPException(422, str(err)) from None
 
