@@ -2,7 +2,8 @@
 
 Starts ``ebmlab.playground`` (uvicorn, ``OMP_NUM_THREADS=1``, 2 sampler worker threads) in a subprocess on a
 free loopback port and, for ``--seconds`` (default 300), runs ``--clients`` (default 200) churning clients and
-``--steady`` (default 8) steady ones. A churning client loops: connect, configure (a random sampler among
+``--steady`` (default 8) steady ones. A churning client loops: load like a page (``/api/targets`` and its
+target's density), connect, configure (a random sampler among
 rwmh, mala, hmc, nuts and pt on a random target, 4 to 16 chains), one to three step messages of 1 to 5 steps,
 sometimes a CSV export or an invalid setting, then leaves: politely, with a step still in flight, or by
 dropping the TCP connection; it pauses 0.5 to 1.5 times ``--pause`` (default 10 s) and comes back. A steady
@@ -83,7 +84,7 @@ class Stats:
     def __init__(self) -> None:
         self.start = time.monotonic()
         self.latencies: list[tuple[float, float]] = []  # (seconds into the run, latency)
-        self.connections = self.refused = self.messages = self.errors = self.timeouts = 0
+        self.connections = self.refused = self.messages = self.http = self.errors = self.timeouts = 0
         self.left = {"polite": 0, "in_flight": 0, "dropped": 0}
         self.problems: list[str] = []
 
@@ -93,14 +94,20 @@ class Stats:
             self.problems.append(what)
 
 
-async def visit(url: str, rng: random.Random, stats: Stats) -> None:
-    """One churning client's visit: connect, configure, step, maybe export, leave."""
+async def visit(url: str, http, rng: random.Random, stats: Stats) -> None:
+    """One churning client's visit, as a page loads: the targets and the density, then connect, configure,
+    step, maybe export, leave."""
     from websockets.asyncio.client import connect
 
+    settings = {"algorithm": rng.choice(ALGORITHMS), "target": rng.choice(TARGETS),
+                "chains": rng.randint(4, 16), "seed": rng.randrange(1000)}
+    for path in ("/api/targets", f"/api/density?target={settings['target']}&resolution=128"):
+        r = await http.get(path)
+        stats.http += 1
+        if r.status_code != 200:
+            stats.problem(f"GET {path}: {r.status_code}")
     async with connect(url, max_size=None, open_timeout=20, close_timeout=2) as ws:
         stats.connections += 1
-        settings = {"algorithm": rng.choice(ALGORITHMS), "target": rng.choice(TARGETS),
-                    "chains": rng.randint(4, 16), "seed": rng.randrange(1000)}
         if rng.random() < 0.05:
             settings["chains"] = -1  # an invalid setting: an error frame, the connection stays
         await ws.send(json.dumps({"type": "configure", **settings}))
@@ -135,19 +142,21 @@ async def visit(url: str, rng: random.Random, stats: Stats) -> None:
             stats.left["polite"] += 1
 
 
-async def churner(url: str, end: float, rng: random.Random, stats: Stats, pause: float, delay: float) -> None:
+async def churner(url: str, http, end: float, rng: random.Random, stats: Stats, pause: float,
+                  delay: float) -> None:
+    import httpx
     from websockets.exceptions import ConnectionClosed, InvalidStatus
 
     await asyncio.sleep(delay)
     while time.monotonic() < end:
         dropped = stats.left["dropped"]
         try:
-            await asyncio.wait_for(visit(url, rng, stats), 30)
+            await asyncio.wait_for(visit(url, http, rng, stats), 30)
         except asyncio.TimeoutError:
             stats.timeouts += 1
         except InvalidStatus as err:
             stats.problem(f"handshake: {err}")
-        except (ConnectionClosed, OSError) as err:
+        except (ConnectionClosed, OSError, httpx.HTTPError) as err:
             refused = isinstance(err, ConnectionClosed) and err.rcvd is not None and err.rcvd.code == 1013
             if not refused and stats.left["dropped"] == dropped:  # after our own abort, errors are expected
                 stats.problem(f"closed: {err!r}")
@@ -170,26 +179,36 @@ async def steady(url: str, end: float, stats: Stats, think: float) -> None:
             await asyncio.sleep(think)
 
 
-async def sample_rss(pid: int, end: float, samples: list) -> None:
+def load_average() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+async def sample_rss(pid: int, end: float, samples: list, loads: list) -> None:
     t0 = time.monotonic()
     while time.monotonic() < end:
         samples.append((time.monotonic() - t0, rss_mib(pid)))
+        loads.append(load_average())
         await asyncio.sleep(1.0)
 
 
 async def soak(url: str, pid: int, args):
+    import httpx
+
     seconds, clients = args.seconds, args.clients
-    stats, rss = Stats(), []
+    stats, rss, loads = Stats(), [], []
     start = stats.start = time.monotonic()
     end = start + seconds
     rng = random.Random(args.seed)
-    tasks = [asyncio.create_task(sample_rss(pid, end, rss))]
+    tasks = [asyncio.create_task(sample_rss(pid, end, rss, loads))]
     tasks += [asyncio.create_task(steady(url, end, stats, args.think / 1000)) for _ in range(args.steady)]
     first = min(args.pause, seconds / 2)  # first arrivals spread evenly, as later ones are: no opening rush
-    tasks += [asyncio.create_task(churner(url, end, random.Random(rng.random()), stats, args.pause,
-                                          first * (i + 0.5) / clients)) for i in range(clients)]
-    await asyncio.gather(*tasks)
-    return stats, rss, time.monotonic() - start
+    base = url.replace("ws://", "http://").rsplit("/", 1)[0]
+    async with httpx.AsyncClient(base_url=base, timeout=20, limits=httpx.Limits(max_connections=50)) as http:
+        tasks += [asyncio.create_task(churner(url, http, end, random.Random(rng.random()), stats, args.pause,
+                                              first * (i + 0.5) / clients)) for i in range(clients)]
+        await asyncio.gather(*tasks)
+    return stats, rss, loads, time.monotonic() - start
 
 
 def summarize(stats: Stats, rss: list, settled: float, before: float, args) -> dict:
@@ -206,6 +225,7 @@ def summarize(stats: Stats, rss: list, settled: float, before: float, args) -> d
         "seconds": args.seconds, "clients": args.clients, "steady": args.steady, "pause": args.pause,
         "think": args.think,
         "connections": stats.connections, "refused": stats.refused, "messages": stats.messages,
+        "http_requests": stats.http,
         "left": stats.left, "errors": stats.errors, "timeouts": stats.timeouts, "problems": stats.problems,
         "steady_steps": int(lat.size), "p50_ms": float(p50), "p99_ms": float(p99), "max_ms": float(mx),
         "warm_up_steps": int(every.size - lat.size),
@@ -228,7 +248,8 @@ def build_markdown(r: dict, cmdline: str, load: str) -> str:
         "its memory grow, and do the pages that stay keep their latency? `benchmarks/soak.py` starts the server "
         "(uvicorn, `OMP_NUM_THREADS=1`, 2 sampler threads, `--max-clients` raised to admit every client) and "
         f"runs {r['clients']} churning clients and {r['steady']} steady ones for {r['seconds']:g} s on loopback. "
-        "A churning client connects, configures a random sampler (rwmh, mala, hmc, nuts, pt; 4-16 chains; one "
+        "A churning client loads like a page (`/api/targets`, then its target's 128 x 128 density), connects, "
+        "configures a random sampler (rwmh, mala, hmc, nuts, pt; 4-16 chains; one "
         "in twenty an invalid setting), sends 1-3 step messages of 1-5 steps, sometimes a CSV export, then "
         "leaves (politely, with a step in flight, or by dropping the TCP connection), pauses "
         f"{0.5 * r['pause']:g}-{1.5 * r['pause']:g} s and comes back. A steady client is an autoplaying page "
@@ -237,11 +258,14 @@ def build_markdown(r: dict, cmdline: str, load: str) -> str:
         "Reproduce:", "", "```",
         "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/soak.py --write docs/benchmarks.md", "```", "",
         f"This run: `{cmdline}`; {platform.machine()}, {os.cpu_count()} cores visible, Python "
-        f"{platform.python_version()}. {load}", "",
-        "| connections | refused | messages | left politely / in flight / dropped | errors | timeouts |",
-        "|---:|---:|---:|---|---:|---:|",
-        f"| {r['connections']:,} | {r['refused']} | {r['messages']:,} | {r['left']['polite']:,} / "
-        f"{r['left']['in_flight']:,} / {r['left']['dropped']:,} | {r['errors']} | {r['timeouts']} |", "",
+        f"{platform.python_version()}. 1-minute load average while it ran: mean {r['load_mean']:.1f}, max "
+        f"{r['load_max']:.1f} (the server and this script included). {load}", "",
+        "| connections | refused | messages | HTTP requests | left politely / in flight / dropped | errors "
+        "| timeouts |",
+        "|---:|---:|---:|---:|---|---:|---:|",
+        f"| {r['connections']:,} | {r['refused']} | {r['messages']:,} | {r['http_requests']:,} | "
+        f"{r['left']['polite']:,} / {r['left']['in_flight']:,} / {r['left']['dropped']:,} | {r['errors']} "
+        f"| {r['timeouts']} |", "",
         "| server RSS (MiB) | value |", "|---|---:|",
         f"| before any client | {r['rss_before_mib']:.1f} |",
         f"| after the warm-up ({r['warm_up_s']:g} s) | {r['rss_warm_mib']:.1f} |",
@@ -293,7 +317,7 @@ def main(argv=None) -> dict:
         try:
             time.sleep(1.0)
             before = rss_mib(proc.pid)
-            stats, rss, wall = asyncio.run(soak(f"ws://127.0.0.1:{port}/ws", proc.pid, args))
+            stats, rss, loads, wall = asyncio.run(soak(f"ws://127.0.0.1:{port}/ws", proc.pid, args))
             time.sleep(3.0)
             settled = rss_mib(proc.pid)
         finally:
@@ -303,6 +327,8 @@ def main(argv=None) -> dict:
         server_log = log.read().decode(errors="replace")
     r = summarize(stats, rss, settled, before, args)
     r["wall_s"] = wall
+    # the machine's 1-minute load average while it ran (this run's own processes included)
+    r["load_mean"], r["load_max"] = float(np.mean(loads)), float(np.max(loads))
     r["server_exceptions"] = server_log.count("Traceback")
     if args.json:
         print(json.dumps({k: None if isinstance(v, float) and v != v else v for k, v in r.items()}))
@@ -319,7 +345,7 @@ def main(argv=None) -> dict:
         for p in r["problems"]:
             print("  problem:", p)
     if args.write:
-        load = args.load or "Machine load while it ran: not recorded."
+        load = args.load
         write_section(args.write, build_markdown(r, cmdline, load))
         print(f"wrote the '{SECTION}' section of {args.write}", file=sys.stderr)
     return r
