@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ebmlab.checks import check_count, check_energy_output
+from ebmlab.devices import random_on
 
 __all__ = [
     "Bounds",
@@ -379,7 +380,8 @@ def uniform_in_bounds(
     Args:
         n: number of points (>= 0).
         bounds: one ``(lo, hi)`` pair per dimension, finite with ``lo < hi``.
-        generator: source of randomness; ``None`` means torch's default generator.
+        generator: source of randomness, on any device (one on another device than ``device`` draws
+            there and the numbers are copied); ``None`` means torch's default generator.
         device: device of the points; ``None`` means the generator's device (CPU without one).
         dtype: floating-point dtype; ``None`` means torch's default dtype.
 
@@ -398,4 +400,4 @@ def uniform_in_bounds(
         device = generator.device if generator is not None else torch.device("cpu")
     lo = torch.tensor([p[0] for p in b], device=device, dtype=dtype)
     hi = torch.tensor([p[1] for p in b], device=device, dtype=dtype)
-    return lo + (hi - lo) * torch.rand((n, len(b)), generator=generator, device=device, dtype=dtype)
+    return lo + (hi - lo) * random_on(torch.rand, (n, len(b)), generator, device, dtype)

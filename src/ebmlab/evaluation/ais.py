@@ -68,6 +68,7 @@ import torch
 from torch import Tensor
 
 from ebmlab.checks import check_int, check_positive
+from ebmlab.devices import random_on
 from ebmlab.energies.core import EnergyLike, energy_and_score
 from ebmlab.grid import resolve_dtype_device
 from ebmlab.samplers.base import State
@@ -227,7 +228,7 @@ def ais_log_partition(
     log_z0 = float(std.double().log().broadcast_to(shape).sum()) + 0.5 * math.prod(shape) * _LOG_2PI
 
     with torch.no_grad():
-        x0 = mean + std * torch.randn((num_chains, *shape), generator=generator, dtype=dt, device=dev)
+        x0 = mean + std * random_on(torch.randn, (num_chains, *shape), generator, dev, dt)
         fwd_b = b.tolist()
         log_w, acc = _anneal(energy, x0, mean, inv_var, fwd_b, step_of, num_mcmc_steps, generator)
         log_z = log_z0 + _logmeanexp(log_w)

@@ -17,6 +17,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..devices import random_on
+
 __all__ = ["ReplayBuffer"]
 
 NoiseFn = Callable[[int, torch.Generator | None], Tensor]
@@ -54,7 +56,8 @@ class ReplayBuffer:
 
         Args:
             n: the number of points, ``1 <= n <= capacity`` (distinct slots).
-            generator: the source of randomness; ``None`` is torch's global generator.
+            generator: the source of randomness, on any device (:func:`ebmlab.devices.random_on`); ``None``
+                is torch's global generator.
 
         Returns:
             ``(x, index)``: the points ``(n, *event)`` and the buffer slots they came from ``(n,)``.
@@ -62,9 +65,9 @@ class ReplayBuffer:
         if not 1 <= n <= self.capacity:
             raise ValueError(f"can draw 1..{self.capacity} points from the buffer, asked for {n}")
         device = self.data.device
-        index = torch.randperm(self.capacity, generator=generator, device=device)[:n]
+        index = random_on(torch.randperm, self.capacity, generator, device, torch.int64)[:n]
         x = self.data[index].clone()
-        fresh = torch.rand(n, generator=generator, device=device) < self.reinit_prob
+        fresh = random_on(torch.rand, n, generator, device, torch.get_default_dtype()) < self.reinit_prob
         if bool(fresh.any()):
             x[fresh] = self.noise(int(fresh.sum()), generator).to(x)
         return x, index

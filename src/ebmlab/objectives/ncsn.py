@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..checks import check_int, check_positive
+from ..devices import random_on
 from ..samplers.base import normal_like
 from .score_common import NoiseConditionalScoreFn, call_score, check_batch
 
@@ -70,7 +72,7 @@ def ncsn_loss(score_fn: NoiseConditionalScoreFn, x: Tensor, sigmas: Tensor, *,
     check_batch(x)
     levels = _check_sigmas(sigmas).to(device=x.device, dtype=x.dtype)
     b = x.shape[0]
-    index = torch.randint(0, levels.numel(), (b,), generator=generator, device=x.device)
+    index = random_on(partial(torch.randint, 0, levels.numel()), (b,), generator, x.device, torch.int64)
     sigma = levels[index]
     z = normal_like(x, generator)
     sigma_b = sigma.reshape(b, *([1] * (x.dim() - 1)))

@@ -9,12 +9,14 @@ backward pass per projection whatever the dimension.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..checks import check_int
+from ..devices import random_on
 from .score_common import ScoreFn, check_batch, check_choice, score_and_leaf, trace_metrics
 
 __all__ = ["sliced_score_matching"]
@@ -36,9 +38,9 @@ def _random_projections(shape: tuple[int, ...], kind: str, like: Tensor,
         The directions, shape ``shape``.
     """
     if kind == "rademacher":
-        signs = torch.randint(0, 2, shape, generator=generator, device=like.device)
+        signs = random_on(partial(torch.randint, 0, 2), shape, generator, like.device, torch.int64)
         return (2 * signs - 1).to(like.dtype)
-    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+    return random_on(torch.randn, shape, generator, like.device, like.dtype)
 
 
 def _projected_jacobian(s_flat: Tensor, xg: Tensor, v: Tensor) -> Tensor:

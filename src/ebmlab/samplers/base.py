@@ -29,6 +29,8 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import Tensor
 
+from ..devices import random_on
+
 __all__ = [
     "DivergenceError",
     "Info",
@@ -201,24 +203,6 @@ def all_accepted(energy: Tensor) -> tuple[Tensor, Tensor]:
         pair = _ALL_ACCEPTED[key] = (torch.ones(key[0], dtype=torch.bool, device=key[1]),
                                      torch.zeros(key[0], dtype=key[2], device=key[1]))
     return pair
-
-
-def random_on(fn: Callable[..., Tensor], shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None,
-              device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
-    """``fn(shape)`` (``torch.randn`` or ``torch.rand``) from ``generator`` on ``device``.
-
-    A generator on another device type than ``device`` (a CPU generator for
-    CUDA chains) draws on its own device and the numbers are copied over, so
-    a seeded CPU generator gives the same chains on every device. Pass a
-    generator on the chains' device to avoid the copy. ``device=None`` is
-    torch's default device.
-    """
-    if generator is None or generator.device == device:  # the common case, without building a torch.device
-        return fn(shape, generator=generator, device=device, dtype=dtype)
-    device = torch.get_default_device() if device is None else torch.device(device)
-    if generator.device.type != device.type:
-        return fn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
-    return fn(shape, generator=generator, device=device, dtype=dtype)
 
 
 def normal_like(x: Tensor, generator: torch.Generator | None) -> Tensor:

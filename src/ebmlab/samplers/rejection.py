@@ -26,7 +26,8 @@ from torch import Tensor
 
 from ..checks import check_finite, check_int, check_positive
 from ..energies.core import evaluate_energy
-from ..grid import quadrature_grid, uniform_in_bounds
+from ..devices import random_on
+from ..grid import quadrature_grid, resolve_dtype_device, uniform_in_bounds
 from .base import Info, State
 
 __all__ = [
@@ -70,7 +71,8 @@ class GaussianProposal:
 
         Args:
             n: the number of draws.
-            generator: the source of randomness; ``None`` is torch's global generator.
+            generator: the source of randomness, on any device (see :func:`ebmlab.devices.random_on`);
+                ``None`` is torch's global generator.
             device: the device of the draws.
             dtype: their dtype.
 
@@ -78,7 +80,7 @@ class GaussianProposal:
             Draws, shape ``(n, d)``.
         """
         loc, scale = self._params(device, dtype)
-        return loc + scale * torch.randn((n, loc.numel()), generator=generator, device=device, dtype=dtype)
+        return loc + scale * random_on(torch.randn, (n, loc.numel()), generator, device, dtype)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """The normalised log density ``log q(x)``.
@@ -125,7 +127,8 @@ class StudentTProposal:
 
         Args:
             n: the number of draws.
-            generator: the source of randomness; ``None`` is torch's global generator.
+            generator: the source of randomness, on any device (see :func:`ebmlab.devices.random_on`);
+                ``None`` is torch's global generator.
             device: the device of the draws.
             dtype: their dtype.
 
@@ -133,8 +136,8 @@ class StudentTProposal:
             Draws, shape ``(n, d)``.
         """
         loc, scale = self._params(device, dtype)
-        z = torch.randn((n, loc.numel()), generator=generator, device=device, dtype=dtype)
-        chi2 = torch.randn((n, self.df), generator=generator, device=device, dtype=dtype).pow(2).sum(1, keepdim=True)
+        z = random_on(torch.randn, (n, loc.numel()), generator, device, dtype)
+        chi2 = random_on(torch.randn, (n, self.df), generator, device, dtype).pow(2).sum(1, keepdim=True)
         return loc + scale * z * (self.df / chi2).sqrt()
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -168,7 +171,8 @@ class UniformProposal:
 
         Args:
             n: the number of draws.
-            generator: the source of randomness; ``None`` is torch's global generator.
+            generator: the source of randomness, on any device (see :func:`ebmlab.devices.random_on`);
+                ``None`` is torch's global generator.
             device: the device of the draws.
             dtype: their dtype.
 
@@ -239,8 +243,10 @@ def find_log_c(
     """
     if len(bounds) not in (1, 2):
         raise ValueError(f"find_log_c works on 1-D or 2-D bounds, got {len(bounds)} dimensions")
+    device = resolve_dtype_device(energy, torch.float64, None)[1]  # a network's own device; else the CPU
+
     def ratio_on(box):
-        points, _ = quadrature_grid(box, resolution, dtype=torch.float64, device=None)
+        points, _ = quadrature_grid(box, resolution, dtype=torch.float64, device=device)
         with torch.no_grad():
             return points, -evaluate_energy(energy, points) - proposal.log_prob(points)
 
@@ -310,7 +316,7 @@ class RejectionSampler:
                 f"p~(x) > C q(x) at a proposed point (log ratio {worst:.3g} > 0): log_c={self.log_c} is too small "
                 "for this proposal; rejection sampling would be biased"
             )
-        u = torch.rand(n, generator=generator, device=like.device, dtype=like.dtype)
+        u = random_on(torch.rand, n, generator, like.device, like.dtype)
         return x, e, log_ratio.clamp(max=0), u.log() <= log_ratio
 
     def step(self, energy, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]:
@@ -319,7 +325,8 @@ class RejectionSampler:
         Args:
             energy: the target's energy, a callable ``x -> (chains,)``.
             state: the current state (only its shape, device and dtype matter).
-            generator: the source of randomness; ``None`` is torch's global generator.
+            generator: the source of randomness, on any device (a CPU generator gives the same chains on
+                every device, see :func:`ebmlab.devices.random_on`); ``None`` is torch's global generator.
 
         Returns:
             ``(new_state, info)``; ``info.accepted`` is the first proposal's outcome (its rate estimates

@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from ..devices import random_on  # noqa: E402
 from ..evaluation.partition import density_on_grid  # noqa: E402
 from ..io import atomic_write  # noqa: E402
 
@@ -43,7 +44,8 @@ def plot_samples(
         resolution: grid cells per axis for the density.
         max_points: scatter at most this many points (a random subset).
         bins: histogram bins per marginal.
-        generator: picks the scatter subset.
+        generator: picks the scatter subset; on any device (the permutation is drawn there and
+            copied to the CPU, where the figure is drawn).
         density_label: what the density is ("exact" for a target, "model" for a trained energy).
 
     Returns:
@@ -69,7 +71,7 @@ def plot_samples(
     ax.set_title(f"{density_label} density (quadrature)")
     ax = axs[1]
     if pts.shape[0] > max_points:
-        idx = torch.randperm(pts.shape[0], generator=generator)[:max_points]
+        idx = random_on(torch.randperm, pts.shape[0], generator, "cpu", torch.int64)[:max_points]
         show = pts[idx]
     else:
         show = pts

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ...checks import check_count, check_finite, check_nonnegative
+from ...devices import random_on
 
 __all__ = [
     "LOG_2PI",
@@ -96,8 +97,10 @@ class Target:
 
         Args:
             n: the number of samples.
-            generator: the source of randomness; ``None`` is torch's global generator.
-            device: the device of the samples (default CPU).
+            generator: the source of randomness, on any device (a generator on another device than
+                ``device`` draws there and the samples are copied, so a seeded CPU generator gives the
+                same samples on every device); ``None`` is torch's global generator.
+            device: the device of the samples (default: the generator's, else CPU).
             dtype: their dtype.
 
         Returns:
@@ -190,14 +193,14 @@ def draw_components(
         weights: float64 probabilities summing to 1, shape ``(K,)``.
         n: number of draws.
         generator: the caller's generator.
-        device: device of the draws (the generator's).
+        device: device of the draws (a generator on another device draws there and the draws are copied).
 
     Returns:
         int64 indices in ``[0, K)``, shape ``(n,)``.
     """
     dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     cdf = torch.cumsum(weights, 0).to(device=device, dtype=dtype)
-    u = torch.rand(n, generator=generator, device=device, dtype=dtype)
+    u = random_on(torch.rand, n, generator, device, dtype)
     return torch.searchsorted(cdf, u, right=True).clamp_max_(weights.numel() - 1)
 
 

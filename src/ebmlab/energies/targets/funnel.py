@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from ...devices import random_on
 from .base import LOG_2PI, Target, sampling_args
 
 __all__ = ["Funnel", "funnel"]
@@ -74,7 +75,7 @@ class Funnel(Target):
     def sample(self, n: int, *, generator: torch.Generator | None = None,
                device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         n, device = sampling_args(n, generator, device, dtype)
-        z = torch.randn(n, self.dim, generator=generator, device=device, dtype=dtype)
+        z = random_on(torch.randn, (n, self.dim), generator, device, dtype)
         v = 3.0 * z[:, -1:]
         return torch.cat((z[:, :-1] * torch.exp(0.5 * v), v + 2.0), -1)
 

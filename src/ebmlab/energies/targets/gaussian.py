@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ...devices import random_on
 from .base import LOG_2PI, Target, as_float64, cast_constants, nice_box, perturbation_args, sampling_args
 
 __all__ = ["DiagonalGaussian", "Gaussian", "StandardGaussian", "ill_conditioned", "standard"]
@@ -106,7 +107,7 @@ class Gaussian(Target):
                device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         n, device = sampling_args(n, generator, device, dtype)
         m, _, chol = cast_constants(self._cache, self._master, device, dtype)
-        return m + torch.randn(n, self.dim, generator=generator, device=device, dtype=dtype) @ chol.T
+        return m + random_on(torch.randn, (n, self.dim), generator, device, dtype) @ chol.T
 
 
 class DiagonalGaussian(Target):
@@ -182,7 +183,7 @@ class DiagonalGaussian(Target):
                device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         n, device = sampling_args(n, generator, device, dtype)
         s = cast_constants(self._cache, self._master, device, dtype)[1]
-        return torch.randn(n, self.dim, generator=generator, device=device, dtype=dtype) * s
+        return random_on(torch.randn, (n, self.dim), generator, device, dtype) * s
 
 
 class StandardGaussian(DiagonalGaussian):
@@ -210,7 +211,7 @@ class StandardGaussian(DiagonalGaussian):
     def sample(self, n: int, *, generator: torch.Generator | None = None,
                device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         n, device = sampling_args(n, generator, device, dtype)
-        return torch.randn(n, self.dim, generator=generator, device=device, dtype=dtype)
+        return random_on(torch.randn, (n, self.dim), generator, device, dtype)
 
 
 def standard(dim: int = 2) -> StandardGaussian:

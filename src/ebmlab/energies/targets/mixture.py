@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ...devices import random_on
 from .base import (
     Target,
     as_float64,
@@ -220,7 +221,7 @@ class GaussianMixture(Target):
         n, device = sampling_args(n, generator, device, dtype)
         m, *_, sd = cast_constants(self._cache, self._master, device, dtype)
         k = draw_components(self._w, n, generator, device)
-        return m[k] + sd[k, None] * torch.randn(n, self.dim, generator=generator, device=device, dtype=dtype)
+        return m[k] + sd[k, None] * random_on(torch.randn, (n, self.dim), generator, device, dtype)
 
 
 def multimodal() -> GaussianMixture:

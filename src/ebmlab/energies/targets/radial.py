@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from ...devices import random_on
 from .base import Target, cast_constants, draw_components, logsumexp_softmax, sampling_args
 
 __all__ = ["Donut", "Rings", "donut", "rings"]
@@ -25,8 +26,8 @@ def _sample_radius(mu: Tensor, sigma: float, generator: torch.Generator | None) 
     todo = torch.arange(mu.numel(), device=mu.device)
     while todo.numel() > 0:
         m = mu[todo]
-        z = torch.randn(m.shape, generator=generator, device=m.device, dtype=m.dtype)
-        u = torch.rand(m.shape, generator=generator, device=m.device, dtype=m.dtype)
+        z = random_on(torch.randn, m.shape, generator, m.device, m.dtype)
+        u = random_on(torch.rand, m.shape, generator, m.device, m.dtype)
         r = m + sigma * sigma / m + sigma * z
         t = r / m
         ok = (t > 0) & (u < t * torch.exp(1.0 - t))
@@ -37,7 +38,7 @@ def _sample_radius(mu: Tensor, sigma: float, generator: torch.Generator | None) 
 
 def _polar(r: Tensor, generator: torch.Generator | None) -> Tensor:
     """Points at radii ``r`` with uniform angles, shape ``(n, 2)``."""
-    theta = (2.0 * math.pi) * torch.rand(r.shape, generator=generator, device=r.device, dtype=r.dtype)
+    theta = (2.0 * math.pi) * random_on(torch.rand, r.shape, generator, r.device, r.dtype)
     return torch.stack((r * torch.cos(theta), r * torch.sin(theta)), -1)
 
 

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from ...devices import random_on
 from .base import LOG_2PI, Target, sampling_args
 
 __all__ = ["Banana", "Squiggle", "banana", "squiggle"]
@@ -61,7 +62,7 @@ class _ShearedGaussian(Target):
     def sample(self, n: int, *, generator: torch.Generator | None = None,
                device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         n, device = sampling_args(n, generator, device, dtype)
-        z = torch.randn(n, 2, generator=generator, device=device, dtype=dtype)
+        z = random_on(torch.randn, (n, 2), generator, device, dtype)
         l11, l21, l22 = self._l
         x1 = (self._m[0] + l11 * z[:, 0]) / self._a
         y2 = self._m[1] + l21 * z[:, 0] + l22 * z[:, 1]
