@@ -14,8 +14,9 @@ import warnings
 from typing import Any, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from ..grid import uniform_in_bounds
 from ..samplers.mala import MALA
 from ..samplers.base import sample
 from .distances import mmd, sliced_wasserstein
@@ -25,8 +26,8 @@ __all__ = ["evaluate_density_model", "model_samples"]
 
 
 def model_samples(energy: Any, bounds: Sequence[tuple[float, float]], *, num_chains: int = 2000,
-                  num_steps: int = 1000, step_size: float = 0.1, generator: torch.Generator | None = None
-                  ) -> tuple[Tensor, float]:
+                  num_steps: int = 1000, step_size: float = 0.1, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None) -> tuple[Tensor, float]:
     """End points of long MALA chains started uniformly over ``bounds``.
 
     Args:
@@ -35,16 +36,31 @@ def model_samples(energy: Any, bounds: Sequence[tuple[float, float]], *, num_cha
         num_chains: the number of chains (one sample each).
         num_steps: MALA steps per chain; only the last state is kept.
         step_size: MALA's step size ``eps``.
-        generator: the source of randomness (starts and steps); ``None`` is torch's global generator.
+        generator: the source of randomness (starts and steps), on any device: a CPU generator gives
+            the same chains on every device (:func:`ebmlab.devices.random_on`); ``None`` is torch's
+            global generator.
+        device: where the chains run; default the energy's own (an ``nn.Module``'s first
+            floating-point parameter or buffer, in its dtype), else the CPU in torch's default dtype.
 
     Returns:
-        ``(samples, acceptance)``: the final states ``(num_chains, d)`` and the mean acceptance rate.
+        ``(samples, acceptance)``: the final states ``(num_chains, d)`` on ``device`` and the mean
+        acceptance rate.
     """
-    lo = torch.tensor([b[0] for b in bounds])
-    hi = torch.tensor([b[1] for b in bounds])
-    x0 = lo + (hi - lo) * torch.rand((num_chains, len(bounds)), generator=generator)
+    own_device, dtype = _device_dtype(energy)
+    x0 = uniform_in_bounds(num_chains, bounds, generator=generator, device=own_device if device is None else device,
+                           dtype=dtype)
     trace = sample(energy, MALA(step_size), x0, num_steps, burn_in=num_steps - 1, generator=generator)
     return trace.final_state.x, float(trace.acceptance_rate.mean())
+
+
+def _device_dtype(energy: Any) -> tuple[torch.device, torch.dtype]:
+    """A network's device and dtype (its first floating-point parameter or buffer); CPU and torch's default
+    dtype for anything else (a target or a plain function follows its input)."""
+    if isinstance(energy, nn.Module):
+        for t in (*energy.parameters(), *energy.buffers()):
+            if t.is_floating_point():
+                return t.device, t.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
 
 
 def evaluate_density_model(energy: Any, test: Tensor, bounds: Sequence[tuple[float, float]], *,

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import inspect_checkpoint, load_checkpoint
-from ..devices import resolve_device
+from ..devices import random_on, resolve_device
 from ..io import atomic_write
 from ..samplers.registry import build_sampler
 from ..training import CHECKPOINT, METRICS, read_metrics
@@ -328,7 +328,8 @@ class Run:
         have = 0 if start is None else start.shape[0]
         if have < n:  # cd / short-run keep no chains: uniform noise in the pixel range
             shape = (n - have, m["in_channels"], m["image_size"], m["image_size"])
-            noise = (torch.rand(shape, generator=generator) * 2 - 1).to(self.device)
+            dtype = next(self.model.parameters()).dtype
+            noise = random_on(torch.rand, shape, generator, self.device, dtype) * 2 - 1  # a generator on any device
             start = noise if start is None else torch.cat([start, noise])
         return negatives(self.model, self.chain_sampler(), start, EBM_IMAGE_EXTRA_STEPS, generator=generator)[0]
 

@@ -67,8 +67,11 @@ class SampleConfig:
         burn_in: the first steps, not kept (less than ``steps``).
         thin: keep every ``thin``-th draw after burn-in.
         init: one of :data:`INITS`.
-        seed: the seed of the job's generator.
-        device: ``cpu`` or ``cuda[:N]``.
+        seed: the seed of the job's generator, which lives on ``device`` (no copies per step), so CUDA
+            chains differ from CPU chains of the same seed; the exact reference draws and the MMD
+            subsets use a CPU generator seeded ``seed + 1``, the same on every device.
+        device: ``cpu``, ``cuda[:N]`` or ``auto`` (CUDA when present, else the CPU; :meth:`checked`
+            replaces it by the device it picked).
         dtype: ``float32`` or ``float64``.
         compile: run the sampler step through ``torch.compile``.
         steps_per_level: score runs only: Langevin steps per noise level (default: the run's own).
@@ -99,7 +102,8 @@ class SampleConfig:
     sde_steps: int | None = None
 
     def checked(self) -> SampleConfig:
-        """This config with its values checked (:class:`ConfigError` naming the field)."""
+        """This config with its values checked (:class:`ConfigError` naming the field), ``device="auto"``
+        replaced by the device it picks."""
         if not (isinstance(self.step_size, (int, float)) and math.isfinite(self.step_size) and self.step_size > 0):
             raise ConfigError(f"{{0}} must be a finite number > 0, got {self.step_size}", "step_size")
         if not (isinstance(self.max_temperature, (int, float)) and math.isfinite(self.max_temperature)
@@ -130,10 +134,10 @@ class SampleConfig:
         if self.dtype not in _DTYPES:
             raise ConfigError(f"{{0}} must be one of {sorted(_DTYPES)}, got {self.dtype!r}", "dtype")
         try:
-            resolve_device(self.device)
+            device = resolve_device(self.device)
         except ValueError as err:
             raise ConfigError.of(err, "device", prefix="{0}: ") from err
-        return self
+        return replace(self, device=str(device)) if self.device == "auto" else self
 
 
 @dataclass(frozen=True)
@@ -144,10 +148,11 @@ class _ModelTarget:
     dim: int
     bounds: tuple
     dtype: torch.dtype
+    device: torch.device
     has_exact_sampler: bool = False
 
-    def __call__(self, x: Tensor) -> Tensor:  # evaluate in the model's dtype (quadrature grids are float64)
-        return self.energy(x.to(self.dtype)).to(x.dtype)
+    def __call__(self, x: Tensor) -> Tensor:  # in the model's dtype and on its device (quadrature grids: CPU, float64)
+        return self.energy(x.to(device=self.device, dtype=self.dtype)).to(device=x.device, dtype=x.dtype)
 
 
 def _initial_points(cfg: SampleConfig, target: Any, generator: torch.Generator, device: torch.device,
@@ -213,7 +218,8 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
         if cfg.init == "exact":
             raise ConfigError("{0} exact needs an analytic target; a trained model has no exact sampler", "init")
         target: Any = _ModelTarget(energy=run.model, dim=run.config["model"]["dim"],
-                                   bounds=tuple(tuple(b) for b in run.bounds), dtype=next(run.model.parameters()).dtype)
+                                   bounds=tuple(tuple(b) for b in run.bounds), dtype=next(run.model.parameters()).dtype,
+                                   device=next(run.model.parameters()).device)
         name = f"model:{model if not isinstance(model, Run) else run.path}"
     else:
         try:
@@ -284,7 +290,7 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
                   "chain_steps_per_second": trace.chain_steps_per_second}
         result.update(_sampler_report(trace, tuned))
         if target.has_exact_sampler:
-            ref_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+            ref_gen = torch.Generator().manual_seed(cfg.seed + 1)  # on the CPU, as mmd wants: the same on every device
             exact = target.sample(min(flat.shape[0], 4000), generator=ref_gen, device=device, dtype=dtype)
             result["mmd_to_exact"] = evaluation.mmd(flat, exact, generator=ref_gen)
         if target.dim == 2:
