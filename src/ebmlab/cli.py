@@ -296,7 +296,7 @@ def sample(
                                             "of pc/sde (default: the run's own), or fixed Heun steps of ode "
                                             "(default: adaptive RK45). Not --steps, which is MCMC's."),
     seed: int = typer.Option(0, help="Seed of the run's torch.Generator."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (CUDA when present, else cpu)."),
     dtype: str = typer.Option("float32", help="float32 or float64."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the sampler step (pays for long runs; "
                                  "a few seconds of compilation first)."),
@@ -436,7 +436,11 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Empty the run in --out first and start over."),
     seed: Optional[int] = typer.Option(None, help="Seed of data, initialisation and sampling (default 0)."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default cpu)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N or auto (CUDA when present, else cpu; "
+                                         "config.json records the one used). Default cpu."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="EBMs: torch.compile the "
+                                           "negatives' sampler step (ula, mala, hmc; off by default: measured "
+                                           "slower on the CPU, see docs/benchmarks.md)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
 ) -> None:
     """Train an EBM by maximum likelihood with MCMC negatives, or a score model by score matching, on 2-D
@@ -453,7 +457,8 @@ def train(
         eval_every=eval_every, max_seconds=max_seconds, log_every=log_every, checkpoint_every=checkpoint_every,
         checkpoint_seconds=checkpoint_seconds, max_recoveries=max_recoveries, sigma=sigma, sigma_max=sigma_max, sigma_min=sigma_min,
         num_sigmas=num_sigmas, score_clip=score_clip, clamp=clamp, clamp_data=clamp_data,
-        steps_per_level=steps_per_level, seed=seed, device=device, beta_min=beta_min, beta_max=beta_max,
+        steps_per_level=steps_per_level, seed=seed, device=device, compile=compile, beta_min=beta_min,
+        beta_max=beta_max,
         weighting=weighting.value if weighting else None, sde_steps=sde_steps,
         data_root=str(data_root.resolve()) if data_root is not None else None)
     if config is not None:
@@ -495,7 +500,7 @@ def train(
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by `ebmlab train` or ebmlab.runs.train."),
     seed: int = typer.Option(0, help="Seed of the model's chains and the MMD subsets."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (CUDA when present, else cpu)."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the run's figure (density.png, samples.png "
                               "or nearest_neighbours.png) into the run directory."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),

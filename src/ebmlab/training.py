@@ -885,6 +885,7 @@ def train_ebm(
     callback: Callable[[int, dict[str, float]], None] | None = None,
     max_seconds: float | None = None,
     max_recoveries: int = MAX_RECOVERIES,
+    compile: bool = False,
     seed: int | None = None,
 ) -> TrainResult:
     """Train ``energy`` on ``train_data`` by maximum likelihood with MCMC negatives.
@@ -942,6 +943,9 @@ def train_ebm(
             passes :data:`MAX_ENERGY`) before the run stops; each halves the
             learning rate, and the sampler's step (and ULA's noise) when the
             chains diverged (see :func:`fit`).
+        compile: run the negatives' sampler step through ``torch.compile``
+            (:func:`ebmlab.sample`'s ``compile``: the same chains up to rounding,
+            after a one-off compilation; measure before turning it on).
         seed: the run's seed; needed only to resume a run under another
             number of processes (each rank's generator is re-seeded from it).
 
@@ -1000,7 +1004,7 @@ def train_ebm(
         # 2. negatives: k sampler steps from where the method says chains start
         x0, slots = start_negatives(method, x_pos, noise=noise, buffer=buffer, generator=generator)
         energy.eval()  # fixed weights while sampling (spectral norm's power iteration updates in train mode)
-        x_neg, acceptance = negatives(energy, chains["sampler"], x0, mcmc_steps, generator=generator)
+        x_neg, acceptance = negatives(energy, chains["sampler"], x0, mcmc_steps, generator=generator, compile=compile)
         energy.train()
         latest["x_neg"] = x_neg
         # 3. loss (slide "Contrastive divergence"): lower E on data, raise it on samples
@@ -1062,7 +1066,7 @@ def scaled_step(sampler: Any, scale: float) -> Any:
 
 
 def negatives(energy: Any, sampler: Any, x0: Tensor, num_steps: int, *,
-              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+              generator: torch.Generator | None = None, compile: bool = False) -> tuple[Tensor, Tensor]:
     """``num_steps`` transitions of ``sampler`` from ``x0`` through :func:`ebmlab.sample`, keeping only the end.
 
     The inner loop of training and of image evaluation. Model parameters get
@@ -1074,6 +1078,7 @@ def negatives(energy: Any, sampler: Any, x0: Tensor, num_steps: int, *,
         x0: the chains' starts, shape ``(chains, *event)``.
         num_steps: the transitions to run (0: return ``x0``).
         generator: the source of randomness; ``None`` is torch's global generator.
+        compile: compile the sampler's transition.
 
     Returns:
         ``(x, acceptance)``: detached end points and the mean acceptance rate
@@ -1082,5 +1087,5 @@ def negatives(energy: Any, sampler: Any, x0: Tensor, num_steps: int, *,
     """
     if num_steps == 0:
         return x0.detach(), x0.new_zeros(())
-    trace = sample(energy, sampler, x0.detach(), num_steps, generator=generator, keep="last")
+    trace = sample(energy, sampler, x0.detach(), num_steps, generator=generator, keep="last", compile=compile)
     return trace.samples[0].detach(), trace.acceptance_rate.mean()

@@ -197,7 +197,12 @@ class TrainConfig:
         max_recoveries: rollbacks from divergence before the run stops (3; each halves the learning
             rate, and the sampler's step when the chains diverged).
         seed: data, initialisation and sampling.
-        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when present, else the CPU; resolved
+            here, so config.json records the device the run used).
+        compile: EBMs: run the negatives' sampler step through ``torch.compile``
+            (``ebmlab.sample(..., compile=True)``; not NUTS, which has no fixed transition). Off by
+            default: on the CPU it costs tens of seconds of compilation and the compiled MLP step
+            measured slower than eager (docs/benchmarks.md).
         max_seconds: wall-time budget (the last step is evaluated and checkpointed).
         sigma: ``dsm``'s noise level.
         sigma_max: ``ncsn``'s largest noise level (default: the data's largest pairwise
@@ -240,6 +245,7 @@ class TrainConfig:
     eval_every: int = 500
     seed: int = 0
     device: str = "cpu"
+    compile: bool = False
     max_seconds: float | None = None
     sigma: float = 0.1
     sigma_max: float | None = None
@@ -421,8 +427,8 @@ class TrainConfig:
                               "sigma_min")
         cfg = cfg._resolve_langevin(d)
         cfg._check_data_root()
-        cfg._check_device()
-        return cfg
+        cfg._check_compile()
+        return cfg._resolve_device()
 
     def _resolve_file(self) -> TrainConfig:
         """A data file's config: its absolute path, checked to exist with a known suffix, and ``test_fraction``
@@ -514,10 +520,22 @@ class TrainConfig:
             raise ConfigError(f"{{0}} is read for {{1}} mnist or fashion_mnist only, not {self.data}",
                               "data_root", "data")
 
-    def _check_device(self) -> None:
+    def _resolve_device(self) -> TrainConfig:
+        """The device checked, ``auto`` replaced by the one it picks (CUDA when present, else the CPU)."""
         from ..devices import resolve_device
 
         try:
-            resolve_device(self.device)
+            device = resolve_device(self.device)
         except ValueError as err:
             raise ConfigError.of(err, "device", prefix="{0}: ") from err
+        return replace(self, device=str(device)) if self.device == "auto" else self
+
+    def _check_compile(self) -> None:
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"{{0}} must be true or false, got {self.compile!r}", "compile")
+        if self.compile and self.score:
+            raise ConfigError(f"{{0}} compiles the negatives' sampler step; {{1}} {self.method} draws no "
+                              "negatives", "compile", "method")
+        if self.compile and self.sampler == "nuts":
+            raise ConfigError("{0}: {1} nuts builds a tree of data-dependent depth, with no fixed transition to "
+                              "compile; use ula, mala or hmc", "compile", "sampler")

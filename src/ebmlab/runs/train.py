@@ -202,7 +202,7 @@ def _train_locked(cfg: TrainConfig, out: Path, config: dict[str, Any], train_x: 
             result = train_ebm(model, train_x, sampler=chain_sampler(section, images=cfg.images),
                                method=cfg.method, mcmc_steps=cfg.langevin_steps, alpha=cfg.alpha,
                                data_noise=cfg.data_noise, buffer_size=cfg.buffer_size, reinit_prob=cfg.reinit_prob,
-                               **common)
+                               compile=cfg.compile, **common)
     finally:
         for hook in hooks:
             close = getattr(hook, "close", None)
