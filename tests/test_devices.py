@@ -296,6 +296,29 @@ def test_cpu_generator_gives_the_same_draws_on_cuda():
 
 
 @needs_cuda
+def test_training_from_a_cpu_generator_on_cuda_follows_the_cpu_run():
+    """train_ebm and train_score with CUDA data and a CPU generator: batches, chains and noise levels are the CPU
+    run's, so a few updates give the same weights up to rounding."""
+    from ebmlab import training
+    from ebmlab.score_training import train_score
+
+    x = T.get("banana").sample(512, generator=cpu_gen(), dtype=torch.float64)
+    trained = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        ebm = ebmlab.MLPEnergy(2, hidden=(16,)).double().to(device)
+        training.train_ebm(ebm, x.to(device), sampler=ebmlab.Langevin(0.1), method="buffer", steps=3, batch_size=32,
+                           mcmc_steps=3, buffer_size=64, data_noise=0.01, generator=cpu_gen(1))
+        torch.manual_seed(0)
+        score = ebmlab.ScoreMLP(2, hidden=(16,), noise_conditional=True).double().to(device)
+        train_score(score, x.to(device), method="ncsn", sigmas=torch.tensor([1.0, 0.1]), steps=3, batch_size=32,
+                    generator=cpu_gen(2))
+        trained[device] = [p.detach().cpu() for p in (*ebm.parameters(), *score.parameters())]
+    for a, b in zip(trained["cpu"], trained["cuda"]):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-8)
+
+
+@needs_cuda
 @pytest.mark.parametrize("sampler", ["mala", "ula", "hmc", "rwmh", "rejection", "pt"])
 def test_sample_on_cuda_writes_its_outputs(sampler, tmp_path, capsys):
     out, plot = tmp_path / "s.npz", tmp_path / "s.png"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -366,7 +367,8 @@ def train_score(
                                     sigmas=lv.to(device=device, dtype=dtype) if lv is not None else None,
                                     sde=sde, weighting=weighting)
         # 1. a data batch
-        idx = torch.randint(train_data.shape[0], (batch_size,), generator=generator, device=device)
+        idx = random_on(partial(torch.randint, train_data.shape[0]), (batch_size,), generator, device,
+                        torch.int64)  # a generator on any device (random_on)
         # 2. loss: a Fisher divergence rewritten to need only data (no MCMC, no partition function)
         loss, metrics = losses["fn"](model, train_data[idx], generator)
         return Update(loss, metrics)

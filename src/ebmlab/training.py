@@ -997,10 +997,11 @@ def train_ebm(
 
     def step_fn(step: int) -> Update:  # noqa: ARG001 - the loop's signature
         # 1. a data batch (with optional data noise)
-        idx = torch.randint(train_data.shape[0], (batch_size,), generator=generator, device=device)
+        idx = random_on(functools.partial(torch.randint, train_data.shape[0]), (batch_size,), generator, device,
+                        torch.int64)  # a generator on any device (random_on)
         x_pos = train_data[idx]
         if data_noise > 0:
-            x_pos = x_pos + data_noise * torch.randn(x_pos.shape, generator=generator, device=device, dtype=dtype)
+            x_pos = x_pos + data_noise * random_on(torch.randn, x_pos.shape, generator, device, dtype)
         # 2. negatives: k sampler steps from where the method says chains start
         x0, slots = start_negatives(method, x_pos, noise=noise, buffer=buffer, generator=generator)
         energy.eval()  # fixed weights while sampling (spectral norm's power iteration updates in train mode)
