@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test install dev bench screenshots docs clean
+.PHONY: demo test install dev bench bench-gpu screenshots docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench: install
 	$(BIN)/python benchmarks/samplers.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/nuts.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/tempering.py --write docs/benchmarks.md
+
+# One CUDA GPU, at most ~8 minutes (needs a CUDA build of torch: make TORCH_SPEC=torch bench-gpu): samplers at
+# 10^4-10^6 chains, digits training against a hand-written loop, two GPUs under torchrun when present.
+bench-gpu: install
+	$(BIN)/python benchmarks/gpu.py --write docs/benchmarks.md
 
 # Refresh the README's screenshots (tests write them to a temporary directory otherwise).
 screenshots: dev
