@@ -70,10 +70,11 @@ _state: dict[str, Any] = {"control": None, "wait_timeout": DEFAULT_WAIT_TIMEOUT,
 
 
 class PeerFailed(RuntimeError):
-    """Rank 0 failed in work the other ranks waited for; its own process reports the error.
+    """Another rank failed in work this one waited for; the failing rank's own process reports the error.
 
-    Attributes:
-        kind: the class name of rank 0's exception (e.g. ``ConfigError``).
+    Args:
+        message: what failed, and where.
+        kind: the class name of the failing rank's exception (e.g. ``ConfigError``), when known.
     """
 
     def __init__(self, message: str, kind: str = "") -> None:
