@@ -101,7 +101,10 @@ def time_sampler(energy: Any, algo: str, eps: float, n: int, device: torch.devic
     sampler = make_sampler(algo, eps)
     g = torch.Generator(device=device).manual_seed(0)
     x0 = torch.randn((n, 2), generator=g, device=device)
-    run = lambda steps: ebmlab.sample(energy, sampler, x0, steps, generator=g, keep="last", compile=compile)  # noqa: E731
+
+    def run(steps: int):
+        return ebmlab.sample(energy, sampler, x0, steps, generator=g, keep="last", compile=compile)
+
     t = time.perf_counter()
     run(3)
     sync(device)
@@ -296,7 +299,7 @@ def ddp_rows(device: torch.device, steps: int, budget: Budget) -> tuple[list[dic
         return [], f"not run: the distributed training API is not available ({err})"
     rows = []
     for nproc in (1, 2):
-        if budget.left() < 60:
+        if budget.left() < 45:
             return rows, "stopped: time budget"
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "run"
@@ -343,8 +346,8 @@ def build_markdown(meta: dict[str, Any], sampler_rows: list[dict[str, Any]], tra
             "**GPU numbers: not measured yet.** No GPU was available when this section was written. On a "
             f"CUDA machine run `{COMMAND}`; it replaces this section. The tables below are what they say: "
             f"a `--device {meta['device']}{' --small' if meta['small'] else ''}` run on the CPU "
-            f"({meta['machine'].removeprefix('CPU: ')}), small N and few steps, which shows the script works and nothing about "
-            "GPU speed.",
+            f"({meta['machine'].removeprefix('CPU: ')}), small N and few steps, which shows the script works and "
+            "nothing about GPU speed.",
             "",
         ]
     lines += [f"This run: `{meta['cmdline']}`", "",
@@ -505,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     energies = {"banana": ebmlab.targets.get("banana"), "MLP": mlp_energy(device)}
     plan = [("banana", False), ("banana", True), ("MLP", False), ("MLP", True)]
-    deadline = budget.until(0.25 if args.no_training else 0.55)
+    two_gpus = device.type == "cuda" and torch.cuda.device_count() >= 2  # keep a quarter for the DDP runs
+    deadline = budget.until((0.25 if args.no_training else 0.45) if two_gpus else (0.3 if args.no_training else 0.55))
     for energy_name, compiled in plan:
         if compiled and args.no_compile:
             continue
@@ -535,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---- training on the digits
     train_rows: list[dict[str, Any]] = []
     if not args.no_training:
-        deadline = budget.until(0.9)
+        deadline = budget.until(0.75 if two_gpus else 0.9)
         for model_name, method, ours, hand in (("EBM", "buffer", ebmlab_ebm, hand_ebm),
                                                ("NCSN", "ncsn", ebmlab_ncsn, hand_ncsn)):
             setup = digits_setup(method, device, small)
@@ -562,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
                     result["hand-written"] / result["ebmlab"]
 
     # ---- two GPUs
-    ddp, ddp_note = ddp_rows(device, 10 if small else 200, budget)
+    ddp, ddp_note = ddp_rows(device, 10 if small else 100, budget)
     meta["total_s"] = time.perf_counter() - budget.start
     section = build_markdown(meta, rows, train_rows, ddp, ddp_note, notes)
     print(verdict(meta, rows, train_rows), flush=True)

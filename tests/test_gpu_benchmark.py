@@ -44,7 +44,8 @@ def section_of(text: str) -> str:
 
 def test_small_cpu_run_writes_its_section_with_numbers(tmp_path):
     doc = tmp_path / "benchmarks.md"
-    doc.write_text("# Benchmarks\n\n## Samplers\n\nkept above\n\n## GPU\n\nold numbers\n\n## Playground\n\nkept below\n")
+    doc.write_text("# Benchmarks\n\n## Samplers\n\nkept above\n\n## GPU\n\nold numbers\n\n"
+                   "## Playground\n\nkept below\n")
     proc = run_script(["--device", "cpu", "--small", "--write", str(doc)], timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = doc.read_text()
