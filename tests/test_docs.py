@@ -49,6 +49,7 @@ PUBLIC_MODULES = {
     "ebmlab.training": "training",
     "ebmlab.score_training": "score_training",
     "ebmlab.runs": "runs",
+    "ebmlab.distributed": "distributed",
     "ebmlab.viz": "viz",
     "ebmlab.experiments": "experiments",
     "ebmlab.playground": "playground",
