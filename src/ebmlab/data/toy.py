@@ -43,6 +43,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from ebmlab.checks import MAX_INT
 from ebmlab.energies import targets
 from ebmlab.energies.targets import Target
 from ebmlab.grid import grid_energies, log_integral
@@ -88,6 +89,8 @@ def _check_n(n: int, what: str = "n") -> int:
         raise ValueError(f"{what} must be an int >= 0, got {type(n).__name__} {n!r}") from None
     if n < 0:
         raise ValueError(f"{what} must be an int >= 0, got {n}")
+    if n > MAX_INT:  # torch sizes are 64-bit
+        raise ValueError(f"{what} must be an int <= {MAX_INT}, got {n}")
     return n
 
 

@@ -40,6 +40,11 @@ class Energy(Protocol):
 EnergyLike = Callable[[Tensor], Tensor]
 
 
+def _check_energy(energy: object) -> None:
+    if not callable(energy):
+        raise TypeError(f"energy must be a callable x -> (batch,), got {type(energy).__name__}")
+
+
 def _check_input(x: Tensor) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"expected x to be a torch.Tensor of shape (batch, *event), got {type(x).__name__}")
@@ -65,6 +70,7 @@ def evaluate_energy(energy: EnergyLike, x: Tensor) -> Tensor:
         ValueError: if the energy's output does not have shape ``(B,)``.
         TypeError: if ``x``'s dtype is not the one the energy computes in (the message names both).
     """
+    _check_energy(energy)
     _check_input(x)
     try:
         out = energy(x)
@@ -103,6 +109,7 @@ def energy_and_score(energy: EnergyLike, x: Tensor) -> tuple[Tensor, Tensor]:
     Raises:
         TypeError: for an energy autograd cannot differentiate, or a dtype clash (see :func:`evaluate_energy`).
     """
+    _check_energy(energy)
     _check_input(x)
     fast = getattr(energy, "energy_and_score", None)
     if fast is not None:
@@ -146,6 +153,8 @@ def log_ratio(energy: EnergyLike, x1: Tensor, x2: Tensor) -> Tensor:
     Returns:
         Log-ratios, shape ``(B,)``.
     """
+    _check_input(x1)
+    _check_input(x2)
     if x1.shape != x2.shape:
         raise ValueError(f"x1 and x2 must have the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
     return evaluate_energy(energy, x2) - evaluate_energy(energy, x1)

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..checks import check_nonnegative
 from ..energies.core import evaluate_energy
 from ..samplers.base import DivergenceError
 from .buffer import ReplayBuffer
@@ -53,8 +54,14 @@ def contrastive_divergence(energy: Callable[[Tensor], Tensor], x_pos: Tensor, x_
     Raises:
         DivergenceError: if any energy is not finite (never silently replaced).
     """
+    for name, x in (("x_pos", x_pos), ("x_neg", x_neg)):
+        if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] == 0:
+            got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{name} must be a tensor of shape (batch, *event) with batch >= 1, got {got}")
+    check_nonnegative("alpha", alpha)
     if x_pos.shape[1:] != x_neg.shape[1:]:
-        raise ValueError(f"data and negatives must share the event shape, got {tuple(x_pos.shape)} and {tuple(x_neg.shape)}")
+        raise ValueError(f"x_pos (data) and x_neg (negatives) must share the event shape, got "
+                         f"{tuple(x_pos.shape)} and {tuple(x_neg.shape)}")
     e_pos = evaluate_energy(energy, x_pos)
     e_neg = evaluate_energy(energy, x_neg.detach())
     if not (torch.isfinite(e_pos).all() and torch.isfinite(e_neg).all()):

@@ -104,8 +104,7 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, num: int, *,
     Raises:
         ValueError: unless ``0 < sigma_min < sigma_max`` (finite) and ``num >= 2``.
     """
-    check_positive("sigma_max", sigma_max)
-    check_positive("sigma_min", sigma_min)
+    sigma_max, sigma_min = check_positive("sigma_max", sigma_max), check_positive("sigma_min", sigma_min)
     if not sigma_min < sigma_max:
         raise ValueError(f"expected sigma_min < sigma_max, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
     check_int("num", num, 2)
@@ -115,4 +114,8 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, num: int, *,
     logs = torch.linspace(math.log(sigma_max), math.log(sigma_min), num, dtype=torch.float64)
     out = logs.exp()
     out[0], out[-1] = sigma_max, sigma_min
-    return out.to(dtype)
+    out = out.to(dtype)
+    if not (bool(torch.isfinite(out).all()) and bool((out > 0).all()) and bool((out[:-1] > out[1:]).all())):
+        raise ValueError(f"sigma_max and sigma_min must give {num} distinct finite levels > 0 in {dtype}, got "
+                         f"sigma_max={sigma_max!r}, sigma_min={sigma_min!r}")
+    return out

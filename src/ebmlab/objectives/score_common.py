@@ -58,7 +58,7 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     Raises:
         ValueError: naming the argument, the choices and the value.
     """
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:  # `in` on a tensor is ambiguous
         raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
 
 
@@ -76,10 +76,14 @@ def call_score(score_fn: Callable[..., Tensor], x: Tensor, *args: Tensor) -> Ten
     Raises:
         ValueError: when the model returns something else (the message gives both shapes).
     """
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be a callable score model x -> x.shape, got {type(score_fn).__name__}")
     s = score_fn(x, *args)
     if not isinstance(s, Tensor) or s.shape != x.shape:
         shape = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
         raise ValueError(f"a score model must return the shape of its input {tuple(x.shape)}, got {shape}")
+    if not s.is_floating_point():
+        raise TypeError(f"a score model must return a floating-point tensor, got dtype {s.dtype}")
     return s
 
 
@@ -96,6 +100,9 @@ def score_and_leaf(score_fn: ScoreFn, x: Tensor) -> tuple[Tensor, Tensor]:
     """
     xg = x.detach().requires_grad_(True)
     s = call_score(score_fn, xg)
+    if not s.requires_grad:
+        raise TypeError("the score model's output does not depend on x through autograd (computed under "
+                        "torch.no_grad(), detached, or through NumPy?): this objective needs its Jacobian")
     return xg, s.reshape(x.shape[0], -1)
 
 

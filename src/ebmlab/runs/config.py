@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from ..checks import MAX_INT
 from ..objectives.contrastive import METHODS as EBM_METHODS
 from ..samplers.registry import SAMPLER_NAMES
 from ..score_training import SCORE_METHODS, SDE_METHODS
@@ -101,16 +103,37 @@ class ConfigError(ValueError):
         Args:
             name: maps a field name to how it is shown (the CLI: its ``--flag``).
         """
-        return self.message.format(*(name(f) for f in self.fields))
+        # str.format's rules for {0}, {{ and }}, but any other brace (a user's value quoted in the message,
+        # such as a dict or "{x}") is kept as it is instead of raising KeyError / IndexError.
+        def one(m: re.Match) -> str:
+            if m.group(1) is None:
+                return m.group(0)[0]
+            i = int(m.group(1))
+            return name(self.fields[i]) if i < len(self.fields) else m.group(0)
+
+        return re.sub(r"\{\{|\}\}|\{(\d+)\}", one, self.message)
 
 
-def _positive(cfg: TrainConfig, name: str, *, optional: bool = False, zero: bool = False) -> None:
+def _real(v: Any) -> bool:
+    """A finite int or float, not a bool (an int past float64's range is not finite: no OverflowError)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
+def _positive(cfg: TrainConfig, name: str, *, optional: bool = False, zero: bool = False,
+              square: bool = False) -> None:
     v = getattr(cfg, name)
     if v is None and optional:
         return
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= 0 if zero else v > 0)
-    if not ok:
+    if not (_real(v) and (v >= 0 if zero else v > 0)):
         raise ConfigError(f"{{0}} must be a finite number {'>= 0' if zero else '> 0'}, got {v!r}", name)
+    if square and not 0.0 < float(v) * float(v) < math.inf:  # Langevin's eps^2 / 2 (and MALA's)
+        raise ConfigError(f"{{0}} must be a number whose square is a finite float > 0 (between 1.5e-162 and "
+                          f"1.34e154), got {v!r}", name)
 
 
 def _integer(cfg: TrainConfig, name: str, lo: int, *, optional: bool = False) -> None:
@@ -119,6 +142,8 @@ def _integer(cfg: TrainConfig, name: str, lo: int, *, optional: bool = False) ->
         return
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ConfigError(f"{{0}} must be an integer >= {lo}, got {v!r}", name)
+    if v > MAX_INT:  # torch's sizes and seeds are 64-bit
+        raise ConfigError(f"{{0}} must be an integer <= {MAX_INT}, got {v!r}", name)
 
 
 def _is_file_data(data: Any) -> bool:
@@ -148,7 +173,7 @@ def _hidden(value: Any) -> tuple[int, ...]:
         except ValueError:
             value = ()
     sizes = tuple(value) if isinstance(value, (list, tuple)) else ()
-    if not sizes or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes):
+    if not sizes or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_INT for v in sizes):
         raise ConfigError(f"{{0}} must be positive layer widths like 128,128, got {value!r}", "hidden")
     return sizes
 
@@ -368,10 +393,10 @@ class TrainConfig:
         """
         from ..data import toy
 
-        if self.method not in METHODS:
+        if not isinstance(self.method, str) or self.method not in METHODS:  # `in` on an array is ambiguous
             raise ConfigError(f"unknown method {self.method!r} for {{0}}; expected one of {', '.join(METHODS)}",
                               "method")
-        if self.sampler not in CHAIN_SAMPLERS:
+        if not isinstance(self.sampler, str) or self.sampler not in CHAIN_SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r} for {{0}}; expected one of "
                               f"{', '.join(CHAIN_SAMPLERS)} (of {', '.join(SAMPLER_NAMES)}, the ones that "
                               "train an EBM)", "sampler")
@@ -389,7 +414,7 @@ class TrainConfig:
                 toy.get(self.data)
             except ValueError as err:
                 raise ConfigError.of(ValueError(f"{err}; or an image set: {', '.join(IMAGE_DATA)}; or a data "
-                                                f"file: {_FILES}")) from err
+                                                f"file: {_FILES}"), "data", prefix="{0}: ") from err
         if self.images and self.score and self.method not in IMAGE_SCORE_METHODS:
             raise ConfigError(f"{{0}} {self.method} on images: image score models are trained by "
                               f"{', '.join(IMAGE_SCORE_METHODS[:-1])} or {IMAGE_SCORE_METHODS[-1]} "
@@ -403,14 +428,17 @@ class TrainConfig:
         if cfg.steps_per_level is None and cfg.score and cfg.images and not cfg.diffusion:
             cfg = replace(cfg, steps_per_level=d["steps_per_level"])
         if not cfg.images and not cfg.file_data:
-            cfg = replace(cfg, n_train=cfg.n_train or TOY_SIZES["n_train"], n_test=cfg.n_test or TOY_SIZES["n_test"])
+            cfg = replace(cfg, **{k: TOY_SIZES[k] for k in ("n_train", "n_test") if getattr(cfg, k) is None})
+        if cfg.ema is not None and (isinstance(cfg.ema, bool) or not isinstance(cfg.ema, (int, float))):
+            raise ConfigError(f"{{0}} must be a decay in [0, 1), got {cfg.ema!r}", "ema")
         cfg = replace(cfg, hidden=_hidden(cfg.hidden), ema=cfg.ema or None)
         for name, lo in (("steps", 1), ("batch_size", 1), ("langevin_steps", 0), ("buffer_size", 1),
                          ("eval_every", 1), ("num_sigmas", 2), ("seed", 0), ("max_recoveries", 0)):
             _integer(cfg, name, lo)
         for name in ("n_train", "n_test", "steps_per_level", "log_every", "checkpoint_every"):
             _integer(cfg, name, 1, optional=True)
-        for name in ("step_size", "lr", "grad_clip", "sigma", "sigma_min"):
+        _positive(cfg, "step_size", square=True)
+        for name in ("lr", "grad_clip", "sigma", "sigma_min"):
             _positive(cfg, name)
         for name in ("noise_scale", "score_clip", "sigma_max"):
             _positive(cfg, name, optional=True)
@@ -418,7 +446,8 @@ class TrainConfig:
             _positive(cfg, name, zero=True)
         _positive(cfg, "max_seconds", optional=True, zero=True)
         _positive(cfg, "checkpoint_seconds", optional=True)
-        if not (isinstance(cfg.reinit_prob, (int, float)) and 0.0 <= cfg.reinit_prob <= 1.0):
+        if isinstance(cfg.reinit_prob, bool) or not (isinstance(cfg.reinit_prob, (int, float))
+                                                     and 0.0 <= cfg.reinit_prob <= 1.0):
             raise ConfigError(f"{{0}} must be a probability in [0, 1], got {cfg.reinit_prob!r}", "reinit_prob")
         if cfg.ema is not None and not (isinstance(cfg.ema, (int, float)) and 0.0 <= cfg.ema < 1.0):
             raise ConfigError(f"{{0}} must be a decay in [0, 1), got {cfg.ema}", "ema")
@@ -470,7 +499,7 @@ class TrainConfig:
         if not self.diffusion:
             return self
         cfg = replace(self, **{k: SDE_DEFAULTS[k] for k in mine if getattr(self, k) is None})
-        if cfg.weighting not in WEIGHTINGS:
+        if not isinstance(cfg.weighting, str) or cfg.weighting not in WEIGHTINGS:
             raise ConfigError(f"{{0}} must be one of {', '.join(WEIGHTINGS)}, got {cfg.weighting!r}", "weighting")
         _integer(cfg, "sde_steps", 1)
         if cfg.method == "sde-vp":

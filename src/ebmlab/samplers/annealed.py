@@ -133,7 +133,12 @@ class AnnealedLangevin:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sigmas", _check_sigmas(self.sigmas))
         check_int("steps_per_level", self.steps_per_level, 1)
-        check_positive("eps", self.eps)
+        object.__setattr__(self, "eps", check_positive("eps", self.eps))
+        ratio = self.sigmas[0] / self.sigmas[-1]
+        if not math.isfinite(self.eps * ratio * ratio):
+            raise ValueError(f"eps * (sigma_1 / sigma_L)^2, the step at the largest noise level, overflows: got "
+                             f"eps={self.eps!r} and sigmas from {self.sigmas[0]!r} to {self.sigmas[-1]!r}; use a "
+                             "smaller eps or a narrower range of sigmas")
         if not isinstance(self.final_denoise, bool):
             raise ValueError(f"final_denoise must be a bool, got {self.final_denoise!r}")
 

@@ -306,6 +306,8 @@ class Trace:
 def _check_int(name: str, value: int, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value > 2**63 - 1:  # torch's sizes are 64-bit; a longer loop would never end anyway
+        raise ValueError(f"{name} must be an integer <= {2**63 - 1}, got {value!r}")
 
 
 def check_finite_state(state: State, step: int, *, since: int | None = None) -> None:
@@ -426,6 +428,15 @@ def sample(
     if not isinstance(x0, torch.Tensor):
         raise TypeError(f"x0 must be a torch.Tensor of shape (chains, *event), got {type(x0).__name__}; convert "
                         "it with torch.as_tensor(x0, dtype=torch.float32)")
+    if x0.dim() < 2 or x0.numel() == 0:
+        raise ValueError(f"x0 must have shape (chains, *event) with at least one chain and one coordinate, got "
+                         f"shape {tuple(x0.shape)}")
+    if not x0.is_floating_point():
+        raise TypeError(f"x0 must be a floating-point tensor, got dtype {x0.dtype}; convert it with "
+                        "x0.to(torch.float32)")
+    if not bool(torch.isfinite(x0).all()):  # else the first energy check would blame a divergence
+        bad = int((~torch.isfinite(x0)).flatten(1).any(1).sum())
+        raise ValueError(f"x0 must be finite: {bad} of {x0.shape[0]} chains start at NaN or inf")
     if not callable(energy):
         raise TypeError(f"energy must be a callable x -> (chains,), got {type(energy).__name__}")
     _check_int("num_steps", num_steps, 1)

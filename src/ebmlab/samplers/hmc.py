@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..checks import check_int, check_positive
+from ..checks import check_event_shape, check_int, check_positive
 from ..energies.core import energy_and_score
 from .base import Info, State, mh_accept, normal_like, uniform_log
 from .mala import sum_event
@@ -44,15 +44,19 @@ class HMC:
     record_trajectory: bool = False
 
     def __post_init__(self) -> None:
-        check_positive("step_size", self.step_size)
+        object.__setattr__(self, "step_size", check_positive("step_size", self.step_size))
         check_int("num_leapfrog", self.num_leapfrog, 1)
         if isinstance(self.mass, Tensor):
-            if not bool(torch.isfinite(self.mass).all() and (self.mass > 0).all()):
-                raise ValueError("mass must be finite and > 0 everywhere")
+            m = self.mass
+            if not m.is_floating_point() or not bool(torch.isfinite(m).all() and (m > 0).all()):
+                raise ValueError(f"mass must be a floating-point tensor, finite and > 0 everywhere, got {m!r}")
         else:
-            check_positive("mass", self.mass)
+            object.__setattr__(self, "mass", check_positive("mass", self.mass))
+        if not isinstance(self.record_trajectory, bool):
+            raise ValueError(f"record_trajectory must be a bool, got {self.record_trajectory!r}")
 
     def init(self, energy, x: Tensor) -> State:
+        check_event_shape("mass", self.mass, x)  # here, not deep inside the first leapfrog step
         e, s = energy_and_score(energy, x)
         return State(x=x.detach(), energy=e, score=s)
 

@@ -13,12 +13,13 @@ clipping and clamping to the data range; these are explicit options here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..checks import check_positive
+from ..checks import check_finite, check_positive
 from ..energies.core import energy_and_score
 from .base import Info, State, all_accepted, normal_like
 
@@ -46,11 +47,18 @@ class Langevin:
     clamp: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        check_positive("step_size", self.step_size)
-        check_positive("noise_scale", self.noise_scale, allow_none=True)
-        check_positive("grad_clip", self.grad_clip, allow_none=True)
-        if self.clamp is not None and not (len(self.clamp) == 2 and self.clamp[0] < self.clamp[1]):
-            raise ValueError(f"clamp must be a pair (lo, hi) with lo < hi, got {self.clamp!r}")
+        # stored as floats: torch cannot multiply by a Python int past 64 bits
+        object.__setattr__(self, "step_size", check_positive("step_size", self.step_size, square=True))
+        object.__setattr__(self, "noise_scale", check_positive("noise_scale", self.noise_scale, allow_none=True))
+        object.__setattr__(self, "grad_clip", check_positive("grad_clip", self.grad_clip, allow_none=True))
+        if self.clamp is not None:
+            try:
+                lo, hi = (check_finite("clamp", v) for v in self.clamp)
+            except (TypeError, ValueError):
+                lo = hi = math.nan
+            if not lo < hi:
+                raise ValueError(f"clamp must be a pair (lo, hi) of finite numbers with lo < hi, got {self.clamp!r}")
+            object.__setattr__(self, "clamp", (lo, hi))
 
     def init(self, energy, x: Tensor) -> State:
         e, s = energy_and_score(energy, x)
@@ -91,8 +99,9 @@ class Langevin:
         """
         sd = self.step_size if self.noise_scale is None else self.noise_scale
         x_new = state.x + self.drift(state.score) + sd * noise
-        if self.clamp is not None:
-            x_new = x_new.clamp(*self.clamp)
+        if self.clamp is not None:  # bounds past the dtype's range (float32: 3.4e38) clamp to its range
+            info = torch.finfo(x_new.dtype)
+            x_new = x_new.clamp(*(min(max(v, info.min), info.max) for v in self.clamp))
         e, s = energy_and_score(energy, x_new)
         accepted, log_acceptance = all_accepted(e)
         return State(x=x_new, energy=e, score=s), Info(proposal=x_new, accepted=accepted, log_acceptance=log_acceptance)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..checks import check_positive
+from ..checks import check_event_shape, check_positive
 from ..energies.core import energy_and_score
 from .base import Info, State, mh_accept, normal_like, uniform_log
 
@@ -68,14 +68,17 @@ class MALA:
     inverse_mass: float | Tensor | None = None
 
     def __post_init__(self) -> None:
-        check_positive("step_size", self.step_size)
+        object.__setattr__(self, "step_size", check_positive("step_size", self.step_size, square=True))
         if isinstance(self.inverse_mass, Tensor):
-            if not bool(torch.isfinite(self.inverse_mass).all() and (self.inverse_mass > 0).all()):
-                raise ValueError("inverse_mass must be finite and > 0 everywhere")
+            m = self.inverse_mass
+            if not m.is_floating_point() or not bool(torch.isfinite(m).all() and (m > 0).all()):
+                raise ValueError(f"inverse_mass must be a floating-point tensor, finite and > 0 everywhere, got {m!r}")
         else:
-            check_positive("inverse_mass", self.inverse_mass, allow_none=True)
+            object.__setattr__(self, "inverse_mass", check_positive("inverse_mass", self.inverse_mass,
+                                                                    allow_none=True))
 
     def init(self, energy, x: Tensor) -> State:
+        check_event_shape("inverse_mass", self.inverse_mass, x)  # here, not deep inside the first step
         e, s = energy_and_score(energy, x)
         return State(x=x.detach(), energy=e, score=s)
 

@@ -107,7 +107,7 @@ class NUTS:
     record_tree: bool = False
 
     def __post_init__(self) -> None:
-        check_positive("step_size", self.step_size)
+        object.__setattr__(self, "step_size", check_positive("step_size", self.step_size))  # torch takes no huge int
         check_int("max_tree_depth", self.max_tree_depth, 1)
         if isinstance(self.inverse_mass, Tensor):
             m = self.inverse_mass
@@ -116,8 +116,9 @@ class NUTS:
                     f"inverse_mass must be a floating-point tensor, finite and > 0 everywhere, got {m!r}"
                 )
         elif self.inverse_mass is not None:
-            check_positive("inverse_mass", self.inverse_mass)
-        check_positive("divergence_threshold", self.divergence_threshold)
+            object.__setattr__(self, "inverse_mass", check_positive("inverse_mass", self.inverse_mass))
+        object.__setattr__(self, "divergence_threshold", check_positive("divergence_threshold",
+                                                                        self.divergence_threshold))
         if not isinstance(self.record_tree, bool):
             raise ValueError(f"record_tree must be a bool, got {self.record_tree!r}")
 
@@ -144,7 +145,7 @@ class NUTS:
         """Evaluate energy and score at ``x`` ``(chains, *event)``; the state caches both."""
         self._inverse_mass_like(x)  # fail here, not at the first step, on a wrong shape
         e, s = energy_and_score(energy, x)
-        return State(x=x.detach(), energy=e, score=s)
+        return State(x=x.detach(), energy=e.to(x.dtype), score=s)  # the tree's fused ops need one dtype
 
     def step(self, energy, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]:
         """One NUTS transition of every chain.
@@ -164,8 +165,9 @@ class NUTS:
         first). Which chains are compacted away when does not change them, so
         the chains do not depend on that bookkeeping.
         """
-        x0, e0, s0 = state.x, state.energy, state.score
+        x0, s0 = state.x, state.score
         chains, dtype, device = x0.shape[0], x0.dtype, x0.device
+        e0 = state.energy.to(dtype)
         event = tuple(x0.shape[1:])
         size = x0[0].numel()
         unit = (1,) * len(event)
@@ -281,6 +283,7 @@ class NUTS:
                 p_half = torch.addcmul(fp, half_eps, fs)
                 x_new = torch.addcmul(fx, eps_minv, p_half)
                 e_new, s_new = energy_and_score(energy, x_new)
+                e_new = e_new.to(dtype)  # an energy computed in float64 for float32 chains (a no-op otherwise)
                 p_new = torch.addcmul(p_half, half_eps, s_new)
                 # H - H0 = E - H0 + p^T M^-1 p / 2; a NaN energy error diverges.
                 q = p_new * sharp(p_new)

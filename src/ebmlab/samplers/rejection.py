@@ -24,7 +24,7 @@ from typing import Protocol, Sequence
 import torch
 from torch import Tensor
 
-from ..checks import check_finite, check_int, check_positive
+from ..checks import check_finite, check_int
 from ..energies.core import evaluate_energy
 from ..devices import random_on
 from ..grid import quadrature_grid, resolve_dtype_device, uniform_in_bounds
@@ -49,6 +49,25 @@ class Proposal(Protocol):
     def log_prob(self, x: Tensor) -> Tensor: ...
 
 
+def _check_loc_scale(loc: object, scale: object) -> None:
+    """A proposal's ``loc`` (finite numbers, one per dimension) and ``scale`` (finite ``> 0``, one or one per
+    dimension)."""
+    def as_float64(v: object) -> Tensor | None:
+        try:
+            return None if isinstance(v, (bool, str)) else torch.as_tensor(v, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            return None
+
+    m = as_float64(loc)
+    if m is None or m.dim() != 1 or m.numel() == 0 or not bool(torch.isfinite(m).all()):
+        raise ValueError(f"loc must be a non-empty sequence of finite numbers, one per dimension, got {loc!r}")
+    s = as_float64(scale)
+    if (s is None or s.shape not in ((), (m.numel(),)) or not bool(torch.isfinite(s).all())
+            or not bool((s > 0).all())):
+        raise ValueError(f"scale must be a finite number > 0, or {m.numel()} of them (one per dimension of loc), "
+                         f"got {scale!r}")
+
+
 @dataclass(frozen=True)
 class GaussianProposal:
     """``N(loc, diag(scale^2))``; ``loc`` and ``scale`` are per-dimension sequences or floats.
@@ -60,6 +79,9 @@ class GaussianProposal:
 
     loc: Sequence[float]
     scale: Sequence[float] | float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_loc_scale(self.loc, self.scale)
 
     def _params(self, device, dtype) -> tuple[Tensor, Tensor]:
         loc = torch.as_tensor(self.loc, device=device, dtype=dtype)
@@ -117,6 +139,7 @@ class StudentTProposal:
     df: int = 3
 
     def __post_init__(self) -> None:
+        _check_loc_scale(self.loc, self.scale)
         check_int("df", self.df, 1)
 
     def _params(self, device, dtype) -> tuple[Tensor, Tensor]:
@@ -291,8 +314,8 @@ class RejectionSampler:
     max_rounds: int = 100_000
 
     def __post_init__(self) -> None:
-        check_finite("log_c", self.log_c)
-        check_positive("max_rounds", self.max_rounds)
+        object.__setattr__(self, "log_c", check_finite("log_c", self.log_c))
+        check_int("max_rounds", self.max_rounds, 1)
 
     def init(self, energy, x: Tensor) -> State:
         """The state at ``x``: its energy (no score: rejection needs none).

@@ -30,7 +30,7 @@ class RandomWalkMH:
     scale: float
 
     def __post_init__(self) -> None:
-        check_positive("scale", self.scale)
+        object.__setattr__(self, "scale", check_positive("scale", self.scale))  # a float: torch takes no huge int
 
     def init(self, energy, x: Tensor) -> State:
         with torch.no_grad():

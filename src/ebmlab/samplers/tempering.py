@@ -74,7 +74,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..checks import check_int, check_nonnegative, check_positive
+from ..checks import MAX_INT, check_int, check_nonnegative, check_positive
 from ..energies.core import energy_and_score, evaluate_energy
 from .base import Info, State, broadcast_chains, random_on
 
@@ -107,6 +107,19 @@ def geometric_ladder(num_temperatures: int, max_temperature: float) -> tuple[flo
     k = num_temperatures - 1
     temps = [1.0] + [max_temperature ** (i / k) for i in range(1, k)] + [float(max_temperature)]
     return tuple(temps)
+
+
+#: log of float32's smallest normal and largest number: betas 1/T and step scales T^a must stay between them
+#: (float32 is the chains' usual dtype; past them the replicas' energies are 0 * E or inf * z, i.e. NaN).
+_LOG_FLOAT32 = (math.log(torch.finfo(torch.float32).tiny), math.log(torch.finfo(torch.float32).max))
+
+
+def _check_ladder_range(temperatures: tuple[float, ...], exponent: float) -> None:
+    top = math.log(temperatures[-1])
+    if -top < _LOG_FLOAT32[0] or exponent * top > _LOG_FLOAT32[1]:
+        raise ValueError(f"max_temperature (the last of temperatures) {temperatures[-1]:g} with step_scale_exponent "
+                         f"{exponent:g}: beta = 1/T or the step scale T^{exponent:g} leaves float32's range "
+                         "(1.2e-38 to 3.4e38); use a smaller max_temperature")
 
 
 def _check_temperatures(temperatures: Sequence[float]) -> tuple[float, ...]:
@@ -500,13 +513,19 @@ class ParallelTempering:
             object.__setattr__(self, "temperatures", temps)
             object.__setattr__(self, "num_temperatures", len(temps))
             object.__setattr__(self, "max_temperature", temps[-1])
-        if self.scheme not in SCHEMES:
+        if not isinstance(self.scheme, str) or self.scheme not in SCHEMES:  # `in` on a tensor is ambiguous
             raise ValueError(f"scheme must be one of {', '.join(map(repr, SCHEMES))}, got {self.scheme!r}")
         if not isinstance(self.adapt_ladder, bool):
             raise ValueError(f"adapt_ladder must be a bool, got {self.adapt_ladder!r}")
-        check_int("adapt_rounds", self.adapt_rounds, 1)
+        check_int("adapt_rounds", self.adapt_rounds, 1, maximum=62)  # rounds double: 2^62 steps is plenty
         check_int("first_round_steps", self.first_round_steps, 2)
-        check_nonnegative("step_scale_exponent", self.step_scale_exponent)
+        object.__setattr__(self, "step_scale_exponent", check_nonnegative("step_scale_exponent",
+                                                                          self.step_scale_exponent))
+        _check_ladder_range(self.temperatures, self.step_scale_exponent)
+        if self.first_round_steps * (2**self.adapt_rounds - 1) > MAX_INT:
+            raise ValueError(f"first_round_steps * (2^adapt_rounds - 1), the adaptation's steps, must be at most "
+                             f"{MAX_INT}, got first_round_steps={self.first_round_steps}, "
+                             f"adapt_rounds={self.adapt_rounds}")
 
     @property
     def num_adapt_steps(self) -> int:

@@ -25,6 +25,7 @@ __all__ = [
     "as_float64",
     "cast_constants",
     "draw_components",
+    "finite_float64",
     "logsumexp_softmax",
     "nice_box",
     "perturbation_args",
@@ -223,19 +224,28 @@ def logsumexp_softmax(logits: Tensor) -> tuple[Tensor, Tensor]:
     return (mx + s.log()).squeeze(-1), z / s
 
 
-def nice_box(lo: Sequence[float], hi: Sequence[float]) -> Box:
+def nice_box(lo: Sequence[float], hi: Sequence[float], *, what: str = "bounds") -> Box:
     """Round each interval outward to a step of a tenth of its order of magnitude (plot and quadrature boxes).
 
     Args:
         lo: lower ends, one per dimension.
         hi: upper ends, one per dimension.
+        what: the arguments the box comes from, named in the message.
 
     Returns:
         ``((lo_1, hi_1), ..., (lo_d, hi_d))`` rounded outward.
+
+    Raises:
+        ValueError: naming ``what``, for an interval float64 cannot hold: empty (a location so large
+            that its +- 6 sd round to one number), infinite, or too narrow to round.
     """
     box = []
     for a, b in zip(lo, hi):
-        step = 10.0 ** math.floor(math.log10(b - a)) / 10.0
+        w = b - a
+        step = 10.0 ** math.floor(math.log10(w)) / 10.0 if math.isfinite(w) and w > 0 else 0.0
+        if not (step > 0 and math.isfinite(a / step) and math.isfinite(b / step)):
+            raise ValueError(f"{what}: the target's box [{a:g}, {b:g}] (+- 6 standard deviations) cannot be held "
+                             "in float64: a location too large for its scale, or a scale too large or too small")
         box.append((round(math.floor(a / step + 1e-9) * step, 10), round(math.ceil(b / step - 1e-9) * step, 10)))
     return tuple(box)
 
@@ -250,6 +260,33 @@ def as_float64(a: Tensor | Sequence) -> Tensor:
         The float64 CPU tensor.
     """
     return torch.as_tensor(a, dtype=torch.float64).detach().cpu().clone()
+
+
+def finite_float64(name: str, a: object) -> Tensor:
+    """``a`` as a float64 CPU copy (:func:`as_float64`), checked to hold only finite real numbers.
+
+    Args:
+        name: the argument's name, used in the messages.
+        a: a tensor or nested sequence of numbers.
+
+    Returns:
+        The float64 CPU tensor.
+
+    Raises:
+        TypeError: naming ``name``, for anything but a rectangular array of real numbers (a string,
+            ``None``, a ragged list, complex numbers).
+        ValueError: naming ``name``, for NaN or infinite entries.
+    """
+    bad = a is None or isinstance(a, (str, bytes)) or (isinstance(a, Tensor) and a.is_complex())
+    try:
+        t = None if bad else as_float64(a)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None:
+        raise TypeError(f"{name} must be an array of real numbers, got {a!r}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite, got {t.tolist()}")
+    return t
 
 
 def perturbation_args(name: str, sigma: float, scale: float) -> tuple[float, float, str]:
@@ -271,6 +308,9 @@ def perturbation_args(name: str, sigma: float, scale: float) -> tuple[float, flo
     """
     sigma = check_nonnegative("sigma", sigma)
     scale = check_finite("scale", scale)
+    if not (math.isfinite(sigma * sigma) and math.isfinite(scale * scale)):  # they enter as variances
+        raise ValueError(f"sigma and scale must have finite squares (below 1.34e154), got sigma={sigma!r}, "
+                         f"scale={scale!r}")
     if sigma == 0.0 and scale == 0.0:
         raise ValueError("scale and sigma cannot both be 0: 0 * X + 0 * Z is a point mass, which has no density")
     prefix = "" if scale == 1.0 else f"{scale:g}*"

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ...devices import random_on
+from ...checks import check_count
 from .base import LOG_2PI, Target, sampling_args
 
 __all__ = ["Funnel", "funnel"]
@@ -37,9 +38,7 @@ class Funnel(Target):
     has_exact_sampler = True
 
     def __init__(self, dim: int = 2):
-        if dim < 2:
-            raise ValueError(f"the funnel needs dim >= 2, got {dim}")
-        self.dim = dim
+        self.dim = dim = check_count("dim", dim, 2)  # the funnel needs a neck and a mouth
         self.bounds = ((-10.0, 10.0),) * (dim - 1) + ((-8.0, 12.0),)
         self._const = 0.5 * dim * LOG_2PI + math.log(3.0)
         self._h = 0.5 * (dim - 1)

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from ...devices import random_on
-from .base import LOG_2PI, Target, as_float64, cast_constants, nice_box, perturbation_args, sampling_args
+from ...checks import check_count
+from .base import LOG_2PI, Target, cast_constants, finite_float64, nice_box, perturbation_args, sampling_args
 
 __all__ = ["DiagonalGaussian", "Gaussian", "StandardGaussian", "ill_conditioned", "standard"]
 
@@ -35,8 +36,8 @@ class Gaussian(Target):
     has_exact_sampler = True
 
     def __init__(self, mean: Tensor | Sequence[float], cov: Tensor | Sequence[Sequence[float]], name: str = "gaussian"):
-        m, c = as_float64(mean), as_float64(cov)
-        if m.dim() != 1 or c.shape != (m.numel(), m.numel()):
+        m, c = finite_float64("mean", mean), finite_float64("cov", cov)
+        if m.dim() != 1 or m.numel() == 0 or c.shape != (m.numel(), m.numel()):
             raise ValueError(
                 f"expected mean of shape (d,) and cov of shape (d, d), got {tuple(m.shape)} and {tuple(c.shape)}"
             )
@@ -51,7 +52,7 @@ class Gaussian(Target):
         self._master = (m, torch.cholesky_inverse(chol), chol)
         self._cache: dict = {}
         sd = c.diagonal().sqrt()
-        self.bounds = nice_box((m - 6 * sd).tolist(), (m + 6 * sd).tolist())
+        self.bounds = nice_box((m - 6 * sd).tolist(), (m + 6 * sd).tolist(), what="mean and cov")
 
     @property
     def mean(self) -> Tensor:
@@ -124,7 +125,7 @@ class DiagonalGaussian(Target):
     has_exact_sampler = True
 
     def __init__(self, scales: Tensor | Sequence[float], name: str = "diagonal_gaussian"):
-        s = as_float64(scales)
+        s = finite_float64("scales", scales)
         if s.dim() != 1 or s.numel() == 0 or not bool((s > 0).all()):
             raise ValueError(f"expected positive scales of shape (d,), got {s.tolist()}")
         self.name, self.dim = name, s.numel()
@@ -132,7 +133,7 @@ class DiagonalGaussian(Target):
         self._const = 0.5 * self.dim * LOG_2PI + float(s.log().sum())
         self._master = (1.0 / s, s)
         self._cache: dict = {}
-        self.bounds = nice_box((-6 * s).tolist(), (6 * s).tolist())
+        self.bounds = nice_box((-6 * s).tolist(), (6 * s).tolist(), what="scales")
 
     @property
     def scales(self) -> Tensor:
@@ -194,7 +195,7 @@ class StandardGaussian(DiagonalGaussian):
     """
 
     def __init__(self, dim: int = 2):
-        super().__init__([1.0] * dim, name="standard")
+        super().__init__([1.0] * check_count("dim", dim, 1), name="standard")
 
     def energy(self, x: Tensor) -> Tensor:
         self._check(x)
@@ -229,6 +230,5 @@ def ill_conditioned(dim: int = 2) -> DiagonalGaussian:
     Args:
         dim: dimension ``d >= 1``.
     """
-    if dim < 1:
-        raise ValueError(f"dim must be >= 1, got {dim}")
+    dim = check_count("dim", dim, 1)
     return DiagonalGaussian(torch.logspace(-1.0, 1.0, dim, dtype=torch.float64), name="ill_conditioned")

@@ -17,9 +17,9 @@ from torch import Tensor
 from ...devices import random_on
 from .base import (
     Target,
-    as_float64,
     cast_constants,
     draw_components,
+    finite_float64,
     logsumexp_softmax,
     nice_box,
     perturbation_args,
@@ -76,9 +76,9 @@ class GaussianMixture(Target):
 
     def __init__(self, means: Tensor | Sequence[Sequence[float]], variances: Tensor | Sequence[float],
                  weights: Tensor | Sequence[float] | None = None, name: str = "gaussian_mixture"):
-        m, v = as_float64(means), as_float64(variances)
-        w = torch.ones(m.shape[0], dtype=torch.float64) if weights is None else as_float64(weights)
-        if m.dim() != 2 or m.shape[0] == 0 or v.shape != (m.shape[0],) or w.shape != (m.shape[0],):
+        m, v = finite_float64("means", means), finite_float64("variances", variances)
+        w = torch.ones(m.shape[:1], dtype=torch.float64) if weights is None else finite_float64("weights", weights)
+        if m.dim() != 2 or m.shape[0] == 0 or m.shape[1] == 0 or v.shape != (m.shape[0],) or w.shape != (m.shape[0],):
             raise ValueError(
                 f"expected means (K, d), variances (K,) and weights (K,), got {tuple(m.shape)}, "
                 f"{tuple(v.shape)} and {tuple(w.shape)}"
@@ -95,7 +95,8 @@ class GaussianMixture(Target):
         self._fused_constants = tuple(t.tolist() for t in self._master[1:5]) + (m.tolist(),)
         self._cache: dict = {}
         sd = v.sqrt()[:, None]
-        self.bounds = nice_box((m - 6 * sd).min(0).values.tolist(), (m + 6 * sd).max(0).values.tolist())
+        self.bounds = nice_box((m - 6 * sd).min(0).values.tolist(), (m + 6 * sd).max(0).values.tolist(),
+                               what="means and variances")
 
     @property
     def means(self) -> Tensor:

@@ -44,7 +44,7 @@ def get(name: str, **kwargs: object) -> Target:
     Raises:
         ValueError: for an unknown name; the message lists the known names.
     """
-    factory = _REGISTRY.get(name)
+    factory = _REGISTRY.get(name) if isinstance(name, str) else None  # a list is unhashable
     if factory is None:
         raise ValueError(f"unknown target {name!r}; expected one of: {', '.join(names())}")
     return factory(**kwargs)
