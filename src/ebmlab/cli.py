@@ -38,7 +38,8 @@ def _print_version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, expose_value=False,
                                  help="Print ebmlab's version and exit."),
-    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch; default OMP_NUM_THREADS if set, "
+    threads: Optional[int] = typer.Option(None, min=1, max=2**31 - 1,
+                                          help="CPU threads for torch; default OMP_NUM_THREADS if set, "
                                           "else 1 (small models run fastest single-threaded, and multi-threading "
                                           "collapses when cores are shared)."),
 ) -> None:
@@ -130,6 +131,11 @@ def _need(modules: tuple[str, ...], message: str) -> None:
             raise MissingExtra(message) from err
 
 
+#: The largest count or seed a flag takes: torch's sizes and seeds are 64-bit (a larger one overflowed inside
+#: torch, or asked for a loop that never ends).
+_MAX = 2**63 - 1
+
+
 def _flag(field: str) -> str:
     """A config field as the flag that sets it."""
     return "--" + field.replace("_", "-")
@@ -139,8 +145,27 @@ def _one_line(err: Exception) -> str:
     return " ".join(str(err).split("\n"))
 
 
+def _check_output(flag: str, path: Path | None) -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, or a path through a file."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageFailure(f"{flag} {path}: is a folder; give a file name")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # the folders that exist are created on writing
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageFailure(f"{flag} {path}: {folder} is not a folder")
+
+
 def _open_run(path: Path, device: str):
+    from .devices import resolve_device
     from .runs import Run
+
+    try:
+        resolve_device(device)
+    except ValueError as err:  # named by its flag, before the run directory is read
+        raise UsageFailure(f"--device: {err}") from err
 
     try:
         return Run.load(path, device=device)
@@ -268,12 +293,12 @@ def sample(
                                                   "(reverse SDE) or ode (probability flow)."),
     step_size: float = typer.Option(0.3, help="eps for ULA/MALA/HMC; proposal sigma for RWMH; "
                                    "for rejection, the Student-t proposal's scale in target sds."),
-    num_leapfrog: int = typer.Option(10, min=1, help="HMC: leapfrog steps per transition."),
-    max_tree_depth: int = typer.Option(10, min=1, help="NUTS: maximum tree depth (at most 2^depth leapfrog "
+    num_leapfrog: int = typer.Option(10, min=1, max=_MAX, help="HMC: leapfrog steps per transition."),
+    max_tree_depth: int = typer.Option(10, min=1, max=_MAX, help="NUTS: maximum tree depth (at most 2^depth leapfrog "
                                        "steps per transition)."),
     base: BaseName = typer.Option(BaseName.mala, help="PT: the sampler at every temperature (its step size is "
                                   "--step-size at temperature 1)."),
-    num_temperatures: int = typer.Option(8, min=2, help="PT: temperatures in the ladder, 1 included (the "
+    num_temperatures: int = typer.Option(8, min=2, max=_MAX, help="PT: temperatures in the ladder, 1 included (the "
                                          "ladder adapts during burn-in)."),
     max_temperature: float = typer.Option(10.0, help="PT: hottest temperature of the initial geometric ladder "
                                           "(adapted in doubling rounds that fit in --burn-in)."),
@@ -281,21 +306,23 @@ def sample(
                                             "covariance plus 1000 evenly spaced draws for ESS/R-hat, in memory "
                                             "that does not grow with --steps. Default: all if the draws fit in "
                                             "1 GiB, else stats (and it says so)."),
-    adapt: int = typer.Option(0, min=0, help="Warm-up steps tuning the step size (dual averaging) and a "
+    adapt: int = typer.Option(0, min=0, max=_MAX, help="Warm-up steps tuning the step size (dual averaging) and a "
                               "diagonal mass matrix (Stan's windows) before --steps; mala, hmc, nuts. 0 = off."),
-    chains: int = typer.Option(1000, min=1, help="Parallel chains (the batch dimension)."),
-    steps: int = typer.Option(2000, min=1, help="Transitions per chain, burn-in included."),
-    burn_in: int = typer.Option(500, min=0, help="Transitions discarded first."),
-    thin: int = typer.Option(1, min=1, help="Keep every n-th draw after burn-in."),
+    chains: int = typer.Option(1000, min=1, max=_MAX, help="Parallel chains (the batch dimension)."),
+    steps: int = typer.Option(2000, min=1, max=_MAX, help="Transitions per chain, burn-in included."),
+    burn_in: int = typer.Option(500, min=0, max=_MAX, help="Transitions discarded first."),
+    thin: int = typer.Option(1, min=1, max=_MAX, help="Keep every n-th draw after burn-in."),
     init: InitName = typer.Option(InitName.normal, help="Chain start: standard normal noise (as in the lecture), "
                                   "uniform over the target's box (overdispersed; MALA/ULA can stall in far tails), "
                                   "or exact samples."),
-    steps_per_level: Optional[int] = typer.Option(None, min=1, help="Score models (--model): Langevin steps per "
+    steps_per_level: Optional[int] = typer.Option(None, min=1, max=_MAX,
+                                                  help="Score models (--model): Langevin steps per "
                                                   "noise level (default: the run's own)."),
-    sde_steps: Optional[int] = typer.Option(None, min=1, help="Diffusion runs (--model of sde-ve/sde-vp): steps "
+    sde_steps: Optional[int] = typer.Option(None, min=1, max=_MAX,
+                                            help="Diffusion runs (--model of sde-ve/sde-vp): steps "
                                             "of pc/sde (default: the run's own), or fixed Heun steps of ode "
                                             "(default: adaptive RK45). Not --steps, which is MCMC's."),
-    seed: int = typer.Option(0, help="Seed of the run's torch.Generator."),
+    seed: int = typer.Option(0, min=0, max=_MAX, help="Seed of the run's torch.Generator."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (CUDA when present, else cpu)."),
     dtype: str = typer.Option("float32", help="float32 or float64."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the sampler step (pays for long runs; "
@@ -318,6 +345,8 @@ def sample(
                        chains=chains, steps=steps, burn_in=burn_in, thin=thin,
                        init=init.value, seed=seed, device=device, dtype=dtype, compile=compile,
                        steps_per_level=steps_per_level, sde_steps=sde_steps).checked()
+    _check_output("--out", out)
+    _check_output("--plot", plot)
     speak = _join_process_group(cfg.device)
     run = _open_run(model, device) if model is not None else None
     bar = _Progress(f"{cfg.sampler or 'mala'} on {model or target}", steps,
@@ -499,7 +528,7 @@ def train(
 @app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by `ebmlab train` or ebmlab.runs.train."),
-    seed: int = typer.Option(0, help="Seed of the model's chains and the MMD subsets."),
+    seed: int = typer.Option(0, min=0, max=_MAX, help="Seed of the model's chains and the MMD subsets."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (CUDA when present, else cpu)."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the run's figure (density.png, samples.png "
                               "or nearest_neighbours.png) into the run directory."),
@@ -527,7 +556,7 @@ def evaluate(
 def report(
     out: Path = typer.Option(Path("report"), help="Directory for index.html, metrics.json and the figures."),
     quick: bool = typer.Option(False, "--quick", help="Small budgets (about a minute instead of several)."),
-    seed: int = typer.Option(0, help="Seed of every section."),
+    seed: int = typer.Option(0, min=0, max=_MAX, help="Seed of every section."),
     device: str = typer.Option("cpu", help="cpu only: the report's sections run on the CPU (train and sample "
                                "on a GPU with `ebmlab train/sample --device cuda`)."),
     json_output: bool = typer.Option(False, "--json", help="Print metrics.json's content instead of a summary."),
@@ -663,8 +692,8 @@ def main(argv: list[str] | None = None) -> int:
     except DivergenceError as e:
         print(f"{me}: diverged: {e}", file=sys.stderr)
         return 1
-    except (ValueError, RuntimeError) as e:  # e.g. a rejection envelope found invalid while sampling
-        print(f"{me}: failed: {e}", file=sys.stderr)
+    except (ValueError, RuntimeError, OSError) as e:  # e.g. a rejection envelope found invalid while sampling,
+        print(f"{me}: failed: {e}", file=sys.stderr)  # or an output that could not be written (disk full)
         return 1
     return code if isinstance(code, int) else 0
 
