@@ -248,11 +248,10 @@ def corpus(ws: Path) -> list[tuple[str, list[str], tuple[str, ...]]]:
     # ---------------------------------------------------------------- top level
     for argv, words in [(["bogus"], ("bogus",)), (["sampel"], ("sampel",)), ([""], ("''", "command")),
                         (["ü"], ("ü",)), (["--bogus"], ("--bogus",)), (["--threads"], ("--threads",)),
-                        (["--threads", "0", "sample"], ("--threads",)), (["--threads", "-1", "sample"], ("--threads",)),
-                        (["--threads", "abc", "sample"], ("--threads",)), (["--threads", HUGE, "sample"], ("--threads",)),
-                        (["--threads", "", "sample"], ("--threads",)), (["--threads", "nan", "sample"], ("--threads",)),
                         (["--version", "--bogus"], ("--bogus",)), (["-h"], ("-h",)), (["sample", "sample"], ("sample",))]:
         lines.append((f"top {argv!r}", argv, words))
+    for v in ["0", "-1", "abc", HUGE, "", "nan"]:
+        lines.append((f"top --threads={v!r}", ["--threads", v, "sample"], ("--threads",)))
 
     # ---------------------------------------------------------------- seeded pairs of mutations
     rng = random.Random(0)

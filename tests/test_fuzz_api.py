@@ -351,7 +351,7 @@ def _run_sampler(kind: str, sampler: Any, names: tuple[str, ...]) -> None:
 def test_sampler_hyperparameters(kind):
     cls, good, odd = SAMPLERS[kind]
 
-    @fuzz(50)
+    @fuzz(80)
     @given(values=mutated(good, odd))
     def check(values):
         names = (*values, "sampler")
@@ -448,7 +448,7 @@ SAMPLE_NAMES = ("x0", "num_steps", "burn_in", "thin", "energy", "sampler", "keep
                 "event shape", "x of shape", "expects x")
 
 
-@fuzz(300)
+@fuzz(400)
 @given(values=mutated(
     {"energy": GOOD_ENERGIES, "sampler": GOOD_SAMPLERS, "x0": GOOD_X0, "num_steps": st.integers(1, 4),
      "burn_in": st.just(0), "thin": st.integers(1, 3), "keep": st.sampled_from(["all", "last", "stats"]),
@@ -557,7 +557,7 @@ OBJECTIVES = {
 def test_score_matching_objectives(which):
     call, good, odd = OBJECTIVES[which]
 
-    @fuzz(50)
+    @fuzz(80)
     @given(values=mutated({"score": st.just("good"), "x": GOOD_BATCHES, **good},
                           {"score": ODD_SCORES, "x": ODD_BATCHES, **odd}))
     def check(values):
@@ -579,6 +579,8 @@ OBJECTIVE_REGRESSIONS = [
     ("ism", {"score": "detached", "x": torch.zeros(3, 2)}),  # the same
     ("dsm", {"score": "noncallable", "x": torch.zeros(3, 2)}),  # "'int' object is not callable"
     ("ism", {"score": "good", "x": torch.zeros(3, 2), "trace": torch.tensor([1.0, 2.0])}),  # ambiguous bool
+    ("ncsn", {"score": "good", "x": torch.zeros(3, 2), "sigmas": {"a": 1}}),  # "Could not infer dtype of dict"
+    ("ncsn", {"score": "good", "x": torch.zeros(3, 2), "sigmas": 10**30}),  # "Overflow when unpacking long"
 ]
 
 
@@ -746,7 +748,7 @@ CONFIG_GOOD = {
 CONFIG_FIELDS = sorted(TrainConfig.__dataclass_fields__) + ["bogus"]
 
 
-@fuzz(250)
+@fuzz(300)
 @given(values=mutated({}, {f: st.one_of(CONFIG_GOOD[f], CONFIG_ODD) if f in CONFIG_GOOD else CONFIG_ODD
                            for f in CONFIG_FIELDS}, max_odd=3))
 @example(values={"seed": 10**30})  # accepted; torch's manual_seed overflowed later

@@ -27,7 +27,11 @@ __all__ = ["geometric_sigmas", "ncsn_loss"]
 
 def _check_sigmas(sigmas: Tensor) -> Tensor:
     """The noise levels as a non-empty 1-D floating-point tensor of finite values ``> 0``."""
-    s = torch.as_tensor(sigmas)
+    try:
+        s = torch.as_tensor(sigmas)
+    except (TypeError, ValueError, RuntimeError, OverflowError):  # a dict, a string, an int past 64 bits
+        raise ValueError("sigmas must be a non-empty 1-D floating-point tensor of noise levels, "
+                         f"got {sigmas!r}") from None
     if s.dim() != 1 or s.numel() == 0 or not s.is_floating_point():
         raise ValueError("sigmas must be a non-empty 1-D floating-point tensor of noise levels, "
                          f"got shape {tuple(s.shape)} and dtype {s.dtype}")
