@@ -70,7 +70,7 @@ TOY_SIZES = {"n_train": 10_000, "n_test": 5_000}
 FILE_TEST_FRACTION = 0.2
 _FILES = ".npy, .csv or .pt points (N, d); .npz or a folder of PNG/JPEG images"
 #: Keys a run's config.json may hold in its train section that are derived, not chosen.
-_DERIVED = ("sigmas", "sde", "tensorboard")
+DERIVED = ("sigmas", "sde", "tensorboard")
 
 
 class ConfigError(ValueError):
@@ -337,7 +337,7 @@ class TrainConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a JSON object, got {type(raw).__name__}")
         values = dict(raw["train"]) if isinstance(raw.get("train"), dict) else dict(raw)
-        for key in _DERIVED:
+        for key in DERIVED:
             values.pop(key, None)
         if values.get("clamp_data"):  # the clamp was derived from the data's range
             values.pop("clamp", None)

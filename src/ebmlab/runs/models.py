@@ -437,11 +437,11 @@ def _check_train_section(train: Any, where: str, *, complete: bool, kind: str) -
     from dataclasses import fields
 
     from ..score_training import SCORE_METHODS
-    from .config import _DERIVED, CHAIN_SAMPLERS, EBM_METHODS, METHODS
+    from .config import DERIVED, CHAIN_SAMPLERS, EBM_METHODS, METHODS
 
     if not isinstance(train, dict):
         raise ValueError(f"{where}: the train section must be a JSON object, got {_show(train)}")
-    _keys(where, "train", train, {f.name for f in fields(TrainConfig)} | set(_DERIVED), "TrainConfig")
+    _keys(where, "train", train, {f.name for f in fields(TrainConfig)} | set(DERIVED), "TrainConfig")
     method = train.get("method")
     if method is None and complete:
         raise ValueError(f"{where}: train.method is missing (how the run was trained)")

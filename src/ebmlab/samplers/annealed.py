@@ -43,12 +43,14 @@ from torch import Tensor
 
 from ..checks import check_int, check_positive
 from .base import Info, State, normal_like
+from .state import register_state
 
 __all__ = ["AnnealedLangevin", "AnnealedState", "exact_perturbed_score"]
 
 NoiseConditionalScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 
+@register_state
 @dataclass(frozen=True)
 class AnnealedState(State):
     """:class:`~ebmlab.samplers.base.State` with the position in the noise schedule.

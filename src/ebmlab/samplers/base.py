@@ -20,14 +20,14 @@ job (or a training loop's, or the playground's).
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor
+
+from .state import DivergenceError, Info, State
+from .trace_io import Trace
 
 from ..devices import random_on
 
@@ -45,74 +45,6 @@ __all__ = [
     "uniform_log",
     "sample",
 ]
-
-
-class DivergenceError(FloatingPointError):
-    """Raised when a chain's energy becomes NaN or +/-inf (the chain diverged)."""
-
-
-@dataclass(frozen=True)
-class State:
-    """Per-chain sampler state.
-
-    Attributes:
-        x: current points, shape ``(chains, *event)``.
-        energy: ``E(x)``, shape ``(chains,)``.
-        score: ``-grad_x E(x)``, shape ``x.shape``; ``None`` for samplers that
-            never need a gradient (random-walk MH, rejection sampling).
-    """
-
-    x: Tensor
-    energy: Tensor
-    score: Tensor | None = None
-
-
-@dataclass(frozen=True)
-class Info:
-    """What one step did, per chain (the playground animates this).
-
-    Attributes:
-        proposal: the proposed points, shape ``(chains, *event)``.
-        accepted: whether each proposal was accepted, bool ``(chains,)``.
-            Samplers without an accept step (ULA) report all ``True``.
-        log_acceptance: ``min(0, log alpha)`` per chain, shape ``(chains,)``;
-            :attr:`acceptance_prob` is its ``exp``, computed when read (an
-            ``exp`` per chain per step is a large part of a cheap compiled
-            step, and nothing in the sampling loop needs it).
-        energy_error: HMC and NUTS: ``H(x', p') - H(x, p)`` of the chosen point, shape ``(chains,)``.
-        trajectory: HMC and NUTS, when asked for (``record_trajectory`` / ``record_tree``):
-            leapfrog positions in time order. HMC: ``(num_leapfrog + 1, chains, *event)``.
-            NUTS: ``(max(num_grad_evals) + 1, chains, *event)``, chain ``c``'s tree from its
-            leftmost to its rightmost leaf in rows ``0 .. num_grad_evals[c]``, NaN after.
-        num_proposals: rejection sampling only: proposals drawn per chain
-            until one was accepted, ``(chains,)``.
-        tree_depth: NUTS only: depth of each chain's trajectory tree, ``(chains,)``.
-        num_grad_evals: NUTS only: leapfrog steps (one gradient each) per chain, ``(chains,)``.
-        divergent: NUTS only: whether the chain's trajectory diverged
-            (energy error above the threshold), bool ``(chains,)``.
-        swap_accepted: parallel tempering only: whether each adjacent pair's
-            swap was accepted, bool ``(num_temperatures - 1, chains)``
-            (``False`` for pairs not proposed this step).
-        swap_proposed: parallel tempering only: which pairs were proposed,
-            bool ``(num_temperatures - 1, chains)``.
-    """
-
-    proposal: Tensor
-    accepted: Tensor
-    log_acceptance: Tensor
-    energy_error: Tensor | None = None
-    trajectory: Tensor | None = None
-    num_proposals: Tensor | None = None
-    tree_depth: Tensor | None = None
-    num_grad_evals: Tensor | None = None
-    divergent: Tensor | None = None
-    swap_accepted: Tensor | None = None
-    swap_proposed: Tensor | None = None
-
-    @property
-    def acceptance_prob(self) -> Tensor:
-        """``min(1, alpha)`` per chain, shape ``(chains,)`` (NaN where ``log alpha`` was NaN)."""
-        return self.log_acceptance.exp()
 
 
 class Sampler(Protocol):
@@ -213,94 +145,6 @@ def normal_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
 def uniform_log(x: Tensor, generator: torch.Generator | None) -> Tensor:
     """``log U`` per chain (one per row of ``x``), for :func:`mh_accept`."""
     return random_on(torch.rand, (x.shape[0],), generator, x.device, x.dtype).log()
-
-
-@dataclass
-class Trace:
-    """Result of :func:`sample`.
-
-    Attributes:
-        samples: kept states, shape ``(kept, chains, *event)``.
-        energies: their energies, shape ``(kept, chains)``.
-        acceptance_rate: per-chain fraction of accepted proposals over the
-            steps after burn-in, shape ``(chains,)``.
-        final_state: the sampler state after the last step (to continue).
-        num_steps: transitions taken (burn-in included).
-        burn_in: the first transitions, not kept nor counted in the rates.
-        seconds: wall time of the loop.
-        num_grad_evals: NUTS only: gradient evaluations per chain over the
-            steps after burn-in, ``(chains,)`` (for ESS per gradient).
-        divergences: NUTS only: divergent transitions per chain after burn-in, ``(chains,)``.
-        mean_tree_depth: NUTS only: mean tree depth per chain after burn-in, ``(chains,)``.
-        moments: ``keep="stats"`` only: running statistics over every draw after
-            burn-in and every chain: ``mean`` (event shape), ``var`` (event shape),
-            ``cov`` (``(E, E)`` for ``E = prod(event) <= 64``, else ``None``), ``count``
-            (draws x chains) and ``thin`` (the reservoir's final spacing in steps).
-        extras: anything else a caller wants to keep with the trace.
-    """
-
-    samples: Tensor
-    energies: Tensor
-    acceptance_rate: Tensor
-    final_state: State
-    num_steps: int
-    seconds: float
-    burn_in: int = 0
-    num_grad_evals: Tensor | None = None
-    divergences: Tensor | None = None
-    mean_tree_depth: Tensor | None = None
-    moments: dict[str, Any] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def chain_steps_per_second(self) -> float:
-        """Chains times steps (burn-in included) per second of wall time."""
-        return self.samples.shape[1] * self.num_steps / max(self.seconds, 1e-12)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the trace to one safetensors file (tensors) with its scalars as JSON metadata, atomically;
-        never pickled (format: :mod:`ebmlab.samplers.trace_io`).
-
-        Args:
-            path: the file to write.
-
-        Raises:
-            TypeError: for an ``extras`` value that is neither a tensor nor JSON-able.
-        """
-        from .trace_io import save_trace
-
-        return save_trace(self, path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Trace:
-        """A trace written by :meth:`save`, its tensors on ``device`` (never unpickles).
-
-        Args:
-            path: the file :meth:`save` wrote.
-            device: where to load the tensors.
-
-        Raises:
-            FileNotFoundError: when ``path`` does not exist.
-            ValueError: for a file that is not an ebmlab trace.
-        """
-        from .trace_io import load_trace
-
-        return load_trace(path, device=device)
-
-    def to_arviz(self, *, var_name: str = "x"):
-        """An ``arviz.InferenceData``: ``posterior[var_name]`` shaped ``(chain, draw, *event)``,
-        ``sample_stats.lp = -energies`` and per-chain ``acceptance_rate`` (NUTS: ``mean_tree_depth``,
-        ``divergences``, ``num_grad_evals``); see :mod:`ebmlab.samplers.trace_io`.
-
-        Args:
-            var_name: the name of the sampled variable in ``posterior``.
-
-        Raises:
-            ImportError: without ArviZ ("Trace.to_arviz needs ArviZ: pip install 'ebmlab[arviz]'").
-        """
-        from .trace_io import to_arviz
-
-        return to_arviz(self, var_name=var_name)
 
 
 def _check_int(name: str, value: int, minimum: int) -> None:

@@ -77,6 +77,7 @@ from torch import Tensor
 from ..checks import MAX_INT, check_int, check_nonnegative, check_positive
 from ..energies.core import energy_and_score, evaluate_energy
 from .base import Info, State, broadcast_chains, random_on
+from .state import register_state
 
 __all__ = [
     "PTState",
@@ -259,6 +260,7 @@ class _LadderEnergy:
         return self.betas * e, broadcast_chains(self.betas * self.scales, s) * s
 
 
+@register_state
 @dataclass(frozen=True)
 class PTState:
     """State of :class:`ParallelTempering`: every replica of every chain, the ladder, the swap statistics.

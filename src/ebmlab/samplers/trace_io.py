@@ -38,14 +38,15 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .base import State, Trace
+from .state import STATE_TYPES, State
 
-__all__ = ["ARVIZ_MISSING", "FORMAT_VERSION", "load_trace", "save_trace", "to_arviz"]
+__all__ = ["ARVIZ_MISSING", "FORMAT_VERSION", "Trace", "load_trace", "save_trace", "to_arviz"]
 
 #: Version of the metadata layout; :func:`load_trace` refuses files of a later version.
 FORMAT_VERSION = 1
@@ -56,11 +57,94 @@ ARVIZ_MISSING = "Trace.to_arviz needs ArviZ: pip install 'ebmlab[arviz]'"
 
 
 def _state_classes() -> dict[str, type]:
-    """The state classes a trace file may name (imported here, never by a name read from a file)."""
-    from .annealed import AnnealedState
-    from .tempering import PTState
+    """The state classes a trace file may name: the registered ones (never imported by a name read from a file;
+    importing ``ebmlab.samplers`` registers every sampler's own state class)."""
+    return dict(STATE_TYPES)
 
-    return {"State": State, "AnnealedState": AnnealedState, "PTState": PTState}
+
+@dataclass
+class Trace:
+    """Result of :func:`sample`.
+
+    Attributes:
+        samples: kept states, shape ``(kept, chains, *event)``.
+        energies: their energies, shape ``(kept, chains)``.
+        acceptance_rate: per-chain fraction of accepted proposals over the
+            steps after burn-in, shape ``(chains,)``.
+        final_state: the sampler state after the last step (to continue).
+        num_steps: transitions taken (burn-in included).
+        burn_in: the first transitions, not kept nor counted in the rates.
+        seconds: wall time of the loop.
+        num_grad_evals: NUTS only: gradient evaluations per chain over the
+            steps after burn-in, ``(chains,)`` (for ESS per gradient).
+        divergences: NUTS only: divergent transitions per chain after burn-in, ``(chains,)``.
+        mean_tree_depth: NUTS only: mean tree depth per chain after burn-in, ``(chains,)``.
+        moments: ``keep="stats"`` only: running statistics over every draw after
+            burn-in and every chain: ``mean`` (event shape), ``var`` (event shape),
+            ``cov`` (``(E, E)`` for ``E = prod(event) <= 64``, else ``None``), ``count``
+            (draws x chains) and ``thin`` (the reservoir's final spacing in steps).
+        extras: anything else a caller wants to keep with the trace.
+    """
+
+    samples: Tensor
+    energies: Tensor
+    acceptance_rate: Tensor
+    final_state: State
+    num_steps: int
+    seconds: float
+    burn_in: int = 0
+    num_grad_evals: Tensor | None = None
+    divergences: Tensor | None = None
+    mean_tree_depth: Tensor | None = None
+    moments: dict[str, Any] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chain_steps_per_second(self) -> float:
+        """Chains times steps (burn-in included) per second of wall time."""
+        return self.samples.shape[1] * self.num_steps / max(self.seconds, 1e-12)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the trace to one safetensors file (tensors) with its scalars as JSON metadata, atomically;
+        never pickled (format: :mod:`ebmlab.samplers.trace_io`).
+
+        Args:
+            path: the file to write.
+
+        Raises:
+            TypeError: for an ``extras`` value that is neither a tensor nor JSON-able.
+        """
+
+        return save_trace(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Trace:
+        """A trace written by :meth:`save`, its tensors on ``device`` (never unpickles).
+
+        Args:
+            path: the file :meth:`save` wrote.
+            device: where to load the tensors.
+
+        Raises:
+            FileNotFoundError: when ``path`` does not exist.
+            ValueError: for a file that is not an ebmlab trace.
+        """
+
+        return load_trace(path, device=device)
+
+    def to_arviz(self, *, var_name: str = "x"):
+        """An ``arviz.InferenceData``: ``posterior[var_name]`` shaped ``(chain, draw, *event)``,
+        ``sample_stats.lp = -energies`` and per-chain ``acceptance_rate`` (NUTS: ``mean_tree_depth``,
+        ``divergences``, ``num_grad_evals``); see :mod:`ebmlab.samplers.trace_io`.
+
+        Args:
+            var_name: the name of the sampled variable in ``posterior``.
+
+        Raises:
+            ImportError: without ArviZ ("Trace.to_arviz needs ArviZ: pip install 'ebmlab[arviz]'").
+        """
+
+        return to_arviz(self, var_name=var_name)
 
 
 def _is_json_value(value: Any) -> bool:
