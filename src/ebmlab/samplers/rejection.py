@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from ..checks import check_finite, check_int
-from ..energies.core import evaluate_energy
 from ..devices import random_on
+from ..energies.core import evaluate_energy
 from ..grid import quadrature_grid, resolve_dtype_device, uniform_in_bounds
 from .base import Info, State
 
