@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu import digits_setup, ebmlab_ebm, ebmlab_ncsn  # noqa: E402
+from doc_sections import write_section  # noqa: E402
 
 HEADING = "## bf16 autocast"
 
@@ -59,18 +59,6 @@ def two_d(device: torch.device, steps: int, autocast: bool) -> dict[str, float]:
                                     resolution=256, num_chains=200, num_steps=50,
                                     generator=torch.Generator().manual_seed(1))
     return {"rate": (s1 - s0) / (t1 - t0), "kl": ev["kl"]}
-
-
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    m = re.search(rf"^{re.escape(HEADING)}[^\n]*\n", text, flags=re.M)
-    if m:
-        nxt = re.search(r"^## ", text[m.end():], flags=re.M)
-        end = m.end() + nxt.start() if nxt else len(text)
-        text = text[: m.start()] + section.rstrip() + "\n" + ("\n" + text[end:] if nxt else "")
-    else:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    path.write_text(text)
 
 
 def build_section(best: dict[tuple[str, bool], dict[str, float]], meta: dict) -> str:

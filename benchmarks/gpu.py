@@ -33,7 +33,6 @@ import copy
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ import torch
 import ebmlab
 from ebmlab import training
 from ebmlab.devices import resolve_device
+from doc_sections import write_section
 
 HEADING = "## GPU"
 GOAL_ULA_RATE = 1e9
@@ -446,19 +446,6 @@ def verdict(meta: dict[str, Any], sampler_rows: list[dict[str, Any]], train_rows
             out.append(f"{model} under bf16 autocast: {bf['rate'] / base['rate']:.2f}x ebmlab's float32 steps/s"
                        + (" (smoke run)." if meta["small"] else "."))
     return " ".join(out) if out else "Nothing was measured."
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the ``## GPU`` section of ``path`` (up to the next ``## `` heading), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    m = re.search(r"^## GPU[^\n]*\n", text, flags=re.M)
-    if m:
-        nxt = re.search(r"^## ", text[m.end():], flags=re.M)
-        end = m.end() + nxt.start() if nxt else len(text)
-        text = text[: m.start()] + section.rstrip() + "\n" + ("\n" + text[end:] if nxt else "")
-    else:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    path.write_text(text)
 
 
 # --------------------------------------------------------------------------- main

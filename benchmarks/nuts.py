@@ -30,7 +30,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import argparse  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
-import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -44,6 +43,7 @@ torch.set_num_interop_threads(1)
 import ebmlab  # noqa: E402
 from ebmlab.energies import targets  # noqa: E402
 from ebmlab.evaluation import ess_bulk  # noqa: E402
+from doc_sections import write_section  # noqa: E402
 
 SECTION = "## NUTS vs BlackJAX"
 ESS_CHAINS = 1000
@@ -214,18 +214,6 @@ def build_markdown(rows, meta, cmdline):
                      f"{fmt(r['grads'])} | {fmt(r['ess'])} | {fmt(r['ess'] / r['seconds'])} | "
                      f"{1000 * r['ess'] / r['grads']:.2f} | {ratio} |")
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    m = re.search(rf"^{re.escape(SECTION)}[^\n]*\n", text, flags=re.M)
-    if m:
-        nxt = re.search(r"^## ", text[m.end():], flags=re.M)
-        end = m.end() + nxt.start() if nxt else len(text)
-        text = text[: m.start()] + section.rstrip() + "\n" + ("\n" + text[end:] if nxt else "")
-    else:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    path.write_text(text)
 
 
 def main(argv=None):

@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from doc_sections import write_section
 
 
 def _free_port() -> int:
@@ -92,15 +92,8 @@ async def run(url: str, n: int, seconds: float, think: float, settings: dict) ->
     return np.array(latencies) * 1000, errors, time.perf_counter() - t0
 
 
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = "## Playground\n\n" + body.strip() + "\n"
-    pattern = re.compile(r"^## Playground\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+def write_playground_section(path: Path, body: str) -> None:
+    write_section(path, "## Playground\n\n" + body.strip())
 
 
 def main() -> None:
@@ -149,7 +142,7 @@ Machine: {os.cpu_count()} cores visible; Python {platform.python_version()}; sha
 |---:|---:|---:|---:|---:|---:|---:|---:|---:|
 | {args.clients} | {args.think:g} | {lat.size} | {rate:.0f} | {p50:.1f} | {p90:.1f} | {p99:.1f} | {mx:.1f} | {len(errors)} |
 """
-        write_section(args.write, body)
+        write_playground_section(args.write, body)
         print(f"wrote the Playground section of {args.write}")
 
 

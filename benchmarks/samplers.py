@@ -34,7 +34,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import argparse  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
-import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -49,6 +48,7 @@ torch.set_num_interop_threads(1)
 import ebmlab  # noqa: E402
 from ebmlab.energies import targets  # noqa: E402
 from ebmlab.evaluation import ess_bulk  # noqa: E402
+from doc_sections import write_section  # noqa: E402
 
 STEP_SIZES = {
     "banana": {"ULA": 0.3, "MALA": 0.5, "HMC": 0.15},
@@ -476,21 +476,6 @@ def findings(rows, nn_rows):
             + f"; the worst case is {verdict} the 5% goal."
         )
     return " ".join(out)
-
-
-def write_section(path: Path, section: str) -> None:
-    if path.exists():
-        text = path.read_text()
-        m = re.search(r"^## Samplers[^\n]*\n", text, flags=re.M)
-        if m:
-            nxt = re.search(r"^## ", text[m.end():], flags=re.M)
-            end = m.end() + nxt.start() if nxt else len(text)
-            text = text[: m.start()] + section.rstrip() + "\n" + ("\n" + text[end:] if nxt else "")
-        else:
-            text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    else:
-        text = "# Benchmarks\n\n" + section.rstrip() + "\n"
-    path.write_text(text)
 
 
 def main(argv=None):

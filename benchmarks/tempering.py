@@ -21,7 +21,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
-import re  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -32,6 +31,7 @@ torch.set_num_threads(1)
 import ebmlab  # noqa: E402
 from ebmlab.energies import targets  # noqa: E402
 from ebmlab.evaluation import ess_bulk  # noqa: E402
+from doc_sections import write_section  # noqa: E402
 
 SECTION = "## Parallel tempering vs MALA"
 
@@ -96,18 +96,6 @@ def build_markdown(rows, meta, cmdline) -> str:
         lines.append(f"| {r['target']} | {r['sampler']} | {r['steps']:,} | {r['seconds']:.2f} | {r['error']:.3f} "
                      f"| {se} |")
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    m = re.search(rf"^{re.escape(SECTION)}[^\n]*\n", text, flags=re.M)
-    if m:
-        nxt = re.search(r"^## ", text[m.end():], flags=re.M)
-        end = m.end() + nxt.start() if nxt else len(text)
-        text = text[: m.start()] + section.rstrip() + "\n" + ("\n" + text[end:] if nxt else "")
-    else:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    path.write_text(text)
 
 
 def main(argv=None):

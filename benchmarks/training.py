@@ -29,7 +29,6 @@ import multiprocessing
 import io
 import json
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from ebmlab.cli import main
 from ebmlab.data import toy
 from ebmlab.evaluation import mmd, sliced_wasserstein
 from ebmlab.runs import load_data
+from doc_sections import write_section
 
 NULL_REPLICATES = 50
 NULL_SAMPLES = 2000  # as many as `ebmlab evaluate` draws from a 2-D model
@@ -122,14 +122,8 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = "## Training\n\n" + body.strip() + "\n"
-    if "## Training\n" in text:
-        text = re.sub(r"## Training\n.*?(?=\n## |\Z)", section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+def write_training_section(path: Path, body: str) -> None:
+    write_section(path, "## Training\n\n" + body.strip())
 
 
 def main_bench() -> None:
@@ -205,7 +199,7 @@ def main_bench() -> None:
                                 f"percentile: {verdict} the target NCSN MMD <= PCD MMD.")
         cmd = (f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/training.py --seconds {a.seconds:g} "
                f"--jobs {a.jobs} --write {a.write}")
-        write_section(a.write, f"""
+        write_training_section(a.write, f"""
 Each run is `ebmlab train` with the CLI's default settings except `--data`,
 `--method` and a wall-time budget of {a.seconds:g} s per run, then
 `ebmlab evaluate`. KL is mean(log p_data - log p_model) over the test set
