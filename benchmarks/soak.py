@@ -179,6 +179,13 @@ async def steady(url: str, end: float, stats: Stats, think: float) -> None:
             await asyncio.sleep(think)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load_average() -> float:
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
@@ -260,6 +267,8 @@ def build_markdown(r: dict, cmdline: str, load: str) -> str:
         f"This run: `{cmdline}`; {platform.machine()}, {os.cpu_count()} cores visible, Python "
         f"{platform.python_version()}. 1-minute load average while it ran: mean {r['load_mean']:.1f}, max "
         f"{r['load_max']:.1f} (the server and this script included). {load}", "",
+        f"The server used {r['server_cores']:.2f} cores on average, {r['server_cpu_ms_per_request']:.1f} ms of CPU "
+        "per request (WebSocket message or HTTP GET).", "",
         "| connections | refused | messages | HTTP requests | left politely / in flight / dropped | errors "
         "| timeouts |",
         "|---:|---:|---:|---:|---|---:|---:|",
@@ -317,7 +326,9 @@ def main(argv=None) -> dict:
         try:
             time.sleep(1.0)
             before = rss_mib(proc.pid)
+            cpu0 = cpu_seconds(proc.pid)
             stats, rss, loads, wall = asyncio.run(soak(f"ws://127.0.0.1:{port}/ws", proc.pid, args))
+            cpu = cpu_seconds(proc.pid) - cpu0
             time.sleep(3.0)
             settled = rss_mib(proc.pid)
         finally:
@@ -327,12 +338,16 @@ def main(argv=None) -> dict:
         server_log = log.read().decode(errors="replace")
     r = summarize(stats, rss, settled, before, args)
     r["wall_s"] = wall
+    r["server_cores"] = cpu / wall  # the server's mean CPU use, in cores
+    requests = r["messages"] + r["http_requests"] + len(stats.latencies)
+    r["server_cpu_ms_per_request"] = 1000 * cpu / requests if requests else float("nan")
     # the machine's 1-minute load average while it ran (this run's own processes included)
     r["load_mean"], r["load_max"] = float(np.mean(loads)), float(np.max(loads))
     r["server_exceptions"] = server_log.count("Traceback")
     if args.json:
         print(json.dumps({k: None if isinstance(v, float) and v != v else v for k, v in r.items()}))
     else:
+        print(f"server CPU: {r['server_cores']:.2f} cores, {r['server_cpu_ms_per_request']:.1f} ms per request")
         print(f"{r['connections']} connections ({r['refused']} refused), {r['messages']} messages, "
               f"{r['errors']} errors, {r['timeouts']} timeouts, {r['server_exceptions']} server tracebacks")
         print(f"steady latency ms after the warm-up: p50 {r['p50_ms']:.1f}  p99 {r['p99_ms']:.1f}  "
