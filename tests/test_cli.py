@@ -585,6 +585,23 @@ def test_keep_stats_runs_in_bounded_memory_and_auto_switches_when_draws_would_no
     assert code == 0 and json.loads(out)["keep"] == "all" and "note:" not in err
 
 
+def test_keep_last_keeps_the_final_states_and_no_time_diagnostics(capsys, tmp_path):
+    """--keep last: one draw per chain (2000 independent chains started at exact draws of the standard Gaussian):
+    moments over the chains within 4 standard errors, ESS and R-hat absent rather than computed from one draw."""
+    out_file = tmp_path / "last.npz"
+    code, out, err = run_cli(["sample", "--target", "standard", "--sampler", "mala", "--chains", "2000", "--steps",
+                              "50", "--burn-in", "10", "--init", "exact", "--keep", "last", "--json", "--out",
+                              str(out_file)], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["keep"] == "last" and r["ess_bulk_min"] is None and r["rhat_max"] is None
+    assert all(abs(m) < 4 / 2000**0.5 for m in r["mean"])
+    assert all(abs(r["cov"][i][i] - 1) < 4 * (2 / 2000) ** 0.5 for i in range(2))
+    import numpy as np
+
+    assert np.load(out_file)["samples"].shape == (1, 2000, 2)
+
+
 def test_bad_diagnostics_are_warned_about_with_what_to_change(capsys):
     """Exit 0 with R-hat 5 and acceptance 0.002 used to pass in silence."""
     code, out, err = run_cli(["sample", "--target", "banana", "--step-size", "3", "--chains", "100", "--steps", "300",

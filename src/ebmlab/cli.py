@@ -78,6 +78,7 @@ class BaseName(str, Enum):
 class KeepName(str, Enum):
     all = "all"
     stats = "stats"
+    last = "last"
 
 
 class InitName(str, Enum):
@@ -304,8 +305,9 @@ def sample(
                                           "(adapted in doubling rounds that fit in --burn-in)."),
     keep: Optional[KeepName] = typer.Option(None, help="all: every draw after burn-in; stats: running mean and "
                                             "covariance plus 1000 evenly spaced draws for ESS/R-hat, in memory "
-                                            "that does not grow with --steps. Default: all if the draws fit in "
-                                            "1 GiB, else stats (and it says so)."),
+                                            "that does not grow with --steps; last: the chains' final states "
+                                            "only (no ESS/R-hat). Default: all if the draws fit in 1 GiB, else "
+                                            "stats (and it says so)."),
     adapt: int = typer.Option(0, min=0, max=_MAX, help="Warm-up steps tuning the step size (dual averaging) and a "
                               "diagonal mass matrix (Stan's windows) before --steps; mala, hmc, nuts. 0 = off."),
     chains: int = typer.Option(1000, min=1, max=_MAX, help="Parallel chains (the batch dimension)."),

@@ -57,8 +57,9 @@ class SampleConfig:
         max_temperature: parallel tempering's hottest temperature before the ladder adapts (the
             ladder adapts during burn-in, in as many doubling rounds as fit in ``burn_in``).
         keep: ``all`` (every draw after burn-in), ``stats`` (running moments and at most
-            :data:`STATS_KEPT` evenly spaced draws for ESS / R-hat: memory independent of ``steps``)
-            or ``None``: ``all`` when the draws fit in :data:`MAX_DRAW_BYTES`, else ``stats`` (the
+            :data:`STATS_KEPT` evenly spaced draws for ESS / R-hat: memory independent of ``steps``),
+            ``last`` (the chains' final states only: moments and distances over the chains, no ESS or
+            R-hat, which need draws over time) or ``None``: ``all`` when the draws fit in :data:`MAX_DRAW_BYTES`, else ``stats`` (the
             result says so in ``keep`` and ``keep_reason``).
         adapt: warm-up steps of step-size and diagonal-mass adaptation (:func:`ebmlab.adapt`) before
             ``steps`` (MALA, HMC, NUTS; 0 = off); the tuned values are reported.
@@ -120,8 +121,8 @@ class SampleConfig:
         if self.burn_in >= self.steps:
             raise ConfigError(f"{{0}} must be smaller than {{1}}, got burn-in {self.burn_in} and steps {self.steps}",
                               "burn_in", "steps")
-        if self.keep not in (None, "all", "stats"):
-            raise ConfigError(f"{{0}} must be all or stats, got {self.keep!r}", "keep")
+        if self.keep not in (None, "all", "stats", "last"):
+            raise ConfigError(f"{{0}} must be all, stats or last, got {self.keep!r}", "keep")
         if self.base not in PT_BASES:
             raise ConfigError(f"{{0}} must be one of {', '.join(PT_BASES)}, got {self.base!r}", "base")
         if self.adapt and self.sampler not in ADAPTABLE:
@@ -279,7 +280,11 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
 
     def summarize() -> dict[str, Any]:
         flat = trace.samples.reshape(-1, target.dim)
-        summary = evaluation.summarize(trace.samples)
+        if keep == "last":  # one draw per chain: moments over the chains; ESS and R-hat need draws over time
+            summary = {"mean": flat.double().mean(0).tolist(), "ess_bulk_min": None, "rhat_max": None,
+                       "cov": torch.atleast_2d(torch.cov(flat.double().T)).tolist() if flat.shape[0] > 1 else None}
+        else:
+            summary = evaluation.summarize(trace.samples)
         mean, cov = summary["mean"], summary["cov"]
         if trace.moments is not None:  # every draw's moments, not the reservoir's
             mean, cov = trace.moments["mean"].tolist(), trace.moments["cov"].tolist()
@@ -314,8 +319,9 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
             from ..viz import plot_samples, save_figure
 
             title = (f"{cfg.sampler.upper()} on {result['target']}: eps={cfg.step_size}, {cfg.chains} chains x "
-                     f"{cfg.steps} steps, acceptance {result['acceptance_rate']:.2f}, min bulk ESS "
-                     f"{result['ess_bulk_min']:.0f}")
+                     f"{cfg.steps} steps, acceptance {result['acceptance_rate']:.2f}"
+                     + (f", min bulk ESS {result['ess_bulk_min']:.0f}" if result["ess_bulk_min"] is not None
+                        else ", final states"))
             save_figure(plot_samples(target, trace.samples, target.bounds, title=title, generator=generator,
                                      density_label="exact" if run is None else "model"), plot)
             result["plot"] = str(plot)
