@@ -147,7 +147,10 @@ def _build_sampler(registry: Registry, algorithm: str, s: dict[str, Any], model:
     if algorithm == "pt":
         options.update(base=s["pt_base"], num_temperatures=s["num_temperatures"],
                        max_temperature=s["max_temperature"])
-    sampler = samplers.build_sampler(algorithm, s["step_size"], **options)
+    try:
+        sampler = samplers.build_sampler(algorithm, s["step_size"], **options)
+    except (ValueError, TypeError) as err:  # the samplers' own checks (e.g. a step whose square underflows)
+        raise PlaygroundError(str(err)) from None
     animate = s["animate_proposal"]  # the page draws HMC's leapfrog path and NUTS' tree of each step
     if isinstance(sampler, HMC):
         sampler = replace(sampler, record_trajectory=animate)
