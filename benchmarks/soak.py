@@ -226,8 +226,8 @@ def summarize(stats: Stats, rss: list, settled: float, before: float, args) -> d
     values = np.array([v for _, v in rss])
     warm = float(values[times <= warm_s][-1]) if (times <= warm_s).any() else float(values[0])
     p50, p99, mx = (np.percentile(lat, [50, 99, 100]) if lat.size else (float("nan"),) * 3)
-    late = times >= times[-1] / 2
-    slope = float(np.polyfit(times[late], values[late], 1)[0] * 60) if late.sum() >= 3 else float("nan")
+    # RSS at each quarter of the run: a leak climbs from quarter to quarter, a warmed-up server plateaus
+    quarters = [float(values[times <= times[-1] * q / 4][-1]) for q in (1, 2, 3, 4)]
     out = {
         "seconds": args.seconds, "clients": args.clients, "steady": args.steady, "pause": args.pause,
         "think": args.think,
@@ -239,7 +239,7 @@ def summarize(stats: Stats, rss: list, settled: float, before: float, args) -> d
         "warm_up_max_ms": float(every[: every.size - lat.size].max()) if every.size > lat.size else float("nan"),
         "rss_before_mib": before, "rss_warm_mib": warm, "rss_end_mib": float(values[-1]),
         "rss_max_mib": float(values.max()), "rss_settled_mib": settled, "rss_growth_mib": float(values[-1]) - warm,
-        "rss_slope_mib_per_min": slope, "warm_up_s": warm_s, "rss_bound_mib": args.rss_bound,
+        "rss_quarters_mib": quarters, "warm_up_s": warm_s, "rss_bound_mib": args.rss_bound,
     }
     out["latency_ok"] = bool(out["p99_ms"] < 200)
     out["memory_ok"] = bool(out["rss_growth_mib"] <= args.rss_bound)
@@ -278,11 +278,11 @@ def build_markdown(r: dict, cmdline: str, load: str) -> str:
         "| server RSS (MiB) | value |", "|---|---:|",
         f"| before any client | {r['rss_before_mib']:.1f} |",
         f"| after the warm-up ({r['warm_up_s']:g} s) | {r['rss_warm_mib']:.1f} |",
-        f"| maximum | {r['rss_max_mib']:.1f} |",
+        "| at 1/4, 1/2, 3/4 of the run | " + ", ".join(f"{v:.1f}" for v in r["rss_quarters_mib"][:3]) + " |",
         f"| at the end | {r['rss_end_mib']:.1f} |",
-        f"| growth, end - warm-up (bound {r['rss_bound_mib']:g}) | {r['rss_growth_mib']:+.1f} |",
-        f"| trend over the second half | {r['rss_slope_mib_per_min']:+.2f} MiB/min |",
-        f"| 3 s after every client left | {r['rss_settled_mib']:.1f} |", "",
+        f"| maximum | {r['rss_max_mib']:.1f} |",
+        f"| 3 s after every client left | {r['rss_settled_mib']:.1f} |",
+        f"| **growth, end - warm-up** (bound {r['rss_bound_mib']:g}) | **{r['rss_growth_mib']:+.1f}** |", "",
         f"Steady clients after the warm-up: {r['steady_steps']:,} steps, latency p50 {r['p50_ms']:.1f} ms, "
         f"p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms (during the warm-up, while the first requests fill "
         f"the server's per-target caches: {r['warm_up_steps']:,} steps, max {r['warm_up_max_ms']:.0f} ms).", "",

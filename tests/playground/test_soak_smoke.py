@@ -46,7 +46,8 @@ def test_the_quick_soak_runs_and_reports_its_numbers(quick_run):
     assert r["p50_ms"] <= r["p99_ms"] <= r["max_ms"]
     for key in ("rss_before_mib", "rss_warm_mib", "rss_end_mib", "rss_max_mib", "rss_settled_mib"):
         assert r[key] > 10, key  # a Python process with torch: tens of MiB at least
-    assert r["rss_max_mib"] >= r["rss_end_mib"]
+    assert r["rss_max_mib"] >= r["rss_end_mib"] and len(r["rss_quarters_mib"]) == 4
+    assert r["rss_quarters_mib"][-1] == r["rss_end_mib"]
     assert r["rss_growth_mib"] == pytest.approx(r["rss_end_mib"] - r["rss_warm_mib"])
     assert isinstance(r["latency_ok"], bool) and isinstance(r["memory_ok"], bool)
     assert r["server_cores"] > 0 and r["server_cpu_ms_per_request"] > 0 and r["load_mean"] >= 0
