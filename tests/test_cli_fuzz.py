@@ -125,7 +125,7 @@ def corpus(ws: Path) -> list[tuple[str, list[str], tuple[str, ...]]]:
     option(s, "--base", CHOICE + ["nuts", "pt"])
     option(s, "--num-temperatures", ["1", "0", "abc", HUGE])
     option(s, "--max-temperature", POSITIVE + ["1", "0.5"])
-    option(s, "--keep", CHOICE + ["last"])
+    option(s, "--keep", CHOICE + ["first", "LAST"])
     option(s, "--adapt", COUNT0)
     option(s, "--chains", COUNT)
     option(s, "--steps", COUNT)
