@@ -122,8 +122,9 @@ def run_steps(page, total, per_click=50):
     set_value(page, "steps-per-click", per_click)
     before = int(text(page, "num-samples"))
     chains = int(page.input_value("[data-testid=chains]"))
-    for _ in range(total // per_click):
+    for _ in range(total // per_click):  # one click at a time: a click while busy may be queued or dropped
         page.click("[data-testid=step]")
+        wait_idle(page)
     page.wait_for_function(
         f"document.querySelector('[data-testid=num-samples]').textContent === '{before + total * chains}'"
         " && document.body.dataset.idle === '1'", timeout=20000)
