@@ -266,9 +266,12 @@ def build_markdown(r: dict, cmdline: str, load: str) -> str:
         "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/soak.py --write docs/benchmarks.md", "```", "",
         f"This run: `{cmdline}`; {platform.machine()}, {os.cpu_count()} cores visible, Python "
         f"{platform.python_version()}. 1-minute load average while it ran: mean {r['load_mean']:.1f}, max "
-        f"{r['load_max']:.1f} (the server and this script included). {load}", "",
+        f"{r['load_max']:.1f} (the server and this script included). {load}".rstrip(), "",
         f"The server used {r['server_cores']:.2f} cores on average, {r['server_cpu_ms_per_request']:.1f} ms of CPU "
-        "per request (WebSocket message or HTTP GET).", "",
+        f"per request (WebSocket message or HTTP GET). One Python process (its event loop and 2 sampler threads "
+        f"share one GIL, so it gets little past one core) serves roughly "
+        f"{1000 / r['server_cpu_ms_per_request']:.0f} such requests a second per core; this run asked for "
+        f"{r['requests_per_s']:.0f}.", "",
         "| connections | refused | messages | HTTP requests | left politely / in flight / dropped | errors "
         "| timeouts |",
         "|---:|---:|---:|---:|---|---:|---:|",
@@ -341,6 +344,7 @@ def main(argv=None) -> dict:
     r["server_cores"] = cpu / wall  # the server's mean CPU use, in cores
     requests = r["messages"] + r["http_requests"] + len(stats.latencies)
     r["server_cpu_ms_per_request"] = 1000 * cpu / requests if requests else float("nan")
+    r["requests_per_s"] = requests / wall
     # the machine's 1-minute load average while it ran (this run's own processes included)
     r["load_mean"], r["load_max"] = float(np.mean(loads)), float(np.max(loads))
     r["server_exceptions"] = server_log.count("Traceback")

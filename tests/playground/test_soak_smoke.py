@@ -51,6 +51,7 @@ def test_the_quick_soak_runs_and_reports_its_numbers(quick_run):
     assert r["rss_growth_mib"] == pytest.approx(r["rss_end_mib"] - r["rss_warm_mib"])
     assert isinstance(r["latency_ok"], bool) and isinstance(r["memory_ok"], bool)
     assert r["server_cores"] > 0 and r["server_cpu_ms_per_request"] > 0 and r["load_mean"] >= 0
+    assert r["requests_per_s"] > 0
 
 
 def test_the_section_it_writes_replaces_only_its_own(quick_run, tmp_path):
