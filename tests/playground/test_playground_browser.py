@@ -124,7 +124,8 @@ def run_steps(page, total, per_click=50):
     chains = int(page.input_value("[data-testid=chains]"))
     for _ in range(total // per_click):  # one click at a time: a click while busy may be queued or dropped
         page.click("[data-testid=step]")
-        wait_idle(page)
+        # a click of 100 steps on two panes, with the other test worker's browser on the same 2 cores: minutes
+        page.wait_for_function("document.body.dataset.idle === '1'", timeout=120000)
     page.wait_for_function(
         f"document.querySelector('[data-testid=num-samples]').textContent === '{before + total * chains}'"
         " && document.body.dataset.idle === '1'", timeout=20000)
