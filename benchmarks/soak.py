@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from doc_sections import write_section
 
 SECTION = "## Reliability: playground soak"
 ALGORITHMS = ("rwmh", "mala", "hmc", "nuts", "pt")
@@ -292,18 +293,6 @@ def build_markdown(r: dict, cmdline: str, load: str) -> str:
         f"Goals: p99 < 200 ms {verdict(r['latency_ok'])}; memory growth <= {r['rss_bound_mib']:g} MiB "
         f"{verdict(r['memory_ok'])}.",
     ]) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    m = re.search(rf"^{re.escape(SECTION)}[^\n]*\n", text, flags=re.M)
-    if m:
-        nxt = re.search(r"^## ", text[m.end():], flags=re.M)
-        end = m.end() + nxt.start() if nxt else len(text)
-        text = text[: m.start()] + section.rstrip() + "\n" + ("\n" + text[end:] if nxt else "")
-    else:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    path.write_text(text)
 
 
 def main(argv=None) -> dict:

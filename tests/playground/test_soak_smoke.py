@@ -19,6 +19,8 @@ SOAK = ROOT / "benchmarks" / "soak.py"
 
 
 def load_soak():
+    if str(SOAK.parent) not in sys.path:  # as when run as a script: its sibling doc_sections is importable
+        sys.path.insert(0, str(SOAK.parent))
     spec = importlib.util.spec_from_file_location("soak", SOAK)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
