@@ -142,6 +142,40 @@ def test_step_frames_have_the_documented_shape(client):
         assert d["rhat"] is not None and d["kl"] is not None
 
 
+def _fresh_costly(session, run=0):
+    """ESS, R-hat and KL of a run's kept draws computed now, bypassing the refresh rule."""
+    chains = session.runs[run]
+    chains.costly = None
+    d = chains.diagnostics(session.model, session.settings["histogram_bins"])
+    return d["ess"], d["rhat"], d["kl"]
+
+
+def test_costly_diagnostics_follow_the_refresh_rule():
+    """ESS, R-hat and KL are reused between refreshes, never older than the rule allows, recomputed
+    when the bins change, and equal to a fresh computation at the step they name."""
+    session = Session(Registry())
+    session.configure({"algorithm": "mala", "target": "banana", "chains": 4, "seed": 3})
+    refreshed, stale_seen = [], False
+    for _ in range(1200):  # past diag_max_draws: the window slides
+        d = session.step(1)["diagnostics"]
+        n, at = d["num_steps"], d["diagnosed_step"]
+        window = min(d["kept_draws"], LIMITS["diag_max_draws"])
+        assert at is not None and 0 <= n - at < max(1, math.ceil(LIMITS["diag_refresh"] * window))
+        if at == n:
+            refreshed.append(n)
+            if n >= 4 and n % 7 == 0:  # a sample of the refreshes: the reply equals a fresh computation
+                assert (d["ess"], d["rhat"], d["kl"]) == _fresh_costly(session)
+        else:
+            stale_seen = True
+    assert stale_seen and 40 < len(refreshed) < 200  # about 1200 / 20 after the window filled
+    assert refreshed[:10] == list(range(1, 11))  # every step while the window is small
+    before = session.step(1)["diagnostics"]
+    session.configure({"histogram_bins": 20})
+    after = session.diagnostics()
+    assert after["diagnosed_step"] == before["num_steps"] and after["kl"] != before["kl"]
+    assert after["kl"] == _fresh_costly(session)[2]
+
+
 def test_mala_on_banana_accepts_in_range_and_stays_in_bounds(client):
     (lo1, hi1), (lo2, hi2) = targets.get("banana").bounds
     with client.websocket_connect("/ws") as ws:

@@ -36,6 +36,15 @@ export.
 
 Each step message runs under a per-message time budget; draws kept for
 diagnostics and export are bounded by :data:`LIMITS`.
+
+ESS, R-hat and the histogram KL are the costly diagnostics (most of a
+reply's CPU when recomputed for every one-step message of an autoplaying
+page). They are recomputed when the kept draws have grown by
+``LIMITS["diag_refresh"]`` of the diagnostics window (at least one draw)
+since they were last computed, or when the histogram's bins change, and are
+reused in between; every reply's ``diagnosed_step`` is the step they were
+computed at. Counters (steps, acceptance, NUTS and tempering statistics) are
+always current.
 """
 
 from __future__ import annotations
@@ -205,6 +214,8 @@ class _Chains:
         self.kept_cap = max(8, LIMITS["max_kept_points"] // n)
         self.history = torch.empty((self.kept_cap, n, 2))
         self.kept = 0  # rows of history in use (ring buffer once full)
+        self.kept_total = 0  # rows ever kept (the refresh rule of the costly diagnostics counts these)
+        self.costly: tuple[int, int, dict[str, Any]] | None = None  # (kept_total, bins, ESS/R-hat/KL) last computed
         self.head = 0
         self.num_steps = 0
         self.num_accepted = 0
@@ -276,6 +287,7 @@ class _Chains:
             self.history[self.head] = state.x.detach()
             self.head = (self.head + 1) % self.kept_cap
             self.kept = min(self.kept + 1, self.kept_cap)
+            self.kept_total += 1
         if info.trajectory is not None and animate and not self.nuts:  # HMC (NUTS' tree: see animation)
             traj = torch.nan_to_num(info.trajectory.detach(), nan=0.0).clamp(-1e6, 1e6)
             frame["trajectory"] = _round(traj[:, : min(traj.shape[1], 64)].transpose(0, 1), 3)  # (chains, L+1, 2)
@@ -332,6 +344,7 @@ class _Chains:
             "ess": None,
             "rhat": None,
             "kl": None,
+            "diagnosed_step": None,  # the step ESS, R-hat and KL were computed at (see the refresh rule)
             "sigma": None,  # annealed Langevin: the noise level of the latest step, its level and the count
             "level": None,
             "num_levels": None,
@@ -356,6 +369,17 @@ class _Chains:
                                 "method": self.sampler.method}
         if self.kept == 0:
             return out
+        out.update(self._costly(model, bins))
+        return out
+
+    def _costly(self, model: Model, bins: int) -> dict[str, Any]:
+        """ESS, R-hat and KL of the kept draws, recomputed by the refresh rule (module docstring)."""
+        window = min(self.kept, LIMITS["diag_max_draws"])
+        due = max(1, math.ceil(LIMITS["diag_refresh"] * window))
+        if self.costly is not None and self.costly[1] == bins and self.kept_total - self.costly[0] < due:
+            return self.costly[2]
+        out: dict[str, Any] = {"ess": None, "rhat": None, "kl": None, "diagnosed_step": self.num_steps}
+        chains = self.history.shape[1]
         draws = self.samples()
         d = draws[-LIMITS["diag_max_draws"]:]
         idx = torch.linspace(0, chains - 1, min(chains, LIMITS["diag_max_chains"])).round().long().unique()
@@ -381,6 +405,7 @@ class _Chains:
                     flat = flat[-LIMITS["kl_max_points"]:]
                 kl = cached_histogram_kl(flat, model, bins)
                 out["kl"] = kl if kl is not None and math.isfinite(kl) else None
+        self.costly = (self.kept_total, bins, out)
         return out
 
 

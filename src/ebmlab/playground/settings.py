@@ -76,6 +76,7 @@ LIMITS = {
     "max_kept_points": 200_000,  # draws kept for diagnostics/export: (draws x chains) cap
     "diag_max_draws": 1000,  # ESS/R-hat use at most this many recent draws ...
     "diag_max_chains": 64,  # ... of at most this many evenly spaced chains
+    "diag_refresh": 0.02,  # ESS/R-hat/KL are recomputed once this fraction of that window is new draws
     "kl_max_points": 50_000,
     "gif_frames": 80,  # recent steps kept per sampler for the GIF export (a ring)
     "gif_chains": 500,  # ... of at most this many chains (the first ones)
