@@ -5,12 +5,26 @@ a numpy array), the layout produced by the samplers: ``event`` may be empty
 (scalar chains), ``(d,)``, or image-shaped ``(C, H, W)``. Every event
 coordinate is diagnosed separately.
 
-The computations are delegated to the maintained implementation in
-``arviz_stats`` (``arviz_stats.base.array_stats``), which follows
+The estimators are those of
 
     Vehtari, Gelman, Simpson, Carpenter & Bürkner (2021), "Rank-normalization,
     folding, and localization: An improved R̂ for assessing convergence of
-    MCMC", Bayesian Analysis 16(2).
+    MCMC", Bayesian Analysis 16(2),
+
+as ``arviz_stats`` (``arviz_stats.base.array_stats``) implements them, but this
+is ebmlab's own numpy/scipy implementation, vectorised over all event
+coordinates at once and over the lags of Geyer's truncation (``arviz_stats``
+loops in Python over coordinates and lags, which made these diagnostics most
+of the playground's CPU per reply). It reproduces ``arviz_stats``'s
+definitions and edge cases: chains split into first and last halves (an odd
+middle draw dropped); average ranks (those of ``scipy.stats.rankdata``, from
+one argsort that also orders the folded draws) with Blom's back-transform and
+``scipy.special.ndtri`` (what ``scipy.stats.norm.ppf`` evaluates); FFT
+autocovariance; Geyer's initial positive then monotone sequence with its loop
+bounds; ESS = number of draws for a constant coordinate; NaN for a coordinate
+with any NaN. ``tests/evaluation/test_diagnostics.py`` checks agreement with
+``arviz_stats`` to a relative 1e-10 on many traces (only the floating-point
+summation order differs).
 
 - R̂: chains are split in half, draws are rank-normalised (z-scaled ranks), and
   R̂ = max(bulk R̂, tail R̂ of folded draws) (their eqs. 4-5 and Sec. 4.2).
@@ -28,12 +42,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from arviz_stats.base import array_stats
+from scipy import special
+from scipy.fftpack import next_fast_len  # the 5-smooth length arviz_stats' autocov uses
 from torch import Tensor
 
 __all__ = ["ess_bulk", "ess_tail", "rhat", "summarize"]
 
 _MIN_DRAWS = 4
+#: Float64 draws processed in one vectorised pass: coordinates are taken in blocks of
+#: about this many draws (at least one coordinate: its draws are ranked all at once, about
+#: 10 float64 copies of them at the peak), chains in blocks of it for the FFT.
+_BLOCK_ELEMENTS = 1 << 21
 
 
 def _to_numpy(samples: Tensor | np.ndarray) -> np.ndarray:
@@ -101,6 +120,268 @@ def _mean_cov(arr: np.ndarray, block: int = 1 << 21) -> tuple[np.ndarray, np.nda
     return shift + m, s2 / n - np.outer(m, m)
 
 
+# ---------------------------------------------------------------------------
+# The estimators, on float64 arrays shaped (E, chains, draws): E coordinates at once.
+# Each docstring names the arviz_stats method it mirrors (arviz_stats/base/diagnostics.py).
+
+
+def _split_chains(x: np.ndarray) -> np.ndarray:
+    """(E, C, D) -> (E, 2C, D // 2): first halves then last halves (an odd middle draw is dropped)."""
+    half = x.shape[-1] // 2
+    return np.concatenate((x[..., :half], x[..., -half:]), axis=-2)
+
+
+def _average_ranks_sorted(y: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based; tied values share the mean of their ranks) of each row of the row-sorted ``y``.
+
+    In sorted order: (E, n), or (1, n) = 1..n when no row has ties. The numbers of
+    ``scipy.stats.rankdata(method="average")`` (integers and half-integers, exact);
+    the tests check they are identical.
+    """
+    e, n = y.shape
+    pos = np.arange(n, dtype=np.float64)
+    new = np.empty((e, n), dtype=bool)
+    new[:, 0] = True
+    np.not_equal(y[:, 1:], y[:, :-1], out=new[:, 1:])
+    if new.all():
+        return (pos + 1.0)[None]
+    start = np.maximum.accumulate(np.where(new, pos, 0.0), axis=1)  # first position of each tie group
+    last = np.ones((e, n), dtype=bool)
+    last[:, :-1] = new[:, 1:]
+    end = np.minimum.accumulate(np.where(last, pos, float(n))[:, ::-1], axis=1)[:, ::-1]
+    return (start + 1.0) + (end - start) / 2.0
+
+
+def _z_from_sorted(y: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Rank-normalised values of the rows whose sorted values are ``y`` = take_along_axis(x, order).
+
+    Blom's back-transform ``(r - 3/8) / (size - 3/4 + 1)`` of the average ranks
+    (arviz_stats ``_backtransform_ranks``), then the standard normal quantile
+    (``ndtri``, which is what arviz_stats' ``scipy.stats.norm.ppf`` evaluates),
+    put back in the original order.
+    """
+    c = 3 / 8
+    size = y.shape[1]
+    z_sorted = _average_ranks_sorted(y) - c
+    z_sorted /= size - 2 * c + 1
+    special.ndtri(z_sorted, out=z_sorted)
+    z = np.empty(y.shape)
+    np.put_along_axis(z, order, z_sorted, axis=1)  # a (1, n) row (no ties) serves every row
+    return z
+
+
+def _z_scale(arr: np.ndarray, sl: slice, *, folded: bool = False
+             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Rank-normalised split chains (E_b, 2 chains, draws // 2) of coordinates ``sl`` of ``arr``
+    (draws, chains, E), each coordinate's split chains ranked jointly (arviz_stats ``_z_scale``
+    of ``_split_chains``), and the mask of coordinates with a NaN (see :func:`_block`).
+
+    With ``folded``, also the rank-normalised folded draws |split - median(split)|
+    (arviz_stats ``_rhat_rank``'s tail R̂): they come from the same sort, since
+    in sorted order the folded draws are a descending then an ascending run,
+    which a stable (merging) sort orders in about linear time (the order among
+    equal values does not matter: they get the same average rank).
+    """
+    split, bad = _block(arr, sl, split=True)
+    shape = split.shape
+    flat = split.reshape(shape[0], -1)
+    order = np.argsort(flat, axis=1)
+    y = np.take_along_axis(flat, order, axis=1)
+    del split, flat  # before the next arrays (matters for huge traces)
+    z = _z_from_sorted(y, order).reshape(shape)
+    if not folded:
+        return z, None, bad
+    n = y.shape[1]
+    h = n // 2
+    med = (y[:, h - 1] + y[:, h]) / 2 if n % 2 == 0 else y[:, h].copy()  # np.median's arithmetic
+    f = np.subtract(y, med[:, None], out=y)
+    np.abs(f, out=f)
+    k = np.argsort(f, axis=1, kind="stable")
+    f_sorted = np.take_along_axis(f, k, axis=1)
+    del f, y
+    f_order = np.take_along_axis(order, k, axis=1)
+    del order, k
+    return z, _z_from_sorted(f_sorted, f_order).reshape(shape), bad
+
+
+def _rhat_core(x: np.ndarray) -> np.ndarray:
+    """Classic R̂ of (E, M, n) chains (arviz_stats ``_rhat``), per coordinate."""
+    n = x.shape[-1]
+    chain_mean = x.mean(axis=-1)
+    chain_var = x.var(axis=-1, ddof=1)
+    between = n * chain_mean.var(axis=-1, ddof=1)
+    within = chain_var.mean(axis=-1)
+    return np.sqrt((between / within + n - 1) / n)
+
+
+def _rhat_rank(z: np.ndarray, z_folded: np.ndarray) -> np.ndarray:
+    """max(bulk R̂ of z-scaled split chains, R̂ of z-scaled folded ones) (arviz_stats ``_rhat_rank``)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bulk, tail = _rhat_core(z), _rhat_core(z_folded)
+    return np.where(tail > bulk, tail, bulk)  # Python's max(bulk, tail): NaN bulk stays NaN
+
+
+def _mean_autocov(x: np.ndarray) -> np.ndarray:
+    """Autocovariance at every lag (FFT, divided by n as arviz_stats ``autocov``), mean over chains: (E, n).
+
+    The irfft is linear, so the chains' power spectra are averaged first and
+    transformed once; chains are streamed in blocks.
+    """
+    e, m_chains, n = x.shape
+    m = next_fast_len(2 * n)
+    step = max(1, _BLOCK_ELEMENTS // max(1, e * n))
+    power = np.zeros((e, m // 2 + 1))
+    for start in range(0, m_chains, step):
+        xc = x[:, start : start + step]
+        xc = xc - xc.mean(axis=-1, keepdims=True)
+        f = np.fft.rfft(xc, n=m, axis=-1)
+        power += (f.real**2 + f.imag**2).sum(axis=1)
+    return np.fft.irfft(power, n=m, axis=-1)[:, :n] / (n * m_chains)
+
+
+def _geyer_ess(r: np.ndarray, size: int) -> np.ndarray:
+    """ESS from the autocorrelation estimates ``r`` (E, n) at lags 0..n-1 (arviz_stats ``_ess``'s loops).
+
+    Geyer's initial positive then initial monotone sequence, with arviz_stats'
+    loops written in closed form. With pair sums P_0 = 1 + r_1 and
+    P_j = r_2j + r_2j+1 (j >= 1), its loop evaluates pairs j = 1..S where
+    S = min(L, first m >= 0 with not P_m > 0) and L = max(0, (n - 3) // 2)
+    (its bound ``t < n - 3``). Pairs j < S are kept, pair S only if P_S >= 0,
+    and r_2S is kept anyway if it is > 0 (its ``rho_hat_even > 0`` fix-up).
+    The monotone step replaces a pair j in 1..S-1 whose sum exceeds the running
+    minimum of the earlier pair sums by half that minimum in each element. Then
+    tau = -1 + 2 sum(rho_0..rho_2S-1) + rho_2S, at least 1 / log10(size), and
+    ESS = size / tau (NaN if any kept rho is NaN). rho_0 is 1 exactly.
+    """
+    e, n = r.shape
+    big_l = max(0, (n - 3) // 2)
+    pair_sum = np.empty((e, big_l + 1))
+    pair_sum[:, 0] = 1.0 + r[:, 1]
+    pairs = r[:, 2 : 2 * big_l + 2].reshape(e, big_l, 2)
+    pair_sum[:, 1:] = pairs[..., 0] + pairs[..., 1]
+    stop = ~(pair_sum > 0.0)  # NaN stops the loop too
+    first_stop = np.where(stop.any(axis=1), stop.argmax(axis=1), big_l + 1)
+    s = np.minimum(big_l, first_stop)
+    s_col = s[:, None]
+
+    j = np.arange(1, big_l + 1)
+    kept = (j < s_col) | ((j == s_col) & (pair_sum[:, 1:] >= 0.0))
+    running_min = np.minimum.accumulate(pair_sum, axis=1)[:, :-1]  # min of P_0..P_{j-1}
+    monotone = (j < s_col) & (pair_sum[:, 1:] > running_min)
+    vals = np.where(monotone[..., None], (running_min / 2.0)[..., None], pairs)
+    vals = np.where(kept[..., None], vals, 0.0)
+
+    rho = np.empty((e, 2 * big_l + 2))
+    rho[:, 0] = 1.0
+    rho[:, 1] = r[:, 1]
+    rho[:, 2:] = vals.reshape(e, 2 * big_l)
+    rows = np.arange(e)
+    r_2s = r[rows, 2 * s]
+    fix = (s >= 1) & (r_2s > 0.0)
+    rho[rows[fix], 2 * s[fix]] = r_2s[fix]
+
+    lags = np.arange(rho.shape[1])
+    tau = -1.0 + 2.0 * np.where(lags < 2 * s_col, rho, 0.0).sum(axis=1) + rho[rows, 2 * s]
+    floor = 1 / np.log10(size)
+    tau = np.where(floor > tau, floor, tau)  # Python's max(tau, floor): NaN tau stays NaN
+    ess = size / tau
+    ess[np.isnan(rho).any(axis=1)] = np.nan
+    return ess
+
+
+def _ess_core(x: np.ndarray) -> np.ndarray:
+    """ESS of (E, M, n) chains (arviz_stats ``_ess``, relative=False), per coordinate."""
+    _, m_chains, n = x.shape
+    size = m_chains * n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        acov = _mean_autocov(x)
+        mean_var = acov[:, 0] * n / (n - 1.0)
+        var_plus = mean_var * (n - 1.0) / n
+        if m_chains > 1:
+            var_plus = var_plus + x.mean(axis=-1).var(axis=-1, ddof=1)
+        r = 1.0 - (mean_var[:, None] - acov) / var_plus[:, None]  # autocorrelation at every lag, (E, n)
+        ess = _geyer_ess(r, size)
+    constant = (x.max(axis=(1, 2)) - x.min(axis=(1, 2))) < np.finfo(float).resolution
+    ess[constant] = size
+    return ess
+
+
+def _coordinate_blocks(arr: np.ndarray) -> list[slice]:
+    """Slices of the coordinates of ``arr`` (draws, chains, E), about ``_BLOCK_ELEMENTS`` draws each."""
+    draws, chains, dim = arr.shape
+    step = max(1, _BLOCK_ELEMENTS // max(1, draws * chains))
+    return [slice(start, min(dim, start + step)) for start in range(0, dim, step)]
+
+
+def _block(arr: np.ndarray, sl: slice, *, split: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates ``sl`` of ``arr`` (draws, chains, E) as float64 (E_b, chains, draws), or as the
+    split chains (E_b, 2 chains, draws // 2) (arviz_stats ``_split_chains``: first halves, then last
+    halves; an odd middle draw is dropped); and the mask of coordinates with a NaN anywhere
+    (arviz_stats ``not_valid``), whose result is NaN: they are zero-filled here.
+    """
+    draws, chains, _ = arr.shape
+    part = arr[:, :, sl]
+    if split:
+        half = draws // 2
+        out = np.empty((part.shape[2], 2 * chains, half))
+        out[:, :chains] = part[:half].transpose(2, 1, 0)
+        out[:, chains:] = part[draws - half :].transpose(2, 1, 0)
+    else:
+        out = np.ascontiguousarray(part.transpose(2, 1, 0), dtype=np.float64)
+    bad = np.isnan(out).any(axis=(1, 2))  # on the contiguous copy: much faster than on arr
+    if split and draws % 2:
+        bad |= np.isnan(part[draws // 2]).any(axis=0)
+    if bad.any():
+        out[bad] = 0.0
+    return out, bad
+
+
+def _ess_bulk_array(arr: np.ndarray) -> np.ndarray:
+    out = np.empty(arr.shape[2])
+    for sl in _coordinate_blocks(arr):
+        z, _, bad = _z_scale(arr, sl)
+        out[sl] = _ess_core(z)
+        out[sl][bad] = np.nan
+    return out
+
+
+def _ess_tail_array(arr: np.ndarray, prob: float) -> np.ndarray:
+    out = np.empty(arr.shape[2])
+    for sl in _coordinate_blocks(arr):
+        block, bad = _block(arr, sl, split=False)
+        # arviz_stats: np.quantile (method "linear") over all draws and chains, indicator, then split.
+        q = np.quantile(block, [prob, 1.0 - prob], axis=(1, 2))  # (2, E_b)
+        ind = np.concatenate((block <= q[0][:, None, None], block <= q[1][:, None, None]), axis=0)
+        del block
+        ess = _ess_core(_split_chains(ind.astype(np.float64)))
+        low, high = ess[: len(ess) // 2], ess[len(ess) // 2 :]
+        out[sl] = np.where(high < low, high, low)  # Python's min(low, high)
+        out[sl][bad] = np.nan
+    return out
+
+
+def _rhat_array(arr: np.ndarray) -> np.ndarray:
+    out = np.empty(arr.shape[2])
+    for sl in _coordinate_blocks(arr):
+        z, z_folded, bad = _z_scale(arr, sl, folded=True)
+        out[sl] = _rhat_rank(z, z_folded)
+        out[sl][bad] = np.nan
+    return out
+
+
+def _ess_bulk_and_rhat_array(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(_ess_bulk_array(arr), _rhat_array(arr))`` from one ranking of each coordinate."""
+    ess, rh = np.empty(arr.shape[2]), np.empty(arr.shape[2])
+    for sl in _coordinate_blocks(arr):
+        z, z_folded, bad = _z_scale(arr, sl, folded=True)
+        rh[sl] = _rhat_rank(z, z_folded)
+        del z_folded
+        ess[sl] = _ess_core(z)
+        ess[sl][bad] = np.nan
+        rh[sl][bad] = np.nan
+    return ess, rh
+
+
 def _per_coordinate(result: Any, event: tuple[int, ...]) -> np.ndarray:
     return np.asarray(result, dtype=np.float64).reshape(event)
 
@@ -121,7 +402,7 @@ def ess_bulk(samples: Tensor | np.ndarray) -> np.ndarray:
         ValueError: if there are fewer than 4 draws.
     """
     arr, event = _as_trace(samples, min_chains=1, what="ess_bulk")
-    return _per_coordinate(array_stats.ess(arr, chain_axis=1, draw_axis=0, method="bulk"), event)
+    return _per_coordinate(_ess_bulk_array(arr), event)
 
 
 def ess_tail(samples: Tensor | np.ndarray, *, prob: float = 0.05) -> np.ndarray:
@@ -143,8 +424,7 @@ def ess_tail(samples: Tensor | np.ndarray, *, prob: float = 0.05) -> np.ndarray:
     if not 0.0 < prob < 0.5:
         raise ValueError(f"expected prob in (0, 0.5), got {prob}")
     arr, event = _as_trace(samples, min_chains=1, what="ess_tail")
-    res = array_stats.ess(arr, chain_axis=1, draw_axis=0, method="tail", prob=(prob, 1.0 - prob))
-    return _per_coordinate(res, event)
+    return _per_coordinate(_ess_tail_array(arr, prob), event)
 
 
 def rhat(samples: Tensor | np.ndarray) -> np.ndarray:
@@ -162,7 +442,7 @@ def rhat(samples: Tensor | np.ndarray) -> np.ndarray:
         ValueError: if there are fewer than 2 chains or fewer than 4 draws.
     """
     arr, event = _as_trace(samples, min_chains=2, what="rhat")
-    return _per_coordinate(array_stats.rhat(arr, chain_axis=1, draw_axis=0, method="rank"), event)
+    return _per_coordinate(_rhat_array(arr), event)
 
 
 def summarize(samples: Tensor | np.ndarray, *, max_chains: int | None = 1000,
@@ -170,10 +450,11 @@ def summarize(samples: Tensor | np.ndarray, *, max_chains: int | None = 1000,
     """Convergence summary of a trace: bulk ESS, R̂, mean and covariance.
 
     R̂ and ESS rank all draws of a coordinate jointly, which costs
-    O(draws · chains · log) per coordinate in ``arviz_stats``: a (2000 draws,
-    10000 chains, 2) trace takes about 35 s with all chains, against about
-    2.5 s in total with the default ``max_chains=1000`` (measured on one CPU
-    core). Hence ESS and R̂ use at most ``max_chains`` chains,
+    O(draws · chains · log) per coordinate: a (2000 draws, 10000 chains, 2)
+    trace takes about 19 s with all chains, against about 2.2 s in total with
+    the default ``max_chains=1000`` (measured on one CPU core; the
+    ``arviz_stats`` implementation took 58 s and 3.5 s on the same machine).
+    Hence ESS and R̂ use at most ``max_chains`` chains,
     taken deterministically and evenly spaced (chain indices
     ``floor(k * chains / max_chains)``, k = 0..max_chains-1). Chains of a sampler
     run are exchangeable, so this is an unbiased subsample; note that ESS then
@@ -223,9 +504,7 @@ def summarize(samples: Tensor | np.ndarray, *, max_chains: int | None = 1000,
         sub = arr[:, (np.arange(max_chains) * chains) // max_chains]
     else:
         sub = arr
-    sub = np.asarray(sub, dtype=np.float64)
-    ess = np.asarray(array_stats.ess(sub, chain_axis=1, draw_axis=0, method="bulk"), dtype=np.float64)
-    rh = np.asarray(array_stats.rhat(sub, chain_axis=1, draw_axis=0, method="rank"), dtype=np.float64)
+    ess, rh = _ess_bulk_and_rhat_array(sub)
     mean, cov = _mean_cov(arr.reshape(draws * chains, dim))
     return {
         "ess_bulk_min": float(np.min(ess)),
