@@ -93,6 +93,19 @@ def test_density_is_normalised_with_marginals(client):
     assert len(d["levels"]) == 3 and d["levels"][0] > d["levels"][1] > d["levels"][2] > 0
 
 
+def test_density_body_is_the_density_encoded_once():
+    """/api/density sends Registry.density as JSON, encoded once per grid and reused (not per request)."""
+    reg = Registry()
+    with TestClient(create_app()) as c:
+        r = c.get("/api/density", params={"target": "donut", "resolution": 24, "temperature": 2})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == json.loads(json.dumps(reg.density("donut", 24, temperature=2.0)))
+    body = reg.density_json("donut", 24, temperature=2.0)
+    assert json.loads(body) == r.json()
+    assert reg.density_json("donut", 24, temperature=2.0) is body  # cached bytes, not re-encoded
+    assert reg.density_json("donut", 24, "x", "y", temperature=2.00001) is body  # experts ignored, T rounded
+
+
 def test_density_of_a_product(client):
     d = client.get("/api/density", params={"target": "product", "expert1": "banana", "expert2": "standard",
                                            "resolution": 16}).json()

@@ -86,7 +86,7 @@ from typing import Any, Callable, Collection
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Query, WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -298,7 +298,7 @@ def create_app(models: dict[str, Any] | None = None, *, workers: int = 2, max_cl
         expert1: str = Query(DEFAULTS["expert1"]),
         expert2: str = Query(DEFAULTS["expert2"]),
         temperature: float = Query(1.0),
-    ) -> JSONResponse:
+    ) -> Response:
         lo, hi = LIMITS["min_resolution"], LIMITS["max_resolution"]
         if not lo <= resolution <= hi:
             raise HTTPException(422, f"resolution must be an integer in [{lo}, {hi}], got {resolution}")
@@ -309,7 +309,8 @@ def create_app(models: dict[str, Any] | None = None, *, workers: int = 2, max_cl
             raise HTTPException(404, f"unknown target {target!r}; expected one of: {', '.join([*registry.names, PRODUCT])}")
         try:
             # serialised in the pool too: 128 x 128 densities take tens of ms, which would stall every socket
-            return await run(lambda: JSONResponse(registry.density(target, resolution, expert1, expert2, temperature)))
+            body = await run(registry.density_json, target, resolution, expert1, expert2, temperature)
+            return Response(body, media_type="application/json")
         except PlaygroundError as err:
             raise HTTPException(422, str(err)) from None
 
