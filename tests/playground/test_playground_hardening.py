@@ -173,6 +173,32 @@ def test_the_refusal_needs_no_worker_thread():
             ws_step(a)
 
 
+def test_slow_work_and_steps_do_not_wait_for_each_other():
+    """GIF exports and densities run on their own thread: a busy one holds up no step, and busy
+    step workers hold up no density (the page's first paint)."""
+    app = create_app()
+    release = threading.Event()
+    with TestClient(app) as c:
+        with c.websocket_connect("/ws") as ws:
+            blocked = app.state.slow_pool.submit(release.wait, 10)
+            try:
+                ws_step(ws)  # answered while the slow thread is held
+                assert not blocked.done()
+            finally:
+                release.set()
+            assert blocked.result()
+            release.clear()
+            busy = app.state.pool.submit(release.wait, 10)
+            try:
+                r = c.get("/api/density", params={"target": "donut", "resolution": 16})
+                assert r.status_code == 200 and not busy.done()
+            finally:
+                release.set()
+            assert busy.result()
+            ws.send_json({"type": "export", "format": "gif"})
+            assert ws.receive_json()["type"] == "export"
+
+
 def test_the_default_cap():
     assert MAX_CLIENTS == 32 and create_app().state.clients == 0
     with pytest.raises(ValueError, match="max_clients"):
@@ -226,21 +252,24 @@ def test_a_step_reply_holds_a_bounded_number_of_points(compare):
 
 
 def test_density_replies_are_serialised_off_the_event_loop(monkeypatch):
-    """A 128 x 128 density is 190 kB of JSON, tens of ms to write: in the event loop it would stall every
-    socket while a page loads."""
-    import ebmlab.playground.app as playground
+    """A 128 x 128 density is 200 kB of JSON, milliseconds to write: in the event loop it would stall every
+    socket while a page loads. It is encoded once, on the slow-work thread."""
+    import json
 
     threads = []
+    dumps = json.dumps
 
-    class Recording(playground.JSONResponse):
-        def render(self, content):
-            threads.append(threading.current_thread().name)
-            return super().render(content)
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return dumps(*args, **kwargs)
 
-    monkeypatch.setattr(playground, "JSONResponse", Recording)
+    monkeypatch.setattr(json, "dumps", recording)
     with TestClient(create_app()) as c:
-        assert c.get("/api/density?target=banana&resolution=128").status_code == 200
-    assert threads and all(name.startswith("playground") for name in threads), threads
+        first = c.get("/api/density?target=banana&resolution=128")
+        encoded = len(threads)
+        second = c.get("/api/density?target=banana&resolution=128")
+    assert first.status_code == second.status_code == 200 and first.content == second.content
+    assert encoded == len(threads) == 1 and threads[0].startswith("playground-slow"), threads
 
 
 # --------------------------------------------------------------------------- hostile input

@@ -240,7 +240,7 @@ async def _send(websocket: WebSocket, message: dict[str, Any]) -> None:
     await websocket.send_text(json.dumps(message, separators=(",", ":")))
 
 
-def create_app(models: dict[str, Any] | None = None, *, workers: int = 2, max_clients: int = MAX_CLIENTS,
+def create_app(models: dict[str, Any] | None = None, *, workers: int = 1, max_clients: int = MAX_CLIENTS,
                hosts: Collection[str] | None = None) -> FastAPI:
     """The playground app.
 
@@ -249,7 +249,12 @@ def create_app(models: dict[str, Any] | None = None, *, workers: int = 2, max_cl
             attribute, an ``(energy, bounds)`` pair, or a :class:`Model` (which
             may carry a noise-conditional score; see :func:`load_models` for
             ``ebmlab train`` run directories).
-        workers: threads that run sampler steps, shared by all connections.
+        workers: threads that run sessions' messages (configure, step, reset, CSV / JSON
+            export), shared by all connections. One by default: the threads share one GIL, and
+            in the soak benchmark (docs/benchmarks.md) a second one raised the CPU per request
+            from 4.3 to 6.0 ms and the p99 step latency from 93 to 176 ms (eight: 8.9 ms and
+            491 ms). Densities and GIF exports, which take up to seconds when not cached, run on
+            one more thread of their own, so that they never hold up a step.
         max_clients: concurrent WebSocket connections; one more is accepted,
             sent an error frame and closed with code 1013 (try again later).
         hosts: the ``Host`` names the WebSocket and ``/api`` answer to (any
@@ -268,20 +273,23 @@ def create_app(models: dict[str, Any] | None = None, *, workers: int = 2, max_cl
         raise ValueError(f"max_clients must be a positive integer, got {max_clients!r}")
     registry = Registry(models)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="playground")
+    slow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="playground-slow")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         pool.shutdown(wait=False, cancel_futures=True)
+        slow_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="ebmlab playground", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.registry = registry
     app.state.pool = pool
+    app.state.slow_pool = slow_pool
     app.state.clients = 0  # open WebSocket connections (at most max_clients)
     app.add_middleware(_OriginGuard, hosts=hosts)
 
-    async def run(fn: Callable, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+    async def run(fn: Callable, *args: Any, slow: bool = False) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(slow_pool if slow else pool, fn, *args)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -309,7 +317,7 @@ def create_app(models: dict[str, Any] | None = None, *, workers: int = 2, max_cl
             raise HTTPException(404, f"unknown target {target!r}; expected one of: {', '.join([*registry.names, PRODUCT])}")
         try:
             # serialised in the pool too: 128 x 128 densities take tens of ms, which would stall every socket
-            body = await run(registry.density_json, target, resolution, expert1, expert2, temperature)
+            body = await run(registry.density_json, target, resolution, expert1, expert2, temperature, slow=True)
             return Response(body, media_type="application/json")
         except PlaygroundError as err:
             raise HTTPException(422, str(err)) from None
@@ -378,7 +386,8 @@ def create_app(models: dict[str, Any] | None = None, *, workers: int = 2, max_cl
                 elif kind == "step":
                     reply = await run(session.step, msg.get("n", 1))
                 elif kind == "export":
-                    reply = await run(session.export, msg.get("format", "csv"))
+                    fmt = msg.get("format", "csv")
+                    reply = await run(session.export, fmt, slow=fmt == "gif")
                 else:
                     raise PlaygroundError(f"unknown message type {kind!r}; expected configure, step, reset or export")
             except PlaygroundError as err:
