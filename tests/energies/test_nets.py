@@ -175,3 +175,55 @@ def test_conv_energy_has_no_batch_norm_and_samples_do_not_interact(channels, sid
     # A sample's energy does not depend on the rest of the batch.
     x = torch.randn(4, channels, side, side)
     assert torch.allclose(net(x)[:1], net(x[:1]), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- closed-form MLP scores
+
+ACTIVATIONS = [nn.SiLU, nn.Tanh, nn.ReLU, functools.partial(nn.LeakyReLU, 0.2), functools.partial(nn.ELU, 0.5), nn.Softplus,
+               functools.partial(nn.Softplus, beta=2.0, threshold=1.0), nn.GELU]  # GELU: the autograd fallback
+
+
+def _autograd_energy_and_score(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    xg = x.clone().requires_grad_(True)
+    e = net(xg)
+    (g,) = torch.autograd.grad(e.sum(), xg)
+    return e.detach(), -g
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("hidden", [(), (16,), (32, 16, 8)])
+@pytest.mark.parametrize("spectral_norm", [False, True])
+def test_mlp_energy_and_score_equals_autograd(activation, hidden, spectral_norm):
+    """The samplers' MLPEnergy.energy_and_score (a written-out backward pass) is autograd's, to rounding;
+    in train mode with spectral norm it runs the power iteration as often as forward does."""
+    torch.manual_seed(0)
+    net = MLPEnergy(3, hidden, activation=activation, spectral_norm=spectral_norm).double()
+    twin = MLPEnergy(3, hidden, activation=activation, spectral_norm=spectral_norm).double()
+    twin.load_state_dict(net.state_dict())  # spectral norm's u, v included
+    x = torch.randn(50, 3, dtype=torch.float64) * 2  # both signs of every pre-activation
+    for _ in range(3):  # train mode: each call advances the power iteration; both must advance alike
+        e, s = ebmlab.energy_and_score(net, x)
+        e_ref, s_ref = _autograd_energy_and_score(twin, x)
+        torch.testing.assert_close(e, e_ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(s, s_ref, rtol=1e-10, atol=1e-12)
+    assert not e.requires_grad and not s.requires_grad
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_mlp_energy_and_score_falls_back_to_autograd_where_it_must():
+    """A subclass with its own forward, float64 points into float32 weights: autograd, its checks and errors."""
+
+    class Shifted(MLPEnergy):
+        def forward(self, x):
+            return super().forward(x) + (x ** 2).sum(-1)
+
+    torch.manual_seed(0)
+    net = Shifted(2, (8,))
+    x = torch.randn(6, 2)
+    e, s = ebmlab.energy_and_score(net, x)
+    e_ref, s_ref = _autograd_energy_and_score(net, x)
+    torch.testing.assert_close(s, s_ref)
+    with pytest.raises(TypeError, match="convert the points"):
+        ebmlab.energy_and_score(MLPEnergy(2), x.double())
+    with pytest.raises(ValueError, match=r"expects x of shape \(batch, 2\)"):
+        ebmlab.energy_and_score(MLPEnergy(2), torch.randn(4, 3))
