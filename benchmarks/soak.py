@@ -1,6 +1,6 @@
 """Reliability soak of the playground: hundreds of clients coming and going against one server for minutes.
 
-Starts ``ebmlab.playground`` (uvicorn, ``OMP_NUM_THREADS=1``, 2 sampler worker threads) in a subprocess on a
+Starts ``ebmlab.playground`` (uvicorn, ``OMP_NUM_THREADS=1``, its default worker threads) in a subprocess on a
 free loopback port and, for ``--seconds`` (default 300), runs ``--clients`` (default 200) churning clients and
 ``--steady`` (default 8) steady ones. A churning client loops: load like a page (``/api/targets`` and its
 target's density), connect, configure (a random sampler among
@@ -254,7 +254,7 @@ def build_markdown(r: dict, cmdline: str, load: str) -> str:
         SECTION, "",
         "Hundreds of WebSocket clients coming and going against one `ebmlab serve` process for minutes: does "
         "its memory grow, and do the pages that stay keep their latency? `benchmarks/soak.py` starts the server "
-        "(uvicorn, `OMP_NUM_THREADS=1`, 2 sampler threads, `--max-clients` raised to admit every client) and "
+        "(uvicorn, `OMP_NUM_THREADS=1`, its default threads: one for sessions' messages, one for densities and GIF exports; `--max-clients` raised to admit every client) and "
         f"runs {r['clients']} churning clients and {r['steady']} steady ones for {r['seconds']:g} s on loopback. "
         "A churning client loads like a page (`/api/targets`, then its target's 128 x 128 density), connects, "
         "configures a random sampler (rwmh, mala, hmc, nuts, pt; 4-16 chains; one "
@@ -269,7 +269,7 @@ def build_markdown(r: dict, cmdline: str, load: str) -> str:
         f"{platform.python_version()}. 1-minute load average while it ran: mean {r['load_mean']:.1f}, max "
         f"{r['load_max']:.1f} (the server and this script included). {load}".rstrip(), "",
         f"The server used {r['server_cores']:.2f} cores on average, {r['server_cpu_ms_per_request']:.1f} ms of CPU "
-        f"per request (WebSocket message or HTTP GET). One Python process (its event loop and 2 sampler threads "
+        f"per request (WebSocket message or HTTP GET). One Python process (its event loop and worker threads "
         f"share one GIL, so it gets little past one core) serves roughly "
         f"{1000 / r['server_cpu_ms_per_request']:.0f} such requests a second per core; this run asked for "
         f"{r['requests_per_s']:.0f}.", "",
