@@ -109,8 +109,8 @@ def test_the_wheel_installs_and_runs_without_the_source_tree(tmp_path) -> None:
     with tarfile.open(sdists[0]) as tar:
         names = [n.split("/", 1)[1] for n in tar.getnames() if "/" in n]
     top = {n.split("/")[0] for n in names}
-    assert top <= {"PKG-INFO", "README.md", "pyproject.toml", "setup.cfg", "MANIFEST.in", "src"}, top
-    assert {"README.md", "pyproject.toml", "src/ebmlab/__init__.py", "src/ebmlab/_version.py",
+    assert top <= {"PKG-INFO", "README.md", "LICENSE", "pyproject.toml", "setup.cfg", "MANIFEST.in", "src"}, top
+    assert {"README.md", "LICENSE", "pyproject.toml", "src/ebmlab/__init__.py", "src/ebmlab/_version.py",
             "src/ebmlab/playground/static/index.html"} <= set(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".npz"))]
 
@@ -122,6 +122,7 @@ def test_the_wheel_installs_and_runs_without_the_source_tree(tmp_path) -> None:
     expected |= {f"ebmlab/playground/static/{p.name}" for p in (SRC / "playground" / "static").iterdir()}
     assert "ebmlab/playground/static/index.html" in expected
     assert not expected - files, sorted(expected - files)
+    assert "License-Expression: MIT" in metadata and f"ebmlab-{version}.dist-info/licenses/LICENSE" in files
     assert all(f.startswith(("ebmlab/", f"ebmlab-{version}.dist-info/")) for f in files)
     assert f"\nVersion: {version}\n" in metadata
     assert {"web", "tensorboard", "dev"} <= set(re.findall(r"^Provides-Extra: (\S+)$", metadata, re.M))
