@@ -221,3 +221,29 @@ def test_a_sampler_that_updates_its_state_in_place_keeps_every_draw():
     trace = ebmlab.sample(lambda x: (x**2).sum(-1), InPlace(), torch.zeros(3, 2), 40)
     assert torch.equal(trace.samples[:, 0, 0], torch.arange(1.0, 41.0))
     assert torch.equal(trace.acceptance_rate, torch.ones(3))
+
+
+def test_the_compile_cache_is_bounded_and_lets_energies_go():
+    """Compiling many energies in one process keeps only the most recent pairs: older energies can be freed."""
+    import gc
+    import weakref
+
+    from ebmlab.samplers import MALA
+    from ebmlab.samplers import base
+
+    sampler = MALA(0.1)
+    refs, kept = [], []
+    for i in range(base.COMPILED_CACHE_SIZE + 8):  # torch.compile is lazy: nothing is compiled here
+        energy = torch.nn.Linear(2, 1)
+        refs.append(weakref.ref(energy))
+        fn = base.compiled_transition(sampler, energy)
+        assert base.compiled_transition(sampler, energy) is fn  # a hit while cached
+        kept.append(energy if i == 0 else None)  # the first one stays alive through this list only
+        del energy
+        if i == 1:  # the first pair used again: it is the most recent now, not the oldest
+            base.compiled_transition(sampler, kept[0])
+    gc.collect()
+    alive = [r() is not None for r in refs]
+    assert alive[0]  # held by the test itself
+    assert sum(alive[1:]) <= base.COMPILED_CACHE_SIZE and not any(alive[1:8])  # the oldest were evicted and freed
+    assert all(alive[-base.COMPILED_CACHE_SIZE + 1:])  # the most recent are still cached

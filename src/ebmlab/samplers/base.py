@@ -20,6 +20,8 @@ job (or a training loop's, or the playground's).
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import time
 from typing import Any, Callable, Protocol
 
@@ -172,13 +174,17 @@ def check_finite_state(state: State, step: int, *, since: int | None = None) -> 
     )
 
 
-_COMPILED: dict[tuple[Any, int], tuple[Any, Callable]] = {}
+#: Compiled transitions, least recently used first; at most ``COMPILED_CACHE_SIZE`` (sampler, energy) pairs are
+#: kept, so a process that compiles many energies (a sweep, a notebook re-run) does not hold every one alive.
+_COMPILED: OrderedDict[tuple[Any, int], tuple[Any, Callable]] = OrderedDict()
+COMPILED_CACHE_SIZE = 16
 
 
 def compiled_transition(sampler: Any, energy: Any) -> Callable:
     """``sampler.transition`` bound to ``energy`` and compiled with ``torch.compile``.
 
-    Cached per (sampler, energy); ``torch.compile`` itself specialises on
+    Cached per (sampler, energy), for the :data:`COMPILED_CACHE_SIZE` most recently used pairs (an
+    evicted pair recompiles when used again); ``torch.compile`` itself specialises on
     shape, dtype and device. Inductor's own CPU random numbers are never used
     (the draws happen outside the graph), so compiled chains equal eager ones
     up to floating-point reassociation.
@@ -188,6 +194,7 @@ def compiled_transition(sampler: Any, energy: Any) -> Callable:
     key = (sampler, id(energy))
     hit = _COMPILED.get(key)
     if hit is not None and hit[0] is energy:
+        _COMPILED.move_to_end(key)
         return hit[1]
 
     def transition(state: State, *draws: Tensor) -> tuple[State, Info]:
@@ -202,6 +209,9 @@ def compiled_transition(sampler: Any, energy: Any) -> Callable:
     setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 256))
     fn = torch.compile(transition, dynamic=False)
     _COMPILED[key] = (energy, fn)
+    _COMPILED.move_to_end(key)
+    while len(_COMPILED) > COMPILED_CACHE_SIZE:
+        _COMPILED.popitem(last=False)
     return fn
 
 
