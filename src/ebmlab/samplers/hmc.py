@@ -87,18 +87,21 @@ class HMC:
         eps, mass = self.step_size, self.mass
         if isinstance(mass, Tensor):
             mass = mass.to(device=state.x.device, dtype=state.x.dtype)
-        p = z * mass**0.5
+        scalar = not isinstance(mass, Tensor)
+        # A scalar mass folds into the ops' alpha: one op per update (a cheap energy's step is mostly this).
+        p = (z if mass == 1.0 else z * mass**0.5) if scalar else z * mass.sqrt()
+        inverse_mass = None if scalar else 1.0 / mass
         kinetic0 = 0.5 * sum_event(z * z)  # p^T M^-1 p / 2 with p = sqrt(M) z
         x, s, e = state.x, state.score, state.energy
         path = [x] if self.record_trajectory else None
         for _ in range(self.num_leapfrog):
-            p = p + (0.5 * eps) * s  # dp/dt = -grad E = score
-            x = x + eps * p / mass
+            p = torch.add(p, s, alpha=0.5 * eps)  # dp/dt = -grad E = score
+            x = torch.add(x, p, alpha=eps / mass) if scalar else torch.addcmul(x, p, inverse_mass, value=eps)
             e, s = energy_and_score(energy, x)
-            p = p + (0.5 * eps) * s
+            p = torch.add(p, s, alpha=0.5 * eps)
             if path is not None:
                 path.append(x)
-        kinetic1 = 0.5 * sum_event(p * p / mass)
+        kinetic1 = sum_event(p * p) * (0.5 / mass) if scalar else 0.5 * sum_event(p * p * inverse_mass)
         energy_error = (e + kinetic1) - (state.energy + kinetic0)
         proposed = State(x=x, energy=e, score=s)
         new, accepted, log_acc = mh_accept(-energy_error, state, proposed, log_u)

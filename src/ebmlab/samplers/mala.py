@@ -49,7 +49,7 @@ def sum_event(v: Tensor) -> Tensor:
     Returns:
         Shape ``(chains,)``.
     """
-    return v.reshape(v.shape[0], -1).sum(dim=1)
+    return v.sum(dim=1) if v.dim() == 2 else v.reshape(v.shape[0], -1).sum(dim=1)
 
 
 @dataclass(frozen=True)
@@ -108,14 +108,17 @@ class MALA:
         """
         if self.inverse_mass is not None:
             return self._preconditioned(energy, state, noise, log_u)
-        half_eps2 = 0.5 * self.step_size**2
-        x_new = state.x + half_eps2 * state.score + self.step_size * noise
+        eps = self.step_size
+        half_eps2 = 0.5 * eps * eps
+        # Few ops on fresh temporaries (a cheap energy's step is as much this arithmetic as the energy).
+        x_new = torch.add(state.x, state.score, alpha=half_eps2).add_(noise, alpha=eps)
         e_new, s_new = energy_and_score(energy, x_new)
-        # log q(x'|x) = -|eps z|^2 / (2 eps^2) = -|z|^2/2 ; log q(x|x') uses the reverse drift.
-        reverse = state.x - x_new - half_eps2 * s_new
-        log_q_fwd = -0.5 * sum_event(noise * noise)
-        log_q_rev = -sum_event(reverse * reverse) / (2 * self.step_size**2)
-        log_alpha = state.energy - e_new + log_q_rev - log_q_fwd
+        # log q(x'|x) = -|eps z|^2 / (2 eps^2) = -|z|^2/2 ; log q(x|x') uses the reverse drift:
+        # log_alpha = E(x) - E(x') + log q(x|x') - log q(x'|x).
+        reverse = torch.sub(state.x, x_new).sub_(s_new, alpha=half_eps2)
+        log_alpha = torch.sub(state.energy, e_new)
+        log_alpha.sub_(sum_event(reverse * reverse), alpha=1.0 / (4.0 * half_eps2))
+        log_alpha.add_(sum_event(noise * noise), alpha=0.5)
         proposed = State(x=x_new, energy=e_new, score=s_new)
         new, accepted, log_acc = mh_accept(log_alpha, state, proposed, log_u)
         return new, Info(proposal=x_new, accepted=accepted, log_acceptance=log_acc)
