@@ -72,6 +72,11 @@ def evaluate_energy(energy: EnergyLike, x: Tensor) -> Tensor:
     """
     _check_energy(energy)
     _check_input(x)
+    return _call_energy(energy, x)
+
+
+def _call_energy(energy: EnergyLike, x: Tensor) -> Tensor:
+    """``energy(x)``, its output checked, a dtype clash explained (the inputs are checked by the caller)."""
     try:
         out = energy(x)
     except RuntimeError as err:
@@ -118,7 +123,7 @@ def energy_and_score(energy: EnergyLike, x: Tensor) -> tuple[Tensor, Tensor]:
         return (e.detach() if e.requires_grad else e), (s.detach() if s.requires_grad else s)
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
-        e = evaluate_energy(energy, xg)
+        e = _call_energy(energy, xg)  # energy and x were checked above
         if not e.requires_grad:
             raise TypeError("the energy's output does not depend on x through autograd (computed under "
                             "torch.no_grad(), detached, or through NumPy / .item()?): the score -grad E needs a "
