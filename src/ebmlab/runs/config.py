@@ -24,7 +24,7 @@ from ..sde import WEIGHTINGS
 from ..training import MAX_RECOVERIES, default_alpha
 
 __all__ = ["CHAIN_SAMPLERS", "FILE_TEST_FRACTION", "NEGATIVES_TREE_DEPTH", "ConfigError", "EBM_METHODS", "IMAGE_DATA",
-           "IMAGE_SCORE_METHODS", "METHODS",
+           "IMAGE_SCORE_METHODS", "METHODS", "TOY_FAST_METHODS",
            "SCORE_METHODS", "SDE_DEFAULTS", "SDE_METHODS", "TOY_STEPS_PER_LEVEL", "TRAIN_DEFAULTS", "TrainConfig"]
 
 #: Image data sets a config can name: scikit-learn's 8x8 digits, and MNIST / Fashion-MNIST (28x28) read from
@@ -49,13 +49,34 @@ NEGATIVES_TREE_DEPTH = 5
 #: use the report's digits NCSN settings: Adam lr 1e-3, batch 128, 20 levels down
 #: to 0.01, 50 annealed Langevin steps per level when sampling. The 2-D alpha is
 #: training.TOY_ALPHA per method (short-run needs the stronger 0.1).
+#:
+#: 2-D EBMs trained by cd or pcd ("toy_ebm") are tuned for KL per second on one core (the issue "Speed on one
+#: CPU"; docs/benchmarks.md, "Training: KL against seconds"): about 80% of a step was its 20 ULA steps (21
+#: energy-and-score evaluations of the 128,128 MLP on 256 chains). Now 5 ULA steps per update, a narrower MLP
+#: (64,64), more chains (512: PCD's persistent chains rarely cross between the modes, so the mode weights the
+#: model is pushed towards are the chains' occupancy, whose noise falls with more chains; KL per step fell more
+#: than the step's cost rose) and a larger Adam step (3e-3; at 1e-3, 5 steps per update were ~3x slower in KL
+#: per second; 5e-3 was no better at 10-20 s). eps stays 0.1: 0.2 (fewer steps for the same distance) made
+#: ULA's blur, eps^2/4 = 0.01 in variance, half the rings' radial variance 0.0225, and pcd on rings and
+#: two_moons collapsed after ~1500 steps (loss falling without bound). buffer keeps "toy": its restarts from
+#: noise get only 5 steps each time they are drawn (every ~20 updates), and on rings it was worse at 60 s
+#: (KL 0.19) than before at 120 s (0.11). short-run keeps "toy" too (its chains start from noise at every
+#: update and need the 20 steps), and so do the score methods, which draw no negatives.
 TRAIN_DEFAULTS = {
     "toy": {"step_size": 0.1, "noise_scale": None, "lr": 1e-3, "batch_size": 256, "data_noise": 0.0},
+    "toy_ebm": {"step_size": 0.1, "noise_scale": None, "lr": 3e-3, "batch_size": 512, "data_noise": 0.0,
+                "langevin_steps": 5, "hidden": (64, 64)},
     "digits": {"step_size": 1.41, "noise_scale": 0.01, "lr": 1e-4, "batch_size": 128, "data_noise": 0.01,
                "alpha": 0.1},
     "digits_score": {"step_size": 1.41, "noise_scale": 0.01, "lr": 1e-3, "batch_size": 128, "data_noise": 0.0,
                      "alpha": 0.1, "steps_per_level": 50},
 }
+#: The EBM methods whose 2-D defaults are TRAIN_DEFAULTS["toy_ebm"] (measured for speed on one core,
+#: docs/benchmarks.md "Training: KL against seconds"); short-run and buffer keep TRAIN_DEFAULTS["toy"] with 20
+#: sampler steps, as the score methods keep "toy".
+TOY_FAST_METHODS = ("cd", "pcd")
+#: Sampler steps per update and MLP widths wherever TRAIN_DEFAULTS does not say.
+LANGEVIN_STEPS, HIDDEN = 20, (128, 128)
 #: Diffusion runs (sde-ve, sde-vp), 2-D data and images alike. VE: sigma(t) from 0.01 up to sigma_max, whose
 #: default (None) is the data's largest pairwise distance (Song & Ermon 2020, technique 1; about 11 on
 #: eight_gaussians, so the prior N(0, sigma_max^2 I) covers the data); VP: Song et al.'s beta(t) from 0.1 to 20
@@ -182,6 +203,11 @@ def _hidden(value: Any) -> tuple[int, ...]:
 class TrainConfig:
     """Everything a training run is made of; ``None`` means "the default for this data and method".
 
+    The 2-D defaults of cd and pcd (5 ULA steps at eps = 0.1 on 512 chains, MLP widths 64,64, Adam
+    lr 3e-3) were chosen for KL per second on one core, not per step: ``ebmlab train --data eight_gaussians``
+    (pcd) was at KL 0.44 nat after 10 s with the earlier 2-D defaults (20 steps on 256 chains, 128,128,
+    lr 1e-3), which short-run and the score methods keep (see :data:`TRAIN_DEFAULTS`).
+
     Build it with :meth:`resolve` (defaults filled in, options checked) or
     :meth:`from_file` (a JSON file, e.g. a run's own ``config.json``).
 
@@ -198,15 +224,17 @@ class TrainConfig:
         sampler: the negatives' MCMC: ``ula``, ``mala``, ``hmc`` or ``nuts`` (tree depth at most
             :data:`NEGATIVES_TREE_DEPTH`).
         steps: optimiser steps in total.
-        batch_size: data points and negative chains per step (256 for 2-D data, 128 for images).
-        langevin_steps: sampler steps per update (the k of CD-k).
+        batch_size: data points and negative chains per step (512 for 2-D cd and pcd; 256 for the other
+            2-D methods; 128 for images).
+        langevin_steps: sampler steps per update (the k of CD-k; 5 for 2-D cd and pcd, else 20).
         step_size: the sampler's eps (0.1 for 2-D data, 1.41 for images).
         noise_scale: ULA's noise std (eps for 2-D data, 0.01 for images: tempered).
-        lr: Adam's learning rate (1e-3; 1e-4 for image EBMs).
+        lr: Adam's learning rate (3e-3 for 2-D cd and pcd; 1e-3 for the other 2-D methods and image
+            score models; 1e-4 for image EBMs).
         alpha: energy-magnitude regulariser (training.TOY_ALPHA per method on 2-D data; 0.1 on images).
         grad_clip: clip of the parameter gradient's global norm.
         data_noise: std of Gaussian noise on data batches (0; 0.01 for image EBMs).
-        hidden: MLP hidden widths.
+        hidden: MLP hidden widths (64,64 for 2-D cd and pcd; else 128,128).
         spectral_norm: spectral-normalise every layer.
         buffer_size: the replay buffer's capacity (``buffer``).
         reinit_prob: the replay buffer's probability of restarting a chain from noise (``buffer``).
@@ -253,14 +281,14 @@ class TrainConfig:
     sampler: str = "ula"
     steps: int = 3000
     batch_size: int | None = None
-    langevin_steps: int = 20
+    langevin_steps: int | None = None
     step_size: float | None = None
     noise_scale: float | None = None
     lr: float | None = None
     alpha: float | None = None
     grad_clip: float = 1.0
     data_noise: float | None = None
-    hidden: tuple[int, ...] = (128, 128)
+    hidden: tuple[int, ...] | None = None
     spectral_norm: bool = False
     buffer_size: int = 10_000
     reinit_prob: float = 0.05
@@ -380,8 +408,11 @@ class TrainConfig:
     def defaults(self) -> dict[str, Any]:
         """The data- and method-dependent defaults this config falls back on."""
         if not self.images:
-            return {**TRAIN_DEFAULTS["toy"], "alpha": default_alpha(self.method, images=False)}
-        return dict(TRAIN_DEFAULTS["digits_score" if self.score else "digits"])
+            kind = "toy_ebm" if self.method in TOY_FAST_METHODS else "toy"
+            d = {**TRAIN_DEFAULTS[kind], "alpha": default_alpha(self.method, images=False)}
+        else:
+            d = dict(TRAIN_DEFAULTS["digits_score" if self.score else "digits"])
+        return {"langevin_steps": LANGEVIN_STEPS, "hidden": HIDDEN, **d}
 
     # ------------------------------------------------------------------ resolution
 
@@ -420,8 +451,8 @@ class TrainConfig:
                               f"{', '.join(IMAGE_SCORE_METHODS[:-1])} or {IMAGE_SCORE_METHODS[-1]} "
                               "(a ScoreConvNet)", "method")
         d = self.defaults()
-        cfg = replace(self, **{k: d[k] for k in ("step_size", "lr", "batch_size", "data_noise", "alpha")
-                               if getattr(self, k) is None})
+        cfg = replace(self, **{k: d[k] for k in ("step_size", "lr", "batch_size", "data_noise", "alpha",
+                                                 "langevin_steps", "hidden") if getattr(self, k) is None})
         if cfg.noise_scale is None:
             cfg = replace(cfg, noise_scale=d["noise_scale"])
         cfg = cfg._resolve_sde()
