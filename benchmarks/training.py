@@ -9,6 +9,15 @@ writes the "## Training" section of docs/benchmarks.md:
 (--jobs 2 runs two single-threaded runs at a time, one per core of a 2-core
 machine; the budget is wall time, so a busy machine means fewer steps.)
 
+With --curve it writes the "## Training: KL against seconds" section instead:
+cd, pcd, buffer, ism and ncsn on eight_gaussians with the defaults, one
+`ebmlab train --max-seconds B` run per budget B (seconds counted as
+--max-seconds counts them: from the first step, in-training evaluations
+included), then `ebmlab evaluate`; pcd also on more seeds at the goal's 10 s
+and 20 s, and the time of one default training step taken apart:
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/training.py --curve --jobs 2 --write docs/benchmarks.md
+
 Columns: optimiser steps reached in the budget, wall time, exact test NLL
 (quadrature on the evaluation box for models with an energy; the
 probability-flow ODE on the first 2000 test points for the diffusion methods
@@ -122,6 +131,154 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+CURVE_DATA = "eight_gaussians"
+CURVE_METHODS = ("cd", "pcd", "buffer", "ism", "ncsn")
+CURVE_SECONDS = (2.5, 5.0, 10.0, 20.0, 40.0)
+#: The issue's goal for pcd with the defaults: KL <= 0.05 nat within 10 s and <= 0.02 nat within 20 s.
+GOAL = {10.0: 0.05, 20.0: 0.02}
+PROFILE_STEPS = 300
+
+
+def curve_point(method: str, seconds: float, seed: int, workdir: Path) -> dict:
+    """One budget of the curve: `ebmlab train --max-seconds` with the defaults, then `ebmlab evaluate`."""
+    run_dir = workdir / f"curve-{method}-{seconds:g}s-seed{seed}"
+    row = {"method": method, "budget": seconds, "seed": seed, "steps": None, "train_seconds": None, "kl": None,
+           "mmd": None}
+    try:
+        trained = run(["train", "--data", CURVE_DATA, "--method", method, "--steps", "1000000", "--max-seconds",
+                       str(seconds), "--seed", str(seed), "--out", str(run_dir), "--json"])
+        ev = run(["evaluate", str(run_dir), "--no-plot", "--seed", str(seed), "--json"])
+    except RunFailed as err:
+        return {**row, "error": str(err)}
+    return {**row, "steps": trained["steps"], "train_seconds": trained["seconds"], "kl": ev.get("kl"),
+            "mmd": ev.get("mmd")}
+
+
+def step_seconds(workdir: Path, name: str, extra: list[str]) -> float:
+    """Seconds per optimiser step of a default pcd run on CURVE_DATA (no evaluation inside the timed steps)."""
+    trained = run(["train", "--data", CURVE_DATA, "--steps", str(PROFILE_STEPS), "--eval-every", "1000000",
+                   "--out", str(workdir / f"profile-{name}"), "--json", *extra])
+    return trained["seconds"] / trained["steps"]
+
+
+def eval_seconds(workdir: Path) -> float:
+    """Wall time of one in-training evaluation of a default pcd run: the run with an evaluation at every
+    100th step minus the same run without (PROFILE_STEPS steps)."""
+    timed = [run(["train", "--data", CURVE_DATA, "--steps", str(PROFILE_STEPS), "--eval-every", str(every),
+                  "--out", str(workdir / f"profile-eval{every}"), "--json"])["seconds"] for every in (1000000, 100)]
+    return (timed[1] - timed[0]) / (PROFILE_STEPS // 100 - 1)  # the last step's evaluation comes after its time
+
+
+def step_profile(workdir: Path) -> dict:
+    """Where a default step's time goes: the whole step, the step without its negatives' sampler steps, and the
+    old defaults' step (20 ULA steps at 0.1, batch 256, widths 128,128, lr 1e-3), each from PROFILE_STEPS steps."""
+    from ebmlab.runs import TrainConfig
+
+    cfg = TrainConfig.resolve(data=CURVE_DATA, method="pcd")
+    return {"langevin_steps": cfg.langevin_steps, "batch_size": cfg.batch_size, "hidden": cfg.hidden,
+            "step": step_seconds(workdir, "default", []),
+            "no_sampler": step_seconds(workdir, "k0", ["--langevin-steps", "0"]),
+            "old": step_seconds(workdir, "old", ["--langevin-steps", "20", "--step-size", "0.1", "--batch-size",
+                                                  "256", "--hidden", "128,128", "--lr", "1e-3"]),
+            "evaluation": eval_seconds(workdir), "eval_every": cfg.eval_every}
+
+
+def curve_table(rows: list[dict], budgets: tuple[float, ...]) -> str:
+    fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
+    lines = ["| method | seed | metric | " + " | ".join(f"{b:g} s" for b in budgets) + " |",
+             "|---|---:|---|" + "---:|" * len(budgets)]
+    keys = sorted({(r["method"], r["seed"]) for r in rows}, key=lambda k: (CURVE_METHODS.index(k[0]), k[1]))
+    for method, seed in keys:
+        cells = []
+        key = "mmd" if method == "ncsn" else "kl"
+        for b in budgets:
+            r = next((x for x in rows if (x["method"], x["seed"], x["budget"]) == (method, seed, b)), None)
+            if r is None:
+                cells.append("")
+            elif r.get("error"):
+                cells.append(f"failed: {r['error']}")
+            else:
+                cells.append(f"{fmt(r[key], '.2e' if key == 'mmd' else '.3f')} ({r['steps']} steps)")
+        metric = "MMD^2" if key == "mmd" else "KL nat"
+        lines.append(f"| {method} | {seed} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main_curve(a: argparse.Namespace) -> None:
+    budgets = tuple(a.budgets)
+    points = [(m, b, a.seed) for m in CURVE_METHODS for b in budgets]
+    points += [("pcd", b, s) for s in a.goal_seeds if s != a.seed for b in GOAL]
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        prof = step_profile(Path(tmp))  # first, alone: nothing else of ours runs while it is timed
+        print(json.dumps({"profile": prof}, default=list), flush=True)
+        points.sort(key=lambda p: -p[1])  # longest first, so the two workers finish together
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max(1, a.jobs), mp_context=ctx,
+                                                    initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            futures = [pool.submit(curve_point, m, b, s, Path(tmp)) for m, b, s in points]
+            for f in concurrent.futures.as_completed(futures):
+                rows.append(r := f.result())
+                print(json.dumps(r), flush=True)
+    body = curve_table(rows, budgets)
+    print(body)
+    verdicts = []
+    for s in sorted({r["seed"] for r in rows if r["method"] == "pcd"}):
+        got = {r["budget"]: r for r in rows if r["method"] == "pcd" and r["seed"] == s and r["budget"] in GOAL}
+        parts = []
+        for b, target in GOAL.items():
+            r = got.get(b)
+            if r is None or r["kl"] is None:
+                parts.append(f"{b:g} s: no KL")
+            else:
+                parts.append(f"{b:g} s: {r['kl']:.3f} nat ({'met' if r['kl'] <= target else 'NOT met'}, "
+                             f"<= {target:g})")
+        verdicts.append(f"  - seed {s}: " + "; ".join(parts))
+    ms = lambda v: f"{v * 1e3:.1f} ms"  # noqa: E731
+    sampler = prof["step"] - prof["no_sampler"]
+    k = prof["langevin_steps"]
+    findings = [
+        f"- Goal for pcd with the defaults (KL <= {GOAL[10.0]:g} nat within 10 s, <= {GOAL[20.0]:g} nat "
+        "within 20 s):", *verdicts,
+        f"- Where a default pcd step's time goes ({PROFILE_STEPS} steps, one thread, before the runs above): "
+        f"{ms(prof['step'])} a step ({k} ULA steps on {prof['batch_size']} chains, MLP widths "
+        f"{','.join(map(str, prof['hidden']))}), of which the negatives' sampler {ms(sampler)} "
+        f"({sampler / prof['step']:.0%}: {k + 1} energy-and-score evaluations, the chains' start and each step) "
+        f"and the rest {ms(prof['no_sampler'])} (data batch, the loss's forward and backward on data and "
+        f"negatives, gradient clip, Adam, EMA, buffer update). One in-training evaluation (every "
+        f"{prof['eval_every']} steps; quadrature and 500 chains x 200 steps) costs {prof['evaluation']:.2f} s "
+        "and counts in the budget. The old defaults (20 ULA steps at 0.1, batch 256, widths 128,128, lr 1e-3) "
+        f"took {ms(prof['old'])} a step.",
+    ]
+    if a.write is not None:
+        cmd = (f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/training.py --curve --jobs {a.jobs} "
+               f"--write {a.write}")
+        write_section(a.write, f"""## Training: KL against seconds
+
+KL(p_data || p_model) in nat (exact, by quadrature; `ebmlab evaluate`'s KL)
+of `ebmlab train --data {CURVE_DATA} --method M --max-seconds B` with every
+other setting at its default, one run per method and budget B; the steps
+reached are in brackets. Seconds are counted as `--max-seconds` counts them:
+wall time from the first step to the end of the last, in-training
+evaluations included (the final evaluation after the budget is not). `ncsn`
+has no density, so its row is MMD^2 between 2000 samples and held-out data
+instead of KL (the exact-samples noise floor is in "## Training"). The extra
+pcd rows are more seeds at the goal's budgets.
+
+Reproduce: `{cmd}`
+
+Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, one thread
+per run (`torch.set_num_threads(1)`), {a.jobs} run(s) at a time, Python {platform.python_version()}.
+The budget is wall time: a busy machine means fewer steps and a higher KL.
+
+{body}
+
+Findings:
+
+{chr(10).join(findings)}
+""")
+
+
 def write_training_section(path: Path, body: str) -> None:
     write_section(path, "## Training\n\n" + body.strip())
 
@@ -139,8 +296,16 @@ def main_bench() -> None:
                    help="a previous run's stdout: configurations whose JSON row it holds are not run again")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at a time, each in its own single-threaded process (at most one per core)")
+    p.add_argument("--curve", action="store_true",
+                   help="write '## Training: KL against seconds' (eight_gaussians, cd, pcd, buffer, ism, ncsn)")
+    p.add_argument("--budgets", nargs="+", type=float, default=list(CURVE_SECONDS),
+                   help="--curve: the training budgets in seconds")
+    p.add_argument("--goal-seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="--curve: seeds of the pcd runs at the goal's 10 s and 20 s")
     a = p.parse_args()
     torch.set_num_threads(1)
+    if a.curve:
+        return main_curve(a)
     configs = [(d, m) for d in a.data for m in a.methods if m in EBM_METHODS or d in a.score_data]
     rows: dict[tuple[str, str], dict] = {}
     if a.reuse is not None:
