@@ -50,7 +50,7 @@ NEGATIVES_TREE_DEPTH = 5
 #: to 0.01, 50 annealed Langevin steps per level when sampling. The 2-D alpha is
 #: training.TOY_ALPHA per method (short-run needs the stronger 0.1).
 #:
-#: 2-D EBMs trained by cd or pcd ("toy_ebm") are tuned for KL per second on one core (the issue "Speed on one
+#: 2-D EBMs trained by pcd ("toy_ebm") are tuned for KL per second on one core (the issue "Speed on one
 #: CPU"; docs/benchmarks.md, "Training: KL against seconds"): about 80% of a step was its 20 ULA steps (21
 #: energy-and-score evaluations of the 128,128 MLP on 256 chains). Now 5 ULA steps per update, a narrower MLP
 #: (64,64), more chains (512: PCD's persistent chains rarely cross between the modes, so the mode weights the
@@ -58,7 +58,9 @@ NEGATIVES_TREE_DEPTH = 5
 #: than the step's cost rose) and a larger Adam step (3e-3; at 1e-3, 5 steps per update were ~3x slower in KL
 #: per second; 5e-3 was no better at 10-20 s). eps stays 0.1: 0.2 (fewer steps for the same distance) made
 #: ULA's blur, eps^2/4 = 0.01 in variance, half the rings' radial variance 0.0225, and pcd on rings and
-#: two_moons collapsed after ~1500 steps (loss falling without bound). buffer keeps "toy": its restarts from
+#: two_moons collapsed after ~1500 steps (loss falling without bound). cd keeps "toy": its chains start at the
+#: data, and 5 steps at 0.1 (0.22 of noise) never leave a mode, so the mode weights go unlearnt (KL 0.14 after
+#: 40 s on eight_gaussians, against 0.03 at 120 s with 20 steps). buffer keeps "toy": its restarts from
 #: noise get only 5 steps each time they are drawn (every ~20 updates), and on rings it was worse at 60 s
 #: (KL 0.19) than before at 120 s (0.11). short-run keeps "toy" too (its chains start from noise at every
 #: update and need the 20 steps), and so do the score methods, which draw no negatives.
@@ -73,8 +75,8 @@ TRAIN_DEFAULTS = {
 }
 #: The EBM methods whose 2-D defaults are TRAIN_DEFAULTS["toy_ebm"] (measured for speed on one core,
 #: docs/benchmarks.md "Training: KL against seconds"); short-run and buffer keep TRAIN_DEFAULTS["toy"] with 20
-#: sampler steps, as the score methods keep "toy".
-TOY_FAST_METHODS = ("cd", "pcd")
+#: sampler steps, and so does cd, as the score methods keep "toy".
+TOY_FAST_METHODS = ("pcd",)
 #: Sampler steps per update and MLP widths wherever TRAIN_DEFAULTS does not say.
 LANGEVIN_STEPS, HIDDEN = 20, (128, 128)
 #: Diffusion runs (sde-ve, sde-vp), 2-D data and images alike. VE: sigma(t) from 0.01 up to sigma_max, whose
@@ -203,10 +205,10 @@ def _hidden(value: Any) -> tuple[int, ...]:
 class TrainConfig:
     """Everything a training run is made of; ``None`` means "the default for this data and method".
 
-    The 2-D defaults of cd and pcd (5 ULA steps at eps = 0.1 on 512 chains, MLP widths 64,64, Adam
+    The 2-D defaults of pcd (5 ULA steps at eps = 0.1 on 512 chains, MLP widths 64,64, Adam
     lr 3e-3) were chosen for KL per second on one core, not per step: ``ebmlab train --data eight_gaussians``
     (pcd) was at KL 0.44 nat after 10 s with the earlier 2-D defaults (20 steps on 256 chains, 128,128,
-    lr 1e-3), which short-run and the score methods keep (see :data:`TRAIN_DEFAULTS`).
+    lr 1e-3), which cd, short-run, buffer and the score methods keep (see :data:`TRAIN_DEFAULTS`).
 
     Build it with :meth:`resolve` (defaults filled in, options checked) or
     :meth:`from_file` (a JSON file, e.g. a run's own ``config.json``).
@@ -224,17 +226,17 @@ class TrainConfig:
         sampler: the negatives' MCMC: ``ula``, ``mala``, ``hmc`` or ``nuts`` (tree depth at most
             :data:`NEGATIVES_TREE_DEPTH`).
         steps: optimiser steps in total.
-        batch_size: data points and negative chains per step (512 for 2-D cd and pcd; 256 for the other
-            2-D methods; 128 for images).
-        langevin_steps: sampler steps per update (the k of CD-k; 5 for 2-D cd and pcd, else 20).
+        batch_size: data points and negative chains per step (512 for 2-D pcd; 256 for the other 2-D
+            methods; 128 for images).
+        langevin_steps: sampler steps per update (the k of CD-k; 5 for 2-D pcd, else 20).
         step_size: the sampler's eps (0.1 for 2-D data, 1.41 for images).
         noise_scale: ULA's noise std (eps for 2-D data, 0.01 for images: tempered).
-        lr: Adam's learning rate (3e-3 for 2-D cd and pcd; 1e-3 for the other 2-D methods and image
-            score models; 1e-4 for image EBMs).
+        lr: Adam's learning rate (3e-3 for 2-D pcd; 1e-3 for the other 2-D methods and image score
+            models; 1e-4 for image EBMs).
         alpha: energy-magnitude regulariser (training.TOY_ALPHA per method on 2-D data; 0.1 on images).
         grad_clip: clip of the parameter gradient's global norm.
         data_noise: std of Gaussian noise on data batches (0; 0.01 for image EBMs).
-        hidden: MLP hidden widths (64,64 for 2-D cd and pcd; else 128,128).
+        hidden: MLP hidden widths (64,64 for 2-D pcd; else 128,128).
         spectral_norm: spectral-normalise every layer.
         buffer_size: the replay buffer's capacity (``buffer``).
         reinit_prob: the replay buffer's probability of restarting a chain from noise (``buffer``).
