@@ -273,6 +273,18 @@ The budget is wall time: a busy machine means fewer steps and a higher KL.
 
 {body}
 
+Reading it: pcd is the only method here on the speed-tuned 2-D defaults (5
+ULA steps at 0.1 on 512 chains, MLP widths 64,64, Adam lr 3e-3); cd and buffer
+keep 20 steps on 256 chains, 128,128, lr 1e-3 (their chains start at the data,
+or restart from noise, and need the longer chains: docs in
+`ebmlab.runs.config.TRAIN_DEFAULTS`). A run stops after the first step that
+ends past its budget, so a budget can be overshot by an in-training
+evaluation that falls inside it (ism and ncsn at 5 s: the evaluation at step
+500). pcd's KL after ~1000 steps wanders by a few hundredths from step to
+step (its persistent chains rarely cross between the modes, so the mode
+weights follow the chains' occupancy), which is the spread between seeds at
+10 and 20 s.
+
 Findings:
 
 {chr(10).join(findings)}
