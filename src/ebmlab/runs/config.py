@@ -50,21 +50,20 @@ NEGATIVES_TREE_DEPTH = 5
 #: to 0.01, 50 annealed Langevin steps per level when sampling. The 2-D alpha is
 #: training.TOY_ALPHA per method (short-run needs the stronger 0.1).
 #:
-#: 2-D EBMs trained by pcd ("toy_ebm") are tuned for KL per second on one core (the issue "Speed on one
-#: CPU"; docs/benchmarks.md, "Training: KL against seconds"): about 80% of a step was its 20 ULA steps (21
-#: energy-and-score evaluations of the 128,128 MLP on 256 chains). Now 5 ULA steps per update, a narrower MLP
-#: (64,64), more chains (512: PCD's persistent chains rarely cross between the modes, so the mode weights the
-#: model is pushed towards are the chains' occupancy, whose noise falls with more chains; KL per step fell more
-#: than the step's cost rose) and a larger Adam step (3e-3; with 5 steps on 256 chains KL after 10 s was 0.15
-#: at 1e-3 against 0.06 at 3e-3; 5e-3 was no better at 10-20 s). eps stays 0.1: 0.2 (fewer steps for the
-#: same distance) made ULA's blur, eps^2/4 = 0.01 in variance, half the rings' radial variance 0.0225, and pcd
-#: on rings and
-#: two_moons collapsed after ~1500 steps (loss falling without bound). cd keeps "toy": its chains start at the
-#: data, and 5 steps at 0.1 (0.22 of noise) never leave a mode, so the mode weights go unlearnt (KL 0.14 after
-#: 40 s on eight_gaussians, against 0.03 at 120 s with 20 steps). buffer keeps "toy": its restarts from
-#: noise get only 5 steps each time they are drawn (every ~20 updates), and on rings it was worse at 60 s
-#: (KL 0.19, with lr 5e-3) than before at 120 s (0.11). short-run keeps "toy" too (its chains start from
-#: noise at every update and need the 20 steps), and so do the score methods, which draw no negatives.
+#: 2-D EBMs trained by pcd ("toy_ebm") are tuned for KL per second on one core (the issue "Speed on one CPU";
+#: docs/benchmarks.md, "Training: KL against seconds"): about 80% of a step was its 20 ULA steps (21 energy-and-score
+#: evaluations of the 128,128 MLP on 256 chains). Now 5 ULA steps per update, a narrower MLP (64,64), more chains
+#: (512: PCD's persistent chains rarely cross between the modes, so the mode weights the model is pushed towards are
+#: the chains' occupancy, whose noise falls with more chains; KL per step fell more than the step's cost rose) and a
+#: larger Adam step (3e-3; with 5 steps on 256 chains KL after 10 s was 0.15 at 1e-3 against 0.06 at 3e-3; 5e-3 was
+#: no better at 10-20 s). eps stays 0.1: 0.2 (fewer steps for the same distance) made ULA's blur, eps^2/4 = 0.01 in
+#: variance, half the rings' radial variance 0.0225, and pcd on rings and two_moons collapsed after ~1500 steps (loss
+#: falling without bound). cd keeps "toy": its chains start at the data, and 5 steps at 0.1 (0.22 of noise) never
+#: leave a mode, so the mode weights go unlearnt (KL 0.14 after 40 s on eight_gaussians, against 0.03 at 120 s with
+#: 20 steps). buffer keeps "toy": its restarts from noise get only 5 steps each time they are drawn (every ~20
+#: updates), and on rings it was worse at 60 s (KL 0.19, with lr 5e-3) than before at 120 s (0.11). short-run keeps
+#: "toy" too (its chains start from noise at every update and need the 20 steps), and so do the score methods, which
+#: draw no negatives.
 TRAIN_DEFAULTS = {
     "toy": {"step_size": 0.1, "noise_scale": None, "lr": 1e-3, "batch_size": 256, "data_noise": 0.0},
     "toy_ebm": {"step_size": 0.1, "noise_scale": None, "lr": 3e-3, "batch_size": 512, "data_noise": 0.0,
