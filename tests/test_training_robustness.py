@@ -212,7 +212,8 @@ def test_metrics_with_a_torn_last_line_are_read_and_garbage_is_named(tmp_path):
 # ---------------------------------------------------------------------------------------------- divergence
 
 UNSTABLE = dict(data="eight_gaussians", method="pcd", steps=120, lr=0.5, alpha=0.0, eval_every=1000,
-                checkpoint_every=20, n_train=2000, n_test=500, batch_size=64, seed=0)
+                checkpoint_every=20, n_train=2000, n_test=500, batch_size=64, seed=0,
+                hidden=(128, 128), langevin_steps=20)  # a setting that diverges (pcd's 2-D defaults changed)
 
 
 def test_an_unstable_run_diverges_without_recovery_and_recovers_with_it(tmp_path):

@@ -393,9 +393,10 @@ def train(
                                                 "for negatives)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Optimiser steps (default 3000)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Data points and negative chains per step "
-                                             "(default 256 for 2-D data, 128 for images)."),
+                                             "(default 512 for pcd on 2-D data, 256 for other 2-D runs, "
+                                             "128 for images)."),
     langevin_steps: Optional[int] = typer.Option(None, min=0, help="Sampler steps per update (k of CD-k; "
-                                                 "default 20)."),
+                                                 "default 5 for pcd on 2-D data, else 20)."),
     step_size: Optional[float] = typer.Option(None, help="Sampler step size eps (default 0.1 for 2-D data, "
                                               "1.41 for images)."),
     noise_scale: Optional[float] = typer.Option(None, help="ULA noise std (default eps for 2-D data, 0.01 for "
@@ -409,14 +410,16 @@ def train(
     clamp_data: Optional[bool] = typer.Option(None, "--clamp-data/--no-clamp-data", help="ULA: clamp chain "
                                               "states to the data's range (default on for images, where the "
                                               "range is the pixel range [-1, 1]; off for 2-D data)."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default 1e-3 for 2-D data and image "
-                                       "score models, 1e-4 for image EBMs); betas (0, 0.999) for EBMs."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default 3e-3 for pcd on 2-D data, 1e-3 "
+                                       "for other 2-D runs and image score models, 1e-4 for image EBMs); betas "
+                                       "(0, 0.999) for EBMs."),
     alpha: Optional[float] = typer.Option(None, min=0.0, help="Energy-magnitude regulariser (Du & Mordatch 2019; "
                                           "default 0.03 for 2-D data, 0.1 for 2-D short-run and for images)."),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the parameter gradient's global norm (default 1)."),
     data_noise: Optional[float] = typer.Option(None, min=0.0, help="Std of Gaussian noise added to data batches "
                                                "(default 0 for 2-D data, 0.01 for image EBMs)."),
-    hidden: Optional[str] = typer.Option(None, help="MLP hidden widths (default 128,128)."),
+    hidden: Optional[str] = typer.Option(None, help="MLP hidden widths (default 64,64 for pcd on 2-D data, "
+                                         "else 128,128)."),
     spectral_norm: Optional[bool] = typer.Option(None, "--spectral-norm/--no-spectral-norm",
                                                  help="Spectral-normalise every layer (default off)."),
     buffer_size: Optional[int] = typer.Option(None, min=1, help="Replay buffer capacity (method buffer; "

@@ -284,13 +284,13 @@ def section_training(ctx: Context) -> Section:
     axs[0].imshow(dens.T.numpy(), origin="lower", extent=(*bounds[0], *bounds[1]), cmap="viridis")
     axs[0].set_title("data density (exact)")
     for ax, method in zip(axs[1:], methods):
+        # the run layer's defaults for this data and method (what `ebmlab train` uses: pcd's are tuned for KL
+        # per second); short-run chains start from noise at every update, so they get more steps here
+        cfg = TrainConfig.resolve(data="eight_gaussians", method=method,
+                                  **({"langevin_steps": 60} if method == "short-run" else {}))
         with torch.random.fork_rng():
             torch.manual_seed(ctx.seed)
-            model = MLPEnergy(2)
-        # the run layer's defaults for this data and method (what `ebmlab train` uses); short-run chains
-        # start from noise at every update, so they get more steps here
-        cfg = TrainConfig.resolve(data="eight_gaussians", method=method,
-                                  langevin_steps=60 if method == "short-run" else 20)
+            model = MLPEnergy(2, hidden=cfg.hidden)
         res = train_ebm(model, train, sampler=chain_sampler(cfg.to_dict(), images=False), method=method,
                         steps=10**7, batch_size=cfg.batch_size, mcmc_steps=cfg.langevin_steps, lr=cfg.lr,
                         alpha=cfg.alpha, ema_decay=cfg.ema, generator=g, max_seconds=budget, log_every=10**9)

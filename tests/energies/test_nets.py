@@ -223,6 +223,10 @@ def test_mlp_energy_and_score_falls_back_to_autograd_where_it_must():
     e, s = ebmlab.energy_and_score(net, x)
     e_ref, s_ref = _autograd_energy_and_score(net, x)
     torch.testing.assert_close(s, s_ref)
+    patched = MLPEnergy(2, (8,))
+    forward = patched.forward
+    patched.forward = lambda x: forward(x) + 1.0  # an instance's own forward (a test's spy, a user's patch)
+    assert torch.equal(ebmlab.energy_and_score(patched, x)[0], forward(x).detach() + 1.0)
     with pytest.raises(TypeError, match="convert the points"):
         ebmlab.energy_and_score(MLPEnergy(2), x.double())
     with pytest.raises(ValueError, match=r"expects x of shape \(batch, 2\)"):

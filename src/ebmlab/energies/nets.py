@@ -282,7 +282,8 @@ class MLPEnergy(_ProductOfExperts, nn.Module):
         self._check(x)
         layers = list(self.net)
         param = next(self.parameters())  # not .weight: with spectral norm each access is a power iteration
-        closed = (type(self).forward is MLPEnergy.forward and x.dtype == param.dtype and x.device == param.device
+        closed = (type(self).forward is MLPEnergy.forward and "forward" not in vars(self)  # not replaced
+                  and x.dtype == param.dtype and x.device == param.device
                   and all(type(m) in _DERIVATIVES for m in layers[1::2]))
         if not closed:
             from .core import evaluate_energy  # core imports nothing from here; lazy all the same

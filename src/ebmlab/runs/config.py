@@ -50,8 +50,8 @@ NEGATIVES_TREE_DEPTH = 5
 #: to 0.01, 50 annealed Langevin steps per level when sampling. The 2-D alpha is
 #: training.TOY_ALPHA per method (short-run needs the stronger 0.1).
 #:
-#: 2-D EBMs trained by pcd ("toy_ebm") are tuned for KL per second on one core (the issue "Speed on one CPU";
-#: docs/benchmarks.md, "Training: KL against seconds"): about 80% of a step was its 20 ULA steps (21 energy-and-score
+#: 2-D EBMs trained by pcd ("toy_ebm") are tuned for KL per second on one core
+#: (docs/benchmarks.md, "Training: KL against seconds"): about 80% of a step was its 20 ULA steps (21 energy-and-score
 #: evaluations of the 128,128 MLP on 256 chains). Now 5 ULA steps per update, a narrower MLP (64,64), more chains
 #: (512: PCD's persistent chains rarely cross between the modes, so the mode weights the model is pushed towards are
 #: the chains' occupancy, whose noise falls with more chains; KL per step fell more than the step's cost rose) and a
