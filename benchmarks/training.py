@@ -134,7 +134,7 @@ def table(rows: list[dict]) -> str:
 CURVE_DATA = "eight_gaussians"
 CURVE_METHODS = ("cd", "pcd", "buffer", "ism", "ncsn")
 CURVE_SECONDS = (2.5, 5.0, 10.0, 20.0, 40.0)
-#: The issue's goal for pcd with the defaults: KL <= 0.05 nat within 10 s and <= 0.02 nat within 20 s.
+#: The goal for pcd with the defaults: KL <= 0.05 nat within 10 s and <= 0.02 nat within 20 s.
 GOAL = {10.0: 0.05, 20.0: 0.02}
 PROFILE_STEPS = 300
 

@@ -24,7 +24,7 @@ from ..sde import WEIGHTINGS
 from ..training import MAX_RECOVERIES, default_alpha
 
 __all__ = ["CHAIN_SAMPLERS", "FILE_TEST_FRACTION", "NEGATIVES_TREE_DEPTH", "ConfigError", "EBM_METHODS", "IMAGE_DATA",
-           "IMAGE_SCORE_METHODS", "METHODS", "TOY_FAST_METHODS",
+           "IMAGE_SCORE_METHODS", "METHODS",
            "SCORE_METHODS", "SDE_DEFAULTS", "SDE_METHODS", "TOY_STEPS_PER_LEVEL", "TRAIN_DEFAULTS", "TrainConfig"]
 
 #: Image data sets a config can name: scikit-learn's 8x8 digits, and MNIST / Fashion-MNIST (28x28) read from
@@ -50,7 +50,7 @@ NEGATIVES_TREE_DEPTH = 5
 #: to 0.01, 50 annealed Langevin steps per level when sampling. The 2-D alpha is
 #: training.TOY_ALPHA per method (short-run needs the stronger 0.1).
 #:
-#: 2-D EBMs trained by pcd ("toy_ebm") are tuned for KL per second on one core
+#: 2-D EBMs trained by pcd ("toy_pcd") are tuned for KL per second on one core
 #: (docs/benchmarks.md, "Training: KL against seconds"): about 80% of a step was its 20 ULA steps (21 energy-and-score
 #: evaluations of the 128,128 MLP on 256 chains). Now 5 ULA steps per update, a narrower MLP (64,64), more chains
 #: (512: PCD's persistent chains rarely cross between the modes, so the mode weights the model is pushed towards are
@@ -66,17 +66,13 @@ NEGATIVES_TREE_DEPTH = 5
 #: draw no negatives.
 TRAIN_DEFAULTS = {
     "toy": {"step_size": 0.1, "noise_scale": None, "lr": 1e-3, "batch_size": 256, "data_noise": 0.0},
-    "toy_ebm": {"step_size": 0.1, "noise_scale": None, "lr": 3e-3, "batch_size": 512, "data_noise": 0.0,
+    "toy_pcd": {"step_size": 0.1, "noise_scale": None, "lr": 3e-3, "batch_size": 512, "data_noise": 0.0,
                 "langevin_steps": 5, "hidden": (64, 64)},
     "digits": {"step_size": 1.41, "noise_scale": 0.01, "lr": 1e-4, "batch_size": 128, "data_noise": 0.01,
                "alpha": 0.1},
     "digits_score": {"step_size": 1.41, "noise_scale": 0.01, "lr": 1e-3, "batch_size": 128, "data_noise": 0.0,
                      "alpha": 0.1, "steps_per_level": 50},
 }
-#: The EBM methods whose 2-D defaults are TRAIN_DEFAULTS["toy_ebm"] (measured for speed on one core,
-#: docs/benchmarks.md "Training: KL against seconds"); short-run and buffer keep TRAIN_DEFAULTS["toy"] with 20
-#: sampler steps, and so does cd, as the score methods keep "toy".
-TOY_FAST_METHODS = ("pcd",)
 #: Sampler steps per update and MLP widths wherever TRAIN_DEFAULTS does not say.
 LANGEVIN_STEPS, HIDDEN = 20, (128, 128)
 #: Diffusion runs (sde-ve, sde-vp), 2-D data and images alike. VE: sigma(t) from 0.01 up to sigma_max, whose
@@ -410,7 +406,7 @@ class TrainConfig:
     def defaults(self) -> dict[str, Any]:
         """The data- and method-dependent defaults this config falls back on."""
         if not self.images:
-            kind = "toy_ebm" if self.method in TOY_FAST_METHODS else "toy"
+            kind = "toy_pcd" if self.method == "pcd" else "toy"
             d = {**TRAIN_DEFAULTS[kind], "alpha": default_alpha(self.method, images=False)}
         else:
             d = dict(TRAIN_DEFAULTS["digits_score" if self.score else "digits"])
