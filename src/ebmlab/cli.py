@@ -277,7 +277,7 @@ _SAMPLE_KEYS = ("keep_reason", "sde_steps", "solver", "nfe", "acceptance_rate", 
                 "communication_barrier", "ladder_adaptation_rounds", "mean", "cov", "ess_bulk_min", "rhat_max",
                 "mmd_to_exact", "kl_to_exact",
                 "kl_to_model_density", "fraction_outside_box", "mmd_to_test_data", "steps_per_level", "pixel_mean",
-                "pixel_std", "seconds", "chain_steps_per_second", "out", "plot")
+                "pixel_std", "seconds", "chain_steps_per_second", "compiled_from", "out", "plot")
 
 
 @app.command()
@@ -327,8 +327,9 @@ def sample(
     seed: int = typer.Option(0, min=0, max=_MAX, help="Seed of the run's torch.Generator."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (CUDA when present, else cpu)."),
     dtype: str = typer.Option("float32", help="float32 or float64."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the sampler step (pays for long runs; "
-                                 "a few seconds of compilation first)."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the sampler step "
+                                           "always / never (default: when the run is long enough to repay a few "
+                                           "seconds of compilation, measured on its first steps)."),
     out: Optional[Path] = typer.Option(None, help="Write samples, energies and acceptance to this .npz."),
     plot: Optional[Path] = typer.Option(None, help="Write a samples-over-density figure (PNG/PDF/SVG)."),
     model: Optional[Path] = typer.Option(None, help="Sample a trained model (a run directory from `ebmlab train`) "
@@ -345,7 +346,8 @@ def sample(
                        num_temperatures=num_temperatures, max_temperature=max_temperature, adapt=adapt,
                        keep=keep.value if keep is not None else None,
                        chains=chains, steps=steps, burn_in=burn_in, thin=thin,
-                       init=init.value, seed=seed, device=device, dtype=dtype, compile=compile,
+                       init=init.value, seed=seed, device=device, dtype=dtype,
+                       compile="auto" if compile is None else compile,
                        steps_per_level=steps_per_level, sde_steps=sde_steps).checked()
     _check_output("--out", out)
     _check_output("--plot", plot)

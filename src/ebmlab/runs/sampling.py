@@ -74,7 +74,9 @@ class SampleConfig:
         device: ``cpu``, ``cuda[:N]`` or ``auto`` (CUDA when present, else the CPU; :meth:`checked`
             replaces it by the device it picked).
         dtype: ``float32`` or ``float64``.
-        compile: run the sampler step through ``torch.compile``.
+        compile: ``"auto"`` (compile the sampler step when the run is long enough to repay it, measured:
+            :func:`ebmlab.sample`'s ``compile``), ``True`` (always) or ``False`` (never); the result's
+            ``compiled_from`` is the first compiled step (``None``: eager throughout).
         steps_per_level: score runs only: Langevin steps per noise level (default: the run's own).
         sde_steps: diffusion runs only: predictor steps of ``pc`` / ``sde`` (default: the run's
             own ``sde_steps``), or fixed Heun steps of ``ode`` (default: adaptive RK45).
@@ -98,7 +100,7 @@ class SampleConfig:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
-    compile: bool = False
+    compile: bool | str = "auto"
     steps_per_level: int | None = None
     sde_steps: int | None = None
 
@@ -132,6 +134,8 @@ class SampleConfig:
                               "adapt")
         if self.init not in INITS:
             raise ConfigError(f"{{0}} must be one of {', '.join(INITS)}, got {self.init!r}", "init")
+        if not (self.compile is True or self.compile is False or self.compile == "auto"):
+            raise ConfigError(f"{{0}} must be true, false or 'auto', got {self.compile!r}", "compile")
         if self.dtype not in _DTYPES:
             raise ConfigError(f"{{0}} must be one of {sorted(_DTYPES)}, got {self.dtype!r}", "dtype")
         try:
@@ -274,7 +278,7 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
     trace = distributed.run_on_all(lambda: samplers.sample(
         target, sampler, x0, cfg.steps, generator=generator, burn_in=cfg.burn_in, thin=cfg.thin,
         callback=(lambda t, s, i: callback(t + 1)) if callback is not None else None,
-        compile=cfg.compile and cfg.sampler != "rejection", keep=keep, max_kept=STATS_KEPT))
+        compile=False if cfg.sampler == "rejection" else cfg.compile, keep=keep, max_kept=STATS_KEPT))
     if world > 1:  # every rank's chains, in rank order, on rank 0: the diagnostics see all of them
         trace = _gathered(trace, time.perf_counter() - t0)
 
@@ -292,7 +296,7 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
                   **({"keep_reason": why} if why else {}),
                   "acceptance_rate": float(trace.acceptance_rate.mean()), "mean": mean, "cov": cov,
                   "ess_bulk_min": summary["ess_bulk_min"], "rhat_max": summary["rhat_max"], "seconds": trace.seconds,
-                  "chain_steps_per_second": trace.chain_steps_per_second}
+                  "chain_steps_per_second": trace.chain_steps_per_second, "compiled_from": trace.compiled_from}
         result.update(_sampler_report(trace, tuned))
         if target.has_exact_sampler:
             ref_gen = torch.Generator().manual_seed(cfg.seed + 1)  # on the CPU, as mmd wants: the same on every device

@@ -225,7 +225,7 @@ def sample(
     burn_in: int = 0,
     thin: int = 1,
     callback: Callable[[int, State, Info], None] | None = None,
-    compile: bool = False,
+    compile: bool | str = "auto",
     check_every: int = 10,
     keep: str = "all",
     max_kept: int = 1000,
@@ -242,12 +242,23 @@ def sample(
         burn_in: transitions discarded before keeping draws.
         thin: keep every ``thin``-th draw after burn-in.
         callback: called as ``callback(step, state, info)`` after each step.
-        compile: run the sampler's deterministic ``transition`` through
-            ``torch.compile`` (random numbers still come from ``generator``,
-            outside the graph). Pays for long runs of analytic-score targets
-            (see docs/benchmarks.md); costs a few seconds of compilation
-            once per (sampler, energy, shape, dtype, device). It can be
-            slower for autograd scores of some energies: measure.
+        compile: ``"auto"`` (the default) decides for you, by measurement:
+            the run starts eagerly; when the first steps' time predicts that
+            the rest of the run would take longer than
+            :data:`AUTO_COMPILE_SECONDS` (compilation costs a few seconds,
+            once per process), it switches to the compiled ``transition``, and
+            back to eager if the compiled steps turn out no faster (or
+            compilation fails: a warning says so). The verdict is kept for the
+            (sampler, energy, shape, dtype, device), so a later run of the same
+            pair starts compiled (the compile is paid once). ``True`` compiles
+            from the first step; ``False`` never compiles. Either way random
+            numbers come from ``generator``, outside the graph, so compiled
+            chains are the eager ones up to floating-point rounding
+            (:attr:`Trace.compiled_from` says from which step a run was
+            compiled; ``False`` gives bit-for-bit repeatable eager runs).
+            ``"auto"`` compiles only samplers whose ``auto_compile`` is true
+            (ULA, MALA, HMC, random-walk MH); NUTS, parallel tempering,
+            rejection and annealed Langevin run eagerly.
         check_every: test the chains' energies for NaN/inf every this many
             steps (each test syncs; the message names the window).
         keep: ``"all"`` keeps every ``thin``-th draw after burn-in;
@@ -304,24 +315,24 @@ def sample(
     if keep == "stats" and (isinstance(max_kept, bool) or not isinstance(max_kept, int) or max_kept < 2
                             or max_kept % 2):
         raise ValueError(f"max_kept must be an even integer >= 2, got {max_kept!r}")
+    if not (compile is True or compile is False or (isinstance(compile, str) and compile == "auto")):
+        raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
     start = time.perf_counter()
-    if compile:
-        import torch._inductor.config as inductor_config
-
-        # Perf note: Inductor's CPU RNG is ~5x slower than torch.randn; we draw
-        # outside the graph anyway, and keep the fallback in case a user energy draws.
-        inductor_config.fallback_random = True
     state = sampler.init(energy, x0)
     check_finite_state(state, 0)
-    if compile:
-        transition = compiled_transition(sampler, energy)
 
-        def step(state: State) -> tuple[State, Info]:
-            return transition(state, *sampler.draw(state, generator))
+    def eager_step(state: State) -> tuple[State, Info]:
+        return sampler.step(energy, state, generator=generator)
+
+    auto = None
+    if compile is True:
+        step = _compiled_step(sampler, energy, generator)
+    elif compile == "auto" and _auto_compiles(sampler, state):
+        auto = _AutoCompile(sampler, energy, generator, eager_step, state, num_steps)
+        step = auto.first_step()
     else:
-
-        def step(state: State) -> tuple[State, Info]:
-            return sampler.step(energy, state, generator=generator)
+        step = eager_step
+    next_check = -1 if auto is None else auto.next_check
 
     keep_all = keep == "all"
     kept = -(-(num_steps - burn_in) // thin) if keep_all else 0
@@ -339,6 +350,8 @@ def sample(
     checked = 0
     for t in range(num_steps):
         state, info = step(state)
+        if t == next_check:  # compile="auto": time this mode, maybe switch (a few times per run at most)
+            step, next_check = auto.update(t, step)
         if (t + 1) % check_every == 0 or t + 1 == num_steps:
             check_finite_state(state, t + 1, since=checked)
             checked = t + 1
@@ -375,7 +388,138 @@ def sample(
         divergences=tree.get("divergent"),
         mean_tree_depth=tree["tree_depth"].double() / (num_steps - burn_in) if "tree_depth" in tree else None,
         moments=None if moments is None else {**moments.result(state.x.shape[1:]), "thin": reservoir.stride},
+        compiled_from=0 if compile is True else (None if auto is None else auto.compiled_from),
     )
+
+
+#: ``compile="auto"`` compiles a run whose remaining eager steps are predicted to take longer than this many
+#: seconds. Compiling costs 1-3 s per (sampler, energy) on one CPU core, plus about 5-10 s for the first
+#: compilation in a process; above this length a compiled step that is even 1.5x faster repays it.
+AUTO_COMPILE_SECONDS = 30.0
+
+
+def _auto_compiles(sampler: Any, state: State) -> bool:
+    """Whether ``compile="auto"`` may try compiling: a sampler that says so (ULA, MALA, HMC, random-walk MH:
+    a deterministic ``transition`` and a cheap graph), on the CPU or CUDA, not already inside a compiled
+    function."""
+    return (getattr(sampler, "auto_compile", False) and state.x.device.type in ("cpu", "cuda")
+            and not torch.compiler.is_compiling())
+
+
+#: ``compile="auto"``'s verdicts, per (sampler, energy): for each (shape, dtype, device), whether the compiled
+#: step was faster. Bounded like the compile cache; the energy is held to check that an ``id`` is not reused.
+_VERDICTS: OrderedDict[tuple[Any, int], tuple[Any, dict[tuple, bool]]] = OrderedDict()
+
+
+def _verdicts(sampler: Any, energy: Any) -> dict[tuple, bool]:
+    key = (sampler, id(energy))
+    hit = _VERDICTS.get(key)
+    if hit is None or hit[0] is not energy:
+        hit = _VERDICTS[key] = (energy, {})
+    _VERDICTS.move_to_end(key)
+    while len(_VERDICTS) > COMPILED_CACHE_SIZE:
+        _VERDICTS.popitem(last=False)
+    return hit[1]
+
+
+def _compiled(sampler: Any, energy: Any) -> Callable:
+    import torch._inductor.config as inductor_config
+
+    # Inductor's CPU random numbers are ~5x slower than torch.randn; the draws happen outside the graph
+    # anyway; the fallback also covers a user's energy that draws.
+    inductor_config.fallback_random = True
+    return compiled_transition(sampler, energy)
+
+
+def _compiled_step(sampler: Any, energy: Any, generator: torch.Generator | None) -> Callable:
+    transition = _compiled(sampler, energy)
+
+    def step(state: State) -> tuple[State, Info]:
+        return transition(state, *sampler.draw(state, generator))
+
+    return step
+
+
+class _AutoCompile:
+    """``compile="auto"``: time eager steps, compile when the rest of the run is long, keep it if faster.
+
+    The loop calls :meth:`update` after step ``next_check``; each call times the mode just run and
+    returns the step function to use next and the next step to check at (-1: never again).
+    """
+
+    PROBE = 16  # steps timed per mode, at least
+    MIN_PROBE_SECONDS = 0.02  # and at least this long (the number of steps doubles until it is)
+    MIN_GAIN = 0.9  # the compiled step is kept if it takes at most this fraction of the eager step's time
+
+    def __init__(self, sampler: Any, energy: Any, generator: torch.Generator | None, eager_step: Callable,
+                 state: State, num_steps: int) -> None:
+        self.sampler, self.energy, self.generator, self.eager_step = sampler, energy, generator, eager_step
+        self.num_steps = num_steps
+        self.key = (tuple(state.x.shape), state.x.dtype, state.x.device)
+        self.verdict = _verdicts(sampler, energy).get(self.key)
+        self.compiled_from: int | None = None
+        self.phase, self.next_check, self.t0, self.timed_from, self.eager_seconds = "start", 0, 0.0, 0, 0.0
+
+    def first_step(self) -> Callable:
+        if self.verdict:  # compiled before and found faster: compiled from the first step
+            self.phase, self.compiled_from, self.next_check = "compiled", 0, -1
+            return self._guarded()
+        if self.verdict is False or self.num_steps <= 2 * self.PROBE + 2:
+            self.next_check = -1
+        return self.eager_step
+
+    def update(self, t: int, step: Callable) -> tuple[Callable, int]:
+        now = time.perf_counter()
+        if self.phase == "start":  # step 0 paid for first-call allocations: time from here
+            self.phase, self.t0, self.timed_from = "eager", now, t
+            return step, t + self.PROBE
+        if self.phase == "compiling":  # the step just run compiled the graph: time the next ones
+            if self.compiled_from is None:  # compilation failed: eager from now on
+                return self.eager_step, -1
+            self.phase, self.t0, self.timed_from = "compiled", now, t
+            return step, t + self.PROBE
+        n = t - self.timed_from
+        if now - self.t0 < self.MIN_PROBE_SECONDS:  # too short to time reliably: twice as many steps,
+            return step, (t + n if t + n < self.num_steps - 1 else -1)  # unless the run ends first
+        per_step = (now - self.t0) / n
+        if self.phase == "eager":
+            self.eager_seconds = per_step
+            if per_step * (self.num_steps - t - 1) < AUTO_COMPILE_SECONDS:
+                return step, -1
+            self.phase, self.compiled_from = "compiling", t + 1
+            return self._guarded(), t + 1
+        faster = per_step <= self.MIN_GAIN * self.eager_seconds
+        _verdicts(self.sampler, self.energy)[self.key] = faster
+        return (step, -1) if faster else (self.eager_step, -1)
+
+    def _guarded(self) -> Callable:
+        """The compiled step, falling back to the eager transition (with a warning) when torch.compile fails."""
+        sampler, energy, generator, outer = self.sampler, self.energy, self.generator, self
+        transition = _compiled(sampler, energy)
+        broken = ran = False
+
+        def step(state: State) -> tuple[State, Info]:
+            nonlocal broken, ran
+            draws = sampler.draw(state, generator)
+            if not broken:
+                try:
+                    out = transition(state, *draws)
+                    ran = True
+                    return out
+                except Exception as err:  # noqa: BLE001 -- torch.compile's failures share no base class
+                    import warnings
+
+                    broken = True
+                    first = str(err).splitlines()[0] if str(err) else ""
+                    warnings.warn(f"compile='auto': torch.compile failed on {type(sampler).__name__}'s step with "
+                                  f"this energy ({type(err).__name__}: {first}); running eagerly (pass "
+                                  "compile=False to skip the attempt)", RuntimeWarning, stacklevel=3)
+                    _verdicts(sampler, energy)[outer.key] = False
+                    if not ran:  # no step ran compiled
+                        outer.compiled_from = None
+            return sampler.transition(energy, state, *draws)  # the same draws: the chains do not notice
+
+        return step
 
 
 class _Pending:

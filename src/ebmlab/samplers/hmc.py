@@ -13,6 +13,7 @@ Keep ``eps * num_leapfrog`` below ``pi * sigma_min`` or chains resonate.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -37,6 +38,9 @@ class HMC:
         record_trajectory: also return the leapfrog path in ``Info.trajectory``
             (for plots and the playground; costs memory).
     """
+
+    #: ``sample(..., compile="auto")`` may compile this sampler's ``transition`` for a long run.
+    auto_compile: ClassVar[bool] = True
 
     step_size: float
     num_leapfrog: int = 10

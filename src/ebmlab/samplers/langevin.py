@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -40,6 +41,9 @@ class Langevin:
         clamp: if set, ``(lo, hi)``: clamp every coordinate of the new point
             (keeps image samples in the data range).
     """
+
+    #: ``sample(..., compile="auto")`` may compile this sampler's ``transition`` for a long run.
+    auto_compile: ClassVar[bool] = True
 
     step_size: float
     noise_scale: float | None = None

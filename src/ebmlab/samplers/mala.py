@@ -29,6 +29,7 @@ One energy-and-gradient evaluation per step: the state caches both.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -63,6 +64,9 @@ class MALA:
             broadcastable to the event shape (e.g. the target's marginal
             variances); ``None`` is the identity.
     """
+
+    #: ``sample(..., compile="auto")`` may compile this sampler's ``transition`` for a long run.
+    auto_compile: ClassVar[bool] = True
 
     step_size: float
     inverse_mass: float | Tensor | None = None

@@ -7,6 +7,7 @@ Proposal ``x' = x + scale * z``, ``z ~ N(0, I)``; symmetric, so
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -26,6 +27,9 @@ class RandomWalkMH:
         scale: standard deviation of the Gaussian proposal (the lecture demo's
             "proposal sigma").
     """
+
+    #: ``sample(..., compile="auto")`` may compile this sampler's ``transition`` for a long run.
+    auto_compile: ClassVar[bool] = True
 
     scale: float
 

@@ -83,6 +83,8 @@ class Trace:
             burn-in and every chain: ``mean`` (event shape), ``var`` (event shape),
             ``cov`` (``(E, E)`` for ``E = prod(event) <= 64``, else ``None``), ``count``
             (draws x chains) and ``thin`` (the reservoir's final spacing in steps).
+        compiled_from: the first step that ran a compiled transition (``sample``'s ``compile``; ``None``:
+            the run was eager throughout).
         extras: anything else a caller wants to keep with the trace.
     """
 
@@ -97,6 +99,7 @@ class Trace:
     divergences: Tensor | None = None
     mean_tree_depth: Tensor | None = None
     moments: dict[str, Any] | None = None
+    compiled_from: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -230,7 +233,7 @@ def save_trace(trace: Trace, path: str | os.PathLike) -> Path:
         reduced = f"{type(state).__module__}.{type(state).__qualname__}"
         state = State(x=state.x, energy=state.energy, score=getattr(state, "score", None))
     meta = {"format_version": FORMAT_VERSION, "num_steps": int(trace.num_steps), "seconds": float(trace.seconds),
-            "burn_in": int(trace.burn_in), "optional": optional, "moments": moments, "extras": extras,
+            "burn_in": int(trace.burn_in), "compiled_from": trace.compiled_from, "optional": optional, "moments": moments, "extras": extras,
             "final_state": _encode(state, "final_state", tensors, classes), "final_state_reduced_from": reduced}
     from safetensors.torch import save
 
@@ -285,7 +288,7 @@ def load_trace(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
     extras = {k: tensors[s["tensor"]] if "tensor" in s else s["value"] for k, s in meta["extras"].items()}
     return Trace(samples=tensors["samples"], energies=tensors["energies"], acceptance_rate=tensors["acceptance_rate"],
                  final_state=_decode(meta["final_state"], tensors, classes, str(path)), num_steps=meta["num_steps"],
-                 seconds=meta["seconds"], burn_in=meta["burn_in"],
+                 seconds=meta["seconds"], burn_in=meta["burn_in"], compiled_from=meta.get("compiled_from"),
                  **{name: tensors[name] for name in meta["optional"]}, moments=moments, extras=extras)
 
 

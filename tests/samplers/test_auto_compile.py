@@ -1,0 +1,170 @@
+"""``sample(..., compile="auto")``, the default: compile a long run's transition when it pays, measured.
+
+The switch is decided by timing, so these tests set ``AUTO_COMPILE_SECONDS`` to 0 (every run counts as
+long) or to a huge value (none does) and replace ``compiled_transition`` with stand-ins that fail or are
+slow, to check each branch of the decision without depending on how fast the machine is.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import pytest
+import torch
+
+import ebmlab
+from ebmlab.energies.core import energy_and_score
+from ebmlab.samplers import MALA, HMC, Langevin, NUTS
+from ebmlab.samplers import base
+
+
+def double_well(x):
+    return 2 * ((x**2 - 1) ** 2).sum(-1)
+
+
+X0 = torch.randn((64, 2), generator=torch.Generator().manual_seed(0))
+PROBE = base._AutoCompile.PROBE
+
+
+def run(energy, sampler, compile="auto", steps=60):
+    return ebmlab.sample(energy, sampler, X0, steps, generator=torch.Generator().manual_seed(1), compile=compile)
+
+
+@pytest.fixture
+def always_long(monkeypatch):
+    monkeypatch.setattr(base, "AUTO_COMPILE_SECONDS", 0.0)
+    monkeypatch.setattr(base._AutoCompile, "MIN_PROBE_SECONDS", 0.0)  # decide after PROBE steps exactly
+    monkeypatch.setattr(base, "_VERDICTS", base.OrderedDict())
+
+
+def as_eager(sampler, energy):
+    """A stand-in for compiled_transition: the eager transition (so any chain difference is the switch's)."""
+    return lambda state, *draws: sampler.transition(energy, state, *draws)
+
+
+@pytest.fixture
+def never_long(monkeypatch):
+    monkeypatch.setattr(base, "AUTO_COMPILE_SECONDS", float("inf"))
+    monkeypatch.setattr(base, "_VERDICTS", base.OrderedDict())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", [Langevin(0.1), MALA(0.5), HMC(0.1, num_leapfrog=3)], ids=repr)
+def test_a_long_run_switches_to_the_compiled_step_and_keeps_the_chains(always_long, sampler):
+    """Steps 0..PROBE are eager and timed, then torch.compile runs; the draws are the same, so the chains are
+    the eager ones up to rounding, and the verdict (faster or not, as measured here) is kept for the pair."""
+    energy = lambda x: double_well(x)  # a fresh closure: nothing cached for it  # noqa: E731
+    eager = run(energy, sampler, compile=False)
+    auto = run(energy, sampler)
+    assert eager.compiled_from is None and auto.compiled_from == PROBE + 1
+    torch.testing.assert_close(auto.samples, eager.samples, rtol=1e-4, atol=1e-4)
+    assert torch.equal(auto.acceptance_rate, eager.acceptance_rate)
+    faster = base._verdicts(sampler, energy)[((64, 2), torch.float32, torch.device("cpu"))]
+    assert run(energy, sampler).compiled_from == (0 if faster else None)
+
+
+def test_a_faster_compiled_step_is_kept_and_reused(always_long, monkeypatch):
+    monkeypatch.setattr(base, "compiled_transition", as_eager)
+    monkeypatch.setattr(base._AutoCompile, "MIN_GAIN", 1e9)  # the stand-in counts as faster
+    eager = run(double_well, MALA(0.5), compile=False)
+    auto = run(double_well, MALA(0.5))
+    assert auto.compiled_from == PROBE + 1 and torch.equal(auto.samples, eager.samples)
+    again = run(double_well, MALA(0.5))
+    assert again.compiled_from == 0 and torch.equal(again.samples, eager.samples)  # compiled from step 0
+
+
+def test_steps_too_quick_to_time_are_timed_in_longer_stretches(always_long, monkeypatch):
+    monkeypatch.setattr(base, "compiled_transition", as_eager)
+    monkeypatch.setattr(base._AutoCompile, "MIN_PROBE_SECONDS", float("inf"))  # never long enough to decide
+    assert run(double_well, MALA(0.5), steps=300).compiled_from is None
+
+
+def test_a_short_run_stays_eager_and_bit_for_bit(never_long):
+    eager = run(double_well, MALA(0.5), compile=False, steps=200)
+    auto = run(double_well, MALA(0.5), steps=200)
+    assert auto.compiled_from is None
+    assert torch.equal(auto.samples, eager.samples) and torch.equal(auto.acceptance_rate, eager.acceptance_rate)
+
+
+def test_samplers_without_a_fixed_transition_never_compile(always_long, monkeypatch):
+    monkeypatch.setattr(base, "compiled_transition", lambda *a: pytest.fail("NUTS must not be compiled"))
+    assert run(double_well, NUTS(0.3, max_tree_depth=3), steps=40).compiled_from is None
+
+
+def test_a_failing_compile_warns_and_runs_eagerly(always_long, monkeypatch):
+    """torch.compile's failures (no C++ compiler, an energy dynamo cannot trace) cost a warning, not the run."""
+    def broken(sampler, energy):
+        def transition(state, *draws):
+            raise RuntimeError("inductor: no working C++ compiler found")
+        return transition
+
+    monkeypatch.setattr(base, "compiled_transition", broken)
+    eager = run(double_well, MALA(0.5), compile=False)
+    with pytest.warns(RuntimeWarning, match="compile='auto': torch.compile failed .*C\\+\\+ compiler.*running eagerly"):
+        auto = run(double_well, MALA(0.5))
+    assert auto.compiled_from is None
+    assert torch.equal(auto.samples, eager.samples)  # the failed step was redone eagerly with the same draws
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the verdict is remembered: no second attempt, no second warning
+        assert run(double_well, MALA(0.5)).compiled_from is None
+
+
+def test_an_energy_error_is_not_mistaken_for_a_compile_failure(always_long):
+    def fails_later(x):
+        if x.abs().max() > 0:  # noqa: not traceable cheaply either way; eager raises the same
+            raise ValueError("my energy is broken")
+        return double_well(x)
+
+    with pytest.raises(ValueError, match="my energy is broken"):
+        run(fails_later, MALA(0.5))
+
+
+def test_a_compiled_step_that_is_not_faster_is_dropped(always_long, monkeypatch):
+    """The logsumexp trap and friends: a compiled step measured slower than eager is abandoned for the rest of
+    the run and for later runs of the pair."""
+    def slow(sampler, energy):
+        def transition(state, *draws):
+            time.sleep(0.002)
+            return sampler.transition(energy, state, *draws)
+        return transition
+
+    monkeypatch.setattr(base, "compiled_transition", slow)
+    eager = run(double_well, MALA(0.5), compile=False)
+    calls = []
+    auto = ebmlab.sample(double_well, MALA(0.5), X0, 60, generator=torch.Generator().manual_seed(1),
+                         callback=lambda t, s, i: calls.append(time.perf_counter()))
+    assert auto.compiled_from == PROBE + 1  # some steps did run the (stand-in) compiled step
+    assert torch.equal(auto.samples, eager.samples)
+    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    assert min(gaps[2 * PROBE + 3:]) < 0.002  # after the trial, eager again
+    assert run(double_well, MALA(0.5)).compiled_from is None  # remembered
+
+
+@pytest.mark.parametrize("bad", [1, 0, "yes", None, "AUTO"])
+def test_compile_takes_true_false_or_auto(bad):
+    with pytest.raises(ValueError, match="compile must be True, False or 'auto'"):
+        run(double_well, MALA(0.5), compile=bad, steps=3)
+
+
+def test_an_autograd_energy_compiles_into_one_graph():
+    """torch.autograd.grad breaks dynamo's graph (a compiled step of a user's closure ran slower than eager);
+    inside torch.compile the score is traced with torch.func.grad instead: one graph, the same numbers."""
+    import torch._dynamo
+
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(lambda y: energy_and_score(double_well, y))(x)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1), torch.nn.Flatten(0))
+    e_ref, s_ref = energy_and_score(net, x)
+    e, s = torch.compile(lambda y: energy_and_score(net, y))(x)
+    torch.testing.assert_close(s, s_ref) and torch.testing.assert_close(e, e_ref)
+    assert not s.requires_grad and not e.requires_grad  # detached from the parameters, as autograd.grad's are
+
+
+def test_the_trace_file_keeps_compiled_from(tmp_path, always_long, monkeypatch):
+    monkeypatch.setattr(base, "compiled_transition", as_eager)
+    trace = run(double_well, MALA(0.5))
+    assert trace.compiled_from == PROBE + 1
+    assert ebmlab.Trace.load(trace.save(tmp_path / "t.safetensors")).compiled_from == PROBE + 1
