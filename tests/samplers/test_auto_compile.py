@@ -38,9 +38,10 @@ def always_long(monkeypatch):
     monkeypatch.setattr(base, "_VERDICTS", base.OrderedDict())
 
 
-def as_eager(sampler, energy):
-    """A stand-in for compiled_transition: the eager transition (so any chain difference is the switch's)."""
-    return lambda state, *draws: sampler.transition(energy, state, *draws)
+def as_eager(sampler, energy, steps=1, collect=True):
+    """A stand-in for compiled_transition: what it would compile, run eagerly (so any chain difference is the
+    loop's bookkeeping, not rounding)."""
+    return base.uncompiled_transition(sampler, energy, steps, collect)
 
 
 @pytest.fixture
@@ -94,7 +95,7 @@ def test_samplers_without_a_fixed_transition_never_compile(always_long, monkeypa
 
 def test_a_failing_compile_warns_and_runs_eagerly(always_long, monkeypatch):
     """torch.compile's failures (no C++ compiler, an energy dynamo cannot trace) cost a warning, not the run."""
-    def broken(sampler, energy):
+    def broken(sampler, energy, steps=1, collect=True):
         def transition(state, *draws):
             raise RuntimeError("inductor: no working C++ compiler found")
         return transition
@@ -123,10 +124,10 @@ def test_an_energy_error_is_not_mistaken_for_a_compile_failure(always_long):
 def test_a_compiled_step_that_is_not_faster_is_dropped(always_long, monkeypatch):
     """The logsumexp trap and friends: a compiled step measured slower than eager is abandoned for the rest of
     the run and for later runs of the pair."""
-    def slow(sampler, energy):
+    def slow(sampler, energy, steps=1, collect=True):
         def transition(state, *draws):
-            time.sleep(0.002)
-            return sampler.transition(energy, state, *draws)
+            time.sleep(0.002 * steps)
+            return base.uncompiled_transition(sampler, energy, steps, collect)(state, *draws)
         return transition
 
     monkeypatch.setattr(base, "compiled_transition", slow)
@@ -168,3 +169,43 @@ def test_the_trace_file_keeps_compiled_from(tmp_path, always_long, monkeypatch):
     trace = run(double_well, MALA(0.5))
     assert trace.compiled_from == PROBE + 1
     assert ebmlab.Trace.load(trace.save(tmp_path / "t.safetensors")).compiled_from == PROBE + 1
+
+
+@pytest.mark.parametrize("keep", ["all", "stats", "last"])
+@pytest.mark.parametrize("steps,burn_in,thin", [(45, 0, 1), (45, 7, 3), (50, 20, 4), (16, 0, 1), (5, 2, 1),
+                                                (100, 33, 5), (40, 39, 1)])
+@pytest.mark.parametrize("sampler", [MALA(0.5), HMC(0.1, num_leapfrog=5)], ids=["MALA", "HMC"])
+def test_compiled_blocks_keep_what_single_steps_keep(monkeypatch, sampler, steps, burn_in, thin, keep):
+    """A compiled call runs a block of steps (16 MALA, 3 HMC): burn-in, thinning, the reservoir, the running
+    moments and the acceptance count must come out as with one step per call, whatever the block boundaries."""
+    monkeypatch.setattr(base, "compiled_transition", as_eager)
+    kw = dict(burn_in=burn_in, thin=thin, keep=keep, max_kept=8)
+    eager = ebmlab.sample(double_well, sampler, X0, steps, generator=torch.Generator().manual_seed(1),
+                          compile=False, **kw)
+    blocks = ebmlab.sample(double_well, sampler, X0, steps, generator=torch.Generator().manual_seed(1),
+                           compile=True, **kw)
+    assert base.block_steps(sampler, blocks.final_state, keep, None) == (16 if isinstance(sampler, MALA) else 3)
+    assert torch.equal(blocks.samples, eager.samples) and torch.equal(blocks.energies, eager.energies)
+    assert torch.equal(blocks.acceptance_rate, eager.acceptance_rate)
+    assert torch.equal(blocks.final_state.x, eager.final_state.x)
+    if keep == "stats":
+        for name in ("mean", "var", "cov"):
+            torch.testing.assert_close(blocks.moments[name], eager.moments[name], rtol=1e-12, atol=1e-12)
+        assert blocks.moments["count"] == eager.moments["count"] and blocks.moments["thin"] == eager.moments["thin"]
+
+
+def test_a_block_that_diverges_is_reported(monkeypatch):
+    monkeypatch.setattr(base, "compiled_transition", as_eager)
+    with pytest.raises(ebmlab.DivergenceError, match="chains diverged"):
+        ebmlab.sample(lambda x: (x**4).sum(-1), Langevin(3.0), X0, 200, generator=torch.Generator().manual_seed(1),
+                      compile=True)
+
+
+def test_blocks_are_one_step_when_a_callback_watches_or_memory_is_short():
+    state = ebmlab.MALA(0.5).init(double_well, X0)
+    assert base.block_steps(MALA(0.5), state, "all", None) == base.COMPILED_BLOCK_EVALS
+    assert base.block_steps(MALA(0.5), state, "all", lambda *a: None) == 1
+    assert base.block_steps(HMC(0.1, num_leapfrog=20), state, "all", None) == 1
+    big = ebmlab.MALA(0.5).init(double_well, torch.zeros(4096, 2048))  # 32 MiB a step
+    assert base.block_steps(MALA(0.5), big, "all", None) == 1 and base.block_steps(MALA(0.5), big, "last", None) == 16
+    assert base.block_steps(NUTS(0.3), state, "all", None) == 1

@@ -180,26 +180,25 @@ _COMPILED: OrderedDict[tuple[Any, int], tuple[Any, Callable]] = OrderedDict()
 COMPILED_CACHE_SIZE = 16
 
 
-def compiled_transition(sampler: Any, energy: Any) -> Callable:
+def compiled_transition(sampler: Any, energy: Any, steps: int = 1, collect: bool = True) -> Callable:
     """``sampler.transition`` bound to ``energy`` and compiled with ``torch.compile``.
 
-    Cached per (sampler, energy), for the :data:`COMPILED_CACHE_SIZE` most recently used pairs (an
-    evicted pair recompiles when used again); ``torch.compile`` itself specialises on
+    With ``steps > 1`` the compiled function runs that many transitions in one graph (see
+    :func:`uncompiled_transition`), so the fixed cost of a compiled call is paid once per block.
+
+    Cached per (sampler, energy, steps, collect), for the :data:`COMPILED_CACHE_SIZE` most recently used
+    (an evicted one recompiles when used again); ``torch.compile`` itself specialises on
     shape, dtype and device. Inductor's own CPU random numbers are never used
     (the draws happen outside the graph), so compiled chains equal eager ones
     up to floating-point reassociation.
     """
     if not hasattr(sampler, "transition"):
         raise ValueError(f"{type(sampler).__name__} has no deterministic transition to compile; use compile=False")
-    key = (sampler, id(energy))
+    key = (sampler, id(energy), steps, collect)
     hit = _COMPILED.get(key)
     if hit is not None and hit[0] is energy:
         _COMPILED.move_to_end(key)
         return hit[1]
-
-    def transition(state: State, *draws: Tensor) -> tuple[State, Info]:
-        return sampler.transition(energy, state, *draws)
-
     # Every (sampler, energy) pair compiles the same closure code object; lift
     # dynamo's per-code recompile limit (8 by default) so the ninth pair in a
     # process still compiles instead of silently running eagerly.
@@ -207,12 +206,37 @@ def compiled_transition(sampler: Any, energy: Any) -> Callable:
 
     limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
     setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 256))
-    fn = torch.compile(transition, dynamic=False)
+    fn = torch.compile(uncompiled_transition(sampler, energy, steps, collect), dynamic=False)
     _COMPILED[key] = (energy, fn)
     _COMPILED.move_to_end(key)
     while len(_COMPILED) > COMPILED_CACHE_SIZE:
         _COMPILED.popitem(last=False)
     return fn
+
+
+def uncompiled_transition(sampler: Any, energy: Any, steps: int = 1, collect: bool = True) -> Callable:
+    """What :func:`compiled_transition` compiles: ``(state, *draws) -> (state, info)`` for one step, or for
+    ``steps > 1``, ``(state, *draws of each step in order) -> (state, xs, energies, accepted)`` with the
+    ``steps`` states' points and energies stacked (``None`` unless ``collect``) and their acceptance flags.
+    """
+    if steps == 1:
+        def transition(state: State, *draws: Tensor) -> tuple[State, Info]:
+            return sampler.transition(energy, state, *draws)
+
+        return transition
+
+    def block(state: State, *draws: Tensor) -> tuple[State, Tensor | None, Tensor | None, Tensor]:
+        m = len(draws) // steps
+        xs, es, accs = [], [], []
+        for i in range(steps):
+            state, info = sampler.transition(energy, state, *draws[i * m: (i + 1) * m])
+            accs.append(info.accepted)
+            if collect:
+                xs.append(state.x)
+                es.append(state.energy)
+        return state, torch.stack(xs) if collect else None, torch.stack(es) if collect else None, torch.stack(accs)
+
+    return block
 
 
 def sample(
@@ -325,10 +349,11 @@ def sample(
         return sampler.step(energy, state, generator=generator)
 
     auto = None
+    block, collect = block_steps(sampler, state, keep, callback), keep != "last"
     if compile is True:
-        step = _compiled_step(sampler, energy, generator)
+        step = _compiled_step(sampler, energy, generator, block, collect)
     elif compile == "auto" and _auto_compiles(sampler, state):
-        auto = _AutoCompile(sampler, energy, generator, eager_step, state, num_steps)
+        auto = _AutoCompile(sampler, energy, generator, eager_step, state, num_steps, block, collect)
         step = auto.first_step()
     else:
         step = eager_step
@@ -347,15 +372,26 @@ def sample(
     # in place, and at most about 16 MB of pending draws.
     pending = _Pending(samples, energies, accepted, state.x,
                        deferred=type(sampler).__module__.startswith("ebmlab.samplers."))
-    checked = 0
-    for t in range(num_steps):
-        state, info = step(state)
-        if t == next_check:  # compile="auto": time this mode, maybe switch (a few times per run at most)
-            step, next_check = auto.update(t, step)
-        if (t + 1) % check_every == 0 or t + 1 == num_steps:
-            check_finite_state(state, t + 1, since=checked)
-            checked = t + 1
-        if t >= burn_in:
+    checked = t = 0
+    while t < num_steps:
+        k = getattr(step, "steps", 1)  # a compiled block runs k steps per call
+        if k > 1 and t + k > num_steps:  # the run's last few steps: one at a time, eagerly
+            step, k = eager_step, 1
+        if k == 1:
+            state, info = step(state)
+            last = t
+        else:
+            state, xs, es, accs = step(state)
+            last = t + k - 1
+        if last >= next_check >= 0:  # compile="auto": time this mode, maybe switch (a few times per run at most)
+            step, next_check = auto.update(last, step)
+        if (last + 1) // check_every > t // check_every or last + 1 == num_steps:  # a check is due in this call
+            check_finite_state(state, last + 1, since=checked)
+            checked = last + 1
+        if k > 1:
+            if last >= burn_in:
+                pending.add_block(t, xs, es, accs, burn_in, thin if keep_all else 0, reservoir, moments)
+        elif t >= burn_in:
             if info.num_grad_evals is not None:
                 for name in ("num_grad_evals", "divergent", "tree_depth"):
                     v = getattr(info, name)
@@ -370,6 +406,7 @@ def sample(
                     moments.update(state.x)
         if callback is not None:
             callback(t, state, info)
+        t = last + 1
     pending.flush()
     if reservoir is not None:
         samples, energies = reservoir.x[: reservoir.k], reservoir.e[: reservoir.k]
@@ -422,21 +459,52 @@ def _verdicts(sampler: Any, energy: Any) -> dict[tuple, bool]:
     return hit[1]
 
 
-def _compiled(sampler: Any, energy: Any) -> Callable:
+#: A compiled call runs this many energy evaluations' worth of steps in one graph: 16 ULA or MALA steps, 3 HMC
+#: steps of 5 leapfrogs (``num_leapfrog`` evaluations each). Measured on one CPU core, banana, 1,000 chains:
+#: 16 ULA steps per call ran 1.5-3x the chain-steps/s of one step per call; the compile time grows with the
+#: graph (10 s for 16 ULA steps, 37 s for 16 HMC steps of 5 leapfrogs), hence a budget in evaluations.
+COMPILED_BLOCK_EVALS = 16
+
+#: ... and at most this many bytes of stacked draws per block.
+_BLOCK_BYTES = 1 << 24
+
+
+def block_steps(sampler: Any, state: State, keep: str, callback: Any) -> int:
+    """Steps per compiled call for this run: 1 (one step per call) when a callback must see every step, for
+    samplers that do not take part (``auto_compile``), or when a block would not fit in memory."""
+    if callback is not None or not getattr(sampler, "auto_compile", False):
+        return 1
+    steps = max(1, COMPILED_BLOCK_EVALS // max(1, int(getattr(sampler, "num_leapfrog", 1))))
+    if keep != "last":
+        steps = min(steps, max(1, _BLOCK_BYTES // max(1, state.x.numel() * state.x.element_size())))
+    return steps
+
+
+def _compiled(sampler: Any, energy: Any, steps: int = 1, collect: bool = True) -> Callable:
     import torch._inductor.config as inductor_config
 
     # Inductor's CPU random numbers are ~5x slower than torch.randn; the draws happen outside the graph
     # anyway; the fallback also covers a user's energy that draws.
     inductor_config.fallback_random = True
-    return compiled_transition(sampler, energy)
+    return compiled_transition(sampler, energy, steps, collect)
 
 
-def _compiled_step(sampler: Any, energy: Any, generator: torch.Generator | None) -> Callable:
-    transition = _compiled(sampler, energy)
+def _draws(sampler: Any, state: State, generator: torch.Generator | None, steps: int) -> tuple[Tensor, ...]:
+    """The random numbers of ``steps`` steps, in the order eager steps draw them (the draws depend only on the
+    state's shape, dtype and device, so they can be taken before the block runs)."""
+    if steps == 1:
+        return sampler.draw(state, generator)
+    return tuple(d for _ in range(steps) for d in sampler.draw(state, generator))
 
-    def step(state: State) -> tuple[State, Info]:
-        return transition(state, *sampler.draw(state, generator))
 
+def _compiled_step(sampler: Any, energy: Any, generator: torch.Generator | None, steps: int = 1,
+                   collect: bool = True) -> Callable:
+    transition = _compiled(sampler, energy, steps, collect)
+
+    def step(state: State) -> tuple:
+        return transition(state, *_draws(sampler, state, generator, steps))
+
+    step.steps = steps  # type: ignore[attr-defined]
     return step
 
 
@@ -452,9 +520,9 @@ class _AutoCompile:
     MIN_GAIN = 0.9  # the compiled step is kept if it takes at most this fraction of the eager step's time
 
     def __init__(self, sampler: Any, energy: Any, generator: torch.Generator | None, eager_step: Callable,
-                 state: State, num_steps: int) -> None:
+                 state: State, num_steps: int, steps: int, collect: bool) -> None:
         self.sampler, self.energy, self.generator, self.eager_step = sampler, energy, generator, eager_step
-        self.num_steps = num_steps
+        self.num_steps, self.steps, self.collect = num_steps, steps, collect
         self.key = (tuple(state.x.shape), state.x.dtype, state.x.device)
         self.verdict = _verdicts(sampler, energy).get(self.key)
         self.compiled_from: int | None = None
@@ -494,13 +562,14 @@ class _AutoCompile:
 
     def _guarded(self) -> Callable:
         """The compiled step, falling back to the eager transition (with a warning) when torch.compile fails."""
-        sampler, energy, generator, outer = self.sampler, self.energy, self.generator, self
-        transition = _compiled(sampler, energy)
+        sampler, energy, generator, outer, steps = self.sampler, self.energy, self.generator, self, self.steps
+        transition = _compiled(sampler, energy, steps, self.collect)
+        eager = uncompiled_transition(sampler, energy, steps, self.collect)
         broken = ran = False
 
-        def step(state: State) -> tuple[State, Info]:
+        def step(state: State) -> tuple:
             nonlocal broken, ran
-            draws = sampler.draw(state, generator)
+            draws = _draws(sampler, state, generator, steps)
             if not broken:
                 try:
                     out = transition(state, *draws)
@@ -517,8 +586,9 @@ class _AutoCompile:
                     _verdicts(sampler, energy)[outer.key] = False
                     if not ran:  # no step ran compiled
                         outer.compiled_from = None
-            return sampler.transition(energy, state, *draws)  # the same draws: the chains do not notice
+            return eager(state, *draws)  # the same draws: the chains do not notice
 
+        step.steps = steps  # type: ignore[attr-defined]
         return step
 
 
@@ -543,6 +613,28 @@ class _Pending:
         self.acc.append(accepted)
         if len(self.acc) >= self.cap:
             self.flush()
+
+    def add_block(self, t: int, xs: Tensor | None, es: Tensor | None, accepted: Tensor, burn_in: int, thin: int,
+                  reservoir: _Reservoir | None, moments: _Moments | None) -> None:
+        """Steps ``t .. t + len(accepted) - 1`` of a compiled block: their acceptance flags after burn-in, the
+        draws ``thin`` keeps (``thin`` 0: none), or the reservoir's and running moments' share."""
+        self.flush()  # earlier steps first: the trace's draws stay in step order
+        k = accepted.shape[0]
+        i0 = max(0, burn_in - t)
+        self.accepted += accepted[i0:].sum(0, dtype=torch.int32)
+        if thin:
+            first = max(t, burn_in)
+            first += -(first - burn_in) % thin  # the first kept step in the block, if any
+            if first < t + k:
+                sel = slice(first - t, k, thin)
+                m = len(range(first - t, k, thin))
+                self.samples[self.k: self.k + m] = xs[sel]
+                self.energies[self.k: self.k + m] = es[sel]
+                self.k += m
+        elif reservoir is not None:
+            for i in range(i0, k):
+                reservoir.offer(t + i - burn_in, State(x=xs[i], energy=es[i]))
+            moments.update(xs[i0:].flatten(0, 1))
 
     def flush(self) -> None:
         if self.x:
