@@ -349,9 +349,12 @@ def sample(
         return sampler.step(energy, state, generator=generator)
 
     auto = None
-    block, collect = block_steps(sampler, state, keep, callback), keep != "last"
+    block, collect = block_steps(sampler, state, keep, callback, num_steps), keep != "last"
+    tail_step = eager_step  # the last steps of a run that no whole block covers
     if compile is True:
         step = _compiled_step(sampler, energy, generator, block, collect)
+        if block > 1 and num_steps % block:
+            tail_step = _compiled_step(sampler, energy, generator)
     elif compile == "auto" and _auto_compiles(sampler, state):
         auto = _AutoCompile(sampler, energy, generator, eager_step, state, num_steps, block, collect)
         step = auto.first_step()
@@ -375,8 +378,8 @@ def sample(
     checked = t = 0
     while t < num_steps:
         k = getattr(step, "steps", 1)  # a compiled block runs k steps per call
-        if k > 1 and t + k > num_steps:  # the run's last few steps: one at a time, eagerly
-            step, k = eager_step, 1
+        if k > 1 and t + k > num_steps:  # the run's last few steps: one at a time (compile="auto": eagerly)
+            step, k = tail_step, 1
         if k == 1:
             state, info = step(state)
             last = t
@@ -469,12 +472,15 @@ COMPILED_BLOCK_EVALS = 16
 _BLOCK_BYTES = 1 << 24
 
 
-def block_steps(sampler: Any, state: State, keep: str, callback: Any) -> int:
+def block_steps(sampler: Any, state: State, keep: str, callback: Any, num_steps: int | None = None) -> int:
     """Steps per compiled call for this run: 1 (one step per call) when a callback must see every step, for
-    samplers that do not take part (``auto_compile``), or when a block would not fit in memory."""
+    samplers that do not take part (``auto_compile``), or when a block would not fit in memory; a run of at
+    most two blocks' steps (training's negatives) is one block, so it compiles one graph and runs it once."""
     if callback is not None or not getattr(sampler, "auto_compile", False):
         return 1
     steps = max(1, COMPILED_BLOCK_EVALS // max(1, int(getattr(sampler, "num_leapfrog", 1))))
+    if num_steps is not None and num_steps <= 2 * steps:
+        steps = num_steps
     if keep != "last":
         steps = min(steps, max(1, _BLOCK_BYTES // max(1, state.x.numel() * state.x.element_size())))
     return steps
