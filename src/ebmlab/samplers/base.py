@@ -176,7 +176,7 @@ def check_finite_state(state: State, step: int, *, since: int | None = None) -> 
 
 #: Compiled transitions, least recently used first; at most ``COMPILED_CACHE_SIZE`` (sampler, energy) pairs are
 #: kept, so a process that compiles many energies (a sweep, a notebook re-run) does not hold every one alive.
-_COMPILED: OrderedDict[tuple[Any, int], tuple[Any, Callable]] = OrderedDict()
+_COMPILED: OrderedDict[tuple[Any, int, int, bool], tuple[Any, Callable]] = OrderedDict()
 COMPILED_CACHE_SIZE = 16
 
 
@@ -433,9 +433,11 @@ def sample(
 
 
 #: ``compile="auto"`` compiles a run whose remaining eager steps are predicted to take longer than this many
-#: seconds. Compiling costs 1-3 s per (sampler, energy) on one CPU core, plus about 5-10 s for the first
-#: compilation in a process; above this length a compiled step that is even 1.5x faster repays it.
-AUTO_COMPILE_SECONDS = 30.0
+#: seconds. Measured on one CPU core (a 1,000-chain MALA on a user's closure): the first compilation in a
+#: process costs about 20 s from an empty inductor cache (a few seconds once the on-disk cache has it), and the
+#: compiled steps ran 1.2x (an MLP) to 6x (a closure) faster; at 60 s a run that gains 1.5x breaks even on a
+#: cold cache, and one that gains 4x takes about 35 s.
+AUTO_COMPILE_SECONDS = 60.0
 
 
 def _auto_compiles(sampler: Any, state: State) -> bool:
@@ -462,11 +464,11 @@ def _verdicts(sampler: Any, energy: Any) -> dict[tuple, bool]:
     return hit[1]
 
 
-#: A compiled call runs this many energy evaluations' worth of steps in one graph: 16 ULA or MALA steps, 3 HMC
-#: steps of 5 leapfrogs (``num_leapfrog`` evaluations each). Measured on one CPU core, banana, 1,000 chains:
-#: 16 ULA steps per call ran 1.5-3x the chain-steps/s of one step per call; the compile time grows with the
-#: graph (10 s for 16 ULA steps, 37 s for 16 HMC steps of 5 leapfrogs), hence a budget in evaluations.
-COMPILED_BLOCK_EVALS = 16
+#: A compiled call runs this many energy evaluations' worth of steps in one graph: 8 ULA or MALA steps, 4 HMC
+#: steps of 2 leapfrogs, one HMC step of 5 or more. Measured on one CPU core, MALA on a user's closure, 1,000
+#: chains, empty inductor cache: 1 / 4 / 8 / 16 steps per call ran 7.4 / 10.2 / 11.1 / 13.6 M chain-steps/s and
+#: took 20 / 21 / 22 / 33 s to compile (first compilation in the process); 8 buys most of the speed for 2 s.
+COMPILED_BLOCK_EVALS = 8
 
 #: ... and at most this many bytes of stacked draws per block.
 _BLOCK_BYTES = 1 << 24
