@@ -328,8 +328,8 @@ def sample(
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (CUDA when present, else cpu)."),
     dtype: str = typer.Option("float32", help="float32 or float64."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the sampler step "
-                                           "always / never (default: when the run is long enough to repay a few "
-                                           "seconds of compilation, measured on its first steps)."),
+                                           "always / never (default: when its first steps predict over 60 s of "
+                                           "eager steps, which repays the compilation; kept only if faster)."),
     out: Optional[Path] = typer.Option(None, help="Write samples, energies and acceptance to this .npz."),
     plot: Optional[Path] = typer.Option(None, help="Write a samples-over-density figure (PNG/PDF/SVG)."),
     model: Optional[Path] = typer.Option(None, help="Sample a trained model (a run directory from `ebmlab train`) "

@@ -316,7 +316,9 @@ class Streamer(threading.Thread):
                 assert ws.receive_json()["type"] == "configured"
                 while not self.stop.is_set():
                     msg = ws_step(ws, 2)
-                    assert len(msg["frames"]) == 2 and math.isfinite(msg["diagnostics"]["acceptance_rate"])
+                    # a loaded machine may stop a message at its time budget: fewer frames, said so
+                    assert len(msg["frames"]) == 2 or (msg["truncated"] is True and len(msg["frames"]) == 1)
+                    assert math.isfinite(msg["diagnostics"]["acceptance_rate"])
                     self.replies += 1
         except BaseException as err:  # noqa: BLE001 - reported by the test
             self.problems.append(repr(err))

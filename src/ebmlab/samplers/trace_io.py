@@ -233,7 +233,8 @@ def save_trace(trace: Trace, path: str | os.PathLike) -> Path:
         reduced = f"{type(state).__module__}.{type(state).__qualname__}"
         state = State(x=state.x, energy=state.energy, score=getattr(state, "score", None))
     meta = {"format_version": FORMAT_VERSION, "num_steps": int(trace.num_steps), "seconds": float(trace.seconds),
-            "burn_in": int(trace.burn_in), "compiled_from": trace.compiled_from, "optional": optional, "moments": moments, "extras": extras,
+            "burn_in": int(trace.burn_in), "compiled_from": trace.compiled_from, "optional": optional,
+            "moments": moments, "extras": extras,
             "final_state": _encode(state, "final_state", tensors, classes), "final_state_reduced_from": reduced}
     from safetensors.torch import save
 
