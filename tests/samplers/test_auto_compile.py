@@ -229,3 +229,21 @@ def test_compile_true_runs_a_run_s_tail_compiled_too(monkeypatch):
     eager = run(double_well, MALA(0.5), compile=False, steps=40)
     blocks = run(double_well, MALA(0.5), compile=True, steps=43)
     assert made == [base.COMPILED_BLOCK_EVALS, 1] and torch.equal(blocks.samples[:40], eager.samples)
+
+
+def test_a_short_run_after_a_compiled_one_compiles_nothing_new(always_long, monkeypatch):
+    """The verdict says "compiled is faster" for the pair; a run shorter than a block then runs eagerly
+    instead of compiling a graph of its own length."""
+    made = []
+
+    def counting(sampler, energy, steps=1, collect=True):
+        made.append(steps)
+        return base.uncompiled_transition(sampler, energy, steps, collect)
+
+    monkeypatch.setattr(base, "compiled_transition", counting)
+    monkeypatch.setattr(base._AutoCompile, "MIN_GAIN", 1e9)
+    assert run(double_well, MALA(0.5)).compiled_from == PROBE + 1
+    made.clear()
+    eager = run(double_well, MALA(0.5), compile=False, steps=5)
+    short = run(double_well, MALA(0.5), steps=5)
+    assert all(steps == base.COMPILED_BLOCK_EVALS for steps in made) and torch.equal(short.samples, eager.samples)

@@ -349,7 +349,10 @@ def sample(
         return sampler.step(energy, state, generator=generator)
 
     auto = None
-    block, collect = block_steps(sampler, state, keep, callback, num_steps), keep != "last"
+    # A short run is one block only when asked to compile: under "auto" a short run after a long one would
+    # otherwise compile a new graph of its own length just to reuse the verdict.
+    block = block_steps(sampler, state, keep, callback, num_steps if compile is True else None)
+    collect = keep != "last"
     tail_step = eager_step  # the last steps of a run that no whole block covers
     if compile is True:
         step = _compiled_step(sampler, energy, generator, block, collect)
