@@ -57,6 +57,7 @@ __all__ = [
     "run_on_main",
     "shard",
     "world_size",
+    "wrap_step",
 ]
 
 #: Seconds a collective of the training step (the gradient all-reduce) may wait for the other ranks before the job
@@ -301,6 +302,22 @@ def broadcast_module(module: torch.nn.Module) -> None:
                 dist.broadcast(t, 0)
             else:  # a CPU tensor under NCCL: through the CPU group
                 dist.broadcast(t, 0, group=_control())
+
+
+def wrap_step(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` inside :class:`torch.nn.parallel.DistributedDataParallel`: constructing it copies rank 0's
+    parameters and buffers to every rank, and every backward of its output averages the parameter gradients over
+    the ranks (in buckets, overlapped with the backward; gloo on the CPU, NCCL on CUDA). Parameters no rank used
+    in a step keep no gradient (``find_unused_parameters``); buffers follow rank 0's at each forward.
+
+    Args:
+        module: the step's module, whose parameters live on ``device``, the same architecture on every rank.
+        device: where they live (a CUDA device is this process's own GPU).
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
 
 
 def broadcast_json(obj: Any = None) -> Any:

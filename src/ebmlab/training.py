@@ -358,12 +358,15 @@ def fit(
     Under a process group (``torchrun``; :func:`ebmlab.distributed.init_from_env`)
     every rank runs this loop with its own ``step_fn`` data, negatives and
     ``generator`` (each rank must pass its own stream, e.g.
-    :func:`ebmlab.distributed.generator`). Rank 0's weights are copied to every
-    rank at the start; after each backward one all-reduce averages the
-    gradients over the ranks (the gradient of the mean of the ranks' losses, as
-    DistributedDataParallel computes it) together with every rank's divergence
-    and stop flags, so clipping sees the global norm and all ranks roll back,
-    stop on a signal or on ``max_seconds``, and checkpoint at the same step.
+    :func:`ebmlab.distributed.generator`). The step runs inside
+    :class:`~torch.nn.parallel.DistributedDataParallel`, whose forward is the
+    whole ``step_fn`` (so every objective's loss is DDP's output, however it
+    uses the model): DDP copies rank 0's weights to every rank at the start, and
+    each backward averages the gradients over the ranks (the gradient of the
+    mean of the ranks' losses), so clipping sees the global norm. One small
+    all-reduce then exchanges every rank's divergence and stop flags, so all
+    ranks roll back, stop on a signal or on ``max_seconds``, and checkpoint at
+    the same step.
     Logged metrics are means over the ranks. Rank 0 alone holds the run
     directory's lock, evaluates, calls ``callback`` and writes metrics and
     checkpoints (the others wait); a checkpoint holds every rank's generator
@@ -450,8 +453,9 @@ def _fit(model, step_fn, stop, *, method, steps, lr, betas, grad_clip, ema_decay
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    if world > 1:
-        distributed.broadcast_module(model)  # every rank starts from rank 0's weights
+    step_module = None
+    if world > 1:  # DDP copies rank 0's weights to every rank here, and averages the gradients in each backward
+        step_module = distributed.wrap_step(_StepModule(model, step_fn), params[0].device)
         _check_ranks_agree(generator, steps=steps, log_every=log_every, checkpoint_every=checkpoint_every,
                            eval_every=eval_every, evaluate=evaluate is not None, resume=resume, params=len(params))
     optimizer = torch.optim.Adam(params, lr=lr, betas=betas)
@@ -528,17 +532,22 @@ def _fit(model, step_fn, stop, *, method, steps, lr, betas, grad_clip, ema_decay
         step += 1
         # 1. the method's work: batch, negatives or noise, loss
         failure: tuple[str, bool] | None = None
-        try:
-            update = step_fn(step)
-        except DivergenceError as err:
-            failure = (str(err), True)
-        if failure is None:
-            optimizer.zero_grad(set_to_none=True)
-            update.loss.backward()
         peers = None
-        if world > 1:  # one all-reduce: the gradients' mean over ranks, every rank's divergence and stop flags
-            peers = _reduce_step(params, None if failure is not None else update, failure is not None, stop,
-                                 max_energy=max_energy, timers=(t0, max_seconds, t_ckpt, checkpoint_seconds))
+        if step_module is None:
+            try:
+                update = step_fn(step)
+            except DivergenceError as err:
+                failure = (str(err), True)
+            if failure is None:
+                optimizer.zero_grad(set_to_none=True)
+                update.loss.backward()
+        else:  # every rank runs the step through DDP and its backward (which averages the gradients)
+            optimizer.zero_grad(set_to_none=True)
+            step_module(step).backward()
+            update, failure = step_module.module.update, step_module.module.failure
+            # one small all-reduce: every rank's divergence and stop flags
+            peers = _exchange_flags(update, failure is not None, stop, max_energy=max_energy,
+                                    timers=(t0, max_seconds, t_ckpt, checkpoint_seconds), device=params[0].device)
         if failure is None or peers is not None:
             # 2. clip; one sync checks the loss, the gradient and the energies' magnitude (on every rank)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
@@ -737,36 +746,46 @@ class _Peers:
         return None
 
 
-def _reduce_step(params: list[nn.Parameter], update: Update | None, chains_failed: bool, stop: _StopOnSignal, *,
-                 max_energy: float, timers: tuple[float, float | None, float, float | None]) -> _Peers:
-    """Average the gradients over the ranks in place and exchange every rank's flags, in one all-reduce.
+class _StepModule(nn.Module):
+    """A method's whole step (batch, negatives or noise, loss) as one module's ``forward``, for
+    DistributedDataParallel to wrap: whatever the objective does with the model (call it twice, differentiate in
+    ``x``, hand it to a sampler), the loss it returns is DDP's output, so its backward averages every parameter's
+    gradient over the ranks. Divergence of this rank's chains returns a zero loss over every parameter: the rank
+    still joins the gradient all-reduce (contributing zeros), and the step is rolled back everywhere anyway."""
 
-    A rank whose chains diverged contributes zero gradients (the step is rolled back everywhere anyway); a
-    parameter without a gradient on every rank keeps ``None``.
-    """
+    def __init__(self, model: nn.Module, step_fn: Callable[[int], Update]) -> None:
+        super().__init__()
+        self.model = model
+        self.step_fn = step_fn
+        self.update: Update | None = None
+        self.failure: tuple[str, bool] | None = None
+
+    def forward(self, step: int) -> Tensor:
+        try:
+            self.update, self.failure = self.step_fn(step), None
+            return self.update.loss
+        except DivergenceError as err:
+            self.update, self.failure = None, (str(err), True)
+            return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+
+
+def _exchange_flags(update: Update | None, chains_failed: bool, stop: _StopOnSignal, *, max_energy: float,
+                    timers: tuple[float, float | None, float, float | None], device: torch.device) -> _Peers:
+    """Every rank's divergence and stop flags, in one all-reduce, as a table of (rank, flag)."""
     world, me = distributed.world_size(), distributed.rank()
-    dtype = functools.reduce(torch.promote_types, [p.dtype for p in params])
-    device = params[0].device
     t0, max_seconds, t_ckpt, checkpoint_seconds = timers
     now = time.perf_counter()
-    flags = torch.zeros((world, len(_FLAGS)), dtype=dtype, device=device)
-    local = [0.0, 0.0, 0.0, float(stop.signum or 0), float(max_seconds is not None and now - t0 >= max_seconds),
-             float(checkpoint_seconds is not None and now - t_ckpt >= checkpoint_seconds)]
-    flags[me] = torch.tensor(local, dtype=dtype, device=device)
-    flags[me, 0] = float(chains_failed)
+    flags = torch.zeros((world, len(_FLAGS)), dtype=torch.float64 if device.type == "cpu" else torch.float32,
+                        device=device)
+    flags[me] = torch.tensor([float(chains_failed), 0.0, 0.0, float(stop.signum or 0),
+                              float(max_seconds is not None and now - t0 >= max_seconds),
+                              float(checkpoint_seconds is not None and now - t_ckpt >= checkpoint_seconds)],
+                             dtype=flags.dtype, device=device)
     if update is not None:
-        flags[me, 1] = (~torch.isfinite(update.loss.detach())).to(dtype)
+        flags[me, 1] = (~torch.isfinite(update.loss.detach())).to(flags.dtype)
         if update.magnitude is not None:
-            flags[me, 2] = (update.magnitude.detach() > max_energy).to(dtype)
-    grads = [p.grad.reshape(-1).to(dtype) if p.grad is not None else torch.zeros(p.numel(), dtype=dtype, device=device)
-             for p in params]
-    has = torch.tensor([float(p.grad is not None) for p in params], dtype=dtype, device=device)
-    total = distributed.all_sum(torch.cat([*grads, has, flags.reshape(-1)]))
-    n = sum(p.numel() for p in params)
-    mean = total[:n] / world
-    for p, g, count in zip(params, mean.split([p.numel() for p in params]), total[n:n + len(params)].tolist()):
-        p.grad = g.reshape(p.shape).to(p.dtype) if count else None
-    return _Peers(total[n + len(params):].reshape(world, len(_FLAGS)).cpu())
+            flags[me, 2] = (update.magnitude.detach() > max_energy).to(flags.dtype)
+    return _Peers(distributed.all_sum(flags).cpu())
 
 
 def _check_ranks_agree(generator: torch.Generator, **settings: Any) -> None:
