@@ -307,8 +307,9 @@ def broadcast_module(module: torch.nn.Module) -> None:
 def wrap_step(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``module`` inside :class:`torch.nn.parallel.DistributedDataParallel`: constructing it copies rank 0's
     parameters and buffers to every rank, and every backward of its output averages the parameter gradients over
-    the ranks (in buckets, overlapped with the backward; gloo on the CPU, NCCL on CUDA). Parameters no rank used
-    in a step keep no gradient (``find_unused_parameters``); buffers follow rank 0's at each forward.
+    the ranks (in buckets, overlapped with the backward; gloo on the CPU, NCCL on CUDA); buffers follow rank 0's
+    at each forward. Every trainable parameter must take part in every backward of the output (DDP's
+    ``find_unused_parameters`` is off: it would walk the autograd graph at each step).
 
     Args:
         module: the step's module, whose parameters live on ``device``, the same architecture on every rank.
@@ -316,8 +317,7 @@ def wrap_step(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
-                                   find_unused_parameters=True)
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
 
 
 def broadcast_json(obj: Any = None) -> Any:

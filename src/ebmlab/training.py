@@ -750,8 +750,14 @@ class _StepModule(nn.Module):
     """A method's whole step (batch, negatives or noise, loss) as one module's ``forward``, for
     DistributedDataParallel to wrap: whatever the objective does with the model (call it twice, differentiate in
     ``x``, hand it to a sampler), the loss it returns is DDP's output, so its backward averages every parameter's
-    gradient over the ranks. Divergence of this rank's chains returns a zero loss over every parameter: the rank
-    still joins the gradient all-reduce (contributing zeros), and the step is rolled back everywhere anyway."""
+    gradient over the ranks.
+
+    The output adds ``0 * p.sum()`` for every trainable parameter, so every parameter takes part in every
+    backward (DDP without ``find_unused_parameters``, which would walk the autograd graph at each step): a
+    parameter the loss leaves out gets a zero gradient on that rank and the ranks' mean elsewhere (a score loss
+    ignores an energy's output bias; Adam leaves a parameter whose gradient was always zero where it is).
+    Divergence of this rank's chains returns that zero alone: the rank still joins the gradient all-reduce
+    (contributing zeros), and the step is rolled back everywhere anyway."""
 
     def __init__(self, model: nn.Module, step_fn: Callable[[int], Update]) -> None:
         super().__init__()
@@ -761,12 +767,13 @@ class _StepModule(nn.Module):
         self.failure: tuple[str, bool] | None = None
 
     def forward(self, step: int) -> Tensor:
+        zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
         try:
             self.update, self.failure = self.step_fn(step), None
-            return self.update.loss
+            return self.update.loss + zero
         except DivergenceError as err:
             self.update, self.failure = None, (str(err), True)
-            return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+            return zero
 
 
 def _exchange_flags(update: Update | None, chains_failed: bool, stop: _StopOnSignal, *, max_energy: float,
