@@ -40,7 +40,10 @@ the even leaves ``n`` in slot ``popcount(n >> 1)``), so a chain holds
 ``O(max_tree_depth)`` states, not ``O(2^depth)``. Chains are the batch
 dimension: every chain draws its own directions and builds its own tree;
 chains whose tree has stopped are masked (their state frozen, and not
-evaluated).
+evaluated). Within a subtree a leaf is only the leapfrog step; its energy
+error, multinomial draw and U-turn checks are batched over the leaves of a
+segment (from a power-of-two leaf to the next, from leaf ``_FIRST_CUT``
+on), at whose end the rows whose subtree became void leave the batch.
 
 Divergence: a leaf with ``H - H0 > divergence_threshold`` (NaN counts as
 ``+inf``) ends the chain's tree and marks it divergent (Stan's and BlackJAX's
@@ -55,8 +58,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 from torch import Tensor
 
@@ -69,6 +70,8 @@ __all__ = ["NUTS"]
 # A power-of-two leaf drops the void rows from the batch when at most this fraction of them is left
 # building (0: never; the chains are the same either way).
 _COMPACT_BELOW = 0.9
+# The first power-of-two leaf at which a subtree's segment ends (its bookkeeping batched, void rows dropped).
+_FIRST_CUT = 8
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,6 @@ class NUTS:
         minv = self._inverse_mass_like(x0)
         eps, threshold = self.step_size, self.divergence_threshold
         record = self.record_tree
-        on_cpu = device.type == "cpu"
 
         ones = x0.new_ones(size)
         half_ones = 0.5 * ones
@@ -248,36 +250,51 @@ class NUTS:
             if record:
                 j_off = end_off.index_select(0, junction)
 
-            # Row r of every tensor below is chain rows[r]. A row becomes void when one of its leaves diverges or
-            # one of its sub-subtrees turns; it is then left to run on unmasked (nothing it computes is read)
-            # until the next power-of-two leaf drops it from the batch. Checkpoints: slot = popcount(n >> 1)
-            # for an even leaf n: its momentum, the running momentum sum there, and the momentum before it.
+            # Row r of every tensor below is chain rows[r]. The leaves are integrated in segments that end at
+            # the power-of-two leaves; within a segment a leaf is only the leapfrog and the running momentum
+            # sum, and its energy error, multinomial draw, U-turn checks and counts are computed for the
+            # whole segment at its end, batched over its leaves. A row becomes void when one of its leaves
+            # diverges or one of its sub-subtrees turns; it runs on unmasked (nothing it computes is read)
+            # until a segment's end drops it from the batch. Carried from one segment to the next: the
+            # first leaf's momentum p0_sub (the only checkpoint a later segment's checks read, with the
+            # momentum before the segment), the running sum rho_sub and the proposal so far.
             void = torch.zeros_like(go_right)
-            ck_p, ck_sum, ck_prev = [None] * self.max_tree_depth, [None] * self.max_tree_depth, [None] * self.max_tree_depth
-            voids, log_ws, divs = [], [], []  # per leaf, for the acceptance statistic and counts
+            pending: list[tuple[Tensor, Tensor, Tensor]] = []  # per segment (built, log_w, diverging), unflushed
             all_void = False
-            for n in range(leaves):
-                if n and on_cpu and bool(void.all()):
-                    all_void = True
-                    break
-                if n and not n & (n - 1):
-                    # A power-of-two leaf: only checkpoint slot 0 is live, so dropping the void rows is cheap.
+            seg_start = 0
+            xs, ps, ss, es, rhos = [], [], [], [], []
+            for n in range(leaves + 1):
+                if n >= _FIRST_CUT and not n & (n - 1) or n == leaves:
+                    # A segment ends (a power-of-two leaf, or the last): its leaves' bookkeeping, batched.
+                    (void, log_w_sub, rho_sub, p0_sub, sub_x, sub_s, sub_e, sub_d) = self._segment(
+                        seg_start, n, xs, ps, ss, es, rhos, p_prev, void, log_w_sub if seg_start else None,
+                        p0_sub if seg_start else None, (sub_x, sub_s, sub_e, sub_d) if seg_start else None,
+                        h0_r, log_u_leaf, pending, dot, sharp, threshold, half_ones, size)
+                    if record:
+                        path_ok.extend(torch.zeros_like(active).index_copy_(0, rows, b) for b in pending[-1][0])
+                    if n == leaves:
+                        break
+                    # Only checkpoint slot 0 is live here, so dropping the void rows is cheap.
                     keep = (~void).nonzero().squeeze(1)
                     if keep.numel() == 0:
                         all_void = True
                         break
                     if keep.numel() <= _COMPACT_BELOW * rows.numel():
-                        self._flush(rows, voids, log_ws, divs, sum_accept, num_leapfrog, divergent)
-                        voids, log_ws, divs = [], [], []
-                        (fx, fp, fs, sub_x, sub_s, sub_e, sub_d, log_w_sub, rho_sub, ck_p[0], ck_sum[0], ck_prev[0],
+                        self._flush(rows, pending, sum_accept, num_leapfrog, divergent)
+                        pending = []
+                        (fx, fp, fs, sub_x, sub_s, sub_e, sub_d, log_w_sub, rho_sub, p0_sub,
                          half_eps, eps_minv, h0_r, log_u_tree, go_right, junction, far, rows) = (
                             t.index_select(0, keep) for t in (
-                                fx, fp, fs, sub_x, sub_s, sub_e, sub_d, log_w_sub, rho_sub, ck_p[0], ck_sum[0],
-                                ck_prev[0], half_eps, eps_minv, h0_r, log_u_tree, go_right, junction, far, rows))
+                                fx, fp, fs, sub_x, sub_s, sub_e, sub_d, log_w_sub, rho_sub, p0_sub,
+                                half_eps, eps_minv, h0_r, log_u_tree, go_right, junction, far, rows))
                         log_u_leaf = log_u_leaf.index_select(1, keep)
                         if record:
                             j_off = j_off.index_select(0, keep)
                         void = torch.zeros_like(go_right)
+                    seg_start = n
+                    xs, ps, ss, es, rhos = [], [], [], [], []
+                if n == seg_start:
+                    p_prev = fp  # the momentum before the segment's first leaf
 
                 # Leapfrog (Neal 2011, eqs. 5.18-5.20) with step +-eps: dp/dt = -grad E = score.
                 p_half = torch.addcmul(fp, half_eps, fs)
@@ -285,42 +302,19 @@ class NUTS:
                 e_new, s_new = energy_and_score(energy, x_new)
                 e_new = e_new.to(dtype)  # an energy computed in float64 for float32 chains (a no-op otherwise)
                 p_new = torch.addcmul(p_half, half_eps, s_new)
-                # H - H0 = E - H0 + p^T M^-1 p / 2; a NaN energy error diverges.
-                q = p_new * sharp(p_new)
-                delta = torch.nan_to_num(torch.addmv(e_new - h0_r, q.reshape(-1, size), half_ones), nan=math.inf)
-                log_w = -delta  # leaf weight exp(H0 - H), Betancourt (2017) eq. (A.3)
-                diverging = delta > threshold
-                voids.append(void)
-                log_ws.append(log_w)
-                divs.append(diverging)
+                rho_sub = p_new if n == 0 else rho_sub + p_new
+                xs.append(x_new)
+                ps.append(p_new)
+                ss.append(s_new)
+                es.append(e_new)
+                rhos.append(rho_sub)
                 if record:
                     path_x.append(torch.zeros_like(x0).index_copy_(0, rows, x_new))
                     path_off.append(torch.zeros_like(end_off[:chains]).index_copy_(
                         0, rows, j_off + (n + 1) * (2 * go_right.long() - 1)))
-                    path_ok.append(torch.zeros_like(active).index_copy_(0, rows, ~void))
-                void = void | diverging
-
-                # Multinomial sampling within the subtree (A.3.1), progressively: leaf n replaces the
-                # subtree's proposal with probability w_n / sum_{k<=n} w_k.
-                if n == 0:
-                    log_w_sub, rho_sub = log_w, p_new
-                    sub_x, sub_s, sub_e, sub_d = x_new, s_new, e_new, delta
-                    ck_p[0], ck_sum[0], ck_prev[0] = p_new, p_new, fp
-                else:
-                    log_w_total = torch.logaddexp(log_w_sub, log_w)
-                    take = log_u_leaf[n - 1] < log_w - log_w_total
-                    log_w_sub, rho_sub = log_w_total, rho_sub + p_new
-                    t = rowmask(take)
-                    sub_x, sub_s = torch.where(t, x_new, sub_x), torch.where(t, s_new, sub_s)
-                    sub_e, sub_d = torch.where(take, e_new, sub_e), torch.where(take, delta, sub_d)
-                    if n % 2 == 0:
-                        slot = (n >> 1).bit_count()
-                        ck_p[slot], ck_sum[slot], ck_prev[slot] = p_new, rho_sub, fp
-                    else:
-                        void = void | _closes_a_turning_subtree(n, p_new, rho_sub, ck_p, ck_sum, ck_prev, turning)
                 fx, fp, fs = x_new, p_new, s_new
 
-            self._flush(rows, voids, log_ws, divs, sum_accept, num_leapfrog, divergent)
+            self._flush(rows, pending, sum_accept, num_leapfrog, divergent)
             if all_void:
                 continue  # every subtree void: those trees stop, as they are
 
@@ -348,7 +342,7 @@ class NUTS:
             rho_tree.index_copy_(0, rows, torch.where(v, rho_merged, rho_old))
             # The merged tree (far end to the subtree's last leaf), and Stan 2.26's checks across the
             # junction: far end to the subtree's first leaf, junction end to the subtree's last leaf.
-            first_p = ck_p[0]
+            first_p = p0_sub
             merged_turning = turning(
                 torch.stack((far_p, far_p, junction_p)),
                 torch.stack((fp, first_p, fp)),
@@ -371,7 +365,93 @@ class NUTS:
         )
 
     @staticmethod
-    def _flush(rows: Tensor, voids: list[Tensor], log_ws: list[Tensor], divs: list[Tensor], sum_accept: Tensor,
+    def _segment(start, end, xs, ps, ss, es, rhos, p_prev, void, log_w_sub, p0_sub, sub, h0_r, log_u_leaf,
+                 pending, dot, sharp, threshold, half_ones, size):
+        """The bookkeeping of the subtree's leaves ``start .. end - 1``, batched over them.
+
+        Args:
+            xs, ps, ss, es, rhos: per leaf, its position, momentum, score, energy and the running momentum
+                sum of the subtree up to it.
+            p_prev: the momentum before leaf ``start``; void: the rows void before it; log_w_sub, p0_sub and
+                sub (x, score, energy, energy error): the subtree's log weight, first leaf's momentum and
+                proposal so far (``None`` when ``start`` is 0).
+            pending: ``(built, log_w, diverging)`` of the leaves is appended, for :meth:`_flush`.
+
+        Returns:
+            ``(void, log_w_sub, rho_sub, p0_sub, sub_x, sub_s, sub_e, sub_d)`` after leaf ``end - 1``.
+        """
+        count, rows = len(ps), ps[0].shape[0]
+        device = ps[0].device
+        if start:
+            pext = torch.stack([p0_sub, p_prev, *ps])
+            e_all = torch.stack([sub[2], *es])
+            e = e_all[1:]
+        else:
+            pext = torch.stack([ps[0], p_prev, *ps])
+            e = e_all = torch.stack(es)
+        p = pext[2:]
+        # H - H0 = E - H0 + p^T M^-1 p / 2; a NaN energy error diverges.
+        q = p * sharp(p)
+        delta = torch.nan_to_num(torch.addmv((e - h0_r).reshape(-1), q.reshape(-1, size), half_ones),
+                                 nan=math.inf).view(count, rows)
+        log_w = -delta  # leaf weight exp(H0 - H), Betancourt (2017) eq. (A.3)
+        diverging = delta > threshold
+
+        # Multinomial sampling within the subtree (A.3.1), progressively: leaf n replaces the subtree's
+        # proposal with probability w_n / sum_{k<=n} w_k. Index 0 of the stacks below is the proposal so far
+        # (leaf 0 itself when start is 0), index i the segment's leaf i - 1 (leaf i when start is 0).
+        lo = 0 if start else 1  # the segment's first leaf that draws (leaf 0 never does)
+        log_ws = log_w.unbind(0)
+        totals = []
+        total = log_w_sub if start else log_ws[0]
+        for i in range(lo, count):
+            total = torch.logaddexp(total, log_ws[i])
+            totals.append(total)
+        if totals:
+            take = log_u_leaf[start + lo - 1 : end - 1] < log_w[lo:] - torch.stack(totals)
+            pick = torch.where(take, _positions(1, len(totals), device), 0).amax(0)
+            at = pick * rows + torch.arange(rows, device=device)
+            if start:
+                x_all, s_all = torch.stack([sub[0], *xs]), torch.stack([sub[1], *ss])
+                d_all = torch.cat((sub[3].unsqueeze(0), delta))
+            else:
+                x_all, s_all, d_all = torch.stack(xs), torch.stack(ss), delta
+            sub_x = x_all.flatten(0, 1).index_select(0, at)
+            sub_s = s_all.flatten(0, 1).index_select(0, at)
+            sub_e = e_all.reshape(-1).index_select(0, at)
+            sub_d = d_all.reshape(-1).index_select(0, at)
+        else:  # the segment is leaf 0 alone
+            sub_x, sub_s, sub_e, sub_d = xs[0], ss[0], es[0], delta[0]
+        log_w_sub = total
+
+        # U-turns of the sub-subtrees the segment's odd leaves complete, all as one batch; then per leaf
+        # whether its row was still building (no divergence or U-turn at an earlier leaf).
+        events = diverging.long()
+        checks = _uturn_checks(start, end)
+        if checks is not None:
+            ia, ib, ix, iy, iz, iw, k1, leaf = checks if device.type == "cpu" else (
+                t if isinstance(t, int) else t.to(device) for t in checks)
+            pa, pb = pext.index_select(0, ia), pext.index_select(0, ib)
+            ab = pa + pb
+            if ix.numel():
+                sext = torch.stack([p0_sub if start else ps[0], *rhos])
+                rho = sext.index_select(0, ix) - sext.index_select(0, iy) + pext.index_select(0, iz)
+                if iw.numel():
+                    rho[rho.shape[0] - iw.numel():] += pext.index_select(0, iw)
+                r2 = rho - 0.5 * ab[k1:]
+                r = torch.cat((ab[:k1], r2)) if k1 else r2
+            else:
+                r = ab
+            turned = dot(sharp(torch.stack((pa, pb))), r).amin(0) <= 0
+            events.index_add_(0, leaf, turned.long())
+        upto = events.cumsum(0)
+        built = (upto == events) & ~void
+        void = void | (upto[-1] > 0)
+        pending.append((built, log_w, diverging))
+        return void, log_w_sub, rhos[-1], (p0_sub if start else ps[0]), sub_x, sub_s, sub_e, sub_d
+
+    @staticmethod
+    def _flush(rows: Tensor, pending: list[tuple[Tensor, Tensor, Tensor]], sum_accept: Tensor,
                num_leapfrog: Tensor, divergent: Tensor) -> None:
         """Add the leaves ``rows`` built since the last flush to their chains' counts, in place.
 
@@ -379,37 +459,88 @@ class NUTS:
         statistic ``min(1, exp(H0 - H))`` sums over those leaves, the leapfrog count counts them, and
         the chain is divergent if one of them diverged.
         """
-        if not voids:
+        if not pending:
             return
-        built = ~torch.stack(voids)
-        accept = torch.where(built, torch.stack(log_ws).clamp(max=0.0).exp(), 0.0).sum(0)
+        if len(pending) == 1:
+            built, log_w, divs = pending[0]
+        else:
+            built, log_w, divs = (torch.cat(t) for t in zip(*pending))
+        accept = torch.where(built, log_w.clamp(max=0.0).exp(), 0.0).sum(0)
         sum_accept.index_add_(0, rows, accept)
         num_leapfrog.index_add_(0, rows, built.sum(0))
-        divergent.index_copy_(0, rows, (torch.stack(divs) & built).any(0))
+        divergent.index_copy_(0, rows, (divs & built).any(0))
 
 
-def _closes_a_turning_subtree(n: int, p_new: Tensor, rho_sub: Tensor, ck_p: list, ck_sum: list,
-                              ck_prev: list, turning: Callable[[Tensor, Tensor, Tensor | None], Tensor]) -> Tensor:
-    """Whether odd leaf ``n`` of a subtree completes a sub-subtree that makes a U-turn, per row.
+_POSITIONS: dict = {}
 
-    Leaf ``n`` ends the sub-subtrees of ``2^m`` leaves, ``m = 1 .. t`` (``t`` the trailing one bits
-    of ``n``); the one of ``2^m`` leaves starts at the leaf in slot ``i = popcount(n >> 1) - m + 1``
-    and its right half at the leaf in slot ``i + 1`` (NumPyro's ``_leaf_idx_to_ckpt_idxs``). Running
-    sums give every stretch's momentum sum: ``sum(a..b) = S_b - S_a + p_a``. All ``3 t - 2`` checks
-    run as one batch over a leading axis.
+
+def _positions(lo: int, count: int, device: torch.device) -> Tensor:
+    """``lo .. lo + count - 1`` as a column ``(count, 1)`` (cached)."""
+    key = (lo, count, device)
+    t = _POSITIONS.get(key)
+    if t is None:
+        t = _POSITIONS[key] = torch.arange(lo, lo + count, device=device).unsqueeze(1)
+    return t
+
+
+_CHECKS: dict = {}
+
+
+def _uturn_checks(start: int, end: int):
+    """Index tensors of the U-turn checks that the subtree's leaves ``start .. end - 1`` close, or ``None``.
+
+    Odd leaf ``n`` ends the sub-subtrees of ``2^m`` leaves, ``m = 1 .. t`` (``t`` the trailing one bits of
+    ``n``); the one of ``2^m`` leaves starts at ``a = n - 2^m + 1`` and its right half at
+    ``c = n - 2^(m-1) + 1``. Checks: the two-leaf one ``(n - 1, n)`` (``r = p_a + p_b``), then for ``m >= 2``
+    the whole stretch ``a..n``, and Stan 2.26's ``a..c`` and ``c - 1..n``, with the momentum sums
+    ``sum(a..b) = S_b - S_a + p_a`` from the running sums ``S``. Momenta are indexed in the stack
+    ``(p_0, p_{start-1}, p_start, ..)`` and running sums in ``(S_0, S_start, ..)``: a check that a leaf in
+    this segment closes reads no other earlier leaf (its sub-subtree starts at leaf 0, or in the segment).
+
+    Returns ``(ia, ib, ix, iy, iz, iw, two, leaf)``: the checks' two ends ``ia``, ``ib``; ``rho = S[ix] -
+    S[iy] + p[iz]`` for the ``m >= 2`` checks, plus ``p[iw]`` for the last ``len(iw)`` of them; ``two`` the
+    number of two-leaf checks (first); ``leaf`` the segment position of the leaf each check belongs to.
     """
-    last = (n >> 1).bit_count()
-    trailing = ((~n & (n + 1)) - 1).bit_count()
-    if trailing == 1:  # the two-leaf sub-subtree (n - 1, n) alone
-        return turning(ck_p[last], p_new, None)
-    lo = last - trailing + 1
-    p, s, prev = torch.stack(ck_p[lo : last + 1]), torch.stack(ck_sum[lo : last + 1]), torch.stack(ck_prev[lo + 1 : last + 1])
-    # The sub-subtree starting at slot i ends at leaf n; Stan 2.26: each half's inner end against the
-    # other half's outer end (slot i to slot i + 1's first leaf; the leaf before slot i + 1 to leaf n).
-    pa = torch.cat((p, p[:-1], prev))
-    pb = torch.cat((p_new.expand_as(p), p[1:], p_new.expand_as(prev)))
-    rho = torch.cat((rho_sub - s + p, s[1:] - s[:-1] + p[:-1], rho_sub - s[1:] + p[1:] + prev))
-    return turning(pa, pb, rho).any(0)
+    key = (start, end)
+    if key in _CHECKS:
+        return _CHECKS[key]
+
+    def pi(k: int) -> int:
+        if start <= k < end:
+            return 2 + k - start
+        if k == 0:
+            return 0
+        assert k == start - 1
+        return 1
+
+    def si(k: int) -> int:
+        if start <= k < end:
+            return 1 + k - start
+        assert k == 0
+        return 0
+
+    two, whole, halves, inner = [], [], [], []  # (ia, ib, [ix, iy, iz, iw], leaf)
+    for n in range(start | 1, end, 2):
+        pos = n - start
+        two.append((pi(n - 1), pi(n), None, pos))
+        trailing = ((~n & (n + 1)) - 1).bit_count()
+        for m in range(2, trailing + 1):
+            a, c = n - 2**m + 1, n - 2 ** (m - 1) + 1
+            whole.append((pi(a), pi(n), (si(n), si(a), pi(a)), pos))
+            halves.append((pi(a), pi(c), (si(c), si(a), pi(a)), pos))
+            inner.append((pi(c - 1), pi(n), (si(n), si(c), pi(c), pi(c - 1)), pos))
+    allc = two + whole + halves + inner
+    if not allc:
+        _CHECKS[key] = None
+        return None
+    long = torch.long
+    rest = whole + halves + inner
+    out = (torch.tensor([c[0] for c in allc], dtype=long), torch.tensor([c[1] for c in allc], dtype=long),
+           torch.tensor([c[2][0] for c in rest], dtype=long), torch.tensor([c[2][1] for c in rest], dtype=long),
+           torch.tensor([c[2][2] for c in rest], dtype=long), torch.tensor([c[2][3] for c in inner], dtype=long),
+           len(two), torch.tensor([c[3] for c in allc], dtype=long))
+    _CHECKS[key] = out
+    return out
 
 
 def _in_time_order(path_x: list[Tensor], path_off: list[Tensor], path_ok: list[Tensor]) -> Tensor:
