@@ -179,6 +179,7 @@ class NUTS:
         record = self.record_tree
 
         ones = x0.new_ones(size)
+        eps_t = x0.new_tensor(eps)
         half_ones = 0.5 * ones
 
         def dot(a: Tensor, b: Tensor) -> Tensor:
@@ -236,14 +237,15 @@ class NUTS:
                 break
             leaves = 2**j
             u = random_on(torch.rand, (leaves + 1, rows.numel()), generator, device, dtype)
-            go_right, log_u_tree, log_u_leaf = u[0] < 0.5, u[1].log(), u[2:].log()
+            log_u = u[1:].log()
+            go_right, log_u_tree, log_u_leaf = u[0] < 0.5, log_u[0], log_u[1:]
             depth = depth + active
             active = torch.zeros_like(active)  # set again below for the chains whose tree goes on
-            side = go_right.long()
             # The subtree grows from the tree's end on its side ("junction" end); the other is the "far" end.
-            junction, far = side * chains + rows, (1 - side) * chains + rows
+            right_rows = rows + chains
+            junction, far = torch.where(go_right, right_rows, rows), torch.where(go_right, rows, right_rows)
             fx, fp, fs = flat_x.index_select(0, junction), flat_p.index_select(0, junction), flat_s.index_select(0, junction)
-            signed_eps = col(eps * (2 * go_right.to(dtype) - 1))  # +-eps
+            signed_eps = col(torch.where(go_right, eps_t, -eps_t))  # +-eps
             half_eps = 0.5 * signed_eps
             eps_minv = signed_eps if minv is None else signed_eps * minv
             h0_r = h0.index_select(0, rows)
