@@ -174,18 +174,19 @@ def test_the_trace_file_keeps_compiled_from(tmp_path, always_long, monkeypatch):
 @pytest.mark.parametrize("keep", ["all", "stats", "last"])
 @pytest.mark.parametrize("steps,burn_in,thin", [(45, 0, 1), (45, 7, 3), (50, 20, 4), (16, 0, 1), (5, 2, 1),
                                                 (100, 33, 5), (40, 39, 1), (33, 5, 2)])
-@pytest.mark.parametrize("sampler", [MALA(0.5), HMC(0.1, num_leapfrog=2)], ids=["MALA", "HMC"])
+@pytest.mark.parametrize("sampler", [MALA(0.5), HMC(0.1, num_leapfrog=2), Langevin(0.1)], ids=["MALA", "HMC", "ULA"])
 def test_compiled_blocks_keep_what_single_steps_keep(monkeypatch, sampler, steps, burn_in, thin, keep):
-    """A compiled call runs a block of steps (8 MALA, 4 HMC of 2 leapfrogs): burn-in, thinning, the reservoir, the running
-    moments and the acceptance count must come out as with one step per call, whatever the block boundaries."""
+    """A compiled call runs a block of steps (8 MALA or ULA, 4 HMC of 2 leapfrogs): burn-in, thinning, the
+    reservoir, the running moments and the acceptance count (ULA's blocks return no flags: all accepted) must come
+    out as with one step per call, whatever the block boundaries."""
     monkeypatch.setattr(base, "compiled_transition", as_eager)
     kw = dict(burn_in=burn_in, thin=thin, keep=keep, max_kept=8)
     eager = ebmlab.sample(double_well, sampler, X0, steps, generator=torch.Generator().manual_seed(1),
                           compile=False, **kw)
     blocks = ebmlab.sample(double_well, sampler, X0, steps, generator=torch.Generator().manual_seed(1),
                            compile=True, **kw)
-    assert base.block_steps(sampler, blocks.final_state, keep, None) == base.COMPILED_BLOCK_EVALS // (
-        1 if isinstance(sampler, MALA) else 2)
+    assert base.block_steps(sampler, blocks.final_state, keep, None) == base.COMPILED_BLOCK_EVALS // getattr(
+        sampler, "num_leapfrog", 1)
     assert base.block_steps(sampler, blocks.final_state, keep, None, steps) > 1
     assert torch.equal(blocks.samples, eager.samples) and torch.equal(blocks.energies, eager.energies)
     assert torch.equal(blocks.acceptance_rate, eager.acceptance_rate)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..checks import check_finite, check_positive
 from ..energies.core import energy_and_score
-from .base import Info, State, all_accepted, normal_like
+from .base import Info, State, all_accepted, normal_like, normal_steps
 
 __all__ = ["Langevin"]
 
@@ -44,6 +44,8 @@ class Langevin:
 
     #: ``sample(..., compile="auto")`` may compile this sampler's ``transition`` for a long run.
     auto_compile: ClassVar[bool] = True
+    #: Every move is accepted (no accept test): a compiled block returns no acceptance flags.
+    always_accepts: ClassVar[bool] = True
 
     step_size: float
     noise_scale: float | None = None
@@ -86,6 +88,16 @@ class Langevin:
             generator: the source of randomness; ``None`` is torch's global generator.
         """
         return (normal_like(state.x, generator),)
+
+    def draw_steps(self, state: State, generator: torch.Generator | None, steps: int) -> tuple[Tensor]:
+        """What ``steps`` calls of :meth:`draw` give, stacked: the noise of ``steps`` steps, ``(steps, *x.shape)``.
+
+        Args:
+            state: the current state (the draws take its shape, device and dtype).
+            generator: the source of randomness; ``None`` is torch's global generator.
+            steps: how many steps' noise.
+        """
+        return (normal_steps(state.x, generator, steps),)
 
     def step(self, energy, state: State, *, generator: torch.Generator | None = None) -> tuple[State, Info]:
         return self.transition(energy, state, *self.draw(state, generator))
