@@ -248,3 +248,20 @@ def test_a_short_run_after_a_compiled_one_compiles_nothing_new(always_long, monk
     eager = run(double_well, MALA(0.5), compile=False, steps=5)
     short = run(double_well, MALA(0.5), steps=5)
     assert all(steps == base.COMPILED_BLOCK_EVALS for steps in made) and torch.equal(short.samples, eager.samples)
+
+
+@pytest.mark.parametrize("shape,dtype", [((1000, 2), torch.float32), ((7, 3), torch.float32), ((8, 2), torch.float64),
+                                         ((13, 2), torch.float64), ((3,), torch.float32)])
+def test_a_block_s_stacked_noise_is_the_noise_of_its_steps_one_by_one(shape, dtype):
+    """ULA's block draws its steps' noise in one torch.randn only where that gives the numbers the steps would
+    draw one at a time (torch fills normals 16 at a time: a (7, 3) draw is not a slice of a (k, 7, 3) one)."""
+    x = torch.zeros(shape, dtype=dtype)
+    g = torch.Generator().manual_seed(3)
+    blocks = torch.cat([Langevin(0.1).draw_steps(base.State(x=x, energy=x), g, 8)[0] for _ in range(2)])
+    g.manual_seed(3)
+    one_by_one = torch.stack([Langevin(0.1).draw(base.State(x=x, energy=x), g)[0] for _ in range(16)])
+    assert torch.equal(blocks, one_by_one)
+    torch.manual_seed(5)  # and from torch's global generator
+    blocks = base.normal_steps(x, None, 8)
+    torch.manual_seed(5)
+    assert torch.equal(blocks, torch.stack([base.normal_like(x, None) for _ in range(8)]))
