@@ -100,6 +100,21 @@ def test_score_matches_autograd_and_fused_path(key: str) -> None:
     torch.testing.assert_close(cs, s)
 
 
+@pytest.mark.parametrize("key", list(ALL))
+def test_energy_and_score_traces_into_one_graph(key: str) -> None:
+    """Compiled samplers trace the target's ``energy_and_score``: a graph break would split every compiled step
+    (dynamo cannot trace, for instance, ``out=`` into a column of the score), and the compiled values must equal
+    the eager ones."""
+    t = ALL[key]()
+    x = _uniform_in(t.bounds, 64, seed=2).float()
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(t.energy_and_score)(x)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    e, s = torch.compile(t.energy_and_score, backend="eager")(x)  # dynamo's trace, run without inductor
+    torch.testing.assert_close(e, t.energy_and_score(x)[0])
+    torch.testing.assert_close(s, t.energy_and_score(x)[1])
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_follows_input_dtype(name: str) -> None:
     t = T.get(name)

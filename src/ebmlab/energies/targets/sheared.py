@@ -51,13 +51,30 @@ class _ShearedGaussian(Target):
     def score(self, x: Tensor) -> Tensor:
         return self.energy_and_score(x)[1]
 
+    def _shear(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor, float]:
+        """``(y2, t, c)``: ``y2 = b x2 + h(x1) - m2`` and ``h'(x1) = c t``."""
+        h, dh = self._h(x1)
+        return torch.add(h, x2, alpha=self._b).sub_(self._m[1]), dh, 1.0
+
     def energy_and_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        # The samplers' hot path: about 19 small ops on the (B,) columns (an op costs about the same at 1,000
+        # rows whatever it does; a reduction over the last dim of size 2 or a (B, 2) @ (2, 2) product costs 3-9
+        # times an elementwise op on this CPU), no stack: the score is written into its two columns.
         self._check(x)
-        y1, y2, _, dh = self._y(x)
+        x1, x2 = x.unbind(1)
+        y1 = x1 * self._a if self._m[0] == 0.0 else (x1 * self._a).sub_(self._m[0])
+        y2, dh, c = self._shear(x1, x2)
         p11, p12, p22 = self._p
-        g1 = -(p11 * y1 + p12 * y2)
-        g2 = -(p12 * y1 + p22 * y2)
-        return -0.5 * (y1 * g1 + y2 * g2) + self._const, torch.stack((self._a * g1 + dh * g2, self._b * g2), -1)
+        ng1 = torch.add(y1 * p11, y2, alpha=p12)  # -g = C^-1 (y - m)
+        ng2 = torch.add(y1 * p12, y2, alpha=p22)
+        energy = torch.addcmul(y1 * ng1, y2, ng2).mul_(0.5).add_(self._const)
+        # the score J^T g, J = [[a, 0], [h'(x1), b]]
+        if torch.compiler.is_compiling():  # dynamo cannot trace out= into a column (a graph break); fused anyway
+            return energy, torch.stack((torch.addcmul(ng1 * -self._a, dh, ng2, value=-c), ng2 * -self._b), -1)
+        score = torch.empty_like(x)
+        torch.mul(ng2, -self._b, out=score[:, 1])
+        torch.addcmul(ng1 * -self._a, dh, ng2, value=-c, out=score[:, 0])
+        return energy, score
 
     def sample(self, n: int, *, generator: torch.Generator | None = None,
                device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -87,6 +104,9 @@ class Banana(_ShearedGaussian):
 
     def _h(self, x1: Tensor) -> tuple[Tensor, Tensor]:
         return 0.4 * x1 * x1, 0.8 * x1
+
+    def _shear(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor, float]:
+        return torch.addcmul(x2, x1, x1, value=0.4 / self._b).sub_(self._m[1] / self._b).mul_(self._b), x1, 0.8
 
     @property
     def mean(self) -> Tensor:
