@@ -94,6 +94,9 @@ class GaussianMixture(Target):
         self._master = (m, bias, (m / v[:, None]).T.contiguous(), 0.5 / v, 1.0 / v, v.sqrt())
         self._fused_constants = tuple(t.tolist() for t in self._master[1:5]) + (m.tolist(),)
         self._cache: dict = {}
+        # one variance for every component (eight_gaussians): the responsibilities sum to one, so the score is
+        # (sum_k r_k m_k - x) / v, two fewer (B, K) ops on the samplers' hot path
+        self._v_equal = float(v[0]) if bool((v == v[0]).all()) else None
         sd = v.sqrt()[:, None]
         self.bounds = nice_box((m - 6 * sd).min(0).values.tolist(), (m + 6 * sd).max(0).values.tolist(),
                                what="means and variances")
@@ -197,6 +200,8 @@ class GaussianMixture(Target):
 
     def _logits(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         m, bias, m_prec, half_prec, prec, _ = cast_constants(self._cache, self._master, x.device, x.dtype)
+        if self._v_equal is not None:
+            return torch.addmm(bias, x, m_prec).sub_((x * x).sum(-1, keepdim=True), alpha=0.5 / self._v_equal), m, prec
         return torch.addmm(bias, x, m_prec) - (x * x).sum(-1, keepdim=True) * half_prec, m, prec
 
     def energy(self, x: Tensor) -> Tensor:
@@ -213,6 +218,11 @@ class GaussianMixture(Target):
         if self._fused(x):
             return self._energy_and_score_fused(x)
         logits, m, prec = self._logits(x)
+        if self._v_equal is not None:
+            mx = logits.detach().amax(-1, keepdim=True)
+            z = torch.exp((logits - mx).clamp_min(-80.0))  # clamp: see logsumexp_softmax
+            zs = z.sum(-1, keepdim=True)
+            return -(mx + zs.log()).squeeze(-1), torch.sub((z @ m) / zs, x).mul_(1.0 / self._v_equal)
         lse, r = logsumexp_softmax(logits)
         r = r * prec  # responsibilities / v_k
         return -lse, r @ m - r.sum(-1, keepdim=True) * x  # sum_k r_k (m_k - x) / v_k
