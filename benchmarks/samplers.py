@@ -80,10 +80,16 @@ def gmm_es(x):
 
 
 def banana_es(x):
-    x1, x2 = x[:, 0], x[:, 1]
-    y1, y2 = 0.5 * x1, 2.0 * x2 + 0.4 * x1 * x1 - 2.4
-    g1, g2 = -(_BP11 * y1 + _BP12 * y2), -(_BP12 * y1 + _BP22 * y2)
-    return -0.5 * (y1 * g1 + y2 * g2) + _BCONST, torch.stack((0.5 * g1 + 0.8 * x1 * g2, 2.0 * g2), -1)
+    # the library's op sequence (few ops on the columns, the score written into its two columns), without
+    # its input check and class dispatch
+    x1, x2 = x.unbind(1)
+    y1, y2 = x1 * 0.5, torch.addcmul(x2, x1, x1, value=0.2).sub_(1.2).mul_(2.0)
+    ng1, ng2 = torch.add(y1 * _BP11, y2, alpha=_BP12), torch.add(y1 * _BP12, y2, alpha=_BP22)  # -g
+    e = torch.addcmul(y1 * ng1, y2, ng2).mul_(0.5).add_(_BCONST)
+    score = torch.empty_like(x)
+    torch.mul(ng2, -2.0, out=score[:, 1])
+    torch.addcmul(ng1 * -0.5, x1, ng2, value=-0.8, out=score[:, 0])
+    return e, score
 
 
 TORCH_ES = {"banana": banana_es, "eight_gaussians": gmm_es}
@@ -159,24 +165,27 @@ def ess_min(draws: np.ndarray) -> tuple[float, str]:
     return float(np.min(ess_bulk(draws))), "all"
 
 
-def best_time(fn, repeats):
-    """Run ``fn() -> (seconds, draws, acceptance)`` ``repeats`` times; best (min) seconds, last run's draws.
+def interleaved(runs, repeats):
+    """Run each ``once() -> (seconds, draws, acceptance)`` of ``runs`` (name -> once) ``repeats`` times,
+    round-robin (every implementation once, then again), so a change of load on a shared machine falls on
+    all of them alike; per name: best (min) seconds, all seconds, last run's draws and acceptance.
 
     The best of the repeats, not the median: on a shared machine the noise is other work taking
     the core, which only ever adds time.
     """
-    secs, last = [], None
+    secs, last = {name: [] for name in runs}, {}
     for _ in range(repeats):
-        sec, draws, acc = fn()
-        secs.append(sec)
-        last = (draws, acc)
-    return min(secs), secs, last[0], last[1]
+        for name, once in runs.items():
+            sec, draws, acc = once()
+            secs[name].append(sec)
+            last[name] = (draws, acc)
+    return {name: (min(secs[name]), secs[name], *last[name]) for name in runs}
 
 
 # --------------------------------------------------------------------------- runners
 
 
-def run_ebmlab(target, algo, eps, n, steps, repeats, compile):
+def run_ebmlab(target, algo, eps, n, steps, compile):
     t = targets.get(target)
     sampler = ebmlab_sampler(algo, eps)
     x0 = t.sample(n, generator=torch.Generator().manual_seed(0))
@@ -192,10 +201,10 @@ def run_ebmlab(target, algo, eps, n, steps, repeats, compile):
         tr = ebmlab.sample(t, sampler, x0, steps, generator=g, compile=compile)
         return tr.seconds, tr.samples, float(tr.acceptance_rate.mean())
 
-    return best_time(once, repeats)
+    return once
 
 
-def run_hand(target, algo, eps, n, steps, repeats):
+def run_hand(target, algo, eps, n, steps):
     es = TORCH_ES[target]
     x0 = targets.get(target).sample(n, generator=torch.Generator().manual_seed(0))
 
@@ -205,7 +214,7 @@ def run_hand(target, algo, eps, n, steps, repeats):
         draws, acc = HAND[algo](es, x0, steps, eps, g)
         return time.perf_counter() - start, draws, acc
 
-    return best_time(once, repeats)
+    return once
 
 
 def _jax_logdensities():
@@ -226,7 +235,7 @@ def _jax_logdensities():
     return {"banana": banana_logp, "eight_gaussians": gmm_logp}
 
 
-def run_blackjax(target, algo, eps, n, steps, repeats):
+def run_blackjax(target, algo, eps, n, steps):
     import blackjax
     import jax
     import jax.numpy as jnp
@@ -269,7 +278,7 @@ def run_blackjax(target, algo, eps, n, steps, repeats):
         xs, acc = jax.block_until_ready(run(jax.random.key(1), x0))
         return time.perf_counter() - start, xs, float(acc)
 
-    return best_time(once, repeats)
+    return once
 
 
 # --------------------------------------------------------------------------- neural-net energy
@@ -364,8 +373,9 @@ def build_markdown(rows, nn_rows, meta, cmdline):
         "Throughput of ULA, MALA and HMC (L=5) on two analytic 2-D targets: ebmlab eager "
         "(`compile=False`; `ebmlab.sample`'s default `compile=\"auto\"` runs these short runs eagerly, as they "
         "are far under its 60-s threshold: long runs are in the section \"Samplers: long runs\" below), ebmlab compiled (`compile=True`: "
-        "8 steps per compiled call, 1 for HMC; compile warm-up excluded), a minimal "
-        "hand-written eager PyTorch loop of the same algorithm (analytic score inline), and BlackJAX "
+        "8 steps per compiled call, 4 for HMC; compile warm-up excluded), a minimal "
+        "hand-written eager PyTorch loop of the same algorithm (the library's analytic score formula inline, "
+        "without its input checks), and BlackJAX "
         "(`jax.jit` + `vmap` over chains + `lax.scan` over steps, compile excluded).",
         "",
         "Reproduce:",
@@ -382,7 +392,8 @@ def build_markdown(rows, nn_rows, meta, cmdline):
         f"The machine was shared with other work while this ran, so expect ~10-20% noise.",
         "",
         f"Each time is the **best (minimum) of {meta['repeats']} runs** (the noise on a shared machine "
-        "only adds time). chain-steps/s = chains x steps / wall "
+        "only adds time), the four implementations of a row group run round-robin (each once, then again), "
+        "so that a change of load falls on all of them alike. chain-steps/s = chains x steps / wall "
         "seconds of the timed run (ebmlab: `Trace.seconds`, which includes `init`; every implementation "
         "stores all draws). Spread = slowest / fastest of the repeats. Accept = mean acceptance rate "
         "(ULA has none). ESS/s = min over the two "
@@ -471,9 +482,9 @@ def findings(rows, nn_rows, meta_caps=None):
     out.append(f"Across all configurations ebmlab eager runs at {min(eh):.2f}x-{max(eh):.2f}x the speed of the "
                "hand-written eager loop. Where a step is cheapest (ULA, N=" + f"{nmin:,}" + ") ebmlab eager takes "
                + ", ".join(f"{us:+.1f} us per step on {t}" for t, us in cheap)
-               + " against the hand loop (which calls the same formula inline, without ebmlab's State/Info "
-               "objects, input checks and stored energies; the eight Gaussians' hand formula also assumes "
-               "equal variances, where ebmlab's GaussianMixture is general).")
+               + " against the hand loop (which calls the library's formula inline, without ebmlab's State/Info "
+               "objects, input checks and stored energies; for the eight Gaussians the hand formula is the "
+               "matrix form of `GaussianMixture`, whose equal-variance path takes two ops fewer).")
     sp = sorted(r["spread"] for r in rows)
     out.append(f"Timing noise: the slowest/fastest ratio of the repeats (column spread) has "
                f"median {sp[len(sp) // 2]:.2f} and maximum {sp[-1]:.2f}, because the two cores were shared with "
@@ -570,13 +581,13 @@ def main(argv=None):
             for n in args.chains:
                 steps = steps_for(target, algo, n)
                 block = []
-                for impl, fn in (
-                    ("ebmlab eager", lambda: run_ebmlab(target, algo, eps, n, steps, repeats, False)),
-                    ("ebmlab compiled", lambda: run_ebmlab(target, algo, eps, n, steps, repeats, True)),
-                    ("hand-written", lambda: run_hand(target, algo, eps, n, steps, repeats)),
-                    ("BlackJAX", lambda: run_blackjax(target, algo, eps, n, steps, repeats)),
-                ):
-                    sec, secs, draws, acc = fn()
+                timed = interleaved({
+                    "ebmlab eager": run_ebmlab(target, algo, eps, n, steps, False),
+                    "ebmlab compiled": run_ebmlab(target, algo, eps, n, steps, True),
+                    "hand-written": run_hand(target, algo, eps, n, steps),
+                    "BlackJAX": run_blackjax(target, algo, eps, n, steps),
+                }, repeats)
+                for impl, (sec, secs, draws, acc) in timed.items():
                     ess, how = ess_min(np.asarray(draws))
                     r = dict(target=target, algo=algo, eps=eps, n=n, steps=steps, impl=impl, sec=sec,
                              rate=n * steps / sec, acc=acc, ess_s=ess / sec, ess_how=how,
