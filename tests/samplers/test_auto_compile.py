@@ -211,6 +211,11 @@ def test_blocks_are_one_step_when_a_callback_watches_or_memory_is_short():
     assert base.block_steps(HMC(0.1, num_leapfrog=20), state, "all", None) == 1
     # HMC of 3-5 leapfrogs: 4 steps a call (12-20 evaluations), not 8 // L = 1 or 2; from 6 on, one step
     assert [base.block_steps(HMC(0.1, num_leapfrog=n), state, "all", None) for n in (2, 3, 5, 6, 8)] == [4, 4, 4, 1, 1]
+    # ... for small states only: at 10,000 chains in 2-D a step's work outweighs the call's fixed cost
+    large = ebmlab.HMC(0.1).init(double_well, torch.zeros(base.MIN_BLOCK_MAX_NUMEL // 2 + 1, 2))
+    edge = ebmlab.HMC(0.1).init(double_well, torch.zeros(base.MIN_BLOCK_MAX_NUMEL // 2, 2))
+    assert [base.block_steps(HMC(0.1, num_leapfrog=n), large, "all", None) for n in (2, 3, 5)] == [4, 2, 1]
+    assert base.block_steps(HMC(0.1, num_leapfrog=5), edge, "all", None) == 4
     big = ebmlab.MALA(0.5).init(double_well, torch.zeros(4096, 2048))  # 32 MiB a step
     assert base.block_steps(MALA(0.5), big, "all", None) == 1
     assert base.block_steps(MALA(0.5), big, "last", None) == base.COMPILED_BLOCK_EVALS
