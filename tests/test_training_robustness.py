@@ -297,3 +297,31 @@ def test_checkpoint_seconds_writes_between_step_checkpoints(tmp_path):
     finally:
         training.save_checkpoint = real
     assert len(written) >= 6 and written[-1] == 12, written
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fit_steps_as_torch_adam_does(dtype):
+    """fit's optimiser (fused on the CPU) is Adam with the given learning rate and betas: the same weights as
+    torch's default per-tensor Adam driven by hand, to rounding, over 30 steps of a loss with a changing
+    gradient."""
+    from ebmlab.training import Update
+
+    torch.manual_seed(0)
+    model = MLPEnergy(2, hidden=(8,)).to(dtype)
+    twin = MLPEnergy(2, hidden=(8,)).to(dtype)
+    twin.load_state_dict(model.state_dict())
+    xs = torch.randn(30, 16, 2, dtype=dtype)
+
+    def loss(net, step):
+        return (net(xs[step - 1]) ** 2).mean() + net(xs[step - 1]).mean()
+
+    fit(model, lambda step: Update(loss(model, step), {}), method="x", steps=30, lr=3e-2, betas=(0.3, 0.99),
+        grad_clip=None, ema_decay=None, generator=torch.Generator())
+    opt = torch.optim.Adam(twin.parameters(), lr=3e-2, betas=(0.3, 0.99), foreach=False)
+    for step in range(1, 31):
+        opt.zero_grad()
+        loss(twin, step).backward()
+        opt.step()
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=tol, atol=tol)

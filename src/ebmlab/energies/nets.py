@@ -284,7 +284,7 @@ class MLPEnergy(_ProductOfExperts, nn.Module):
         param = next(self.parameters())  # not .weight: with spectral norm each access is a power iteration
         closed = (type(self).forward is MLPEnergy.forward and "forward" not in vars(self)  # not replaced
                   and x.dtype == param.dtype and x.device == param.device
-                  and all(type(m) in _DERIVATIVES for m in layers[1::2]))
+                  and all(type(m) in _VJPS for m in layers[1::2]))
         if not closed:
             from .core import evaluate_energy  # core imports nothing from here; lazy all the same
 
@@ -305,31 +305,23 @@ class MLPEnergy(_ProductOfExperts, nn.Module):
             e = (torch.addmm(last.bias, h, w_out.t()) if last.bias is not None else h @ w_out.t()).squeeze(-1)
             g = w_out.expand(x.shape[0], -1)  # dE/dh of the last hidden layer, (B, width)
             for w, a, h, act in reversed(saved):
-                g = (g * _DERIVATIVES[type(act)](act, a, h)) @ w
+                g = _VJPS[type(act)](act, g, a, h) @ w
         return e, -g
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, spectral_norm={self.spectral_norm}"
 
 
-def _silu_grad(act: nn.Module, a: Tensor, h: Tensor) -> Tensor:
-    s = torch.sigmoid(a)
-    return s * (1 + a * (1 - s))
-
-
-def _softplus_grad(act: nn.Module, a: Tensor, h: Tensor) -> Tensor:
-    z = a * act.beta
-    return torch.where(z > act.threshold, torch.ones_like(a), torch.sigmoid(z))  # linear above the threshold
-
-
-#: d activation(a) / da from the pre-activation ``a`` and the output ``h``, per activation type.
-_DERIVATIVES: dict[type, Callable[[nn.Module, Tensor, Tensor], Tensor]] = {
-    nn.SiLU: _silu_grad,
-    nn.Tanh: lambda act, a, h: 1 - h * h,
-    nn.ReLU: lambda act, a, h: (a > 0).to(a.dtype),
-    nn.LeakyReLU: lambda act, a, h: torch.where(a > 0, torch.ones_like(a), torch.full_like(a, act.negative_slope)),
-    nn.ELU: lambda act, a, h: torch.where(a > 0, torch.ones_like(a), h + act.alpha),
-    nn.Softplus: _softplus_grad,
+#: ``g * activation'(a)`` from the incoming gradient ``g``, the pre-activation ``a`` and the output ``h``, per
+#: activation type: the aten backward kernels autograd itself runs (one fused op each, where the product written
+#: out took four to six: 270 against 350 us per SiLU score of the 2 -> 64 -> 64 -> 1 network on 512 points).
+_VJPS: dict[type, Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]] = {
+    nn.SiLU: lambda act, g, a, h: torch.ops.aten.silu_backward(g, a),
+    nn.Tanh: lambda act, g, a, h: torch.ops.aten.tanh_backward(g, h),
+    nn.ReLU: lambda act, g, a, h: torch.ops.aten.threshold_backward(g, a, 0),
+    nn.LeakyReLU: lambda act, g, a, h: torch.ops.aten.leaky_relu_backward(g, a, act.negative_slope, False),
+    nn.ELU: lambda act, g, a, h: torch.ops.aten.elu_backward(g, act.alpha, 1, 1, False, a),
+    nn.Softplus: lambda act, g, a, h: torch.ops.aten.softplus_backward(g, a, act.beta, act.threshold),
 }
 
 
