@@ -293,3 +293,26 @@ def test_model_evaluation_refuses_test_points_outside_its_box():
     test = torch.tensor([[0.0, 0.0], [1.0, 0.0], [9.0, 0.0]])
     with pytest.raises(ValueError, match=r"1 of 3 test points lie outside the quadrature box"):
         evaluate_density_model(_ring, test, [(-4.0, 4.0), (-4.0, 4.0)], resolution=64, num_chains=4, num_steps=2)
+
+
+def test_model_evaluation_computes_only_the_sample_metrics_asked_for():
+    """sample_metrics=() runs no chains (same NLL, no sample keys); ("mmd",) gives the full call's MMD (it draws
+    from the generator first) without sliced-W; an unknown name is refused."""
+    from ebmlab.evaluation import evaluate_density_model
+
+    test = torch.randn(300, 2, generator=torch.Generator().manual_seed(0))
+    box = [(-5.0, 5.0), (-5.0, 5.0)]
+
+    def run(**kw):
+        return evaluate_density_model(_ring, test, box, resolution=64, num_chains=50, num_steps=20,
+                                      generator=torch.Generator().manual_seed(1), **kw)
+
+    full, none, only = run(), run(sample_metrics=()), run(sample_metrics=("mmd",))
+    assert {"mmd", "sliced_w", "sampler_acceptance"} <= set(full)
+    assert not {"mmd", "sliced_w", "sampler_acceptance"} & set(none)
+    assert none["test_nll"] == full["test_nll"] and none["log_z"] == full["log_z"]
+    assert only["mmd"] == full["mmd"] and "sliced_w" not in only
+    assert only["sampler_acceptance"] == full["sampler_acceptance"]
+    for bad in (("mmd", "kl"), "mmd"):
+        with pytest.raises(ValueError, match="sample_metrics"):
+            run(sample_metrics=bad)

@@ -15,7 +15,7 @@ from ebmlab.evaluation.images import (
     sample_grid,
     train_classifier,
 )
-from ebmlab.evaluation.models import evaluate_density_model, model_samples
+from ebmlab.evaluation.models import SAMPLE_METRICS, evaluate_density_model, model_samples, sample_quality
 from ebmlab.evaluation.partition import (
     LogPartition,
     density_on_grid,
@@ -36,6 +36,7 @@ __all__ = [
     "sample_grid",
     "train_classifier",
     "AISResult",
+    "SAMPLE_METRICS",
     "ais_betas",
     "ais_log_partition",
     "LogPartition",
@@ -52,6 +53,7 @@ __all__ = [
     "normalized_log_prob",
     "quadrature_grid",
     "rhat",
+    "sample_quality",
     "sliced_wasserstein",
     "summarize",
 ]

@@ -22,7 +22,39 @@ from ..samplers.base import sample
 from .distances import mmd, sliced_wasserstein
 from .partition import log_partition, normalized_log_prob
 
-__all__ = ["evaluate_density_model", "model_samples"]
+__all__ = ["SAMPLE_METRICS", "evaluate_density_model", "model_samples", "sample_quality"]
+
+#: The sample-based metrics :func:`evaluate_density_model` computes by default, in the order they draw from
+#: the generator.
+SAMPLE_METRICS = ("mmd", "sliced_w")
+
+
+def _sample_metrics(names: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"sample_metrics must be a sequence of names among {SAMPLE_METRICS}, got {names!r}")
+    unknown = [n for n in names if n not in SAMPLE_METRICS]
+    if unknown:
+        raise ValueError(f"sample_metrics: unknown {unknown}; expected names among {SAMPLE_METRICS}")
+    return tuple(n for n in SAMPLE_METRICS if n in names)
+
+
+def sample_quality(x: Tensor, test: Tensor, names: Sequence[str] = SAMPLE_METRICS,
+                   generator: torch.Generator | None = None) -> dict[str, float]:
+    """MMD^2 (unbiased) and / or sliced Wasserstein between a model's samples and held-out points.
+
+    Args:
+        x: model samples ``(n, *event)``.
+        test: held-out points ``(m, *event)``.
+        names: which of ``"mmd"`` and ``"sliced_w"`` (computed in that order, so the generator's draws
+            for MMD are the same whether sliced-W follows or not).
+        generator: the sub-sampling and projections' randomness.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    wanted = _sample_metrics(names)
+    fns = {"mmd": mmd, "sliced_w": sliced_wasserstein}
+    return {n: fns[n](x, test, generator=generator) for n in wanted}
 
 
 def model_samples(energy: Any, bounds: Sequence[tuple[float, float]], *, num_chains: int = 2000,
@@ -66,7 +98,8 @@ def _device_dtype(energy: Any) -> tuple[torch.device, torch.dtype]:
 def evaluate_density_model(energy: Any, test: Tensor, bounds: Sequence[tuple[float, float]], *,
                            true_density: Any = None, entropy: float | None = None, resolution: int = 512,
                            generator: torch.Generator | None = None, num_chains: int = 2000,
-                           num_steps: int = 1000, step_size: float = 0.1) -> dict[str, float]:
+                           num_steps: int = 1000, step_size: float = 0.1,
+                           sample_metrics: Sequence[str] = SAMPLE_METRICS) -> dict[str, float]:
     """Exact test NLL, KL to the data when their density is known, MMD and sliced-W of model samples.
 
     The KL is the one definition ebmlab uses everywhere: the model's test NLL
@@ -88,18 +121,23 @@ def evaluate_density_model(energy: Any, test: Tensor, bounds: Sequence[tuple[flo
         num_chains: the number of MALA chains for the model's samples (see :func:`model_samples`).
         num_steps: MALA steps per chain.
         step_size: MALA's step size.
+        sample_metrics: which of ``"mmd"`` and ``"sliced_w"`` to compute from the model's samples; empty:
+            no chains are run (an NLL / KL-only evaluation, e.g. during training).
 
     Returns:
         ``test_nll`` (nats per point), ``log_z`` and ``log_z_error``, ``log_z_edge_mass`` (the
         share of the model's mass in the box's outermost cells: large when the model spreads past the box,
         and the NLL is then that of the density truncated to the box), ``mmd``
-        (squared, unbiased), ``sliced_w``, ``sampler_acceptance``; with
+        (squared, unbiased) and ``sliced_w`` as ``sample_metrics`` asks, ``sampler_acceptance`` when it
+        asks for any; with
         ``true_density``: ``true_nll`` and ``kl``; with ``entropy`` too:
         ``entropy`` and ``test_set_noise``.
 
     Raises:
-        ValueError: if test points lie outside ``bounds`` (the message counts them).
+        ValueError: if test points lie outside ``bounds`` (the message counts them), or for an unknown name
+            in ``sample_metrics``.
     """
+    wanted = _sample_metrics(sample_metrics)
     with torch.no_grad(), warnings.catch_warnings():
         # a model early in training spreads mass past the data's box: reported as log_z_edge_mass, not warned
         # at every evaluation
@@ -113,11 +151,12 @@ def evaluate_density_model(energy: Any, test: Tensor, bounds: Sequence[tuple[flo
         raise ValueError(f"{outside} of {test.shape[0]} test points lie outside the quadrature box "
                          f"{[tuple(b) for b in bounds]}, where the model's density is unknown; widen the bounds")
     nll = float(-lp.mean())
-    x, acc = model_samples(energy, bounds, num_chains=num_chains, num_steps=num_steps, step_size=step_size,
-                           generator=generator)
-    out = {"test_nll": nll, "log_z": lz.value, "log_z_error": lz.error, "log_z_edge_mass": lz.edge_mass,
-           "mmd": mmd(x, test, generator=generator), "sliced_w": sliced_wasserstein(x, test, generator=generator),
-           "sampler_acceptance": acc}
+    out = {"test_nll": nll, "log_z": lz.value, "log_z_error": lz.error, "log_z_edge_mass": lz.edge_mass}
+    if wanted:
+        x, acc = model_samples(energy, bounds, num_chains=num_chains, num_steps=num_steps, step_size=step_size,
+                               generator=generator)
+        out.update(sample_quality(x, test, wanted, generator))
+        out["sampler_acceptance"] = acc
     if true_density is not None:
         with torch.no_grad():
             true_nll = float(true_density(test.to(torch.float64)).mean())

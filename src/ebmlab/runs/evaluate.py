@@ -28,11 +28,12 @@ every metric it left out to the reason.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from ..evaluation.models import SAMPLE_METRICS
 from ..score_training import SDE_METHODS
 from .models import density_name
 from .run import Run, score_samples
@@ -65,23 +66,26 @@ PIXEL_LEVELS = {"digits": 17, "mnist": 256, "fashion_mnist": 256}
 
 
 def density_metrics(energy: nn.Module, name: str | None, test: Tensor, bounds: list, *, resolution: int,
-                    generator: torch.Generator, num_chains: int, num_steps: int, step_size: float) -> dict[str, Any]:
+                    generator: torch.Generator, num_chains: int = 0, num_steps: int = 0, step_size: float = 0.1,
+                    sample_metrics: Sequence[str] = SAMPLE_METRICS) -> dict[str, Any]:
     """Exact test NLL, KL with its test-set noise (when the density of ``name`` is known; ``None``: a data
-    file), MMD, sliced-W. For ``d > 2`` (no quadrature): MMD, sliced-W and the sampler's acceptance only."""
+    file), and ``sample_metrics`` (MMD, sliced-W) of ``num_chains`` MALA chains of ``num_steps`` steps (none
+    run when ``sample_metrics`` is empty). For ``d > 2`` (no quadrature): the sample metrics and the sampler's
+    acceptance only."""
     from ..data import toy
-    from ..evaluation import evaluate_density_model, mmd, model_samples, sliced_wasserstein
+    from ..evaluation import evaluate_density_model, model_samples, sample_quality
 
     if len(bounds) > 2:
         x, acc = model_samples(energy, bounds, num_chains=num_chains, num_steps=num_steps, step_size=step_size,
                                generator=generator)
-        return {"mmd": mmd(x, test, generator=generator), "sliced_w": sliced_wasserstein(x, test, generator=generator),
-                "sampler_acceptance": acc}
+        return {**sample_quality(x, test, sample_metrics, generator), "sampler_acceptance": acc}
     with torch.no_grad():
         return evaluate_density_model(energy, test, bounds,
                                       true_density=toy.true_density(name) if name is not None else None,
                                       entropy=toy.entropy(name) if name is not None else None,
                                       resolution=resolution, generator=generator,
-                                      num_chains=num_chains, num_steps=num_steps, step_size=step_size)
+                                      num_chains=num_chains, num_steps=num_steps, step_size=step_size,
+                                      sample_metrics=sample_metrics)
 
 
 def likelihood_metrics(log_prob: Tensor, name: str | None, test: Tensor) -> dict[str, Any]:
@@ -207,7 +211,7 @@ def training_evaluator(config: dict[str, Any], run_dir: Path, test: Tensor) -> C
     if kind == "mlp":
         def evaluate_2d(model, step, negatives):  # noqa: ARG001 - 2-D models are sampled afresh
             row = density_metrics(model, name, test, bounds, resolution=256, generator=g, num_chains=500,
-                                  num_steps=200, step_size=tr["step_size"])
+                                  num_steps=200, step_size=tr["step_size"], sample_metrics=("mmd",))
             return {k: row[k] for k in ("test_nll", "kl", "mmd") if k in row}
 
         return evaluate_2d
@@ -220,8 +224,7 @@ def training_evaluator(config: dict[str, Any], run_dir: Path, test: Tensor) -> C
             row.update({k: ev[k] for k in ("test_nll", "kl") if k in ev})
         if kind == "energy_score" and len(bounds) <= 2:  # an energy: exact NLL by quadrature
             row["test_nll"] = density_metrics(model.energy, name, test, bounds, resolution=256,
-                                              generator=g, num_chains=10, num_steps=2,
-                                              step_size=tr["step_size"])["test_nll"]
+                                              generator=g, sample_metrics=())["test_nll"]
         return row
 
     return evaluate_score
@@ -277,8 +280,8 @@ def evaluate(run: Run | str | Path, *, seed: int = 0, plot: bool = False, device
         if run.is_diffusion:  # exact likelihood by the probability-flow ODE, on a capped number of test points
             result.update(_diffusion_nll(run.model, run.config, test, DIFFUSION_NLL_POINTS["evaluate"], generator=g))
         if run.energy is not None and dim <= 2:
-            ev = density_metrics(run.energy, known, test, run.bounds, resolution=512, generator=g, num_chains=10,
-                                 num_steps=2, step_size=tr["step_size"])
+            ev = density_metrics(run.energy, known, test, run.bounds, resolution=512, generator=g,
+                                 sample_metrics=())
             result.update({k: ev[k] for k in ("test_nll", "log_z", "true_nll", "kl", "entropy", "test_set_noise")
                            if k in ev})
         elif run.energy is not None:
