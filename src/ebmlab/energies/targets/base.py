@@ -27,6 +27,7 @@ __all__ = [
     "draw_components",
     "finite_float64",
     "logsumexp_softmax",
+    "logsumexp_terms",
     "nice_box",
     "perturbation_args",
     "sampling_args",
@@ -218,10 +219,22 @@ def logsumexp_softmax(logits: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         ``(logsumexp, softmax)`` with shapes ``(...)`` and ``(..., K)``.
     """
+    lse, z, s = logsumexp_terms(logits)
+    return lse, z / s
+
+
+def logsumexp_terms(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(logsumexp(logits, -1), z, s)``: the unnormalised softmax ``z`` (``softmax = z / s``) and its sum ``s``
+    (keepdim), for a caller that divides a smaller product by ``s`` instead of ``z`` (see
+    :func:`logsumexp_softmax` for the clamp).
+
+    Args:
+        logits: shape ``(..., K)``.
+    """
     mx = logits.detach().amax(-1, keepdim=True)
     z = torch.exp((logits - mx).clamp_min(-80.0))
     s = z.sum(-1, keepdim=True)
-    return (mx + s.log()).squeeze(-1), z / s
+    return (mx + s.log()).squeeze(-1), z, s
 
 
 def nice_box(lo: Sequence[float], hi: Sequence[float], *, what: str = "bounds") -> Box:

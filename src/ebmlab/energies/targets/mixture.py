@@ -21,6 +21,7 @@ from .base import (
     draw_components,
     finite_float64,
     logsumexp_softmax,
+    logsumexp_terms,
     nice_box,
     perturbation_args,
     sampling_args,
@@ -219,10 +220,8 @@ class GaussianMixture(Target):
             return self._energy_and_score_fused(x)
         logits, m, prec = self._logits(x)
         if self._v_equal is not None:
-            mx = logits.detach().amax(-1, keepdim=True)
-            z = torch.exp((logits - mx).clamp_min(-80.0))  # clamp: see logsumexp_softmax
-            zs = z.sum(-1, keepdim=True)
-            return -(mx + zs.log()).squeeze(-1), torch.sub((z @ m) / zs, x).mul_(1.0 / self._v_equal)
+            lse, z, zs = logsumexp_terms(logits)
+            return -lse, torch.sub((z @ m) / zs, x).mul_(1.0 / self._v_equal)
         lse, r = logsumexp_softmax(logits)
         r = r * prec  # responsibilities / v_k
         return -lse, r @ m - r.sum(-1, keepdim=True) * x  # sum_k r_k (m_k - x) / v_k
