@@ -102,11 +102,15 @@ class Banana(_ShearedGaussian):
     _m = (0.0, 2.4)  # v - 4 = 2 x2 + 0.4 x1^2 - 2.4
     _C = ((1.0, 0.5), (0.5, 1.0))
 
+    _k = 0.4  # h(x1) = k x1^2
+
     def _h(self, x1: Tensor) -> tuple[Tensor, Tensor]:
-        return 0.4 * x1 * x1, 0.8 * x1
+        return self._k * x1 * x1, 2 * self._k * x1
 
     def _shear(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor, float]:
-        return torch.addcmul(x2, x1, x1, value=0.4 / self._b).sub_(self._m[1] / self._b).mul_(self._b), x1, 0.8
+        # y2 = b (x2 + (k / b) x1^2 - m2 / b) in one addcmul; h'(x1) = 2 k x1
+        y2 = torch.addcmul(x2, x1, x1, value=self._k / self._b).sub_(self._m[1] / self._b).mul_(self._b)
+        return y2, x1, 2 * self._k
 
     @property
     def mean(self) -> Tensor:
