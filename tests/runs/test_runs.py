@@ -222,3 +222,29 @@ def test_nuts_draws_the_negatives_and_parallel_tempering_is_refused(tmp_path):
     with pytest.raises(runs.ConfigError, match=r"unknown sampler 'pt' for sampler; expected one of ula, mala, hmc, "
                                                r"nuts"):
         runs.TrainConfig.resolve(**{**TINY, "sampler": "pt"})
+
+
+def test_in_training_mmd_compares_with_one_fixed_subset_of_the_test_set(tmp_path, monkeypatch):
+    # 3,000 test points: MMD's own max_samples would draw a new 2,000-point subset at every evaluation
+    from ebmlab.evaluation import models as eval_models
+    from ebmlab.runs.evaluate import TRAINING_MMD_POINTS
+
+    seen, quality = [], eval_models.sample_quality
+
+    def spy(x, test, names, generator=None):
+        seen.append(test.clone())
+        return quality(x, test, names, generator)
+
+    monkeypatch.setattr(eval_models, "sample_quality", spy)
+    run = runs.train(runs.TrainConfig.resolve(**{**TINY, "n_test": 3000}), tmp_path / "r")
+    assert [r["step"] for r in run.history()] == [3, 6] and all("mmd" in r for r in run.history())
+    assert len(seen) == 2 and seen[0].shape == (TRAINING_MMD_POINTS, 2)
+    assert torch.equal(seen[0], seen[1])
+    test = run.data()[1]
+    assert test.shape[0] == 3000
+    # the quadrature box covers the test points too, not only the 200 training points' range + 10%
+    box = torch.tensor(run.config["data"]["bounds"], dtype=test.dtype)
+    assert bool(((test >= box[:, 0]) & (test <= box[:, 1])).all())
+    # held-out points, each at most once
+    assert torch.unique(seen[0], dim=0).shape[0] == TRAINING_MMD_POINTS
+    assert bool((torch.cdist(seen[0].double(), test.double()).min(1).values == 0).all())

@@ -99,7 +99,8 @@ def evaluate_density_model(energy: Any, test: Tensor, bounds: Sequence[tuple[flo
                            true_density: Any = None, entropy: float | None = None, resolution: int = 512,
                            generator: torch.Generator | None = None, num_chains: int = 2000,
                            num_steps: int = 1000, step_size: float = 0.1,
-                           sample_metrics: Sequence[str] = SAMPLE_METRICS) -> dict[str, float]:
+                           sample_metrics: Sequence[str] = SAMPLE_METRICS,
+                           sample_test: Tensor | None = None) -> dict[str, float]:
     """Exact test NLL, KL to the data when their density is known, MMD and sliced-W of model samples.
 
     The KL is the one definition ebmlab uses everywhere: the model's test NLL
@@ -123,6 +124,9 @@ def evaluate_density_model(energy: Any, test: Tensor, bounds: Sequence[tuple[flo
         step_size: MALA's step size.
         sample_metrics: which of ``"mmd"`` and ``"sliced_w"`` to compute from the model's samples; empty:
             no chains are run (an NLL / KL-only evaluation, e.g. during training).
+        sample_test: the held-out points the sample metrics compare with (default ``test``): a fixed subset
+            of at most 2,000 points keeps MMD from drawing a new random subset of ``test`` at every call,
+            so evaluations of a training run differ by the model's samples alone.
 
     Returns:
         ``test_nll`` (nats per point), ``log_z`` and ``log_z_error``, ``log_z_edge_mass`` (the
@@ -155,7 +159,7 @@ def evaluate_density_model(energy: Any, test: Tensor, bounds: Sequence[tuple[flo
     if wanted:
         x, acc = model_samples(energy, bounds, num_chains=num_chains, num_steps=num_steps, step_size=step_size,
                                generator=generator)
-        out.update(sample_quality(x, test, wanted, generator))
+        out.update(sample_quality(x, test if sample_test is None else sample_test, wanted, generator))
         out["sampler_acceptance"] = acc
     if true_density is not None:
         with torch.no_grad():

@@ -55,6 +55,9 @@ CLASSIFIER_MAX_TRAIN_28, CLASSIFIER_EPOCHS_28 = 10_000, 5
 _IMAGE_METRICS = ("mean_max_prob", "min_class_fraction", "feature_mmd", "pixel_mmd")
 #: The evaluation's generator is seeded with the run's seed plus this (training's own stream stays apart).
 EVAL_SEED_OFFSET = 17
+#: In-training MMD compares with this many held-out points, one subset fixed for the whole run (``mmd``'s own
+#: ``max_samples``: a larger test set was sub-sampled afresh at every evaluation, which added noise between rows).
+TRAINING_MMD_POINTS = 2000
 #: 2-D diffusion runs: test points whose NLL the probability-flow ODE computes (adaptive RK45, exact 2-D
 #: divergence: about 150 evaluations of the field on the CPU), in ``evaluate`` and while training.
 DIFFUSION_NLL_POINTS = {"evaluate": 2000, "training": 500}
@@ -67,25 +70,27 @@ PIXEL_LEVELS = {"digits": 17, "mnist": 256, "fashion_mnist": 256}
 
 def density_metrics(energy: nn.Module, name: str | None, test: Tensor, bounds: list, *, resolution: int,
                     generator: torch.Generator, num_chains: int = 0, num_steps: int = 0, step_size: float = 0.1,
-                    sample_metrics: Sequence[str] = SAMPLE_METRICS) -> dict[str, Any]:
+                    sample_metrics: Sequence[str] = SAMPLE_METRICS, sample_test: Tensor | None = None
+                    ) -> dict[str, Any]:
     """Exact test NLL, KL with its test-set noise (when the density of ``name`` is known; ``None``: a data
     file), and ``sample_metrics`` (MMD, sliced-W) of ``num_chains`` MALA chains of ``num_steps`` steps (none
-    run when ``sample_metrics`` is empty). For ``d > 2`` (no quadrature): the sample metrics and the sampler's
-    acceptance only."""
+    run when ``sample_metrics`` is empty) against ``sample_test`` (default ``test``). For ``d > 2`` (no
+    quadrature): the sample metrics and the sampler's acceptance only."""
     from ..data import toy
     from ..evaluation import evaluate_density_model, model_samples, sample_quality
 
     if len(bounds) > 2:
         x, acc = model_samples(energy, bounds, num_chains=num_chains, num_steps=num_steps, step_size=step_size,
                                generator=generator)
-        return {**sample_quality(x, test, sample_metrics, generator), "sampler_acceptance": acc}
+        return {**sample_quality(x, test if sample_test is None else sample_test, sample_metrics, generator),
+                "sampler_acceptance": acc}
     with torch.no_grad():
         return evaluate_density_model(energy, test, bounds,
                                       true_density=toy.true_density(name) if name is not None else None,
                                       entropy=toy.entropy(name) if name is not None else None,
                                       resolution=resolution, generator=generator,
                                       num_chains=num_chains, num_steps=num_steps, step_size=step_size,
-                                      sample_metrics=sample_metrics)
+                                      sample_metrics=sample_metrics, sample_test=sample_test)
 
 
 def likelihood_metrics(log_prob: Tensor, name: str | None, test: Tensor) -> dict[str, Any]:
@@ -166,6 +171,14 @@ def _image_metrics(run_dir: Path, data: dict[str, Any], test: Tensor, x: Tensor,
     return out
 
 
+def fixed_subset(points: Tensor, n: int, seed: int) -> Tensor:
+    """``points`` when there are at most ``n`` of them, else ``n`` of them drawn without replacement by a
+    generator seeded with ``seed`` (the same subset at every call)."""
+    if points.shape[0] <= n:
+        return points
+    return points[torch.randperm(points.shape[0], generator=torch.Generator().manual_seed(seed))[:n]]
+
+
 def training_evaluator(config: dict[str, Any], run_dir: Path, test: Tensor) -> Callable[..., dict[str, Any]]:
     """What the training loop calls every ``eval_every`` steps, for the run ``config`` describes.
 
@@ -208,17 +221,19 @@ def training_evaluator(config: dict[str, Any], run_dir: Path, test: Tensor) -> C
         return evaluate_image_score
     bounds = [tuple(b) for b in data["bounds"]]
     name = density_name(data)
+    mmd_test = fixed_subset(test, TRAINING_MMD_POINTS, tr["seed"] + EVAL_SEED_OFFSET)
     if kind == "mlp":
         def evaluate_2d(model, step, negatives):  # noqa: ARG001 - 2-D models are sampled afresh
             row = density_metrics(model, name, test, bounds, resolution=256, generator=g, num_chains=500,
-                                  num_steps=200, step_size=tr["step_size"], sample_metrics=("mmd",))
+                                  num_steps=200, step_size=tr["step_size"], sample_metrics=("mmd",),
+                                  sample_test=mmd_test)
             return {k: row[k] for k in ("test_nll", "kl", "mmd") if k in row}
 
         return evaluate_2d
 
     def evaluate_score(model, step):  # noqa: ARG001
         x = score_samples(model, config, 1000, g)
-        row = {"mmd": mmd(x, test, generator=g), "sliced_w": sliced_wasserstein(x, test, generator=g)}
+        row = {"mmd": mmd(x, mmd_test, generator=g), "sliced_w": sliced_wasserstein(x, test, generator=g)}
         if tr["method"] in SDE_METHODS:  # a density by the probability-flow ODE: NLL and KL as for the EBMs
             ev = _diffusion_nll(model, config, test, DIFFUSION_NLL_POINTS["training"], generator=g)
             row.update({k: ev[k] for k in ("test_nll", "kl") if k in ev})

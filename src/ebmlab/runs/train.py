@@ -121,9 +121,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, callbacks: Sequence[Callb
         train_x, test = split.train.to(device), split.test.to(device)
     else:
         train_x, test = load_data(data, device=device)
-    if not cfg.images:  # a data file's box covers its test rows too (the NLL is computed on them)
-        every = torch.cat([train_x, test]) if cfg.file_data else train_x
-        data["bounds"] = data_bounds(density_name(data), every.cpu())
+    if not cfg.images:  # the box covers the test points too: the NLL is computed on them (a small training set's
+        # range + 10% can miss a few of a larger test set, and the evaluation then refuses them)
+        data["bounds"] = data_bounds(density_name(data), torch.cat([train_x, test]).cpu())
     model_cfg = model_section(cfg, train_x)
     if cfg.clamp_data and cfg.clamp is None:  # the data's range: the declared pixel range for images
         lo, hi = data["range"] if cfg.images else (float(train_x.min()), float(train_x.max()))
