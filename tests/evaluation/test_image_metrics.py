@@ -126,6 +126,35 @@ def test_classifier_cache_roundtrip_without_retraining(tmp_path, digits, monkeyp
         load_or_train_classifier(path, train, test=test, epochs=3)
 
 
+@pytest.mark.parametrize("damage", ["truncated weights", "sidecar not JSON", "sidecar a list", "huge sidecar",
+                                    "sidecar without architecture"])
+def test_an_unreadable_classifier_cache_is_retrained_with_a_warning(tmp_path, digits, damage):
+    train, test = digits
+    path = tmp_path / "classifier.safetensors"
+    side = path.with_suffix(".json")
+    first = load_or_train_classifier(path, train, test=test, epochs=2)
+    if damage == "truncated weights":
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "sidecar not JSON":
+        side.write_text("{not json")
+    elif damage == "sidecar a list":
+        side.write_text("[1, 2]")
+    elif damage == "huge sidecar":  # never read whole: the first MAX_SIDECAR_BYTES + 1 bytes decide
+        side.write_text(" " * classifier_module.MAX_SIDECAR_BYTES + side.read_text())
+    else:
+        info = json.loads(side.read_text())
+        side.write_text(json.dumps({k: v for k, v in info.items() if k != "architecture"}))
+    if damage == "sidecar without architecture":  # other settings than asked: retrained, no warning needed
+        again = load_or_train_classifier(path, train, test=test, epochs=2)
+    else:
+        with pytest.warns(RuntimeWarning, match="cannot be read.*retraining it"):
+            again = load_or_train_classifier(path, train, test=test, epochs=2)
+    assert not again.info["loaded"]
+    for (k, a), (_, b) in zip(first.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k  # deterministic training: the same classifier
+    assert load_or_train_classifier(path, train, test=test, epochs=2).info["loaded"]  # the cache is whole again
+
+
 def test_figures(digits):
     train = digits[0].images
     fig = sample_grid(train[:20], nrow=8)

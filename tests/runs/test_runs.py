@@ -49,12 +49,26 @@ def test_resolve_fills_the_defaults_of_the_data_and_method():
     (dict(device="gpu"), "device"),
     (dict(data="mnist"), "data_root"),
     (dict(bogus=1), "bogus"),
+    (dict(n_train=10**7 + 1), "n_train"),  # what a run's config.json may hold (Run.load refuses more)
+    (dict(n_test=10**8), "n_test"),
 ])
 def test_bad_values_raise_naming_the_field(values, field):
     with pytest.raises(runs.ConfigError) as info:
         runs.TrainConfig.resolve(**values)
     assert field in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def test_a_model_larger_than_a_run_may_load_is_refused_before_anything_is_written(tmp_path, capsys):
+    from ebmlab.runs.models import MAX_PARAMETERS
+
+    cfg = runs.TrainConfig.resolve(**{**TINY, "hidden": (2, 10_001, 10_001)})  # 10^8 + 70,013 parameters
+    with pytest.raises(runs.ConfigError, match=f"100,070,013 parameters, more than the {MAX_PARAMETERS:,}") as info:
+        runs.train(cfg, tmp_path / "big")
+    assert info.value.fields == ("hidden",) and not (tmp_path / "big").exists()
+    code, _, err = run_cli(["train", "--data", "two_moons", "--hidden", "2,10001,10001", "--out",
+                            str(tmp_path / "big")], capsys)
+    assert code == 2 and "--hidden gives a model of" in err and not (tmp_path / "big").exists()
 
 
 def test_a_python_run_opens_everywhere_and_matches_the_cli(tmp_path, capsys):

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ..io import atomic_write
 
 __all__ = [
+    "MAX_SIDECAR_BYTES",
     "NUM_CLASSES",
     "DigitClassifier",
     "check_images",
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 NUM_CLASSES = 10
+#: The largest classifier sidecar (JSON) read; ebmlab writes a few hundred bytes. A larger one is not a cache
+#: ebmlab wrote: it is left unread and the classifier retrained.
+MAX_SIDECAR_BYTES = 1 << 16
 
 
 class DigitClassifier(nn.Module):
@@ -226,6 +230,38 @@ def train_classifier(
     return model.eval()
 
 
+def _cached_classifier(path: Path, side: Path, settings: dict[str, Any]) -> DigitClassifier | None:
+    """The classifier cached at ``path`` when its sidecar records ``settings``; ``None`` when there is no cache,
+    it was made with other settings, or it cannot be read (a truncated or foreign file: warned, then retrained
+    and overwritten by the caller; a cache is derived data, never the only copy of anything)."""
+    import warnings
+
+    from safetensors.torch import load_file
+
+    if not (path.exists() and side.exists()):
+        return None
+    try:
+        with open(side, "rb") as f:
+            raw = f.read(MAX_SIDECAR_BYTES + 1)
+        if len(raw) > MAX_SIDECAR_BYTES:
+            raise ValueError(f"its sidecar {side.name} is larger than {MAX_SIDECAR_BYTES} bytes")
+        info = json.loads(raw)
+        if not isinstance(info, dict):
+            raise ValueError(f"its sidecar {side.name} is not a JSON object")
+        if not all(info.get(k) == v for k, v in settings.items()):
+            return None  # other settings: retrained, as asked
+        arch = info["architecture"]
+        model = DigitClassifier(width=arch["width"], hidden=arch["hidden"], image_size=arch["image_size"],
+                                in_channels=arch["in_channels"])
+        model.load_state_dict(load_file(str(path), device="cpu"))
+    except Exception as err:  # noqa: BLE001 -- json, safetensors and torch raise their own kinds
+        warnings.warn(f"the classifier cache {path} cannot be read ({type(err).__name__}: {err}); retraining it",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    model.info = {**info, "loaded": True}
+    return model
+
+
 def load_or_train_classifier(
     cache_path: str | os.PathLike,
     train: Any,
@@ -243,7 +279,10 @@ def load_or_train_classifier(
     it (same name, ``.json``) records the architecture, the training settings,
     the training-set size and the test accuracy (on ``test`` when given).
     A cache whose sidecar records different settings is retrained and
-    overwritten, never silently reused. Both files are written atomically.
+    overwritten, never silently reused; so is one that cannot be read (a
+    truncated weights file, a sidecar that is not JSON or is larger than
+    :data:`MAX_SIDECAR_BYTES`), with a ``RuntimeWarning`` saying why. Both
+    files are written atomically.
 
     Args:
         cache_path: the weights file (``.safetensors``).
@@ -259,7 +298,7 @@ def load_or_train_classifier(
         The classifier in eval mode; its ``info`` attribute holds the sidecar
         dict, with ``"loaded": True`` when it came from the cache.
     """
-    from safetensors.torch import load_file, save
+    from safetensors.torch import save
 
     path = Path(cache_path)
     settings = {"architecture": {"class": "DigitClassifier", "width": int(width), "hidden": int(hidden),
@@ -267,16 +306,9 @@ def load_or_train_classifier(
                                  "in_channels": int(train.images.shape[1])},
                 "epochs": int(epochs), "seed": int(seed), "train_size": len(train.labels)}
     side = path.with_suffix(".json")
-    if path.exists() and side.exists():
-        info = json.loads(side.read_text())
-        if all(info.get(k) == v for k, v in settings.items()):
-            arch = info["architecture"]
-            model = DigitClassifier(width=arch["width"], hidden=arch["hidden"], image_size=arch["image_size"],
-                                    in_channels=arch["in_channels"])
-            model.load_state_dict(load_file(str(path), device="cpu"))
-            model = model.to(device).eval()
-            model.info = {**info, "loaded": True}
-            return model
+    cached = _cached_classifier(path, side, settings)
+    if cached is not None:
+        return cached.to(device).eval()
     model = train_classifier(train, epochs=epochs, seed=seed, width=width, hidden=hidden, device=device)
     info = dict(settings)
     info["train_accuracy"] = classifier_accuracy(model, train.images, train.labels)

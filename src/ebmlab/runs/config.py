@@ -24,7 +24,7 @@ from ..sde import WEIGHTINGS
 from ..training import MAX_RECOVERIES, default_alpha
 
 __all__ = ["CHAIN_SAMPLERS", "FILE_TEST_FRACTION", "NEGATIVES_TREE_DEPTH", "ConfigError", "EBM_METHODS", "IMAGE_DATA",
-           "IMAGE_SCORE_METHODS", "METHODS",
+           "IMAGE_SCORE_METHODS", "MAX_GENERATED_POINTS", "METHODS",
            "SCORE_METHODS", "SDE_DEFAULTS", "SDE_METHODS", "TOY_STEPS_PER_LEVEL", "TRAIN_DEFAULTS", "TrainConfig"]
 
 #: Image data sets a config can name: scikit-learn's 8x8 digits, and MNIST / Fashion-MNIST (28x28) read from
@@ -85,6 +85,9 @@ SDE_DEFAULTS = {"beta_min": 0.1, "beta_max": 20.0, "weighting": "default", "sde_
 TOY_STEPS_PER_LEVEL = {"ncsn": 100, "other": 1000}
 #: Generated 2-D points when the config does not say.
 TOY_SIZES = {"n_train": 10_000, "n_test": 5_000}
+#: The most points per split a run may generate (built-in 2-D sets) or take (MNIST's first N): what a run's
+#: config.json may ask for (``Run.load`` refuses more), checked before anything is generated.
+MAX_GENERATED_POINTS = 10**7
 #: A data file's share of rows held out for evaluation when the config does not say.
 FILE_TEST_FRACTION = 0.2
 _FILES = ".npy, .csv or .pt points (N, d); .npz or a folder of PNG/JPEG images"
@@ -155,14 +158,14 @@ def _positive(cfg: TrainConfig, name: str, *, optional: bool = False, zero: bool
                           f"1.34e154), got {v!r}", name)
 
 
-def _integer(cfg: TrainConfig, name: str, lo: int, *, optional: bool = False) -> None:
+def _integer(cfg: TrainConfig, name: str, lo: int, *, optional: bool = False, hi: int = MAX_INT) -> None:
     v = getattr(cfg, name)
     if v is None and optional:
         return
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ConfigError(f"{{0}} must be an integer >= {lo}, got {v!r}", name)
-    if v > MAX_INT:  # torch's sizes and seeds are 64-bit
-        raise ConfigError(f"{{0}} must be an integer <= {MAX_INT}, got {v!r}", name)
+    if v > hi:  # torch's sizes and seeds are 64-bit
+        raise ConfigError(f"{{0}} must be an integer <= {hi}, got {v!r}", name)
 
 
 def _is_file_data(data: Any) -> bool:
@@ -464,7 +467,9 @@ class TrainConfig:
         for name, lo in (("steps", 1), ("batch_size", 1), ("langevin_steps", 0), ("buffer_size", 1),
                          ("eval_every", 1), ("num_sigmas", 2), ("seed", 0), ("max_recoveries", 0)):
             _integer(cfg, name, lo)
-        for name in ("n_train", "n_test", "steps_per_level", "log_every", "checkpoint_every"):
+        for name in ("n_train", "n_test"):
+            _integer(cfg, name, 1, optional=True, hi=MAX_GENERATED_POINTS)
+        for name in ("steps_per_level", "log_every", "checkpoint_every"):
             _integer(cfg, name, 1, optional=True)
         _positive(cfg, "step_size", square=True)
         for name in ("lr", "grad_clip", "sigma", "sigma_min"):

@@ -17,7 +17,7 @@ from ..energies.nets import ConvEnergy, MLPEnergy
 from ..energies.score_nets import EnergyScore, ScoreConvNet, ScoreMLP
 from ..score_training import SDE_METHODS
 from ..sde import SDE, VESDE, VPSDE
-from .config import IMAGE_DATA, TrainConfig
+from .config import IMAGE_DATA, MAX_GENERATED_POINTS, TrainConfig
 
 __all__ = ["MAX_EVENT_SIZE", "MAX_GENERATED_POINTS", "MAX_LAYERS", "MAX_PARAMETERS", "SCORE_KINDS", "build_energy",
            "build_sde", "check_config", "check_model_section", "data_bounds", "data_section", "density_name",
@@ -35,8 +35,6 @@ MAX_EVENT_SIZE = 2**20
 MAX_LAYERS = 100
 #: The largest single width (hidden layer, conv channels) looked at; the parameter count decides below it.
 _MAX_WIDTH = 2**31 - 1
-#: The most points per split a config.json may ask to generate (built-in 2-D sets; the default is 10^4).
-MAX_GENERATED_POINTS = 10**7
 #: The keys of each model kind's section (``model_section`` and ``image_score_config`` write them); the first
 #: ones up to the activation are required, the flags may be absent (older runs).
 _MODEL_KEYS = {

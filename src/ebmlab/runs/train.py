@@ -25,8 +25,8 @@ from ..io import LOCK, run_lock
 from ..training import CHECKPOINT, METRICS, prepare_run_dir
 from .config import ConfigError, TrainConfig
 from .evaluate import training_evaluator
-from .models import (build_energy, build_sde, data_bounds, data_section, density_name, load_data, load_data_file,
-                     model_section, sde_section)
+from .models import (MAX_PARAMETERS, build_energy, build_sde, check_model_section, data_bounds, data_section,
+                     density_name, load_data, load_data_file, model_section, sde_section)
 from .run import CONFIG, Run, chain_sampler, save_config
 
 __all__ = ["train"]
@@ -67,6 +67,14 @@ def _build_model(model_cfg: dict[str, Any], seed: int, device: torch.device) -> 
         torch.manual_seed(seed)
         model = build_energy(model_cfg)
     return model.to(device)
+
+def _check_model_size(model_cfg: dict[str, Any]) -> None:
+    """Refuse, before anything is built or written, a model larger than ``Run.load`` opens."""
+    count = sum(p.numel() for p in check_model_section(model_cfg, max_parameters=2**62).parameters())
+    if count > MAX_PARAMETERS:
+        raise ConfigError(f"{{0}} gives a model of {count:,} parameters, more than the {MAX_PARAMETERS:,} a run may "
+                          "have (Run.load refuses larger runs); use narrower or fewer layers", "hidden")
+
 
 def train(cfg: TrainConfig, out: str | os.PathLike, *, callbacks: Sequence[Callback] = (), resume: bool = False,
           overwrite: bool = False, progress: bool = False) -> Run:
@@ -125,6 +133,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, callbacks: Sequence[Callb
         # range + 10% can miss a few of a larger test set, and the evaluation then refuses them)
         data["bounds"] = data_bounds(density_name(data), torch.cat([train_x, test]).cpu())
     model_cfg = model_section(cfg, train_x)
+    _check_model_size(model_cfg)
     if cfg.clamp_data and cfg.clamp is None:  # the data's range: the declared pixel range for images
         lo, hi = data["range"] if cfg.images else (float(train_x.min()), float(train_x.max()))
         from dataclasses import replace
