@@ -117,6 +117,25 @@ def test_config_file_with_flags_overriding(tmp_path, capsys):
     assert code == 2 and "does not exist" in err
 
 
+@pytest.mark.parametrize("content,says", [
+    (b" " * (2**20) + b"{}", "larger than 1048576 bytes"),  # refused unread, as Run.load refuses it
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"steps": ' + b"9" * 5000 + b"}", "not valid JSON"),  # past Python's int-string limit
+    (b'{"steps": 3', "not valid JSON"),
+    (b"\xff\xfe{}", "not valid JSON"),
+    (b"[1, 2]", "must hold a JSON object"),
+])
+def test_a_bad_config_file_is_one_clear_error(tmp_path, capsys, content, says):
+    path = tmp_path / "dir{x}" / "cfg.json"  # braces in the path: the message is a template, escaped
+    path.parent.mkdir()
+    path.write_bytes(content)
+    with pytest.raises(runs.ConfigError, match=says) as info:
+        runs.TrainConfig.from_file(path)
+    assert str(path) in str(info.value)
+    code, _, err = run_cli(["train", "--config", str(path), "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and says in err and str(path) in err and len(err.strip().splitlines()) == 1
+
+
 def test_an_existing_run_is_never_silently_overwritten(tmp_path, capsys):
     args = ["train", "--data", "two_moons", "--steps", "4", "--batch-size", "16", "--langevin-steps", "1",
             "--eval-every", "2", "--hidden", "8", "--n-train", "200", "--n-test", "50", "--out", str(tmp_path / "r"),

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .classifier import (
+    MAX_SIDECAR_BYTES,
     NUM_CLASSES,
     DigitClassifier,
     classifier_accuracy,
@@ -38,6 +39,7 @@ from .image_figures import nearest_neighbour_grid, sample_grid
 from .image_metrics import classifier_metrics, feature_mmd, nearest_neighbours, pixel_mmd
 
 __all__ = [
+    "MAX_SIDECAR_BYTES",
     "NUM_CLASSES",
     "DigitClassifier",
     "digits_evaluator",

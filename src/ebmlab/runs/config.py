@@ -24,7 +24,7 @@ from ..sde import WEIGHTINGS
 from ..training import MAX_RECOVERIES, default_alpha
 
 __all__ = ["CHAIN_SAMPLERS", "FILE_TEST_FRACTION", "NEGATIVES_TREE_DEPTH", "ConfigError", "EBM_METHODS", "IMAGE_DATA",
-           "IMAGE_SCORE_METHODS", "MAX_GENERATED_POINTS", "METHODS",
+           "IMAGE_SCORE_METHODS", "MAX_CONFIG_BYTES", "MAX_GENERATED_POINTS", "METHODS",
            "SCORE_METHODS", "SDE_DEFAULTS", "SDE_METHODS", "TOY_STEPS_PER_LEVEL", "TRAIN_DEFAULTS", "TrainConfig"]
 
 #: Image data sets a config can name: scikit-learn's 8x8 digits, and MNIST / Fashion-MNIST (28x28) read from
@@ -85,6 +85,9 @@ SDE_DEFAULTS = {"beta_min": 0.1, "beta_max": 20.0, "weighting": "default", "sde_
 TOY_STEPS_PER_LEVEL = {"ncsn": 100, "other": 1000}
 #: Generated 2-D points when the config does not say.
 TOY_SIZES = {"n_train": 10_000, "n_test": 5_000}
+#: The largest config file read (``TrainConfig.from_file``, a run's ``config.json``); a larger one is refused
+#: unread (ebmlab writes about 2 KB).
+MAX_CONFIG_BYTES = 2**20
 #: The most points per split a run may generate (built-in 2-D sets) or take (MNIST's first N): what a run's
 #: config.json may ask for (``Run.load`` refuses more), checked before anything is generated.
 MAX_GENERATED_POINTS = 10**7
@@ -359,12 +362,20 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
+        where = f"config file {path}".replace("{", "{{").replace("}", "}}")  # a message template's text
+        with open(path, "rb") as f:
+            text = f.read(MAX_CONFIG_BYTES + 1)
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{where} is larger than {MAX_CONFIG_BYTES} bytes (a run's config.json has a few "
+                              "kilobytes); refused unread")
         try:
-            raw = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"config file {path} is not valid JSON: {err}") from err
+            raw = json.loads(text)
+        except RecursionError:
+            raise ConfigError(f"{where} is not a config: its JSON is nested too deeply") from None
+        except ValueError as err:  # bad JSON, bad UTF-8, an integer of thousands of digits
+            raise ConfigError.of(err, prefix=f"{where} is not valid JSON: ") from err
         if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path} must hold a JSON object, got {type(raw).__name__}")
+            raise ConfigError(f"{where} must hold a JSON object, got {type(raw).__name__}")
         values = dict(raw["train"]) if isinstance(raw.get("train"), dict) else dict(raw)
         for key in DERIVED:
             values.pop(key, None)

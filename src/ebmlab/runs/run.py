@@ -36,7 +36,7 @@ from ..io import atomic_write
 from ..samplers.registry import build_sampler
 from ..training import CHECKPOINT, METRICS, read_metrics
 from ..score_training import SDE_METHODS
-from .config import NEGATIVES_TREE_DEPTH, SDE_DEFAULTS, TOY_STEPS_PER_LEVEL, TRAIN_DEFAULTS
+from .config import MAX_CONFIG_BYTES, NEGATIVES_TREE_DEPTH, SDE_DEFAULTS, TOY_STEPS_PER_LEVEL, TRAIN_DEFAULTS
 from .models import MAX_PARAMETERS, SCORE_KINDS, build_energy, build_sde, check_config, load_data
 
 __all__ = ["CONFIG", "DIFFUSION_SAMPLERS", "EBM_IMAGE_EXTRA_STEPS", "MAX_CONFIG_BYTES", "Run", "chain_sampler",
@@ -45,8 +45,6 @@ __all__ = ["CONFIG", "DIFFUSION_SAMPLERS", "EBM_IMAGE_EXTRA_STEPS", "MAX_CONFIG_
 
 #: The name of a run directory's configuration file (``model``, ``data`` and ``train`` sections).
 CONFIG = "config.json"
-#: The largest ``config.json`` a run may have; it is refused before parsing (ebmlab writes about 2 KB).
-MAX_CONFIG_BYTES = 2**20
 #: Suffixes of files that hold pickles by convention: named when a run has no checkpoint, never opened.
 _PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib")
 #: Image EBMs are sampled as Du & Mordatch (2019) evaluate them: the training chains run this many more steps.
