@@ -8,7 +8,7 @@ inverse mass in expanding windows) for ``--warmup`` steps, then ``--steps``
 kept steps. ebmlab adapts one step size and one mass matrix over all chains
 (``ebmlab.adapt``); BlackJAX's ``window_adaptation`` runs per chain under
 ``jax.vmap`` (its documented multi-chain use). Reported: the sampling phase's
-wall seconds (the fastest of ``--repeat`` identical runs; compile excluded for
+wall seconds (the fastest of ``--repeat`` identical runs, the libraries alternated; compile excluded for
 JAX, ebmlab runs eagerly; warm-up reported apart, one run), gradient
 evaluations, divergences, the min-over-coordinates bulk ESS of the kept draws,
 ESS per second and ESS per 1,000 gradient evaluations.
@@ -105,35 +105,40 @@ def ess_min(draws: np.ndarray) -> float:
     return float(np.min(ess_bulk(draws)))
 
 
-def run_ebmlab(name, target, chains, warmup, steps, seed, repeat=1):
+def run_ebmlab(name, target, chains, warmup, steps, seed):
+    """Warm up; return ``(once, summary)``: ``once()`` times one sampling run (the same draws every time, from
+    the generator state after warm-up) and returns its seconds; ``summary(seconds)`` the row, from the last run."""
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(chains, target.dim, generator=g, dtype=torch.float64)
     t0 = time.perf_counter()
     tuned = ebmlab.adapt(target, ebmlab.NUTS(0.1), x0, warmup, generator=g)
     t_warm = time.perf_counter() - t0
-    # The timed phase runs `repeat` times from the same generator state (the same draws each time);
-    # the fastest run is reported, as for JAX below, so other jobs on the machine weigh less.
     rng = g.get_state()
-    seconds = []
-    for _ in range(repeat):
+    last = {}
+
+    def once():
         g.set_state(rng)
-        trace = ebmlab.sample(target, tuned.sampler, tuned.state.x, steps, generator=g)
-        seconds.append(trace.seconds)
-    draws = trace.samples.numpy()
-    grads = float(trace.num_grad_evals.sum())
-    ess = ess_min(draws)
-    # Stan's mean accept statistic (what BlackJAX's info.acceptance_rate is), from one more, untimed pass over
-    # the same draws; Trace.acceptance_rate would be the fraction of steps on which a chain moved.
-    stat = []
-    g.set_state(rng)
-    ebmlab.sample(target, tuned.sampler, tuned.state.x, steps, generator=g,
-                  callback=lambda t, s, info: stat.append(float(info.acceptance_prob.nan_to_num(0.0).mean())))
-    return {"impl": "ebmlab", "warmup_s": t_warm, "seconds": min(seconds), "grads": grads,
-            "divergences": int(trace.divergences.sum()), "accept": sum(stat) / len(stat),
-            "step_size": tuned.step_size, "ess": ess, "depth": float(trace.mean_tree_depth.mean())}
+        last["trace"] = ebmlab.sample(target, tuned.sampler, tuned.state.x, steps, generator=g)
+        return last["trace"].seconds
+
+    def summary(seconds):
+        trace = last["trace"]
+        # Stan's mean accept statistic (what BlackJAX's info.acceptance_rate is), from one more, untimed pass over
+        # the same draws; Trace.acceptance_rate would be the fraction of steps on which a chain moved.
+        stat = []
+        g.set_state(rng)
+        ebmlab.sample(target, tuned.sampler, tuned.state.x, steps, generator=g,
+                      callback=lambda t, s, info: stat.append(float(info.acceptance_prob.nan_to_num(0.0).mean())))
+        return {"impl": "ebmlab", "warmup_s": t_warm, "seconds": seconds, "grads": float(trace.num_grad_evals.sum()),
+                "divergences": int(trace.divergences.sum()), "accept": sum(stat) / len(stat),
+                "step_size": tuned.step_size, "ess": ess_min(trace.samples.numpy()),
+                "depth": float(trace.mean_tree_depth.mean())}
+
+    return once, summary
 
 
-def run_blackjax(name, target, chains, warmup, steps, seed, repeat=1):
+def run_blackjax(name, target, chains, warmup, steps, seed):
+    """As :func:`run_ebmlab`: warm-up (compiled first, then timed), the sampling run compiled; ``(once, summary)``."""
     import blackjax
     import jax
     import jax.numpy as jnp
@@ -167,16 +172,22 @@ def run_blackjax(name, target, chains, warmup, steps, seed, repeat=1):
     run = jax.jit(jax.vmap(chain))
     keys2 = jax.random.split(jax.random.PRNGKey(seed + 1), chains)
     jax.block_until_ready(run(keys2, states, params))  # compile
-    seconds = math.inf
-    for _ in range(repeat):
+    last = {}
+
+    def once():
         t0 = time.perf_counter()
-        pos, acc, nsteps, div = jax.block_until_ready(run(keys2, states, params))
-        seconds = min(seconds, time.perf_counter() - t0)
-    draws = np.swapaxes(np.asarray(pos), 0, 1)  # (steps, chains, d)
-    return {"impl": "BlackJAX", "warmup_s": t_warm, "seconds": seconds, "grads": float(np.asarray(nsteps).sum()),
-            "divergences": int(np.asarray(div).sum()), "accept": float(np.asarray(acc).mean()),
-            "step_size": float(np.median(np.asarray(params["step_size"]))), "ess": ess_min(draws),
-            "depth": float(np.log2(np.asarray(nsteps) + 1).mean())}
+        last["out"] = jax.block_until_ready(run(keys2, states, params))
+        return time.perf_counter() - t0
+
+    def summary(seconds):
+        pos, acc, nsteps, div = last["out"]
+        draws = np.swapaxes(np.asarray(pos), 0, 1)  # (steps, chains, d)
+        return {"impl": "BlackJAX", "warmup_s": t_warm, "seconds": seconds,
+                "grads": float(np.asarray(nsteps).sum()), "divergences": int(np.asarray(div).sum()),
+                "accept": float(np.asarray(acc).mean()), "step_size": float(np.median(np.asarray(params["step_size"]))),
+                "ess": ess_min(draws), "depth": float(np.log2(np.asarray(nsteps) + 1).mean())}
+
+    return once, summary
 
 
 def fmt(v, digits=0):
@@ -191,7 +202,7 @@ def build_markdown(rows, meta, cmdline):
              f"{meta['chains']:,} chains, float64, one CPU thread each; {meta['warmup']} warm-up and "
              f"{meta['steps']} kept steps. ebmlab adapts one step size and mass for all chains "
              "(`ebmlab.adapt`); BlackJAX adapts per chain under `jax.vmap`. Seconds: the kept steps only, the "
-             f"fastest of {meta['repeat']} identical runs for each library (JAX compile excluded; ebmlab runs eagerly, "
+             f"fastest of {meta['repeat']} identical runs for each library, the two libraries alternated (JAX compile excluded; ebmlab runs eagerly, "
              "nothing to compile; warm-up in its own column, one run). ESS: min over coordinates of the bulk ESS of "
              "the kept draws. Grad evals: leapfrog steps summed over chains. Accept: Stan's mean accept statistic "
              "(what both warm-ups tune to 0.8).",
@@ -224,7 +235,7 @@ def main(argv=None):
     ap.add_argument("--targets", default="banana,gaussian50,funnel10")
     ap.add_argument("--no-blackjax", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=3, help="timed sampling runs per library (the fastest counts)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed sampling runs per library, the libraries alternated (the fastest counts)")
     ap.add_argument("--write", type=Path)
     args = ap.parse_args(argv)
     cmdline = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/nuts.py " + " ".join(argv or sys.argv[1:])
@@ -233,14 +244,19 @@ def main(argv=None):
     for name in args.targets.split(","):
         target = probs[name]
         impls = [run_ebmlab] + ([] if args.no_blackjax else [run_blackjax])
-        for fn in impls:
-            r = fn(name, target, args.chains, args.warmup, args.steps, args.seed, args.repeat)
+        prepared = [fn(name, target, args.chains, args.warmup, args.steps, args.seed) for fn in impls]
+        seconds = [[] for _ in prepared]
+        for _ in range(args.repeat):  # alternated: a change of load on a shared machine falls on both alike
+            for (once, _), secs in zip(prepared, seconds):
+                secs.append(once())
+        for (_, summary), secs in zip(prepared, seconds):
+            r = summary(min(secs))
             r["target"] = name
             rows.append(r)
             print(f"{name:11s} {r['impl']:9s} eps {r['step_size']:.3g} acc {r['accept']:.3f} "
                   f"depth {r['depth']:.2f} div {r['divergences']} warm {r['warmup_s']:.1f}s "
-                  f"run {r['seconds']:.1f}s grads {r['grads']:.3g} ESS {r['ess']:.0f} "
-                  f"ESS/s {r['ess'] / r['seconds']:.0f}", flush=True)
+                  f"run {r['seconds']:.1f}s (runs {', '.join(f'{v:.2f}' for v in secs)}) grads {r['grads']:.3g} "
+                  f"ESS {r['ess']:.0f} ESS/s {r['ess'] / r['seconds']:.0f}", flush=True)
     try:
         import blackjax
         import jax
