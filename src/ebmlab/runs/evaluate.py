@@ -171,7 +171,7 @@ def _image_metrics(run_dir: Path, data: dict[str, Any], test: Tensor, x: Tensor,
     return out
 
 
-def fixed_subset(points: Tensor, n: int, seed: int) -> Tensor:
+def _fixed_subset(points: Tensor, n: int, seed: int) -> Tensor:
     """``points`` when there are at most ``n`` of them, else ``n`` of them drawn without replacement by a
     generator seeded with ``seed`` (the same subset at every call)."""
     if points.shape[0] <= n:
@@ -221,7 +221,7 @@ def training_evaluator(config: dict[str, Any], run_dir: Path, test: Tensor) -> C
         return evaluate_image_score
     bounds = [tuple(b) for b in data["bounds"]]
     name = density_name(data)
-    mmd_test = fixed_subset(test, TRAINING_MMD_POINTS, tr["seed"] + EVAL_SEED_OFFSET)
+    mmd_test = _fixed_subset(test, TRAINING_MMD_POINTS, tr["seed"] + EVAL_SEED_OFFSET)
     if kind == "mlp":
         def evaluate_2d(model, step, negatives):  # noqa: ARG001 - 2-D models are sampled afresh
             row = density_metrics(model, name, test, bounds, resolution=256, generator=g, num_chains=500,

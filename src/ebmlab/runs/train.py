@@ -68,6 +68,7 @@ def _build_model(model_cfg: dict[str, Any], seed: int, device: torch.device) -> 
         model = build_energy(model_cfg)
     return model.to(device)
 
+
 def _check_model_size(model_cfg: dict[str, Any]) -> None:
     """Refuse, before anything is built or written, a model larger than ``Run.load`` opens."""
     count = sum(p.numel() for p in check_model_section(model_cfg, max_parameters=2**62).parameters())
