@@ -250,7 +250,7 @@ def _cached_classifier(path: Path, side: Path, settings: dict[str, Any]) -> Digi
             raise ValueError(f"its sidecar {side.name} is not a JSON object")
         if not all(info.get(k) == v for k, v in settings.items()):
             return None  # other settings: retrained, as asked
-        arch = info["architecture"]
+        arch = settings["architecture"]  # what the sidecar records, as just checked
         model = DigitClassifier(width=arch["width"], hidden=arch["hidden"], image_size=arch["image_size"],
                                 in_channels=arch["in_channels"])
         model.load_state_dict(load_file(str(path), device="cpu"))

@@ -167,7 +167,7 @@ def _integer(cfg: TrainConfig, name: str, lo: int, *, optional: bool = False, hi
         return
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ConfigError(f"{{0}} must be an integer >= {lo}, got {v!r}", name)
-    if v > hi:  # torch's sizes and seeds are 64-bit
+    if v > hi:  # at most MAX_INT by default: torch's sizes and seeds are 64-bit
         raise ConfigError(f"{{0}} must be an integer <= {hi}, got {v!r}", name)
 
 
