@@ -7,6 +7,7 @@ import torch
 
 import ebmlab
 from ebmlab.samplers import MALA
+from ebmlab.samplers import base as samplers_base
 
 
 def energy(x):
@@ -192,16 +193,29 @@ def test_stats_memory_does_not_grow_with_the_steps():
     lambda: ebmlab.RandomWalkMH(0.5), lambda: ebmlab.NUTS(0.3, max_tree_depth=4),
     lambda: ebmlab.ParallelTempering(ebmlab.MALA(0.5), num_temperatures=3, max_temperature=4.0),
 ], ids=["ula", "mala", "hmc", "rwmh", "nuts", "pt"])
-def test_draws_written_in_blocks_are_the_states_of_every_step(make):
-    """``sample`` writes the draws of several steps at once for ebmlab's own samplers: every kept draw and the
-    acceptance count must equal what a callback copying each step's state sees (a sampler that modified a
-    returned state in place would break this)."""
+@pytest.mark.parametrize("pending_bytes", [None, 1, 3 * 64 * 12], ids=["default", "every-step", "3-steps"])
+@pytest.mark.parametrize("keep", ["all", "last"])
+def test_draws_written_in_blocks_are_the_states_of_every_step(make, pending_bytes, keep, monkeypatch):
+    """``sample`` writes the draws of several steps at once for ebmlab's own samplers (as many as
+    ``_Pending.MAX_BYTES`` of points and energies allow; 64 chains in 2-D take 768 bytes a step): every kept draw,
+    its energy and the acceptance count must equal what a callback copying each step's state sees (a sampler
+    that modified a returned state in place would break this; ULA's steps are counted, not its flags)."""
+    if pending_bytes is not None:
+        monkeypatch.setattr(samplers_base._Pending, "MAX_BYTES", pending_bytes)
     banana = ebmlab.targets.get("banana")
-    seen, acc = [], torch.zeros(64)
-    cb = lambda t, state, info: (seen.append(state.x.clone()), acc.add_(info.accepted) if t >= 7 else None)  # noqa
+    seen, energies, acc = [], [], torch.zeros(64)
+
+    def cb(t, state, info):
+        seen.append(state.x.clone())
+        energies.append(state.energy.clone())
+        if t >= 7:
+            acc.add_(info.accepted)
+
     trace = ebmlab.sample(banana, make(), torch.randn(64, 2, generator=torch.Generator().manual_seed(1)), 90,
-                          burn_in=7, thin=2, generator=torch.Generator().manual_seed(0), callback=cb)
-    assert torch.equal(trace.samples, torch.stack(seen[7::2]))
+                          burn_in=7, thin=2, generator=torch.Generator().manual_seed(0), callback=cb, keep=keep)
+    pick = slice(7, None, 2) if keep == "all" else slice(89, None)
+    assert torch.equal(trace.samples, torch.stack(seen[pick]))
+    assert torch.equal(trace.energies, torch.stack(energies[pick]))
     assert torch.equal(trace.acceptance_rate, acc / 83)
 
 
