@@ -44,6 +44,15 @@ def as_eager(sampler, energy, steps=1, collect=True):
     return base.uncompiled_transition(sampler, energy, steps, collect)
 
 
+def switch_step(sampler):
+    """The step a run of ``sampler`` on X0 switches to compiled at when every run counts as long. Eager steps
+    run in blocks of ``b`` (as compiled ones do): timing starts after the first block (step ``b - 1``, which
+    paid for first-call allocations) and the verdict falls at the end of the first block that closes
+    ``PROBE`` steps later; the compiled steps start at the next one."""
+    b = base.block_steps(sampler, sampler.init(double_well, X0), "all", None)
+    return -(-(b + PROBE) // b) * b
+
+
 @pytest.fixture
 def never_long(monkeypatch):
     monkeypatch.setattr(base, "AUTO_COMPILE_SECONDS", float("inf"))
@@ -53,12 +62,13 @@ def never_long(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler", [Langevin(0.1), MALA(0.5), HMC(0.1, num_leapfrog=3)], ids=repr)
 def test_a_long_run_switches_to_the_compiled_step_and_keeps_the_chains(always_long, sampler):
-    """Steps 0..PROBE are eager and timed, then torch.compile runs; the draws are the same, so the chains are
-    the eager ones up to rounding, and the verdict (faster or not, as measured here) is kept for the pair."""
+    """The first PROBE steps after the first block are eager and timed, then torch.compile runs; the draws are
+    the same, so the chains are the eager ones up to rounding, and the verdict (faster or not, as measured
+    here) is kept for the pair."""
     energy = lambda x: double_well(x)  # a fresh closure: nothing cached for it  # noqa: E731
     eager = run(energy, sampler, compile=False)
     auto = run(energy, sampler)
-    assert eager.compiled_from is None and auto.compiled_from == PROBE + 1
+    assert eager.compiled_from is None and auto.compiled_from == switch_step(sampler)
     torch.testing.assert_close(auto.samples, eager.samples, rtol=1e-4, atol=1e-4)
     assert torch.equal(auto.acceptance_rate, eager.acceptance_rate)
     faster = base._verdicts(sampler, energy)[((64, 2), torch.float32, torch.device("cpu"))]
@@ -70,7 +80,7 @@ def test_a_faster_compiled_step_is_kept_and_reused(always_long, monkeypatch):
     monkeypatch.setattr(base._AutoCompile, "MIN_GAIN", 1e9)  # the stand-in counts as faster
     eager = run(double_well, MALA(0.5), compile=False)
     auto = run(double_well, MALA(0.5))
-    assert auto.compiled_from == PROBE + 1 and torch.equal(auto.samples, eager.samples)
+    assert auto.compiled_from == switch_step(MALA(0.5)) and torch.equal(auto.samples, eager.samples)
     again = run(double_well, MALA(0.5))
     assert again.compiled_from == 0 and torch.equal(again.samples, eager.samples)  # compiled from step 0
 
@@ -167,8 +177,8 @@ def test_an_autograd_energy_compiles_into_one_graph():
 def test_the_trace_file_keeps_compiled_from(tmp_path, always_long, monkeypatch):
     monkeypatch.setattr(base, "compiled_transition", as_eager)
     trace = run(double_well, MALA(0.5))
-    assert trace.compiled_from == PROBE + 1
-    assert ebmlab.Trace.load(trace.save(tmp_path / "t.safetensors")).compiled_from == PROBE + 1
+    assert trace.compiled_from == switch_step(MALA(0.5))
+    assert ebmlab.Trace.load(trace.save(tmp_path / "t.safetensors")).compiled_from == switch_step(MALA(0.5))
 
 
 @pytest.mark.parametrize("keep", ["all", "stats", "last"])
@@ -177,24 +187,27 @@ def test_the_trace_file_keeps_compiled_from(tmp_path, always_long, monkeypatch):
 @pytest.mark.parametrize("sampler,block", [(MALA(0.5), 8), (HMC(0.1, num_leapfrog=2), 4), (HMC(0.1, num_leapfrog=5), 4),
                                            (Langevin(0.1), 8)], ids=["MALA", "HMC2", "HMC5", "ULA"])
 def test_compiled_blocks_keep_what_single_steps_keep(monkeypatch, sampler, block, steps, burn_in, thin, keep):
-    """A compiled call runs a block of steps (8 MALA or ULA, 4 HMC of 2 or 5 leapfrogs): burn-in, thinning, the
-    reservoir, the running moments and the acceptance count (ULA's blocks return no flags: all accepted) must come
-    out as with one step per call, whatever the block boundaries."""
+    """A compiled call runs a block of steps (8 MALA or ULA, 4 HMC of 2 or 5 leapfrogs), and so do eager runs:
+    burn-in, thinning, the reservoir, the running moments and the acceptance count (ULA's blocks return no flags:
+    all accepted) must come out as with one step per call (a callback makes every call one step), whatever the
+    block boundaries; eager blocks bit for bit."""
     monkeypatch.setattr(base, "compiled_transition", as_eager)
     kw = dict(burn_in=burn_in, thin=thin, keep=keep, max_kept=8)
-    eager = ebmlab.sample(double_well, sampler, X0, steps, generator=torch.Generator().manual_seed(1),
-                          compile=False, **kw)
-    blocks = ebmlab.sample(double_well, sampler, X0, steps, generator=torch.Generator().manual_seed(1),
-                           compile=True, **kw)
-    assert base.block_steps(sampler, blocks.final_state, keep, None) == block
-    assert base.block_steps(sampler, blocks.final_state, keep, None, steps) > 1
-    assert torch.equal(blocks.samples, eager.samples) and torch.equal(blocks.energies, eager.energies)
-    assert torch.equal(blocks.acceptance_rate, eager.acceptance_rate)
-    assert torch.equal(blocks.final_state.x, eager.final_state.x)
-    if keep == "stats":
-        for name in ("mean", "var", "cov"):
-            torch.testing.assert_close(blocks.moments[name], eager.moments[name], rtol=1e-12, atol=1e-12)
-        assert blocks.moments["count"] == eager.moments["count"] and blocks.moments["thin"] == eager.moments["thin"]
+    single = ebmlab.sample(double_well, sampler, X0, steps, generator=torch.Generator().manual_seed(1),
+                           compile=False, callback=lambda t, state, info: None, **kw)
+    for compile in (True, False):
+        blocks = ebmlab.sample(double_well, sampler, X0, steps, generator=torch.Generator().manual_seed(1),
+                               compile=compile, **kw)
+        assert base.block_steps(sampler, blocks.final_state, keep, None) == block
+        assert base.block_steps(sampler, blocks.final_state, keep, None, steps) > 1
+        assert torch.equal(blocks.samples, single.samples) and torch.equal(blocks.energies, single.energies)
+        assert torch.equal(blocks.acceptance_rate, single.acceptance_rate)
+        assert torch.equal(blocks.final_state.x, single.final_state.x)
+        if keep == "stats":
+            for name in ("mean", "var", "cov"):
+                torch.testing.assert_close(blocks.moments[name], single.moments[name], rtol=1e-12, atol=1e-12)
+            assert blocks.moments["count"] == single.moments["count"]
+            assert blocks.moments["thin"] == single.moments["thin"]
 
 
 def test_a_block_that_diverges_is_reported(monkeypatch):
@@ -250,7 +263,7 @@ def test_a_short_run_after_a_compiled_one_compiles_nothing_new(always_long, monk
 
     monkeypatch.setattr(base, "compiled_transition", counting)
     monkeypatch.setattr(base._AutoCompile, "MIN_GAIN", 1e9)
-    assert run(double_well, MALA(0.5)).compiled_from == PROBE + 1
+    assert run(double_well, MALA(0.5)).compiled_from == switch_step(MALA(0.5))
     made.clear()
     eager = run(double_well, MALA(0.5), compile=False, steps=5)
     short = run(double_well, MALA(0.5), steps=5)

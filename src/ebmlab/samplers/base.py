@@ -394,16 +394,19 @@ def sample(
     # otherwise compile a new graph of its own length just to reuse the verdict.
     block = block_steps(sampler, state, keep, callback, num_steps if compile is True else None)
     collect = keep != "last"
+    own = type(sampler).__module__.startswith("ebmlab.samplers.")  # its step() is transition(draw()), unchanged
     tail_step = eager_step  # the last steps of a run that no whole block covers
+    # Eager steps run in blocks too (ebmlab's own samplers; bit for bit the chains of one step per call).
+    eager = _eager_block_step(sampler, energy, generator, block, collect) if block > 1 and own else eager_step
     if compile is True:
         step = _compiled_step(sampler, energy, generator, block, collect)
         if block > 1 and num_steps % block:
             tail_step = _compiled_step(sampler, energy, generator)
     elif compile == "auto" and _auto_compiles(sampler, state):
-        auto = _AutoCompile(sampler, energy, generator, eager_step, state, num_steps, block, collect)
+        auto = _AutoCompile(sampler, energy, generator, eager, state, num_steps, block, collect)
         step = auto.first_step()
     else:
-        step = eager_step
+        step = eager
     next_check = -1 if auto is None else auto.next_check
 
     keep_all = keep == "all"
@@ -417,8 +420,7 @@ def sample(
     # The draws and acceptance flags of the last few steps are written in one op each (a copy per step costs
     # as much as a cheap step's arithmetic); only ebmlab's own samplers, which never modify a returned state
     # in place, and at most about 16 MB of pending draws.
-    pending = _Pending(samples, energies, accepted, state.x,
-                       deferred=type(sampler).__module__.startswith("ebmlab.samplers."))
+    pending = _Pending(samples, energies, accepted, state.x, deferred=own)
     # A sampler without an accept test (ULA): count its steps, not its all-True flags.
     no_flags = getattr(sampler, "always_accepts", False)
     checked = t = 0
@@ -572,8 +574,18 @@ def _draws(sampler: Any, state: State, generator: torch.Generator | None, steps:
 
 def _compiled_step(sampler: Any, energy: Any, generator: torch.Generator | None, steps: int = 1,
                    collect: bool = True) -> Callable:
-    transition = _compiled(sampler, energy, steps, collect)
+    return _block_step(_compiled(sampler, energy, steps, collect), sampler, generator, steps)
 
+
+def _eager_block_step(sampler: Any, energy: Any, generator: torch.Generator | None, steps: int,
+                      collect: bool) -> Callable:
+    """``steps`` eager steps per call: the compiled block's function, uncompiled. The same transitions on the
+    same draws in the same order as one step per call, so the chains are equal bit for bit; the sampling loop's
+    bookkeeping and a ULA's draws (one ``torch.randn``) are paid once per block."""
+    return _block_step(uncompiled_transition(sampler, energy, steps, collect), sampler, generator, steps)
+
+
+def _block_step(transition: Callable, sampler: Any, generator: torch.Generator | None, steps: int) -> Callable:
     def step(state: State) -> tuple:
         return transition(state, *_draws(sampler, state, generator, steps))
 
