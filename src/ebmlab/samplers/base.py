@@ -267,8 +267,9 @@ def uncompiled_transition(sampler: Any, energy: Any, steps: int = 1, collect: bo
 
     def block(state: State, *draws: Tensor) -> tuple[State, Tensor | None, Tensor | None, Tensor | None]:
         xs, es, accs = [], [], []
-        for i in range(steps):
-            state, info = sampler.transition(energy, state, *(d[i] for d in draws))
+        per_step = zip(*(d.unbind(0) for d in draws))  # one op per kind, not one per step and kind
+        for _ in range(steps):
+            state, info = sampler.transition(energy, state, *next(per_step))
             if flags:
                 accs.append(info.accepted)
             if collect:
