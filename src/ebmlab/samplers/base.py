@@ -252,8 +252,9 @@ def uncompiled_transition(sampler: Any, energy: Any, steps: int = 1, collect: bo
     """What :func:`compiled_transition` compiles: ``(state, *draws) -> (state, info)`` for one step, or for
     ``steps > 1``, ``(state, *draws) -> (state, xs, energies, accepted)``, where each of ``draws`` stacks one of
     :meth:`draw`'s random numbers for the ``steps`` steps (leading dimension ``steps``, see :func:`_draws`), and
-    the ``steps`` states' points and energies come back stacked (``None`` unless ``collect``) with their
-    acceptance flags (``None`` for a sampler that accepts every move, ``always_accepts``).
+    the ``steps`` states' points and energies come back (``None`` unless ``collect``; stacked inside
+    ``torch.compile``, as lists of the steps' tensors when run eagerly) with their acceptance flags, stacked
+    (``None`` for a sampler that accepts every move, ``always_accepts``).
     """
     if steps == 1:
         def transition(state: State, *draws: Tensor) -> tuple[State, Info]:
@@ -275,8 +276,10 @@ def uncompiled_transition(sampler: Any, energy: Any, steps: int = 1, collect: bo
             if collect:
                 xs.append(state.x)
                 es.append(state.energy)
-        return (state, torch.stack(xs) if collect else None, torch.stack(es) if collect else None,
-                torch.stack(accs) if flags else None)
+        if collect and torch.compiler.is_compiling():  # a graph's outputs: one tensor per kind
+            return state, torch.stack(xs), torch.stack(es), torch.stack(accs) if flags else None
+        # Eagerly the lists: the loop stacks the kept steps straight into the trace (one write, not two).
+        return state, xs if collect else None, es if collect else None, torch.stack(accs) if flags else None
 
     return block
 
@@ -710,10 +713,12 @@ class _Pending:
         if len(self.x) >= self.cap or len(self.acc) >= self.cap:
             self.flush()
 
-    def add_block(self, t: int, k: int, xs: Tensor | None, es: Tensor | None, accepted: Tensor | None,
-                  burn_in: int, thin: int, reservoir: _Reservoir | None, moments: _Moments | None) -> None:
-        """Steps ``t .. t + k - 1`` of a compiled block: their acceptance flags after burn-in (``None``: all
-        accepted), the draws ``thin`` keeps (``thin`` 0: none), or the reservoir's and running moments' share."""
+    def add_block(self, t: int, k: int, xs: Tensor | list[Tensor] | None, es: Tensor | list[Tensor] | None,
+                  accepted: Tensor | None, burn_in: int, thin: int, reservoir: _Reservoir | None,
+                  moments: _Moments | None) -> None:
+        """Steps ``t .. t + k - 1`` of a block: their acceptance flags after burn-in (``None``: all accepted), the
+        draws ``thin`` keeps (``thin`` 0: none), or the reservoir's and running moments' share. ``xs`` and ``es``
+        are stacked (a compiled block) or lists of the steps' tensors (an eager one)."""
         self.flush()  # earlier steps first: the trace's draws stay in step order
         i0 = max(0, burn_in - t)
         if accepted is None:
@@ -726,13 +731,17 @@ class _Pending:
             if first < t + k:
                 sel = slice(first - t, k, thin)
                 m = len(range(first - t, k, thin))
-                self.samples[self.k: self.k + m] = xs[sel]
-                self.energies[self.k: self.k + m] = es[sel]
+                if isinstance(xs, list):
+                    torch.stack(xs[sel], out=self.samples[self.k: self.k + m])
+                    torch.stack(es[sel], out=self.energies[self.k: self.k + m])
+                else:
+                    self.samples[self.k: self.k + m] = xs[sel]
+                    self.energies[self.k: self.k + m] = es[sel]
                 self.k += m
         elif reservoir is not None:
             for i in range(i0, k):
                 reservoir.offer(t + i - burn_in, State(x=xs[i], energy=es[i]))
-            moments.update(xs[i0:].flatten(0, 1))
+            moments.update((torch.stack(xs[i0:]) if isinstance(xs, list) else xs[i0:]).flatten(0, 1))
 
     def flush(self) -> None:
         if self.x:

@@ -7,7 +7,7 @@ trace's file format (:mod:`ebmlab.samplers.trace_io`) can all build on it withou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 
 from torch import Tensor
 
@@ -28,11 +28,40 @@ def register_state(cls: type) -> type:
     return cls
 
 
+def _quick_init(cls: type) -> type:
+    """Give a frozen dataclass an ``__init__`` that fills the instance's ``__dict__`` in one update.
+
+    The one ``dataclass`` writes calls ``object.__setattr__`` once per field: 3 us for an :class:`Info` (11
+    fields), 1.1 us for a :class:`State`, which the sampling loop builds once per step each, a few percent of a
+    cheap eager step. Same signature and defaults (all ``None`` past the required fields); the instance stays
+    frozen (``__setattr__`` still raises).
+    """
+    params, names = [], []
+    for f in fields(cls):
+        if f.default is MISSING:
+            params.append(f.name)
+        elif f.default is None:
+            params.append(f"{f.name}=None")
+        else:  # only None defaults can be written into the source
+            raise TypeError(f"{cls.__name__}.{f.name}: _quick_init takes fields without defaults or None ones")
+        names.append(f.name)
+    src = (f"def __init__(self, {', '.join(params)}):\n"
+           f"    self.__dict__.update({', '.join(f'{n}={n}' for n in names)})\n")
+    namespace: dict = {}
+    exec(src, namespace)  # noqa: S102 -- as dataclasses itself builds __init__, from the class's own field names
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__doc__ = cls.__init__.__doc__
+    cls.__init__ = init
+    return cls
+
+
 class DivergenceError(FloatingPointError):
     """Raised when a chain's energy becomes NaN or +/-inf (the chain diverged)."""
 
 
 @register_state
+@_quick_init
 @dataclass(frozen=True)
 class State:
     """Per-chain sampler state.
@@ -49,6 +78,7 @@ class State:
     score: Tensor | None = None
 
 
+@_quick_init
 @dataclass(frozen=True)
 class Info:
     """What one step did, per chain (the playground animates this).
