@@ -400,8 +400,11 @@ def sample(
     collect = keep != "last"
     own = type(sampler).__module__.startswith("ebmlab.samplers.")  # its step() is transition(draw()), unchanged
     tail_step = eager_step  # the last steps of a run that no whole block covers
-    # Eager steps run in blocks too (ebmlab's own samplers; bit for bit the chains of one step per call).
-    eager = _eager_block_step(sampler, energy, generator, block, collect) if block > 1 and own else eager_step
+    # Eager steps run in blocks too (ebmlab's own samplers; bit for bit the chains of one step per call), and a
+    # short run (training's negatives) is one eager block: nothing is compiled for its length.
+    eager_block = block_steps(sampler, state, keep, callback, num_steps)
+    eager = _eager_block_step(sampler, energy, generator, eager_block, collect) if eager_block > 1 and own \
+        else eager_step
     if compile is True:
         step = _compiled_step(sampler, energy, generator, block, collect)
         if block > 1 and num_steps % block:
