@@ -267,8 +267,12 @@ def uncompiled_transition(sampler: Any, energy: Any, steps: int = 1, collect: bo
     flags = not getattr(sampler, "always_accepts", False)
 
     def block(state: State, *draws: Tensor) -> tuple[State, Tensor | None, Tensor | None, Tensor | None]:
+        return run(state, zip(*(d.unbind(0) for d in draws)))  # one op per kind, not one per step and kind
+
+    def run(state: State, per_step: Any) -> tuple[State, Tensor | None, Tensor | None, Tensor | None]:
+        """The block on each step's draws, apart (an iterable of ``steps`` tuples)."""
         xs, es, accs = [], [], []
-        per_step = zip(*(d.unbind(0) for d in draws))  # one op per kind, not one per step and kind
+        per_step = iter(per_step)
         for _ in range(steps):
             state, info = sampler.transition(energy, state, *next(per_step))
             if flags:
@@ -281,6 +285,7 @@ def uncompiled_transition(sampler: Any, energy: Any, steps: int = 1, collect: bo
         # Eagerly the lists: the loop stacks the kept steps straight into the trace (one write, not two).
         return state, xs if collect else None, es if collect else None, torch.stack(accs) if flags else None
 
+    block.per_step = run  # type: ignore[attr-defined]  # eager blocks: the steps' draws need no stacking
     return block
 
 
@@ -589,7 +594,16 @@ def _eager_block_step(sampler: Any, energy: Any, generator: torch.Generator | No
     """``steps`` eager steps per call: the compiled block's function, uncompiled. The same transitions on the
     same draws in the same order as one step per call, so the chains are equal bit for bit; the sampling loop's
     bookkeeping and a ULA's draws (one ``torch.randn``) are paid once per block."""
-    return _block_step(uncompiled_transition(sampler, energy, steps, collect), sampler, generator, steps)
+    block = uncompiled_transition(sampler, energy, steps, collect)
+    if hasattr(sampler, "draw_steps"):  # one draw for the block's steps (ULA: one torch.randn) is cheaper
+        return _block_step(block, sampler, generator, steps)
+    run = block.per_step
+
+    def step(state: State) -> tuple:  # each step's draws as the eager steps take them, not stacked per kind
+        return run(state, [sampler.draw(state, generator) for _ in range(steps)])
+
+    step.steps = steps  # type: ignore[attr-defined]
+    return step
 
 
 def _block_step(transition: Callable, sampler: Any, generator: torch.Generator | None, steps: int) -> Callable:
