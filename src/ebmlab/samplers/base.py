@@ -429,9 +429,9 @@ def sample(
     moments = _Moments(state.x) if keep == "stats" else None
     accepted = torch.zeros(state.x.shape[0], dtype=torch.int32, device=state.x.device)
     tree: dict[str, Tensor] = {}  # NUTS' per-chain counts, summed after burn-in
-    # The draws and acceptance flags of the last few steps are written in one op each (a copy per step costs
-    # as much as a cheap step's arithmetic); only ebmlab's own samplers, which never modify a returned state
-    # in place, and at most about 16 MB of pending draws.
+    # Steps run one per call: the draws and acceptance flags of the last few are written in one op each (a copy
+    # per step costs as much as a cheap step's arithmetic); only ebmlab's own samplers, which never modify a
+    # returned state in place, and at most _Pending.MAX_BYTES of pending draws (blocks write their own).
     pending = _Pending(samples, energies, accepted, state.x, deferred=own)
     # A sampler without an accept test (ULA): count its steps, not its all-True flags.
     no_flags = getattr(sampler, "always_accepts", False)
