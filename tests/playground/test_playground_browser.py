@@ -122,13 +122,15 @@ def run_steps(page, total, per_click=50):
     set_value(page, "steps-per-click", per_click)
     before = int(text(page, "num-samples"))
     chains = int(page.input_value("[data-testid=chains]"))
-    for _ in range(total // per_click):  # one click at a time: a click while busy may be queued or dropped
+    for i in range(total // per_click):  # one click at a time: a click while busy may be queued or dropped
         page.click("[data-testid=step]")
-        # a click of 100 steps on two panes, with the other test worker's browser on the same 2 cores: minutes
-        page.wait_for_function("document.body.dataset.idle === '1'", timeout=120000)
-    page.wait_for_function(
-        f"document.querySelector('[data-testid=num-samples]').textContent === '{before + total * chains}'"
-        " && document.body.dataset.idle === '1'", timeout=20000)
+        # Wait for this click's samples, not only for idle: under load the idle flag can still read '1' from
+        # before the click's run started, and the next click would then land while busy. A click of 100 steps
+        # on two panes, with the other test worker's browser on the same 2 cores: minutes.
+        page.wait_for_function(
+            "document.querySelector('[data-testid=num-samples]').textContent === "
+            f"'{before + (i + 1) * per_click * chains}' && document.body.dataset.idle === '1'", timeout=120000)
+    assert int(text(page, "num-samples")) == before + total * chains
 
 
 def test_page_loads_with_every_control(open_page):
