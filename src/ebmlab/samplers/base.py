@@ -266,24 +266,33 @@ def uncompiled_transition(sampler: Any, energy: Any, steps: int = 1, collect: bo
     # 150-us 8-step ULA block at 1,000 chains (it also changes how inductor fuses the block).
     flags = not getattr(sampler, "always_accepts", False)
 
-    def block(state: State, *draws: Tensor) -> tuple[State, Tensor | None, Tensor | None, Tensor | None]:
-        return run(state, zip(*(d.unbind(0) for d in draws)))  # one op per kind, not one per step and kind
+    def block(state: State, *draws: Tensor, sink: list | None = None
+              ) -> tuple[State, Tensor | None, Tensor | None, Tensor | None]:
+        return run(state, zip(*(d.unbind(0) for d in draws)), sink)  # one op per kind, not one per step and kind
 
-    def run(state: State, per_step: Any) -> tuple[State, Tensor | None, Tensor | None, Tensor | None]:
-        """The block on each step's draws, apart (an iterable of ``steps`` tuples)."""
+    def run(state: State, per_step: Any, sink: list | None = None
+            ) -> tuple[State, Tensor | None, Tensor | None, Tensor | None]:
+        """The block on each step's draws, apart (an iterable of ``steps`` tuples). Eagerly, ``sink`` (one
+        ``(x_out, energy_out)`` or ``None`` per step) takes each kept step's point and energy as soon as it is
+        computed, while still in the cache, and nothing is returned for them."""
         xs, es, accs = [], [], []
         per_step = iter(per_step)
-        for _ in range(steps):
+        for i in range(steps):
             state, info = sampler.transition(energy, state, *next(per_step))
             if flags:
                 accs.append(info.accepted)
-            if collect:
+            if sink is not None:
+                if sink[i] is not None:
+                    sink[i][0].copy_(state.x)
+                    sink[i][1].copy_(state.energy)
+            elif collect:
                 xs.append(state.x)
                 es.append(state.energy)
         if collect and torch.compiler.is_compiling():  # a graph's outputs: one tensor per kind
             return state, torch.stack(xs), torch.stack(es), torch.stack(accs) if flags else None
         # Eagerly the lists: the loop stacks the kept steps straight into the trace (one write, not two).
-        return state, xs if collect else None, es if collect else None, torch.stack(accs) if flags else None
+        kept = collect and sink is None
+        return state, xs if kept else None, es if kept else None, torch.stack(accs) if flags else None
 
     block.per_step = run  # type: ignore[attr-defined]  # eager blocks: the steps' draws need no stacking
     return block
@@ -444,7 +453,10 @@ def sample(
             state, info = step(state)
             last = t
         else:
-            state, xs, es, accs = step(state)
+            if keep_all and getattr(step, "sinks", False):  # an eager block writes its kept steps itself
+                state, xs, es, accs = step(state, pending.sink(t, k, burn_in, thin))
+            else:
+                state, xs, es, accs = step(state)
             last = t + k - 1
         if last >= next_check >= 0:  # compile="auto": time this mode, maybe switch (a few times per run at most)
             step, next_check = auto.update(last, step)
@@ -595,14 +607,17 @@ def _eager_block_step(sampler: Any, energy: Any, generator: torch.Generator | No
     same draws in the same order as one step per call, so the chains are equal bit for bit; the sampling loop's
     bookkeeping and a ULA's draws (one ``torch.randn``) are paid once per block."""
     block = uncompiled_transition(sampler, energy, steps, collect)
-    if hasattr(sampler, "draw_steps"):  # one draw for the block's steps (ULA: one torch.randn) is cheaper
-        return _block_step(block, sampler, generator, steps)
     run = block.per_step
-
-    def step(state: State) -> tuple:  # each step's draws as the eager steps take them, not stacked per kind
-        return run(state, [sampler.draw(state, generator) for _ in range(steps)])
+    if hasattr(sampler, "draw_steps"):  # one draw for the block's steps (ULA: one torch.randn) is cheaper
+        def step(state: State, sink: list | None = None) -> tuple:
+            return block(state, *_draws(sampler, state, generator, steps), sink=sink)
+    else:
+        def step(state: State, sink: list | None = None) -> tuple:
+            # each step's draws as the eager steps take them, not stacked per kind
+            return run(state, [sampler.draw(state, generator) for _ in range(steps)], sink)
 
     step.steps = steps  # type: ignore[attr-defined]
+    step.sinks = True  # type: ignore[attr-defined]  # writes the kept steps into the trace itself
     return step
 
 
@@ -748,7 +763,9 @@ class _Pending:
             if first < t + k:
                 sel = slice(first - t, k, thin)
                 m = len(range(first - t, k, thin))
-                if isinstance(xs, list):
+                if xs is None:  # written by the block (sink)
+                    pass
+                elif isinstance(xs, list):
                     torch.stack(xs[sel], out=self.samples[self.k: self.k + m])
                     torch.stack(es[sel], out=self.energies[self.k: self.k + m])
                 else:
@@ -759,6 +776,18 @@ class _Pending:
             for i in range(i0, k):
                 reservoir.offer(t + i - burn_in, State(x=xs[i], energy=es[i]))
             moments.update((torch.stack(xs[i0:]) if isinstance(xs, list) else xs[i0:]).flatten(0, 1))
+
+    def sink(self, t: int, k: int, burn_in: int, thin: int) -> list:
+        """Where steps ``t .. t + k - 1`` go in the trace: ``(samples row, energies row)`` per kept step, ``None``
+        for the others. :meth:`add_block` then counts them as written (it gets no ``xs``)."""
+        self.flush()  # earlier steps first: the trace's draws stay in step order
+        dest: list = [None] * k
+        j = self.k
+        for i in range(max(t, burn_in), t + k):
+            if (i - burn_in) % thin == 0:
+                dest[i - t] = (self.samples[j], self.energies[j])
+                j += 1
+        return dest
 
     def flush(self) -> None:
         if self.x:
