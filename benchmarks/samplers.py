@@ -440,7 +440,7 @@ def build_markdown(rows, nn_rows, meta, cmdline):
         "(`compile=False`; `ebmlab.sample`'s default `compile=\"auto\"` runs these short runs eagerly, as they "
         "are far under its 60-s threshold: long runs are in the section \"Samplers: long runs\" below; eager "
         "steps run in the compiled blocks' sizes, uncompiled, the same chains bit for bit), ebmlab compiled (`compile=True`: "
-        "8 steps per compiled call, 4 for HMC up to 8,192 numbers in the state (4,096 2-D chains) and 1 above; compile warm-up excluded), a minimal "
+        "8 steps per compiled call, for HMC up to 8,192 numbers in the state (4,096 2-D chains) and 1 above; compile warm-up excluded), a minimal "
         "hand-written eager PyTorch loop of the same algorithm (the library's analytic score formula inline, "
         "without its input checks), and BlackJAX "
         "(`jax.jit` + `vmap` over chains + `lax.scan` over steps, compile excluded).",

@@ -184,10 +184,10 @@ def test_the_trace_file_keeps_compiled_from(tmp_path, always_long, monkeypatch):
 @pytest.mark.parametrize("keep", ["all", "stats", "last"])
 @pytest.mark.parametrize("steps,burn_in,thin", [(45, 0, 1), (45, 7, 3), (50, 20, 4), (16, 0, 1), (5, 2, 1),
                                                 (100, 33, 5), (40, 39, 1), (33, 5, 2)])
-@pytest.mark.parametrize("sampler,block", [(MALA(0.5), 8), (HMC(0.1, num_leapfrog=2), 4), (HMC(0.1, num_leapfrog=5), 4),
+@pytest.mark.parametrize("sampler,block", [(MALA(0.5), 8), (HMC(0.1, num_leapfrog=2), 8), (HMC(0.1, num_leapfrog=5), 8),
                                            (Langevin(0.1), 8)], ids=["MALA", "HMC2", "HMC5", "ULA"])
 def test_compiled_blocks_keep_what_single_steps_keep(monkeypatch, sampler, block, steps, burn_in, thin, keep):
-    """A compiled call runs a block of steps (8 MALA or ULA, 4 HMC of 2 or 5 leapfrogs), and so do eager runs:
+    """A compiled call runs a block of steps (8 MALA, ULA, or HMC of 2 or 5 leapfrogs), and so do eager runs:
     burn-in, thinning, the reservoir, the running moments and the acceptance count (ULA's blocks return no flags:
     all accepted) must come out as with one step per call (a callback makes every call one step), whatever the
     block boundaries; eager blocks bit for bit."""
@@ -222,13 +222,13 @@ def test_blocks_are_one_step_when_a_callback_watches_or_memory_is_short():
     assert base.block_steps(MALA(0.5), state, "all", None) == base.COMPILED_BLOCK_EVALS
     assert base.block_steps(MALA(0.5), state, "all", lambda *a: None) == 1
     assert base.block_steps(HMC(0.1, num_leapfrog=20), state, "all", None) == 1
-    # HMC of 3-5 leapfrogs: 4 steps a call (12-20 evaluations), not 8 // L = 1 or 2; from 6 on, one step
-    assert [base.block_steps(HMC(0.1, num_leapfrog=n), state, "all", None) for n in (2, 3, 5, 6, 8)] == [4, 4, 4, 1, 1]
+    # HMC of 2-5 leapfrogs: 8 steps a call (16-40 evaluations), not 8 // L = 1 to 4; from 6 on, one step
+    assert [base.block_steps(HMC(0.1, num_leapfrog=n), state, "all", None) for n in (2, 3, 5, 6, 8)] == [8, 8, 8, 1, 1]
     # ... for small states only: at 10,000 chains in 2-D a step's work outweighs the call's fixed cost
     large = ebmlab.HMC(0.1).init(double_well, torch.zeros(base.MIN_BLOCK_MAX_NUMEL // 2 + 1, 2))
     edge = ebmlab.HMC(0.1).init(double_well, torch.zeros(base.MIN_BLOCK_MAX_NUMEL // 2, 2))
     assert [base.block_steps(HMC(0.1, num_leapfrog=n), large, "all", None) for n in (2, 3, 5)] == [4, 2, 1]
-    assert base.block_steps(HMC(0.1, num_leapfrog=5), edge, "all", None) == 4
+    assert base.block_steps(HMC(0.1, num_leapfrog=5), edge, "all", None) == 8
     big = ebmlab.MALA(0.5).init(double_well, torch.zeros(4096, 2048))  # 32 MiB a step
     assert base.block_steps(MALA(0.5), big, "all", None) == 1
     assert base.block_steps(MALA(0.5), big, "last", None) == base.COMPILED_BLOCK_EVALS

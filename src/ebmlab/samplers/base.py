@@ -537,22 +537,25 @@ def _verdicts(sampler: Any, energy: Any) -> dict[tuple, bool]:
     return hit[1]
 
 
-#: A compiled call runs this many energy evaluations' worth of steps in one graph: 8 ULA or MALA steps, 4 HMC
-#: steps of 2 leapfrogs (HMC of 3 to 5 leapfrogs: see ``MIN_BLOCK_STEPS``), one HMC step of 6 or more. Measured
+#: A compiled call runs this many energy evaluations' worth of steps in one graph: 8 ULA or MALA steps (HMC of 2
+#: to 5 leapfrogs: see ``MIN_BLOCK_STEPS``), one HMC step of 6 or more. Measured
 #: on one CPU core, MALA on a user's closure, 1,000 chains, empty inductor cache: 1 / 4 / 8 / 16 steps per call
 #: ran 7.4 / 10.2 / 11.1 / 13.6 M chain-steps/s and took 20 / 21 / 22 / 33 s to compile (first compilation in the
 #: process); 8 buys most of the speed for 2 s.
 COMPILED_BLOCK_EVALS = 8
 
 #: ... except that a sampler of several evaluations a step (HMC) runs at least ``MIN_BLOCK_STEPS`` steps per call
-#: while they take at most ``MAX_BLOCK_EVALS`` evaluations (4 HMC steps of 3 to 5 leapfrogs) and the state has at
+#: while they take at most ``MAX_BLOCK_EVALS`` evaluations (8 HMC steps of 2 to 5 leapfrogs) and the state has at
 #: most ``MIN_BLOCK_MAX_NUMEL`` numbers: one step per call left most of a cheap HMC step to the call's fixed cost.
 #: Measured, HMC (L=5) on the banana, one core: at 1,000 chains 1 / 2 / 4 steps per call ran 5.2-6.9 / no faster
 #: than 1 / 7.0-9.8 M chain-steps/s (4 steps: 1.33-1.48x 1 step, three alternated process pairs; compile 17.5 /
-#: 18.8 / 21.9 s from an empty inductor cache); at 10,000 chains, where a step's work outweighs the call's cost,
-#: 4 steps ran 0.90-0.97x one step (best of 5 and of 6, alternated), so large states keep one step per call.
-MIN_BLOCK_STEPS = 4
-MAX_BLOCK_EVALS = 20
+#: 18.8 / 21.9 s from an empty inductor cache); 8 steps took 0.83x the time per step of 4 (78.5 against 96.8 us,
+#: 16 alternated rounds in one process, median of the paired ratios) and 27.9-30.7 s to compile from an empty
+#: cache against 18.8-22.3 s for 4 (two fresh processes each). At 10,000 chains, where a step's work outweighs the
+#: call's cost, 4 steps ran 0.90-0.97x one step (best of 5 and of 6, alternated), so large states keep one step
+#: per call.
+MIN_BLOCK_STEPS = 8
+MAX_BLOCK_EVALS = 40
 MIN_BLOCK_MAX_NUMEL = 8192
 
 #: ... and at most this many bytes of stacked draws per block.
