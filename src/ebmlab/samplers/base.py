@@ -761,11 +761,9 @@ class _Pending:
         else:
             self.accepted += accepted[i0:].sum(0, dtype=torch.int32)
         if thin:
-            first = max(t, burn_in)
-            first += -(first - burn_in) % thin  # the first kept step in the block, if any
-            if first < t + k:
-                sel = slice(first - t, k, thin)
-                m = len(range(first - t, k, thin))
+            kept = _kept(t, k, burn_in, thin)
+            if kept:
+                sel, m = slice(kept.start, k, thin), len(kept)
                 if xs is None:  # written by the block (sink)
                     pass
                 elif isinstance(xs, list):
@@ -785,11 +783,12 @@ class _Pending:
         for the others. :meth:`add_block` then counts them as written (it gets no ``xs``)."""
         self.flush()  # earlier steps first: the trace's draws stay in step order
         dest: list = [None] * k
-        j = self.k
-        for i in range(max(t, burn_in), t + k):
-            if (i - burn_in) % thin == 0:
-                dest[i - t] = (self.samples[j], self.energies[j])
-                j += 1
+        kept = _kept(t, k, burn_in, thin)
+        if kept:  # the kept steps fill the next trace rows in order
+            rows = zip(self.samples[self.k: self.k + len(kept)].unbind(0),
+                       self.energies[self.k: self.k + len(kept)].unbind(0))
+            for i, row in zip(kept, rows):
+                dest[i] = row
         return dest
 
     def flush(self) -> None:
@@ -817,6 +816,14 @@ class _Pending:
         if self.accepted_steps:
             self.accepted += self.accepted_steps
             self.accepted_steps = 0
+
+
+def _kept(t: int, k: int, burn_in: int, thin: int) -> range:
+    """The positions in a block of steps ``t .. t + k - 1`` of the steps a trace keeps (after ``burn_in``, every
+    ``thin``-th)."""
+    first = max(t, burn_in)
+    first += -(first - burn_in) % thin  # the first kept step in the block, if any
+    return range(first - t, k, thin)
 
 
 class _Reservoir:
