@@ -266,9 +266,8 @@ def uncompiled_transition(sampler: Any, energy: Any, steps: int = 1, collect: bo
     # 150-us 8-step ULA block at 1,000 chains (it also changes how inductor fuses the block).
     flags = not getattr(sampler, "always_accepts", False)
 
-    def block(state: State, *draws: Tensor, sink: list | None = None
-              ) -> tuple[State, Tensor | None, Tensor | None, Tensor | None]:
-        return run(state, zip(*(d.unbind(0) for d in draws)), sink)  # one op per kind, not one per step and kind
+    def block(state: State, *draws: Tensor) -> tuple[State, Tensor | None, Tensor | None, Tensor | None]:
+        return run(state, _per_step(draws))
 
     def run(state: State, per_step: Any, sink: list | None = None
             ) -> tuple[State, Tensor | None, Tensor | None, Tensor | None]:
@@ -294,8 +293,13 @@ def uncompiled_transition(sampler: Any, energy: Any, steps: int = 1, collect: bo
         kept = collect and sink is None
         return state, xs if kept else None, es if kept else None, torch.stack(accs) if flags else None
 
-    block.per_step = run  # type: ignore[attr-defined]  # eager blocks: the steps' draws need no stacking
+    block.per_step = run  # type: ignore[attr-defined]  # eager blocks: the steps' draws apart, and a sink
     return block
+
+
+def _per_step(draws: tuple[Tensor, ...]) -> Any:
+    """A block's stacked draws as one tuple per step: one ``unbind`` per kind, not a select per step and kind."""
+    return zip(*(d.unbind(0) for d in draws))
 
 
 def sample(
@@ -613,7 +617,7 @@ def _eager_block_step(sampler: Any, energy: Any, generator: torch.Generator | No
     run = block.per_step
     if hasattr(sampler, "draw_steps"):  # one draw for the block's steps (ULA: one torch.randn) is cheaper
         def step(state: State, sink: list | None = None) -> tuple:
-            return block(state, *_draws(sampler, state, generator, steps), sink=sink)
+            return run(state, _per_step(_draws(sampler, state, generator, steps)), sink)
     else:
         def step(state: State, sink: list | None = None) -> tuple:
             # each step's draws as the eager steps take them, not stacked per kind
