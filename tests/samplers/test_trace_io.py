@@ -187,3 +187,20 @@ def test_to_arviz_without_arviz_says_how_to_get_it(monkeypatch):
     with pytest.raises(ImportError) as err:
         trace.to_arviz()
     assert str(err.value) == "Trace.to_arviz needs ArviZ: pip install 'ebmlab[arviz]'"
+
+
+def test_repr_is_one_line_of_shapes_and_rates_not_the_tensors():
+    g = torch.Generator().manual_seed(0)
+    banana = ebmlab.targets.get("banana")
+    x0 = torch.randn(300, 2, generator=g)
+    trace = ebmlab.sample(banana, ebmlab.MALA(0.5), x0, 50, burn_in=10, generator=g)
+    trace.extras["note"] = "x"
+    text = repr(trace)
+    rate = float(trace.acceptance_rate.mean())
+    assert text == (f"Trace(samples=(40, 300, 2) float32, num_steps=50 (burn_in=10), seconds={trace.seconds:.3g}, "
+                    f"acceptance_rate={rate:.3f} (mean over chains), extras=['note'])")
+    nuts = ebmlab.sample(banana, ebmlab.NUTS(0.3), x0.double(), 5, generator=g)
+    text = repr(nuts)
+    assert "\n" not in text and len(text) < 300
+    assert f"divergences={int(nuts.divergences.sum())}" in text
+    assert f"mean_tree_depth={float(nuts.mean_tree_depth.mean()):.2f}" in text

@@ -62,7 +62,7 @@ def _state_classes() -> dict[str, type]:
     return dict(STATE_TYPES)
 
 
-@dataclass
+@dataclass(repr=False)
 class Trace:
     """Result of :func:`sample`.
 
@@ -101,6 +101,27 @@ class Trace:
     moments: dict[str, Any] | None = None
     compiled_from: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """One line: shapes and rates, never the tensors (a trace holds millions of numbers)."""
+        x = self.samples
+        parts = [f"samples={tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
+                 + ("" if x.device.type == "cpu" else f" on {x.device}"),
+                 f"num_steps={self.num_steps}" + (f" (burn_in={self.burn_in})" if self.burn_in else ""),
+                 f"seconds={self.seconds:.3g}"]
+        if self.acceptance_rate.numel():
+            parts.append(f"acceptance_rate={float(self.acceptance_rate.float().mean()):.3f} (mean over chains)")
+        if self.divergences is not None:
+            parts.append(f"divergences={int(self.divergences.sum())}")
+        if self.mean_tree_depth is not None:
+            parts.append(f"mean_tree_depth={float(self.mean_tree_depth.float().mean()):.2f}")
+        if self.moments is not None:
+            parts.append(f"moments over {self.moments.get('count')} draws")
+        if self.compiled_from is not None:
+            parts.append(f"compiled_from={self.compiled_from}")
+        if self.extras:
+            parts.append(f"extras={sorted(self.extras)}")
+        return f"Trace({', '.join(parts)})"
 
     @property
     def chain_steps_per_second(self) -> float:
