@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -630,3 +631,17 @@ def test_serve_on_a_taken_port_exits_2_in_one_line(capsys):
                           "choose another with --port"
     code, out, err = run_cli(["serve", "--host", "no-such-host.invalid", "--port", str(port)], capsys)
     assert code == 2 and err.startswith("ebmlab: error: --host no-such-host.invalid: cannot resolve it")
+
+
+@pytest.mark.parametrize("command", ["sample", "train", "evaluate", "report", "serve"])
+def test_help_fits_80_columns_without_cutting_words(command):
+    """Help goes to pipes and notebooks at 80 columns: every word whole (no '…'), no 19-digit bounds."""
+    env = {**os.environ, "COLUMNS": "80"}
+    res = subprocess.run([sys.executable, "-m", "ebmlab.cli", command, "--help"], capture_output=True, text=True,
+                         env=env)
+    assert res.returncode == 0, res.stderr
+    assert "…" not in res.stdout and str(2**63 - 1) not in res.stdout
+    assert max(len(line) for line in res.stdout.splitlines()) <= 80
+    if command == "sample":
+        for word in ("song_ermon_mixture", "(predictor-corrector, default)", "--num-leapfrog <int>=1>"):
+            assert word in res.stdout
