@@ -204,3 +204,24 @@ def test_repr_is_one_line_of_shapes_and_rates_not_the_tensors():
     assert "\n" not in text and len(text) < 300
     assert f"divergences={int(nuts.divergences.sum())}" in text
     assert f"mean_tree_depth={float(nuts.mean_tree_depth.mean()):.2f}" in text
+
+
+def test_states_and_results_print_shapes_not_their_rows():
+    g = torch.Generator().manual_seed(0)
+    banana = ebmlab.targets.get("banana")
+    x0 = torch.randn(5000, 2, generator=g)
+    state = ebmlab.MALA(0.5).init(banana, x0)
+    assert repr(state) == ("State(x=<tensor (5000, 2) float32>, energy=<tensor (5000,) float32>, "
+                           "score=<tensor (5000, 2) float32>)")
+    small = State(x=torch.zeros(2, 2), energy=torch.zeros(2))  # a few numbers are shown; a None field is left out
+    assert repr(small) == f"State(x={torch.zeros(2, 2)!r}, energy={torch.zeros(2)!r})"
+    tuned = ebmlab.adapt(banana, ebmlab.MALA(0.1), x0[:300], 40, generator=g)
+    text = repr(tuned)
+    assert "<tensor (300, 2) float32>" in text and f"step_size={tuned.step_size!r}" in text and len(text) < 400
+    trace = ebmlab.sample(banana, ebmlab.ParallelTempering(ebmlab.MALA(0.3), num_temperatures=4), x0[:300], 5,
+                          generator=g)
+    text = repr(trace.final_state)
+    assert text.startswith("PTState(base=State(x=<tensor (1200, 2) float32>") and "machine=<tensor (4, 300) int64>" in text
+    _, info = ebmlab.NUTS(0.3).step(banana, ebmlab.NUTS(0.3).init(banana, x0.double()), generator=g)
+    assert repr(info).startswith("Info(proposal=<tensor (5000, 2) float64>") and "trajectory" not in repr(info)
+    assert "step=" in repr(AnnealedState(x=x0, energy=torch.zeros(5000), score=x0))

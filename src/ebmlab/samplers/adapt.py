@@ -50,6 +50,7 @@ from torch import Tensor
 from ..checks import check_int
 from ..energies.core import energy_and_score
 from .base import Info, State, check_finite_state, normal_like
+from .state import short_repr
 from .mala import MALA
 from .nuts import NUTS
 
@@ -65,7 +66,7 @@ MIN_STEPS = 20
 _MAX_SEARCH = 50
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Adapted:
     """Result of :func:`adapt`.
 
@@ -89,6 +90,8 @@ class Adapted:
     step_size: float
     inverse_mass: Tensor | None
     acceptance: float
+
+    __repr__ = short_repr
 
     def __iter__(self) -> Iterator[Any]:
         yield self.sampler

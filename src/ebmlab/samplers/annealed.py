@@ -51,7 +51,7 @@ NoiseConditionalScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @register_state
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class AnnealedState(State):
     """:class:`~ebmlab.samplers.base.State` with the position in the noise schedule.
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, fields
 
+import torch
+
 from torch import Tensor
 
-__all__ = ["STATE_TYPES", "DivergenceError", "Info", "State", "register_state"]
+__all__ = ["STATE_TYPES", "DivergenceError", "Info", "State", "register_state", "short_repr"]
 
 #: The state classes a trace file may name, by class name: :class:`State` and those samplers register
 #: (:func:`register_state`). A file names its class; nothing is ever imported by a name read from a file.
@@ -26,6 +28,24 @@ def register_state(cls: type) -> type:
     """
     STATE_TYPES[cls.__name__] = cls
     return cls
+
+
+def short_repr(obj: object) -> str:
+    """``Name(field=value, ...)`` of a dataclass instance, its ``None`` fields left out and each tensor of more
+    than 8 elements shown as ``<tensor (shape) dtype>``: a state or a result holds one row per chain, and a
+    printed state that lists a million numbers helps no one (used as ``__repr__`` by the states and results)."""
+    parts = []
+    for f in fields(obj):  # type: ignore[arg-type]
+        v = getattr(obj, f.name)
+        if v is None or not f.repr:
+            continue
+        if isinstance(v, torch.Tensor) and v.numel() > 8:
+            where = "" if v.device.type == "cpu" else f" on {v.device}"
+            text = f"<tensor {tuple(v.shape)} {str(v.dtype).removeprefix('torch.')}{where}>"
+        else:
+            text = repr(v)
+        parts.append(f"{f.name}={text}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
 
 
 def _quick_init(cls: type) -> type:
@@ -62,7 +82,7 @@ class DivergenceError(FloatingPointError):
 
 @register_state
 @_quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class State:
     """Per-chain sampler state.
 
@@ -77,9 +97,11 @@ class State:
     energy: Tensor
     score: Tensor | None = None
 
+    __repr__ = short_repr
+
 
 @_quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Info:
     """What one step did, per chain (the playground animates this).
 
@@ -120,6 +142,8 @@ class Info:
     divergent: Tensor | None = None
     swap_accepted: Tensor | None = None
     swap_proposed: Tensor | None = None
+
+    __repr__ = short_repr
 
     @property
     def acceptance_prob(self) -> Tensor:

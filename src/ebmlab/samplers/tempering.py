@@ -77,7 +77,7 @@ from torch import Tensor
 from ..checks import MAX_INT, check_int, check_nonnegative, check_positive
 from ..energies.core import energy_and_score, evaluate_energy
 from .base import Info, State, broadcast_chains, random_on
-from .state import register_state
+from .state import register_state, short_repr
 
 __all__ = [
     "PTState",
@@ -261,7 +261,7 @@ class _LadderEnergy:
 
 
 @register_state
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class PTState:
     """State of :class:`ParallelTempering`: every replica of every chain, the ladder, the swap statistics.
 
@@ -317,6 +317,8 @@ class PTState:
     trip_phase: Tensor
     round_trips: Tensor
     tempered_restarts: Tensor
+
+    __repr__ = short_repr
 
     @property
     def num_temperatures(self) -> int:
