@@ -225,3 +225,42 @@ def test_states_and_results_print_shapes_not_their_rows():
     _, info = ebmlab.NUTS(0.3).step(banana, ebmlab.NUTS(0.3).init(banana, x0.double()), generator=g)
     assert repr(info).startswith("Info(proposal=<tensor (5000, 2) float64>") and "trajectory" not in repr(info)
     assert "step=" in repr(AnnealedState(x=x0, energy=torch.zeros(5000), score=x0))
+
+
+def test_summary_tabulates_each_coordinates_diagnostics():
+    g = torch.Generator().manual_seed(0)
+    banana = ebmlab.targets.get("banana")
+    trace = ebmlab.sample(banana, ebmlab.MALA(0.5), banana.sample(300, generator=g), 60, generator=g)
+    lines = trace.summary().splitlines()
+    assert lines[0] == "60 draws x 300 chains, 2 coordinates; ESS and R-hat over 300 chains"
+    assert lines[1].split() == ["coord", "mean", "sd", "ess_bulk", "ess_tail", "r_hat"]
+    x = trace.samples.double()
+    bulk, tail, rh = ess_bulk(x), ebmlab.evaluation.ess_tail(x), rhat(x)
+    for i, line in enumerate(lines[2:]):
+        name, *cols = line.split()
+        assert name == f"x[{i}]"
+        want = [float(x[..., i].mean()), float(x[..., i].std()), bulk[i], tail[i], rh[i]]
+        for got, w in zip(map(float, cols), want):
+            assert got == pytest.approx(w, rel=2e-3, abs=1e-3)
+    # ESS and R-hat on an evenly spaced subset of the chains; the rest of an event counted, not shown
+    images = ebmlab.sample(lambda v: (v**2).flatten(1).sum(1) / 2, ebmlab.MALA(0.5),
+                           torch.randn(40, 2, 3, generator=g), 20, generator=g)
+    lines = images.summary(max_chains=10, max_coords=4).splitlines()
+    assert lines[0].endswith("6 coordinates; ESS and R-hat over 10 chains")
+    assert [ln.split()[0] + ln.split()[1] for ln in lines[2:6]] == ["x[0,0]", "x[0,1]", "x[0,2]", "x[1,0]"]
+    assert lines[6] == "... 2 more coordinates (max_coords=4)"
+    sub = images.samples.reshape(20, 40, 6)[:, torch.arange(10) * 4, :4].double()
+    assert float(lines[2].split()[-1]) == pytest.approx(float(rhat(sub)[0]), abs=1e-3)
+
+
+def test_summary_says_why_it_cannot_summarise():
+    g = torch.Generator().manual_seed(0)
+    banana = ebmlab.targets.get("banana")
+    last = ebmlab.sample(banana, ebmlab.MALA(0.5), torch.randn(50, 2, generator=g), 10, keep="last", generator=g)
+    with pytest.raises(ValueError, match="keep='last' trace keeps only the final state"):
+        last.summary()
+    one = ebmlab.sample(banana, ebmlab.MALA(0.5), torch.randn(1, 2, generator=g), 10, generator=g)
+    with pytest.raises(ValueError, match="2 chains, got 10 draws of 1 chains"):
+        one.summary()
+    with pytest.raises(ValueError, match="max_chains must be an integer >= 2"):
+        ebmlab.sample(banana, ebmlab.MALA(0.5), torch.randn(5, 2, generator=g), 10, generator=g).summary(max_chains=1)
