@@ -645,3 +645,17 @@ def test_help_fits_80_columns_without_cutting_words(command):
     if command == "sample":
         for word in ("song_ermon_mixture", "(predictor-corrector, default)", "--num-leapfrog <int>=1>"):
             assert word in res.stdout
+
+
+def test_sample_table_shows_this_samplers_rows_at_four_digits(capsys):
+    args = ["sample", "--sampler", "nuts", "--step-size", "0.3", "--chains", "50", "--steps", "40", "--burn-in",
+            "10", "--seed", "0"]
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 3}
+    assert "sde_steps" not in rows and "steps_per_level" not in rows and "compiled_from" not in rows  # None: not NUTS'
+    code, js, _ = run_cli([*args, "--json"], capsys)
+    full = json.loads(js)
+    assert full["sde_steps"] is None  # the JSON keeps every key
+    assert rows["mean"] == "[" + ", ".join(f"{v:.4g}" for v in full["mean"]) + "]"
+    assert rows["mean_tree_depth"] == f"{full['mean_tree_depth']:.4g}"

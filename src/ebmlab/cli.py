@@ -272,17 +272,19 @@ def _print_table(title: str, result: dict, keys: tuple[str, ...] | None = None) 
     from rich.console import Console
     from rich.table import Table
 
+    def fmt(v: Any) -> str:  # 4 significant digits, lists included (--json keeps every digit)
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(fmt(a) for a in v) + "]"
+        return str(v)
+
     table = Table(title=title, show_header=False)
     for key in keys or tuple(result):
-        if key not in result:
+        if result.get(key) is None:  # absent, or not this sampler's (sde_steps of a NUTS run)
             continue
-        v = result[key]
-        if isinstance(v, float):
-            v = f"{v:.4g}"
-        elif isinstance(v, list) and v:
-            v = json.dumps(v if not isinstance(v[0], list) else [[round(a, 4) for a in r] for r in v])
-            v = v if len(v) < 80 else v[:77] + "..."
-        table.add_row(key, str(v))
+        v = fmt(result[key])
+        table.add_row(key, v if len(v) < 80 else v[:77] + "...")
     Console().print(table)
 
 
