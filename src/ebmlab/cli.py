@@ -43,6 +43,12 @@ class _Count:
         return v
 
 
+def _count(minimum: int, maximum: int = _MAX) -> dict[str, Any]:
+    """``typer.Option`` keywords of a count flag: its parser and its metavar."""
+    parse = _Count(minimum, maximum)
+    return {"parser": parse, "metavar": parse.name}
+
+
 app = typer.Typer(
     name="ebmlab",
     help="Energy-based and score-based models: sample, train, evaluate, report.",
@@ -65,7 +71,7 @@ def _print_version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, expose_value=False,
                                  help="Print ebmlab's version and exit."),
-    threads: Optional[int] = typer.Option(None, parser=_Count(1, 2**31 - 1), metavar=_Count(1).name,
+    threads: Optional[int] = typer.Option(None, **_count(1, 2**31 - 1),
                                           help="CPU threads for torch; default OMP_NUM_THREADS if set, "
                                           "else 1 (small models run fastest single-threaded, and multi-threading "
                                           "collapses when cores are shared)."),
@@ -318,12 +324,12 @@ def sample(
                                                   "(reverse SDE) or ode (probability flow)."),
     step_size: float = typer.Option(0.3, help="eps for ULA/MALA/HMC; proposal sigma for RWMH; "
                                    "for rejection, the Student-t proposal's scale in target sds."),
-    num_leapfrog: int = typer.Option(10, parser=_Count(1), metavar=_Count(1).name, help="HMC: leapfrog steps per transition."),
-    max_tree_depth: int = typer.Option(10, parser=_Count(1), metavar=_Count(1).name, help="NUTS: maximum tree depth (at most 2^depth leapfrog "
+    num_leapfrog: int = typer.Option(10, **_count(1), help="HMC: leapfrog steps per transition."),
+    max_tree_depth: int = typer.Option(10, **_count(1), help="NUTS: maximum tree depth (at most 2^depth leapfrog "
                                        "steps per transition)."),
     base: BaseName = typer.Option(BaseName.mala, help="PT: the sampler at every temperature (its step size is "
                                   "--step-size at temperature 1)."),
-    num_temperatures: int = typer.Option(8, parser=_Count(2), metavar=_Count(2).name, help="PT: temperatures in the ladder, 1 included (the "
+    num_temperatures: int = typer.Option(8, **_count(2), help="PT: temperatures in the ladder, 1 included (the "
                                          "ladder adapts during burn-in)."),
     max_temperature: float = typer.Option(10.0, help="PT: hottest temperature of the initial geometric ladder "
                                           "(adapted in doubling rounds that fit in --burn-in)."),
@@ -332,23 +338,23 @@ def sample(
                                             "that does not grow with --steps; last: the chains' final states "
                                             "only (no ESS/R-hat). Default: all if the draws fit in 1 GiB, else "
                                             "stats (and it says so)."),
-    adapt: int = typer.Option(0, parser=_Count(0), metavar=_Count(0).name, help="Warm-up steps tuning the step size (dual averaging) and a "
+    adapt: int = typer.Option(0, **_count(0), help="Warm-up steps tuning the step size (dual averaging) and a "
                               "diagonal mass matrix (Stan's windows) before --steps; mala, hmc, nuts. 0 = off."),
-    chains: int = typer.Option(1000, parser=_Count(1), metavar=_Count(1).name, help="Parallel chains (the batch dimension)."),
-    steps: int = typer.Option(2000, parser=_Count(1), metavar=_Count(1).name, help="Transitions per chain, burn-in included."),
-    burn_in: int = typer.Option(500, parser=_Count(0), metavar=_Count(0).name, help="Transitions discarded first."),
-    thin: int = typer.Option(1, parser=_Count(1), metavar=_Count(1).name, help="Keep every n-th draw after burn-in."),
+    chains: int = typer.Option(1000, **_count(1), help="Parallel chains (the batch dimension)."),
+    steps: int = typer.Option(2000, **_count(1), help="Transitions per chain, burn-in included."),
+    burn_in: int = typer.Option(500, **_count(0), help="Transitions discarded first."),
+    thin: int = typer.Option(1, **_count(1), help="Keep every n-th draw after burn-in."),
     init: InitName = typer.Option(InitName.normal, help="Chain start: standard normal noise (as in the lecture), "
                                   "uniform over the target's box (overdispersed; MALA/ULA can stall in far tails), "
                                   "or exact samples."),
-    steps_per_level: Optional[int] = typer.Option(None, parser=_Count(1), metavar=_Count(1).name,
+    steps_per_level: Optional[int] = typer.Option(None, **_count(1),
                                                   help="Score models (--model): Langevin steps per "
                                                   "noise level (default: the run's own)."),
-    sde_steps: Optional[int] = typer.Option(None, parser=_Count(1), metavar=_Count(1).name,
+    sde_steps: Optional[int] = typer.Option(None, **_count(1),
                                             help="Diffusion runs (--model of sde-ve/sde-vp): steps "
                                             "of pc/sde (default: the run's own), or fixed Heun steps of ode "
                                             "(default: adaptive RK45). Not --steps, which is MCMC's."),
-    seed: int = typer.Option(0, parser=_Count(0), metavar=_Count(0).name, help="Seed of the run's torch.Generator."),
+    seed: int = typer.Option(0, **_count(0), help="Seed of the run's torch.Generator."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (CUDA when present, else cpu)."),
     dtype: str = typer.Option("float32", help="float32 or float64."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the sampler step "
@@ -559,7 +565,7 @@ def train(
 @app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by `ebmlab train` or ebmlab.runs.train."),
-    seed: int = typer.Option(0, parser=_Count(0), metavar=_Count(0).name, help="Seed of the model's chains and the MMD subsets."),
+    seed: int = typer.Option(0, **_count(0), help="Seed of the model's chains and the MMD subsets."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (CUDA when present, else cpu)."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the run's figure (density.png, samples.png "
                               "or nearest_neighbours.png) into the run directory."),
@@ -587,7 +593,7 @@ def evaluate(
 def report(
     out: Path = typer.Option(Path("report"), help="Directory for index.html, metrics.json and the figures."),
     quick: bool = typer.Option(False, "--quick", help="Small budgets (about a minute instead of several)."),
-    seed: int = typer.Option(0, parser=_Count(0), metavar=_Count(0).name, help="Seed of every section."),
+    seed: int = typer.Option(0, **_count(0), help="Seed of every section."),
     device: str = typer.Option("cpu", help="cpu only: the report's sections run on the CPU (train and sample "
                                "on a GPU with `ebmlab train/sample --device cuda`)."),
     json_output: bool = typer.Option(False, "--json", help="Print metrics.json's content instead of a summary."),

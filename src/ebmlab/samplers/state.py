@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, fields
 
 import torch
-
 from torch import Tensor
 
 __all__ = ["STATE_TYPES", "DivergenceError", "Info", "State", "register_state", "short_repr"]

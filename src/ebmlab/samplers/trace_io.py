@@ -149,14 +149,15 @@ class Trace:
         if max_chains is not None and (isinstance(max_chains, bool) or not isinstance(max_chains, int)
                                        or max_chains < 2):
             raise ValueError(f"max_chains must be an integer >= 2 or None, got {max_chains!r}")
-        flat = x.reshape(draws, chains, -1).double()
+        flat = x.reshape(draws, chains, -1)
         dim = flat.shape[2]
         shown = min(dim, max_coords)
-        sub = flat[:, :, :shown]
+        flat = flat[:, :, :shown].double()  # the rows shown only (an image trace is far larger in float64)
+        sub = flat
         used = chains if max_chains is None or chains <= max_chains else max_chains
         if used < chains:
             sub = sub[:, (torch.arange(used) * chains) // used]
-        mean, sd = flat[:, :, :shown].mean((0, 1)), flat[:, :, :shown].std((0, 1))
+        mean, sd = flat.mean((0, 1)), flat.std((0, 1))
         bulk, tail, rh = ess_bulk(sub), ess_tail(sub), rhat(sub)
         event = tuple(x.shape[2:])
         names = [f"x[{', '.join(map(str, idx))}]" for idx in
