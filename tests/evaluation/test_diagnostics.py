@@ -323,3 +323,49 @@ def test_geyer_truncation_matches_the_arviz_loop_on_adversarial_sequences(n):
     r2 = 0.9 ** np.arange(n) + 0.05 * rng.standard_normal((rows, n))
     mine2 = diagnostics._geyer_ess(r2, size)
     np.testing.assert_allclose(mine2, [_geyer_reference(row, size) for row in r2], rtol=1e-12, atol=0)
+
+
+def test_summary_table_tabulates_each_coordinates_diagnostics():
+    import ebmlab
+    from ebmlab.evaluation import summary_table
+
+    g = torch.Generator().manual_seed(0)
+    banana = ebmlab.targets.get("banana")
+    trace = ebmlab.sample(banana, ebmlab.MALA(0.5), banana.sample(300, generator=g), 60, generator=g)
+    lines = summary_table(trace.samples).splitlines()
+    assert lines[0] == "60 draws x 300 chains, 2 coordinates; ESS and R-hat over 300 chains"
+    assert lines[1].split() == ["coord", "mean", "sd", "ess_bulk", "ess_tail", "r_hat"]
+    x = trace.samples.double()
+    bulk, tail, rh = ess_bulk(x), ess_tail(x), rhat(x)
+    for i, line in enumerate(lines[2:]):
+        name, *cols = line.split()
+        assert name == f"x[{i}]"
+        want = [float(x[..., i].mean()), float(x[..., i].std()), bulk[i], tail[i], rh[i]]
+        for got, w in zip(map(float, cols), want):
+            assert got == pytest.approx(w, rel=2e-3, abs=1e-3)
+    # ESS and R-hat on an evenly spaced subset of the chains; the rest of an event counted, not shown
+    images = ebmlab.sample(lambda v: (v**2).flatten(1).sum(1) / 2, ebmlab.MALA(0.5),
+                           torch.randn(40, 2, 3, generator=g), 20, generator=g)
+    lines = summary_table(images.samples.numpy(), max_chains=10, max_coords=4).splitlines()
+    assert lines[0].endswith("6 coordinates; ESS and R-hat over 10 chains")
+    assert [ln.split()[0] + ln.split()[1] for ln in lines[2:6]] == ["x[0,0]", "x[0,1]", "x[0,2]", "x[1,0]"]
+    assert lines[6] == "... 2 more coordinates (max_coords=4)"
+    sub = images.samples.reshape(20, 40, 6)[:, torch.arange(10) * 4, :4].double()
+    assert float(lines[2].split()[-1]) == pytest.approx(float(rhat(sub)[0]), abs=1e-3)
+
+
+def test_summary_table_says_why_it_cannot_summarise():
+    import ebmlab
+    from ebmlab.evaluation import summary_table
+
+    g = torch.Generator().manual_seed(0)
+    banana = ebmlab.targets.get("banana")
+    last = ebmlab.sample(banana, ebmlab.MALA(0.5), torch.randn(50, 2, generator=g), 10, keep="last", generator=g)
+    with pytest.raises(ValueError, match="keep='last' trace keeps only the final state"):
+        summary_table(last.samples)
+    with pytest.raises(ValueError, match="2 chains, got 10 draws of 1 chains"):
+        summary_table(torch.zeros(10, 1, 2))
+    with pytest.raises(ValueError, match=r"shaped \(draws, chains, \*event\), got shape \(10, 2\)"):
+        summary_table(torch.zeros(10, 2))
+    with pytest.raises(ValueError, match="max_chains must be an integer >= 2"):
+        summary_table(torch.zeros(10, 5, 2), max_chains=1)

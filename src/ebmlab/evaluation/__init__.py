@@ -2,7 +2,7 @@
 MCMC diagnostics, and sample-quality distances."""
 
 from ebmlab.evaluation.ais import AISResult, ais_betas, ais_log_partition
-from ebmlab.evaluation.diagnostics import ess_bulk, ess_tail, rhat, summarize
+from ebmlab.evaluation.diagnostics import ess_bulk, ess_tail, rhat, summarize, summary_table
 from ebmlab.evaluation.distances import histogram_kl, histogram_kl_bias, mmd, sliced_wasserstein
 from ebmlab.evaluation.images import (
     DigitClassifier,
@@ -56,4 +56,5 @@ __all__ = [
     "sample_quality",
     "sliced_wasserstein",
     "summarize",
+    "summary_table",
 ]

@@ -46,7 +46,7 @@ from scipy import special
 from scipy.fftpack import next_fast_len  # the 5-smooth length arviz_stats' autocov uses
 from torch import Tensor
 
-__all__ = ["ess_bulk", "ess_tail", "rhat", "summarize"]
+__all__ = ["ess_bulk", "ess_tail", "rhat", "summarize", "summary_table"]
 
 _MIN_DRAWS = 4
 #: Float64 draws processed in one vectorised pass: coordinates are taken in blocks of
@@ -517,3 +517,59 @@ def summarize(samples: Tensor | np.ndarray, *, max_chains: int | None = 1000,
         "num_chains": int(chains),
         "num_chains_used": int(sub.shape[1]),
     }
+
+
+def summary_table(samples: Tensor | np.ndarray, *, max_chains: int | None = 1000, max_coords: int = 20) -> str:
+    """A table of a trace's coordinates, one row each: mean, standard deviation, bulk and tail ESS and R-hat
+    (:func:`ess_bulk`, :func:`ess_tail`, :func:`rhat`), for ``print(summary_table(trace.samples))``. R-hat < 1.01
+    and ESS > 100 are the usual marks of a usable run.
+
+    Args:
+        samples: trace of shape ``(draws, chains, *event)`` (a sampler's ``Trace.samples``), at least 4 draws
+            and 2 chains.
+        max_chains: ESS and R-hat use at most this many chains, evenly spaced (they rank every draw of a
+            coordinate; ``None``: all); mean and sd use every chain.
+        max_coords: rows shown at most (the first coordinates of the flattened event; a last line counts the
+            rest).
+
+    Returns:
+        The table as text: a header line (draws, chains, coordinates, chains used), the column names, one line
+        per coordinate.
+
+    Raises:
+        ValueError: for fewer than 4 draws (a ``keep="last"`` trace keeps only its final state) or 2 chains,
+            a trace of fewer than 3 dimensions, or a ``max_chains`` below 2.
+    """
+    x = torch.as_tensor(samples)
+    if x.dim() < 3:
+        raise ValueError(f"summary_table needs a trace shaped (draws, chains, *event), got shape {tuple(x.shape)}")
+    draws, chains = x.shape[0], x.shape[1]
+    if draws < _MIN_DRAWS or chains < 2:
+        raise ValueError(f"summary_table needs at least {_MIN_DRAWS} draws and 2 chains, got {draws} draws of "
+                         f"{chains} chains" + (" (a keep='last' trace keeps only the final state: sample with "
+                                              "keep='all' or keep='stats')" if draws == 1 else ""))
+    if max_chains is not None and (isinstance(max_chains, bool) or not isinstance(max_chains, int)
+                                   or max_chains < 2):
+        raise ValueError(f"max_chains must be an integer >= 2 or None, got {max_chains!r}")
+    flat = x.reshape(draws, chains, -1)
+    dim = flat.shape[2]
+    shown = min(dim, max_coords)
+    flat = flat[:, :, :shown].double()  # the rows shown only (an image trace is far larger in float64)
+    sub = flat
+    used = chains if max_chains is None or chains <= max_chains else max_chains
+    if used < chains:
+        sub = sub[:, (torch.arange(used) * chains) // used]
+    mean, sd = flat.mean((0, 1)), flat.std((0, 1))
+    bulk, tail, rh = ess_bulk(sub), ess_tail(sub), rhat(sub)
+    event = tuple(x.shape[2:])
+    names = [f"x[{', '.join(map(str, idx))}]" for idx in
+             (tuple(int(v) for v in torch.unravel_index(torch.tensor(i), event)) for i in range(shown))]
+    width = max(len("coord"), *(len(n) for n in names))
+    lines = [f"{draws} draws x {chains} chains, {dim} coordinates; ESS and R-hat over {used} chains",
+             f"{'coord':<{width}} {'mean':>10} {'sd':>10} {'ess_bulk':>10} {'ess_tail':>10} {'r_hat':>7}"]
+    for i, name in enumerate(names):
+        lines.append(f"{name:<{width}} {float(mean[i]):>10.4g} {float(sd[i]):>10.4g} {float(bulk[i]):>10.0f} "
+                     f"{float(tail[i]):>10.0f} {float(rh[i]):>7.3f}")
+    if dim > shown:
+        lines.append(f"... {dim - shown} more coordinates (max_coords={max_coords})")
+    return "\n".join(lines)

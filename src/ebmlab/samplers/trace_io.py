@@ -123,55 +123,6 @@ class Trace:
             parts.append(f"extras={sorted(self.extras)}")
         return f"Trace({', '.join(parts)})"
 
-    def summary(self, *, max_chains: int | None = 1000, max_coords: int = 20) -> str:
-        """A table of the kept draws, one row per coordinate: mean, standard deviation, bulk and tail ESS and
-        R-hat (rank-normalised split R-hat; Vehtari et al. 2021, :mod:`ebmlab.evaluation.diagnostics`), for
-        ``print(trace.summary())``. R-hat < 1.01 and ESS > 100 are the usual marks of a usable run.
-
-        Args:
-            max_chains: ESS and R-hat use at most this many chains, evenly spaced (they rank every draw of a
-                coordinate; ``None``: all); mean and sd use every chain.
-            max_coords: rows shown at most (the first coordinates of a flattened event; a last line counts
-                the rest).
-
-        Raises:
-            ValueError: for a trace of fewer than 4 kept draws (``keep="last"``: sample with ``keep="all"``
-                or ``"stats"``) or of one chain (R-hat compares chains), or a ``max_chains`` below 2.
-        """
-        from ..evaluation.diagnostics import ess_bulk, ess_tail, rhat
-
-        x = self.samples
-        draws, chains = x.shape[0], x.shape[1]
-        if draws < 4 or chains < 2:
-            raise ValueError(f"summary needs at least 4 kept draws and 2 chains, got {draws} draws of {chains} "
-                             "chains" + (" (a keep='last' trace keeps only the final state: sample with "
-                                         "keep='all' or keep='stats')" if draws == 1 else ""))
-        if max_chains is not None and (isinstance(max_chains, bool) or not isinstance(max_chains, int)
-                                       or max_chains < 2):
-            raise ValueError(f"max_chains must be an integer >= 2 or None, got {max_chains!r}")
-        flat = x.reshape(draws, chains, -1)
-        dim = flat.shape[2]
-        shown = min(dim, max_coords)
-        flat = flat[:, :, :shown].double()  # the rows shown only (an image trace is far larger in float64)
-        sub = flat
-        used = chains if max_chains is None or chains <= max_chains else max_chains
-        if used < chains:
-            sub = sub[:, (torch.arange(used) * chains) // used]
-        mean, sd = flat.mean((0, 1)), flat.std((0, 1))
-        bulk, tail, rh = ess_bulk(sub), ess_tail(sub), rhat(sub)
-        event = tuple(x.shape[2:])
-        names = [f"x[{', '.join(map(str, idx))}]" for idx in
-                 (tuple(int(v) for v in torch.unravel_index(torch.tensor(i), event)) for i in range(shown))]
-        width = max(len("coord"), *(len(n) for n in names))
-        lines = [f"{draws} draws x {chains} chains, {dim} coordinates; ESS and R-hat over {used} chains",
-                 f"{'coord':<{width}} {'mean':>10} {'sd':>10} {'ess_bulk':>10} {'ess_tail':>10} {'r_hat':>7}"]
-        for i, name in enumerate(names):
-            lines.append(f"{name:<{width}} {float(mean[i]):>10.4g} {float(sd[i]):>10.4g} {float(bulk[i]):>10.0f} "
-                         f"{float(tail[i]):>10.0f} {float(rh[i]):>7.3f}")
-        if dim > shown:
-            lines.append(f"... {dim - shown} more coordinates (max_coords={max_coords})")
-        return "\n".join(lines)
-
     @property
     def chain_steps_per_second(self) -> float:
         """Chains times steps (burn-in included) per second of wall time."""
