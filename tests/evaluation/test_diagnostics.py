@@ -363,9 +363,9 @@ def test_summary_table_says_why_it_cannot_summarise():
     last = ebmlab.sample(banana, ebmlab.MALA(0.5), torch.randn(50, 2, generator=g), 10, keep="last", generator=g)
     with pytest.raises(ValueError, match="keep='last' trace keeps only the final state"):
         summary_table(last.samples)
-    with pytest.raises(ValueError, match="2 chains, got 10 draws of 1 chains"):
+    with pytest.raises(ValueError, match=r"needs at least 2 chains .* got 1 chain\(s\)"):
         summary_table(torch.zeros(10, 1, 2))
     with pytest.raises(ValueError, match=r"shaped \(draws, chains, \*event\), got shape \(10, 2\)"):
         summary_table(torch.zeros(10, 2))
-    with pytest.raises(ValueError, match="max_chains must be an integer >= 2"):
+    with pytest.raises(ValueError, match="max_chains >= 2"):
         summary_table(torch.zeros(10, 5, 2), max_chains=1)

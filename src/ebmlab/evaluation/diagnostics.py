@@ -445,6 +445,23 @@ def rhat(samples: Tensor | np.ndarray) -> np.ndarray:
     return _per_coordinate(_rhat_array(arr), event)
 
 
+def _check_max_chains(max_chains: int | None) -> None:
+    if max_chains is not None:
+        if isinstance(max_chains, bool) or not isinstance(max_chains, int):
+            raise TypeError(f"expected max_chains to be an int or None, got {type(max_chains).__name__}")
+        if max_chains < 2:
+            raise ValueError(f"expected max_chains >= 2 (R̂ compares chains), got {max_chains}")
+
+
+def _chain_subset(arr: np.ndarray, max_chains: int | None) -> np.ndarray:
+    """At most ``max_chains`` chains of ``(draws, chains, E)``: an evenly spaced, deterministic subsample for the
+    O(n log n) rank statistics."""
+    chains = arr.shape[1]
+    if max_chains is None or chains <= max_chains:
+        return arr
+    return arr[:, (np.arange(max_chains) * chains) // max_chains]
+
+
 def summarize(samples: Tensor | np.ndarray, *, max_chains: int | None = 1000,
               scalar: bool = False) -> dict[str, Any]:
     """Convergence summary of a trace: bulk ESS, R̂, mean and covariance.
@@ -486,11 +503,7 @@ def summarize(samples: Tensor | np.ndarray, *, max_chains: int | None = 1000,
         ValueError: if there are fewer than 2 chains, fewer than 4 draws,
             ``max_chains < 2``, or a 2-D array without ``scalar=True``.
     """
-    if max_chains is not None:
-        if isinstance(max_chains, bool) or not isinstance(max_chains, int):
-            raise TypeError(f"expected max_chains to be an int or None, got {type(max_chains).__name__}")
-        if max_chains < 2:
-            raise ValueError(f"expected max_chains >= 2 (R̂ compares chains), got {max_chains}")
+    _check_max_chains(max_chains)
     arr = _to_numpy(samples)
     if arr.ndim == 2 and not scalar:
         raise ValueError(f"summarize needs a trace shaped (draws, chains, *event), got shape {arr.shape}: for "
@@ -499,11 +512,7 @@ def summarize(samples: Tensor | np.ndarray, *, max_chains: int | None = 1000,
     draws, chains, event = _check_trace(arr, min_chains=2, what="summarize (R̂)")
     dim = math.prod(event)
     arr = arr.reshape(draws, chains, dim)
-    if max_chains is not None and chains > max_chains:
-        # Evenly spaced, deterministic chain subsample for the O(n log n) rank statistics.
-        sub = arr[:, (np.arange(max_chains) * chains) // max_chains]
-    else:
-        sub = arr
+    sub = _chain_subset(arr, max_chains)
     ess, rh = _ess_bulk_and_rhat_array(sub)
     mean, cov = _mean_cov(arr.reshape(draws * chains, dim))
     return {
@@ -539,37 +548,30 @@ def summary_table(samples: Tensor | np.ndarray, *, max_chains: int | None = 1000
     Raises:
         ValueError: for fewer than 4 draws (a ``keep="last"`` trace keeps only its final state) or 2 chains,
             a trace of fewer than 3 dimensions, or a ``max_chains`` below 2.
+        TypeError: for a ``max_chains`` that is not an int or ``None``.
     """
-    x = torch.as_tensor(samples)
-    if x.dim() < 3:
-        raise ValueError(f"summary_table needs a trace shaped (draws, chains, *event), got shape {tuple(x.shape)}")
-    draws, chains = x.shape[0], x.shape[1]
-    if draws < _MIN_DRAWS or chains < 2:
-        raise ValueError(f"summary_table needs at least {_MIN_DRAWS} draws and 2 chains, got {draws} draws of "
-                         f"{chains} chains" + (" (a keep='last' trace keeps only the final state: sample with "
-                                              "keep='all' or keep='stats')" if draws == 1 else ""))
-    if max_chains is not None and (isinstance(max_chains, bool) or not isinstance(max_chains, int)
-                                   or max_chains < 2):
-        raise ValueError(f"max_chains must be an integer >= 2 or None, got {max_chains!r}")
-    flat = x.reshape(draws, chains, -1)
-    dim = flat.shape[2]
+    _check_max_chains(max_chains)
+    arr = _to_numpy(samples)
+    if arr.ndim < 3:
+        raise ValueError(f"summary_table needs a trace shaped (draws, chains, *event), got shape {arr.shape}")
+    if arr.shape[0] == 1:
+        raise ValueError("summary_table needs at least 4 draws, got 1 (a keep='last' trace keeps only the final "
+                         "state: sample with keep='all' or keep='stats')")
+    draws, chains, event = _check_trace(arr, min_chains=2, what="summary_table (R̂)")
+    dim = math.prod(event)
     shown = min(dim, max_coords)
-    flat = flat[:, :, :shown].double()  # the rows shown only (an image trace is far larger in float64)
-    sub = flat
-    used = chains if max_chains is None or chains <= max_chains else max_chains
-    if used < chains:
-        sub = sub[:, (torch.arange(used) * chains) // used]
-    mean, sd = flat.mean((0, 1)), flat.std((0, 1))
-    bulk, tail, rh = ess_bulk(sub), ess_tail(sub), rhat(sub)
-    event = tuple(x.shape[2:])
-    names = [f"x[{', '.join(map(str, idx))}]" for idx in
-             (tuple(int(v) for v in torch.unravel_index(torch.tensor(i), event)) for i in range(shown))]
+    flat = np.asarray(arr.reshape(draws, chains, dim)[:, :, :shown], dtype=np.float64)  # the rows shown only
+    sub = _chain_subset(flat, max_chains)
+    bulk, rh = _ess_bulk_and_rhat_array(sub)
+    tail = _ess_tail_array(sub, 0.05)
+    mean, sd = flat.mean(axis=(0, 1)), flat.std(axis=(0, 1), ddof=1)
+    names = [f"x[{', '.join(map(str, idx))}]" for idx in (np.unravel_index(i, event) for i in range(shown))]
     width = max(len("coord"), *(len(n) for n in names))
-    lines = [f"{draws} draws x {chains} chains, {dim} coordinates; ESS and R-hat over {used} chains",
+    lines = [f"{draws} draws x {chains} chains, {dim} coordinates; ESS and R-hat over {sub.shape[1]} chains",
              f"{'coord':<{width}} {'mean':>10} {'sd':>10} {'ess_bulk':>10} {'ess_tail':>10} {'r_hat':>7}"]
     for i, name in enumerate(names):
-        lines.append(f"{name:<{width}} {float(mean[i]):>10.4g} {float(sd[i]):>10.4g} {float(bulk[i]):>10.0f} "
-                     f"{float(tail[i]):>10.0f} {float(rh[i]):>7.3f}")
+        lines.append(f"{name:<{width}} {mean[i]:>10.4g} {sd[i]:>10.4g} {bulk[i]:>10.0f} {tail[i]:>10.0f} "
+                     f"{rh[i]:>7.3f}")
     if dim > shown:
         lines.append(f"... {dim - shown} more coordinates (max_coords={max_coords})")
     return "\n".join(lines)
