@@ -659,3 +659,18 @@ def test_sample_table_shows_this_samplers_rows_at_four_digits(capsys):
     assert full["sde_steps"] is None  # the JSON keeps every key
     assert rows["mean"] == "[" + ", ".join(f"{v:.4g}" for v in full["mean"]) + "]"
     assert rows["mean_tree_depth"] == f"{full['mean_tree_depth']:.4g}"
+
+
+def test_report_table_folds_long_metric_names_instead_of_cutting_them(capsys, monkeypatch):
+    from pathlib import Path
+
+    from ebmlab import cli
+
+    monkeypatch.setenv("COLUMNS", "80")
+    name = "song_ermon_mixture_vp_likelihood_error"
+    cli._print_report_table({"seconds": 1.0, "sections": {"s": {"title": "8. From annealed Langevin to diffusion, at length", "seconds": 2.0,
+                                                                 "metrics": {name: -0.00104}}}}, Path("report"))
+    out = capsys.readouterr().out
+    assert "…" not in out
+    headline = "".join(line.split("│")[3].strip() for line in out.splitlines() if line.count("│") == 4)
+    assert name in headline  # folded over lines, every character there

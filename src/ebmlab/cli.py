@@ -615,12 +615,18 @@ def report(
     if json_output:
         print(json.dumps(metrics, default=float))
         return
+    _print_report_table(metrics, out)
+
+
+def _print_report_table(metrics: dict, out: Path) -> None:
+    """The report's sections and headline numbers; a metric name longer than its column is folded onto the
+    next line, never cut with an ellipsis."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"report written to {out / 'index.html'} in {metrics['seconds']:.0f} s")
     for column in ("section", "seconds", "headline numbers"):
-        table.add_column(column, justify="right" if column == "seconds" else "left")
+        table.add_column(column, justify="right" if column == "seconds" else "left", overflow="fold")
     for sec in metrics["sections"].values():
         nums = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                          for k, v in sec["metrics"].items() if not isinstance(v, dict))
