@@ -113,6 +113,20 @@ def test_what_cannot_be_stored_is_named_and_own_states_keep_x_and_energy(tmp_pat
     assert type(back.final_state) is State and torch.equal(back.final_state.x, s.x) and back.final_state.score is None
 
 
+def test_a_path_named_for_another_format_is_refused_before_anything_is_written(tmp_path):
+    # `ebmlab sample --out samples.npz` writes NumPy; Trace.save("t.npz") would write safetensors under that name,
+    # which np.load then fails to read. Any other suffix (or none) is a trace file's name.
+    trace = ebmlab.sample(ebmlab.targets.get("standard"), ebmlab.MALA(0.5), torch.randn(4, 2, generator=_g()), 5,
+                          generator=_g(1))
+    for name, what in (("t.npz", "NumPy .npz"), ("t.PT", "torch.save"), ("t.nc", "NetCDF")):
+        with pytest.raises(ValueError, match=f"not a.*{what}.*use a .safetensors path"):
+            trace.save(tmp_path / name)
+        assert not (tmp_path / name).exists()
+    assert not list(tmp_path.iterdir())
+    for name in ("t.trace", "t"):
+        assert torch.equal(Trace.load(trace.save(tmp_path / name)).samples, trace.samples)
+
+
 def test_loading_never_unpickles_and_refuses_other_files(tmp_path, monkeypatch):
     trace = ebmlab.sample(ebmlab.targets.get("standard"), ebmlab.MALA(0.5), torch.randn(4, 2, generator=_g()), 5,
                           generator=_g(1))
