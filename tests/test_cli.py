@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ebmlab.cli import main
+from ebmlab import runs
 
 
 def run_cli(args, capsys):
@@ -93,6 +94,19 @@ def test_same_seed_same_result(capsys):
     a = json.loads(run_cli(args, capsys)[1])
     b = json.loads(run_cli(args, capsys)[1])
     assert a["mean"] == b["mean"] and a["cov"] == b["cov"]
+
+
+def test_a_short_run_without_burn_in_burns_a_quarter_of_its_steps(capsys):
+    # The default burn-in is 500 of the default 2,000 steps; a 200-step run is not refused for a burn-in of 500
+    # that its user never set, it burns 50. An explicit burn-in is kept as given.
+    code, out, err = run_cli(["sample", "--chains", "20", "--steps", "200", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["burn_in"] == 50
+    code, out, err = run_cli(["sample", "--chains", "20", "--steps", "200", "--burn-in", "0", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["burn_in"] == 0
+    assert runs.SampleConfig().checked().burn_in == 500
+    assert [runs.sampling.default_burn_in(n) for n in (1, 3, 4, 200, 2000, 10**6)] == [0, 0, 1, 50, 500, 500]
 
 
 @pytest.mark.parametrize(

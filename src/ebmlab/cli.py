@@ -342,7 +342,8 @@ def sample(
                               "diagonal mass matrix (Stan's windows) before --steps; mala, hmc, nuts. 0 = off."),
     chains: int = typer.Option(1000, **_count(1), help="Parallel chains (the batch dimension)."),
     steps: int = typer.Option(2000, **_count(1), help="Transitions per chain, burn-in included."),
-    burn_in: int = typer.Option(500, **_count(0), help="Transitions discarded first."),
+    burn_in: Optional[int] = typer.Option(None, **_count(0), help="Transitions discarded first; by default a "
+                                          "quarter of --steps, at most 500."),
     thin: int = typer.Option(1, **_count(1), help="Keep every n-th draw after burn-in."),
     init: InitName = typer.Option(InitName.normal, help="Chain start: standard normal noise (as in the lecture), "
                                   "uniform over the target's box (overdispersed; MALA/ULA can stall in far tails), "

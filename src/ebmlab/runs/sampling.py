@@ -21,7 +21,7 @@ from ..devices import resolve_device
 from .config import ConfigError
 from .run import DIFFUSION_SAMPLERS, Run, default_diffusion_method
 
-__all__ = ["ADAPTABLE", "DIFFUSION_SAMPLERS", "INITS", "MAX_DRAW_BYTES", "PT_BASES", "STATS_KEPT", "SCORE_SAMPLERS", "SampleConfig", "sample"]
+__all__ = ["ADAPTABLE", "DIFFUSION_SAMPLERS", "INITS", "MAX_DRAW_BYTES", "PT_BASES", "STATS_KEPT", "SCORE_SAMPLERS", "SampleConfig", "default_burn_in", "sample"]
 
 #: Where chains start: standard normal noise (as in the lecture), uniform over the target's box, exact samples.
 INITS = ("normal", "uniform", "exact")
@@ -65,7 +65,8 @@ class SampleConfig:
             ``steps`` (MALA, HMC, NUTS; 0 = off); the tuned values are reported.
         chains: the number of chains; for a diffusion run, the number of samples.
         steps: the steps per chain, burn-in included.
-        burn_in: the first steps, not kept (less than ``steps``).
+        burn_in: the first steps, not kept (less than ``steps``); ``None``: :func:`default_burn_in` of ``steps``
+            (500 of the default 2,000 steps; a quarter of a shorter run).
         thin: keep every ``thin``-th draw after burn-in.
         init: one of :data:`INITS`.
         seed: the seed of the job's generator, which lives on ``device`` (no copies per step), so CUDA
@@ -94,7 +95,7 @@ class SampleConfig:
     adapt: int = 0
     chains: int = 1000
     steps: int = 2000
-    burn_in: int = 500
+    burn_in: int | None = None
     thin: int = 1
     init: str = "normal"
     seed: int = 0
@@ -106,7 +107,7 @@ class SampleConfig:
 
     def checked(self) -> SampleConfig:
         """This config with its values checked (:class:`ConfigError` naming the field), ``device="auto"``
-        replaced by the device it picks."""
+        replaced by the device it picks and ``burn_in=None`` by :func:`default_burn_in` of ``steps``."""
         if not (isinstance(self.step_size, (int, float)) and math.isfinite(self.step_size) and self.step_size > 0):
             raise ConfigError(f"{{0}} must be a finite number > 0, got {self.step_size}", "step_size")
         if not (isinstance(self.max_temperature, (int, float)) and math.isfinite(self.max_temperature)
@@ -116,11 +117,11 @@ class SampleConfig:
                          ("chains", 1), ("steps", 1), ("burn_in", 0), ("thin", 1), ("steps_per_level", 1),
                          ("sde_steps", 1)):
             v = getattr(self, name)
-            if name in ("steps_per_level", "sde_steps") and v is None:
+            if name in ("steps_per_level", "sde_steps", "burn_in") and v is None:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(f"{{0}} must be an integer >= {lo}, got {v!r}", name)
-        if self.burn_in >= self.steps:
+        if self.burn_in is not None and self.burn_in >= self.steps:
             raise ConfigError(f"{{0}} must be smaller than {{1}}, got burn-in {self.burn_in} and steps {self.steps}",
                               "burn_in", "steps")
         if self.keep not in (None, "all", "stats", "last"):
@@ -142,7 +143,26 @@ class SampleConfig:
             device = resolve_device(self.device)
         except ValueError as err:
             raise ConfigError.of(err, "device", prefix="{0}: ") from err
-        return replace(self, device=str(device)) if self.device == "auto" else self
+        changes: dict[str, Any] = {}
+        if self.device == "auto":
+            changes["device"] = str(device)
+        if self.burn_in is None:
+            changes["burn_in"] = default_burn_in(self.steps)
+        return replace(self, **changes) if changes else self
+
+
+def _changed(cfg: SampleConfig, names: tuple[str, ...]) -> list[str]:
+    """The fields among ``names`` that a checked ``cfg`` sets away from their defaults (``burn_in``: away from
+    :func:`default_burn_in` of its ``steps``)."""
+    defaults = SampleConfig()
+    return [f for f in names
+            if getattr(cfg, f) != (default_burn_in(cfg.steps) if f == "burn_in" else getattr(defaults, f))]
+
+
+def default_burn_in(steps: int) -> int:
+    """The burn-in of a sampling job that names none: a quarter of ``steps``, at most 500 (500 of the default
+    2,000 steps), so a short run (``--steps 200``) is not refused for a burn-in its user never set."""
+    return min(500, steps // 4)
 
 
 @dataclass(frozen=True)
@@ -471,9 +491,7 @@ def _sample_score_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str, An
         raise ConfigError(f"model {run.path} is a score model trained by {method}: it is sampled by "
                           f"{' or '.join(allowed)}, not {{0}} {sampler} ({why})", "sampler")
     sampler = "langevin" if sampler == "ula" else sampler
-    defaults = SampleConfig()
-    ignored = [f for f in ("step_size", "num_leapfrog", "steps", "burn_in", "thin", "init", "compile", "keep")
-               if getattr(cfg, f) != getattr(defaults, f)]
+    ignored = _changed(cfg, ("step_size", "num_leapfrog", "steps", "burn_in", "thin", "init", "compile", "keep"))
     if ignored:
         raise ConfigError(", ".join("{%d}" % i for i in range(len(ignored))) + f": a score model is sampled as "
                           f"trained ({sampler} Langevin with the run's noise levels and steps per level); these "
@@ -513,9 +531,8 @@ def _sample_diffusion_run(cfg: SampleConfig, run: Run, *, out, plot) -> dict[str
         raise ConfigError(f"model {run.path} is a diffusion model trained by {run.method}: it is sampled by "
                           f"{', '.join(DIFFUSION_SAMPLERS)} (reverse SDE, predictor-corrector, probability-flow "
                           f"ODE), not {{0}} {sampler} ({why})", "sampler")
-    defaults = SampleConfig()
-    ignored = [f for f in ("step_size", "num_leapfrog", "steps", "burn_in", "thin", "init", "compile", "keep",
-                           "steps_per_level") if getattr(cfg, f) != getattr(defaults, f)]
+    ignored = _changed(cfg, ("step_size", "num_leapfrog", "steps", "burn_in", "thin", "init", "compile", "keep",
+                             "steps_per_level"))
     if ignored:
         raise ConfigError(", ".join("{%d}" % i for i in range(len(ignored))) + f": a diffusion model is sampled "
                           f"by {sampler} from its prior ({{{len(ignored)}}} sets its number of steps); these settings "
