@@ -106,6 +106,16 @@ def test_a_short_run_without_burn_in_burns_a_quarter_of_its_steps(capsys):
     assert code == 0, err
     assert json.loads(out)["burn_in"] == 0
     assert runs.SampleConfig().checked().burn_in == 500
+
+
+def test_rejection_without_step_size_proposes_two_target_sds_wide(capsys):
+    # A proposal 0.3 sds wide (the MCMC samplers' default eps) accepted 0.1% on the banana: minutes per run.
+    code, out, err = run_cli(["sample", "--sampler", "rejection", "--chains", "100", "--steps", "20", "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["step_size"] == 2.0 and r["acceptance_rate"] > 0.03
+    assert runs.SampleConfig().checked().step_size == 0.3
+    assert runs.SampleConfig(sampler="rejection", step_size=0.5).checked().step_size == 0.5
     assert [runs.sampling.default_burn_in(n) for n in (1, 3, 4, 200, 2000, 10**6)] == [0, 0, 1, 50, 500, 500]
 
 
@@ -144,8 +154,8 @@ def test_console_script_help_lists_options():
 def test_sampling_failure_is_one_line_not_a_traceback(capsys):
     # The funnel's heavy x1 tails leave the grid-found envelope C invalid outside
     # the box; the sampler detects p~ > C q and the CLI reports it in one line.
-    code, out, err = run_cli(["sample", "--target", "funnel", "--sampler", "rejection", "--chains", "1000",
-                              "--steps", "50", "--burn-in", "10", "--json"], capsys)
+    code, out, err = run_cli(["sample", "--target", "funnel", "--sampler", "rejection", "--step-size", "0.3",
+                              "--chains", "1000", "--steps", "50", "--burn-in", "10", "--json"], capsys)
     assert code == 1
     assert err.startswith("ebmlab: failed:") and "too small" in err and len(err.strip().splitlines()) == 1
 

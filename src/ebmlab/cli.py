@@ -322,8 +322,9 @@ def sample(
                                                   "and at the smallest noise level for 2-D ncsn). A diffusion "
                                                   "run (sde-ve, sde-vp): pc (predictor-corrector, default), sde "
                                                   "(reverse SDE) or ode (probability flow)."),
-    step_size: float = typer.Option(0.3, help="eps for ULA/MALA/HMC; proposal sigma for RWMH; "
-                                   "for rejection, the Student-t proposal's scale in target sds."),
+    step_size: Optional[float] = typer.Option(None, help="eps for ULA/MALA/HMC/NUTS (default 0.3); proposal "
+                                             "sigma for RWMH (0.3); for rejection, the Student-t proposal's scale "
+                                             "in target sds (2.0)."),
     num_leapfrog: int = typer.Option(10, **_count(1), help="HMC: leapfrog steps per transition."),
     max_tree_depth: int = typer.Option(10, **_count(1), help="NUTS: maximum tree depth (at most 2^depth leapfrog "
                                        "steps per transition)."),
