@@ -72,3 +72,15 @@ def test_format_shape_and_energy_output():
         checks.check_energy_output(x, x)
     with pytest.raises(ValueError, match=r"got float"):
         checks.check_energy_output(1.0, x)
+
+
+def test_a_file_is_not_written_under_another_formats_name(tmp_path):
+    from ebmlab.checks import check_file_format
+
+    for name in ("t.npz", "t.PT", "dir.v1/t.nc", "t.json"):
+        with pytest.raises(ValueError, match=r"^Trace.save writes a safetensors file, not .*got the path .*use a "
+                                             r"\.safetensors path; see here$"):
+            check_file_format("Trace.save", tmp_path / name, ".safetensors", "; see here")
+    for name in ("t.safetensors", "t.SafeTensors", "t", "t.trace", "dir.npz/t"):  # its own, or no known format
+        check_file_format("Trace.save", tmp_path / name, ".safetensors")
+    check_file_format("out", "samples.npz", ".npz")

@@ -134,6 +134,7 @@ def test_rejection_without_step_size_proposes_two_target_sds_wide(capsys):
         (["--sampler", "pt", "--max-temperature", "1"], "max-temperature"),
         (["--sampler", "nuts", "--max-tree-depth", "0"], "max-tree-depth"),
         (["--sampler", "pt", "--num-temperatures", "1"], "num-temperatures"),
+        (["--out", "samples.safetensors"], "--out writes a NumPy .npz archive, not a safetensors file"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, needle, capsys):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 from collections.abc import Sequence
 from typing import Literal, overload
 
@@ -33,6 +34,7 @@ __all__ = [
     "check_count",
     "check_energy_output",
     "check_event_shape",
+    "check_file_format",
     "check_finite",
     "check_int",
     "check_nonnegative",
@@ -246,3 +248,31 @@ def check_energy_output(e: object, x: Tensor) -> Tensor:
     if not e.is_floating_point():  # integer energies have no gradient, no mean, no exp of their own dtype
         raise TypeError(f"an energy must return a floating-point tensor, got dtype {e.dtype}")
     return e
+
+
+#: File suffixes of formats, and what each is: a file written in one format must not carry another's name.
+FORMATS = {".npz": "a NumPy .npz archive", ".npy": "a NumPy .npy array", ".pt": "a torch.save file",
+           ".pth": "a torch.save file", ".pkl": "a pickle", ".pickle": "a pickle", ".nc": "an ArviZ/NetCDF file",
+           ".json": "JSON", ".csv": "CSV", ".h5": "HDF5", ".hdf5": "HDF5", ".zarr": "a Zarr store",
+           ".safetensors": "a safetensors file"}
+
+
+def check_file_format(name: str, path: str | os.PathLike, suffix: str, hint: str = "") -> None:
+    """Refuse to write a ``suffix`` file (``.npz``, ``.safetensors``) under a name that says another format.
+
+    Any other suffix, or none, is left to the caller: only the suffixes of :data:`FORMATS`, which NumPy,
+    torch or ArviZ would then try and fail to read, are refused.
+
+    Args:
+        name: what the path is called in the message (``Trace.save``, ``out``).
+        path: the file about to be written.
+        suffix: the suffix of the format written.
+        hint: appended to the message (how to write the other format instead).
+
+    Raises:
+        ValueError: naming the format written, the path given and the suffix to use.
+    """
+    got = os.path.splitext(os.fspath(path))[1].lower()
+    if got != suffix and got in FORMATS:
+        raise ValueError(f"{name} writes {FORMATS[suffix]}, not {FORMATS[got]}: got the path {os.fspath(path)!r}; "
+                         f"use a {suffix} path{hint}")

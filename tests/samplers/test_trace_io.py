@@ -119,7 +119,7 @@ def test_a_path_named_for_another_format_is_refused_before_anything_is_written(t
     trace = ebmlab.sample(ebmlab.targets.get("standard"), ebmlab.MALA(0.5), torch.randn(4, 2, generator=_g()), 5,
                           generator=_g(1))
     for name, what in (("t.npz", "NumPy .npz"), ("t.PT", "torch.save"), ("t.nc", "NetCDF")):
-        with pytest.raises(ValueError, match=f"not a.*{what}.*use a .safetensors path"):
+        with pytest.raises(ValueError, match=f"writes a safetensors file, not a.*{what}.*use a .safetensors path"):
             trace.save(tmp_path / name)
         assert not (tmp_path / name).exists()
     assert not list(tmp_path.iterdir())

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import distributed
+from ..checks import check_file_format
 from ..devices import resolve_device
 from .config import ConfigError
 from .run import DIFFUSION_SAMPLERS, Run, default_diffusion_method
@@ -240,6 +241,12 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
     from ..energies import targets
 
     cfg = cfg.checked()
+    if out is not None:  # before any sampling: a misnamed file is refused, not found wrong after the run
+        try:
+            check_file_format("{0}", out, ".npz", " (samples, energies, acceptance_rate and the config; for an "
+                              "ebmlab Trace file, ebmlab.sample(...).save(path) from Python)")
+        except ValueError as err:  # "{0} writes ...": the field's name kept, the path's braces escaped
+            raise ConfigError("{0}" + str(err)[3:].replace("{", "{{").replace("}", "}}"), "out") from err
     device, dtype = resolve_device(cfg.device), _DTYPES[cfg.dtype]
     if distributed.init_from_env(device):  # under torchrun: the chains are split over the ranks
         device = distributed.local_device(device)

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checks import check_file_format
 from .state import STATE_TYPES, State
 
 __all__ = ["ARVIZ_MISSING", "FORMAT_VERSION", "Trace", "load_trace", "save_trace", "to_arviz"]
@@ -216,12 +217,6 @@ def _decode(spec: dict[str, Any], tensors: dict[str, Tensor], classes: dict[str,
                      f"of ebmlab knows ({', '.join(classes)})")
 
 
-#: Suffixes of formats a trace file is not, and what each is.
-_OTHER_FORMATS = {".npz": "a NumPy .npz archive", ".npy": "a NumPy .npy array", ".pt": "a torch.save file",
-                  ".pth": "a torch.save file", ".pkl": "a pickle", ".pickle": "a pickle", ".nc": "an ArviZ/NetCDF file",
-                  ".json": "JSON", ".csv": "CSV", ".h5": "HDF5", ".hdf5": "HDF5", ".zarr": "a Zarr store"}
-
-
 def save_trace(trace: Trace, path: str | os.PathLike) -> Path:
     """Write ``trace`` to ``path`` (a safetensors file; ``.safetensors`` is the usual suffix), atomically.
 
@@ -232,11 +227,8 @@ def save_trace(trace: Trace, path: str | os.PathLike) -> Path:
     """
     if not isinstance(trace, Trace):
         raise TypeError(f"save_trace writes an ebmlab Trace, got {type(trace).__name__}")
-    suffix = Path(path).suffix.lower()
-    if suffix in _OTHER_FORMATS:
-        raise ValueError(f"Trace.save writes a safetensors file, not {_OTHER_FORMATS[suffix]}: got the path "
-                         f"{os.fspath(path)!r}; use a .safetensors path (read back with Trace.load)"
-                         + (", or np.savez(path, samples=trace.samples.numpy()) for NumPy" if suffix == ".npz" else ""))
+    check_file_format("Trace.save", path, ".safetensors",
+                      " (read back with Trace.load); for NumPy: np.savez(path, samples=trace.samples.numpy())")
     tensors: dict[str, Tensor] = {}
     for name in ("samples", "energies", "acceptance_rate"):
         _put(tensors, name, getattr(trace, name))
