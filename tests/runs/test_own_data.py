@@ -173,3 +173,14 @@ def test_a_built_in_name_wins_over_a_file_of_that_name(tmp_path, monkeypatch):
     assert not runs.TrainConfig.resolve(data="two_moons").file_data
     cfg = runs.TrainConfig(data="./two_moons")
     assert cfg.file_data and cfg.images  # a folder: images (empty here, so training would say so)
+
+
+def test_a_path_object_is_a_path_and_an_array_is_told_how_to_become_one(tmp_path):
+    pts = tmp_path / "pts.npy"
+    np.save(pts, _blobs())
+    as_path = runs.TrainConfig.resolve(data=pts, method="pcd")
+    assert as_path == runs.TrainConfig.resolve(data=str(pts), method="pcd") and isinstance(as_path.data, str)
+    for points, kind in ((_blobs(), "numpy.ndarray"), (torch.randn(50, 2), "torch.Tensor")):
+        with pytest.raises(runs.ConfigError, match=rf"^data must be .* got a {kind} of shape \(\d+, 2\): a run "
+                                                   r"records its data by name or path .*np\.save"):
+            runs.TrainConfig.resolve(data=points)

@@ -443,8 +443,19 @@ class TrainConfig:
             raise ConfigError(f"unknown sampler {self.sampler!r} for {{0}}; expected one of "
                               f"{', '.join(CHAIN_SAMPLERS)} (of {', '.join(SAMPLER_NAMES)}, the ones that "
                               "train an EBM)", "sampler")
+        paths = {k: os.fspath(v) for k, v in (("data", self.data), ("data_root", self.data_root))
+                 if isinstance(v, os.PathLike)}
+        if paths:  # a pathlib.Path is recorded as the string it stands for (config.json holds strings)
+            return replace(self, **paths).resolved()
         if not isinstance(self.data, str):
-            raise ConfigError(f"{{0}} must be a data set name or a data file's path, got {self.data!r}", "data")
+            shape = getattr(self.data, "shape", None)
+            got = (f"a {type(self.data).__module__.split('.')[0]}.{type(self.data).__name__} of shape "
+                   f"{tuple(shape)}" if shape is not None else repr(self.data)[:80])
+            hint = (": a run records its data by name or path in config.json; save the points first "
+                    "(np.save('points.npy', x), then data='points.npy'), or train on tensors with "
+                    "ebmlab.training.train_ebm(model, data, ...)") if shape is not None else ""
+            raise ConfigError("{0} must be a data set name or a data file's path, got "
+                              + (got + hint).replace("{", "{{").replace("}", "}}"), "data")
         if self.file_data:
             own = self._resolve_file()
             if own != self:
