@@ -196,7 +196,7 @@ def test_a_missing_file_is_named(tmp_path):
 
 
 def test_a_test_fraction_that_empties_a_split_is_refused(tmp_path):
-    np.save(tmp_path / "p.npy", np.zeros((3, 2)))
+    np.save(tmp_path / "p.npy", np.arange(6.0).reshape(3, 2))
     with pytest.raises(ValueError, match="leaves no test rows"):
         files.load_data(tmp_path / "p.npy", 0.1)
     with pytest.raises(ValueError, match="test_fraction must be a number in"):

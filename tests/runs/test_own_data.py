@@ -123,6 +123,8 @@ def _bad(tmp_path, name):
         np.save(path, np.array([[1.0, 2.0], [np.nan, 1.0], [0.0, 0.0]]))
     elif name == "rank1.npy":
         np.save(path, np.arange(10.0))
+    elif name == "flat.csv":
+        path.write_text("x,y\n1,2\n3,2\n5,2\n")
     elif name == "empty.csv":
         path.write_text("")
     elif name == "points.txt":
@@ -141,6 +143,7 @@ def _bad(tmp_path, name):
     ("nan.npy", "hold NaN or inf"),
     ("rank1.npy", "expected an (N, d) array of points, got shape (10,)"),
     ("empty.csv", "is empty"),
+    ("flat.csv", "column 1 (counting from 0) holds one value, 2.0, in every point"),
     ("missing.npy", "no such file or folder"),
     ("points.txt", "unknown data file suffix '.txt'"),
     ("mixed", "images of mixed sizes: a.png is 8x8, b.png is 9x9"),

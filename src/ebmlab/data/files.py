@@ -3,7 +3,7 @@ PNG/JPEG files, or an ``.npz``), checked, scaled, split and fingerprinted.
 
 What each kind of file must hold:
 
-* **points** -- an ``(N, d)`` array of real numbers, ``N >= 2``, no NaN or inf:
+* **points** -- an ``(N, d)`` array of real numbers, ``N >= 2``, no NaN or inf, no column of one value:
 
   - ``.npy``: one array (``numpy.load`` with ``allow_pickle=False``: object arrays are refused);
   - ``.csv``: comma-separated numbers, one point per line, every line the same
@@ -181,6 +181,11 @@ def _check_points(arr: np.ndarray, path: Path, *, rows: str = "row") -> Tensor:
                          f"{first}, counting from 0); remove them")
     if arr.shape[0] < 2:
         raise ValueError(f"{path}: expected at least 2 points (a training and a test split), got {arr.shape[0]}")
+    flat = np.flatnonzero(arr.min(axis=0) == arr.max(axis=0))
+    if flat.size:  # no density has all its mass on one value of a coordinate; the chains' start box would be empty
+        j = int(flat[0])
+        raise ValueError(f"{path}: column {j} (counting from 0) holds one value, {arr[0, j].item()!r}, in every point: a "
+                         "density needs spread in every coordinate; drop the column")
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
 
 
