@@ -305,7 +305,7 @@ _SAMPLE_KEYS = ("keep_reason", "sde_steps", "solver", "nfe", "acceptance_rate", 
                 "adapted_inverse_mass",
                 "mean_tree_depth", "grad_evals_per_step", "divergences", "temperatures", "swap_rates", "round_trips",
                 "communication_barrier", "ladder_adaptation_rounds", "mean", "cov", "ess_bulk_min", "rhat_max",
-                "mmd_to_exact", "kl_to_exact",
+                "mmd_to_exact", "kl_to_exact", "kl_floor",
                 "kl_to_model_density", "fraction_outside_box", "mmd_to_test_data", "steps_per_level", "pixel_mean",
                 "pixel_std", "seconds", "chain_steps_per_second", "compiled_from", "out", "plot")
 

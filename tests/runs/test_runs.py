@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+import ebmlab
 from ebmlab import runs
 from ebmlab.cli import main
 
@@ -281,3 +282,19 @@ def test_in_training_mmd_compares_with_one_fixed_subset_of_the_test_set(tmp_path
     # held-out points, each at most once
     assert torch.unique(seen[0], dim=0).shape[0] == TRAINING_MMD_POINTS
     assert bool((torch.cdist(seen[0].double(), test.double()).min(1).values == 0).all())
+
+
+def test_the_sample_job_reports_the_kl_that_as_many_exact_draws_show():
+    # Rejection sampling draws exactly: 200 chains x 4 kept draws = 800 draws, whose 50 x 50 histogram of the
+    # eight Gaussians shows a KL of 0.44 +- 0.018 nat (exact draws, 10 seeds); the job's kl_to_exact and its
+    # kl_floor are two such values, whose difference has sd ~0.025: within 25% of each other is ~4 sd.
+    r = runs.sample(runs.SampleConfig(target="eight_gaussians", sampler="rejection", chains=200, steps=5, seed=0))
+    assert r["burn_in"] == 1 and r["kl_floor"] > 0.3
+    assert abs(r["kl_to_exact"] / r["kl_floor"] - 1) < 0.25, (r["kl_to_exact"], r["kl_floor"])
+    # Past KL_FLOOR_DRAWS exact draws the floor of that many is scaled by 1/n (the same draws, so exactly).
+    from ebmlab.runs.sampling import KL_FLOOR_DRAWS, _kl_floor
+
+    t, cpu = ebmlab.targets.get("banana"), torch.device("cpu")
+    at = [_kl_floor(t, n, torch.Generator().manual_seed(1), cpu, torch.float32)
+          for n in (KL_FLOOR_DRAWS, 4 * KL_FLOOR_DRAWS)]
+    assert at[1] == pytest.approx(at[0] / 4, rel=1e-12)
