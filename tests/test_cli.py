@@ -628,6 +628,19 @@ def test_keep_last_keeps_the_final_states_and_no_time_diagnostics(capsys, tmp_pa
     assert np.load(out_file)["samples"].shape == (1, 2000, 2)
 
 
+def test_r_hat_from_a_few_independent_draws_per_chain_is_not_called_disagreement(capsys):
+    # Rejection sampling draws independently: 4 draws per chain give R-hat 1.03 (seed 0) with nothing to
+    # disagree about; the warning says the draws are too few, not that the chains are stuck.
+    code, out, err = run_cli(["sample", "--target", "eight_gaussians", "--sampler", "rejection", "--chains", "200",
+                              "--steps", "5", "--json"], capsys)
+    r = json.loads(out)
+    assert code == 0 and r["rhat_max"] > 1.01
+    assert [w for w in r["warnings"] if w.startswith("R-hat")] == [
+        f"R-hat {r['rhat_max']:.3f} > 1.01, but independent draws of this shape (4 per chain) show up to "
+        f"{runs.sampling._iid_rhat((4, 200, 2)):.3f}: too few draws per chain to judge mixing; run more --steps"]
+    assert runs.sampling._iid_rhat((400, 200, 2)) < 1.01
+
+
 def test_bad_diagnostics_are_warned_about_with_what_to_change(capsys):
     """Exit 0 with R-hat 5 and acceptance 0.002 used to pass in silence."""
     code, out, err = run_cli(["sample", "--target", "banana", "--step-size", "3", "--chains", "100", "--steps", "300",
