@@ -8,6 +8,9 @@ stores per step) three ways, the fastest of ``--repeats`` (alternated):
 * into fresh tensors (the first write to each page faults it in, as in a sampling run),
 * the same after ``madvise(MADV_POPULATE_WRITE)`` asked the kernel for every page in one call (Linux 5.14+;
   its time counted),
+* into tensors advised for transparent huge pages (``madvise(MADV_HUGEPAGE)`` on their 2 MB-aligned interior,
+  as NumPy does for its large arrays; Linux with huge pages in ``madvise`` or ``always`` mode): the kernel then
+  hands the memory over 2 MB at a time,
 * into tensors already written once (the writes alone: what the memory traffic costs).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/trace_memory.py --write docs/benchmarks.md
@@ -29,19 +32,43 @@ from doc_sections import write_section
 
 SECTION = "## Samplers: storing the draws"
 _MADV_POPULATE_WRITE = 23
+_MADV_HUGEPAGE = 14
+_HUGE = 2 << 20
 
 
-def _populate(t: torch.Tensor) -> bool:
-    """Ask the kernel for every page of ``t`` now; False where ``madvise`` cannot (not Linux, an old kernel)."""
+def _madvise(lo: int, hi: int, advice: int) -> bool:
+    """``madvise(lo, hi - lo, advice)``; False where it cannot (not Linux, an old kernel, huge pages off)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     except (OSError, AttributeError):
         return False
+    return hi > lo and libc.madvise(lo, hi - lo, advice) == 0
+
+
+def _populate(t: torch.Tensor) -> bool:
+    """Ask the kernel for every page of ``t`` now."""
     page = os.sysconf("SC_PAGE_SIZE")
     lo = t.data_ptr() & ~(page - 1)
     hi = (t.data_ptr() + t.numel() * t.element_size() + page - 1) & ~(page - 1)
-    return libc.madvise(lo, hi - lo, _MADV_POPULATE_WRITE) == 0
+    return _madvise(lo, hi, _MADV_POPULATE_WRITE)
+
+
+def _huge(t: torch.Tensor) -> bool:
+    """Advise the 2 MB-aligned interior of ``t`` for transparent huge pages (True also when it is too small to
+    hold one: nothing to advise)."""
+    lo = (t.data_ptr() + _HUGE - 1) & ~(_HUGE - 1)
+    hi = (t.data_ptr() + t.numel() * t.element_size()) & ~(_HUGE - 1)
+    return hi <= lo or _madvise(lo, hi, _MADV_HUGEPAGE)
+
+
+def _thp_mode() -> str:
+    """The kernel's transparent huge page mode (``always``, ``madvise``, ``never``), or ``unknown``."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "unknown"
+    return next((w.strip("[]") for w in text.split() if w.startswith("[")), "unknown")
 
 
 def write_steps(n: int, steps: int, how: str, x: torch.Tensor, e: torch.Tensor) -> float | None:
@@ -52,6 +79,8 @@ def write_steps(n: int, steps: int, how: str, x: torch.Tensor, e: torch.Tensor) 
         out_e.zero_()
     start = time.perf_counter()
     if how == "populated" and not (_populate(out_x) and _populate(out_e)):
+        return None
+    if how == "huge pages" and not (_huge(out_x) and _huge(out_e)):
         return None
     for t in range(steps):
         out_x[t] = x
@@ -70,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for n in args.chains:
         x, e = torch.randn(n, 2), torch.randn(n)
-        best: dict[str, float | None] = {"fresh": None, "populated": None, "written": None}
+        best: dict[str, float | None] = {"fresh": None, "populated": None, "huge pages": None, "written": None}
         for _ in range(args.repeats):
             for how in best:
                 s = write_steps(n, args.steps, how, x, e)
@@ -85,14 +114,16 @@ def main(argv: list[str] | None = None) -> None:
              "allocated for the run, whose pages the operating system hands over, zeroed, on their first write. "
              "This times storing one step of a 2-D sampler's trace (`(N, 2)` float32 points and `(N,)` energies) "
              f"over {args.steps} steps: into fresh tensors, as a sampling run does; after asking the kernel for "
-             "every page in one call (`madvise(MADV_POPULATE_WRITE)`, its time counted); and into tensors "
+             "every page in one call (`madvise(MADV_POPULATE_WRITE)`, its time counted); advised for transparent "
+             "huge pages (`madvise(MADV_HUGEPAGE)`, as NumPy does for large arrays); and into tensors "
              f"written before (the memory traffic alone). Microseconds per step, the fastest of {args.repeats}.",
              "", f"Reproduce: `{cmd}`", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, one thread.", "",
-             "| chains | bytes per step | fresh | populated first | written before |",
-             "|---:|---:|---:|---:|---:|"]
+             f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, one thread; "
+             f"transparent huge pages: {_thp_mode()}.", "",
+             "| chains | bytes per step | fresh | populated first | huge pages | written before |",
+             "|---:|---:|---:|---:|---:|---:|"]
     for n, us in rows:
-        cell = ["—" if us[k] is None else f"{us[k]:.1f}" for k in ("fresh", "populated", "written")]
+        cell = ["—" if us[k] is None else f"{us[k]:.1f}" for k in ("fresh", "populated", "huge pages", "written")]
         lines.append(f"| {n:,} | {n * 12:,} | " + " | ".join(cell) + " |")
     md = "\n".join(lines) + "\n"
     print(md)
