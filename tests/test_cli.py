@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from ebmlab.cli import main
+import ebmlab
 from ebmlab import runs
+from ebmlab.cli import main
 
 
 def run_cli(args, capsys):
@@ -30,7 +31,7 @@ def test_sample_json_has_the_documented_fields(capsys, tmp_path):
     assert code == 0, err
     result = json.loads(out)
     for key in ("target", "sampler", "chains", "steps", "acceptance_rate", "mean", "cov", "ess_bulk_min",
-                "rhat_max", "seconds", "chain_steps_per_second", "mmd_to_exact", "kl_to_exact"):
+                "rhat_max", "seconds", "chain_steps_per_second", "mmd_to_exact", "kl_to_exact", "kl_floor"):
         assert key in result, key
     assert 0.3 < result["acceptance_rate"] < 1.0
     assert np.array(result["cov"]).shape == (2, 2)
@@ -39,6 +40,20 @@ def test_sample_json_has_the_documented_fields(capsys, tmp_path):
         assert data["samples"].shape == (200, 200, 2)
         assert json.loads(str(data["config"]))["sampler"] == "mala"
     assert plot.stat().st_size > 10_000
+
+
+def test_out_safetensors_is_the_whole_trace_and_the_npz_its_arrays(capsys, tmp_path):
+    args = ["sample", "--sampler", "nuts", "--chains", "30", "--steps", "40", "--seed", "2", "--json", "--out"]
+    code, out, err = run_cli([*args, str(tmp_path / "t.safetensors")], capsys)
+    assert code == 0, err
+    trace = ebmlab.Trace.load(tmp_path / "t.safetensors")
+    assert trace.samples.shape == (30, 30, 2) and trace.burn_in == 10 and trace.mean_tree_depth.shape == (30,)
+    assert trace.extras["config"] == {k: v for k, v in json.loads(out).items() if k in trace.extras["config"]}
+    code, out, err = run_cli([*args, str(tmp_path / "t.npz")], capsys)
+    assert code == 0, err
+    with np.load(tmp_path / "t.npz") as data:  # the same chains, as arrays
+        assert np.array_equal(data["samples"], trace.samples.numpy())
+        assert np.array_equal(data["energies"], trace.energies.numpy())
 
 
 @pytest.mark.parametrize("sampler", ["rwmh", "ula", "hmc", "rejection"])
@@ -134,7 +149,7 @@ def test_rejection_without_step_size_proposes_two_target_sds_wide(capsys):
         (["--sampler", "pt", "--max-temperature", "1"], "max-temperature"),
         (["--sampler", "nuts", "--max-tree-depth", "0"], "max-tree-depth"),
         (["--sampler", "pt", "--num-temperatures", "1"], "num-temperatures"),
-        (["--out", "samples.safetensors"], "--out writes a NumPy .npz archive, not a safetensors file"),
+        (["--out", "samples.pt"], "--out writes a NumPy .npz archive, not a torch.save file"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, needle, capsys):

@@ -362,7 +362,8 @@ def sample(
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the sampler step "
                                            "always / never (default: when its first steps predict over 60 s of "
                                            "eager steps, which repays the compilation; kept only if faster)."),
-    out: Optional[Path] = typer.Option(None, help="Write samples, energies and acceptance to this .npz."),
+    out: Optional[Path] = typer.Option(None, help="Write samples, energies and acceptance to this .npz; a "
+                                       ".safetensors path gets the whole trace (ebmlab.Trace.load reads it)."),
     plot: Optional[Path] = typer.Option(None, help="Write a samples-over-density figure (PNG/PDF/SVG)."),
     model: Optional[Path] = typer.Option(None, help="Sample a trained model (a run directory from `ebmlab train`) "
                                          "instead of --target. Score models are sampled as trained: annealed "

@@ -211,6 +211,10 @@ def test_score_runs_sample_as_trained_and_refuse_what_does_not_apply(tmp_path, c
     code, out, err = run_cli(["sample", "--model", str(tmp_path / "ncsn"), "--chains", "20", "--steps", "50",
                               "--json"], capsys)
     assert code == 2 and "--steps" in err and len(err.strip().splitlines()) == 1  # refused, not ignored
+    code, out, err = run_cli(["sample", "--model", str(tmp_path / "ncsn"), "--chains", "20", "--out",
+                              str(tmp_path / "s.safetensors")], capsys)
+    assert code == 2 and "--out .safetensors holds a sampler's trace" in err and "name the file .npz" in err
+    assert not (tmp_path / "s.safetensors").exists()
     code, out, err = run_cli(["sample", "--model", str(tmp_path / "ncsn"), "--chains", "20", "--steps-per-level",
                               "3", "--json"], capsys)
     assert code == 0, err

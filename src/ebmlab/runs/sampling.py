@@ -157,6 +157,8 @@ class SampleConfig:
         return replace(self, **changes) if changes else self
 
 
+#: ``out`` with this suffix is the whole trace (:meth:`ebmlab.Trace.save`), any other an ``.npz`` of its arrays.
+TRACE_SUFFIX = ".safetensors"
 #: Exact draws for ``kl_floor`` at most; for more samples the floor of this many is scaled by ``m / n``.
 KL_FLOOR_DRAWS = 2_000_000
 
@@ -232,7 +234,9 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
         cfg: the job.
         model: a trained run (directory or :class:`Run`) to sample instead of ``cfg.target``;
             2-D energies are sampled by ``cfg.sampler``, score models by annealed or plain Langevin.
-        out: write samples, energies and acceptance (and the config) to this ``.npz``.
+        out: write samples, energies and acceptance (and the config) to this ``.npz``; a ``.safetensors``
+            path gets the whole trace instead (:meth:`ebmlab.Trace.load` reads it; the config in its
+            ``extras["config"]``), for analytic targets and 2-D energy runs.
         plot: write a samples-over-density figure (2-D; a grid of images for image score runs).
         callback: ``callback(steps_done)`` after each transition (a progress bar).
 
@@ -260,10 +264,11 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
     from ..energies import targets
 
     cfg = cfg.checked()
-    if out is not None:  # before any sampling: a misnamed file is refused, not found wrong after the run
+    as_trace = out is not None and Path(out).suffix.lower() == TRACE_SUFFIX
+    if out is not None and not as_trace:  # before any sampling: a misnamed file is refused, not found after
         try:
-            check_file_format("{0}", out, ".npz", " (samples, energies, acceptance_rate and the config; for an "
-                              "ebmlab Trace file, ebmlab.sample(...).save(path) from Python)")
+            check_file_format("{0}", out, ".npz", f" (samples, energies, acceptance_rate and the config), or a "
+                              f"{TRACE_SUFFIX} path for an ebmlab Trace file (ebmlab.Trace.load)")
         except ValueError as err:  # "{0} writes ...": the field's name kept, the path's braces escaped
             raise ConfigError("{0}" + str(err)[3:].replace("{", "{{").replace("}", "}}"), "out") from err
     device, dtype = resolve_device(cfg.device), _DTYPES[cfg.dtype]
@@ -273,6 +278,9 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
     if model is not None:
         run = model if isinstance(model, Run) else Run.load(model, device=device)
         if run.is_score:
+            if as_trace:
+                raise ConfigError(f"{{0}} {TRACE_SUFFIX} holds a sampler's trace (chains over time, energies); a "
+                                  f"{run.method} run's samples have none: name the file .npz", "out")
             return _sample_score_run(cfg, run, out=out, plot=plot)
         if run.kind != "mlp":
             raise ValueError(f"model {run.path}: sampling handles 2-D vector energies and score models; this run "
@@ -372,7 +380,10 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
             hi = torch.tensor([b[1] for b in target.bounds], dtype=flat.dtype, device=flat.device)
             result["fraction_outside_box"] = float(((flat < lo) | (flat > hi)).any(1).double().mean())
         result["warnings"] = _diagnostic_warnings(result, cfg.sampler, tuple(trace.samples.shape))
-        if out is not None:
+        if as_trace:  # the whole trace, readable by ebmlab.Trace.load; the job's settings in its extras
+            replace(trace, extras={**trace.extras, "config": {**asdict(cfg), "keep": keep}}).save(out)
+            result["out"] = str(out)
+        elif out is not None:
             from ..io import save_npz
 
             save_npz(out, samples=trace.samples.cpu().numpy(), energies=trace.energies.cpu().numpy(),
