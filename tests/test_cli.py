@@ -124,7 +124,8 @@ def test_a_short_run_without_burn_in_burns_a_quarter_of_its_steps(capsys):
 
 
 def test_rejection_without_step_size_proposes_two_target_sds_wide(capsys):
-    # A proposal 0.3 sds wide (the MCMC samplers' default eps) accepted 0.1% on the banana: minutes per run.
+    # A proposal 0.3 sds wide (the MCMC samplers' default eps) accepted 0.1% on the banana: a default run did
+    # not finish in 100 s.
     code, out, err = run_cli(["sample", "--sampler", "rejection", "--chains", "100", "--steps", "20", "--json"], capsys)
     assert code == 0, err
     r = json.loads(out)

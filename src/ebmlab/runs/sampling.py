@@ -188,7 +188,8 @@ def default_step_size(sampler: str | None) -> float:
     """The step size of a sampling job that names none: 0.3 (eps of ULA/MALA/HMC/NUTS, RWMH's sigma), and for
     ``rejection`` a Student-t proposal 2.0 target sds wide. A proposal 0.3 sds wide needs a huge envelope
     constant to cover the target's tails: on the banana it accepted 0.1% of proposals and 1,000 chains x 2,000
-    draws took minutes; at 2.0, 7% (the analytic 2-D targets: 0.4%-14%, the funnel's neck the lowest)."""
+    draws did not finish in 100 s; at 2.0, 7% (the analytic 2-D targets: 0.4%-21%, the funnel's neck the
+    lowest)."""
     return 2.0 if sampler == "rejection" else 0.3
 
 
