@@ -76,3 +76,9 @@ def test_bad_compose_arguments():
         ebmlab.tempered(gauss([0.0, 0.0], 1.0), -1.0)
     with pytest.raises(TypeError, match="not callable"):
         ebmlab.product(gauss([0.0, 0.0], 1.0), 3)
+    # A list of energies where they go one by one (as np.concatenate takes them) is told how to pass them.
+    parts = [gauss([0.0, 0.0], 1.0), gauss([1.0, 1.0], 1.0)]
+    with pytest.raises(TypeError, match=r"energy #0 is not callable: list; pass the energies as separate "
+                                        r"arguments, mixture\(\*energies"):
+        ebmlab.mixture(parts, weights=[0.5, 0.5])
+    assert isinstance(ebmlab.mixture(*parts, weights=[0.5, 0.5]), compose.Mixture)

@@ -36,7 +36,11 @@ class _Composite(nn.Module):
             raise ValueError("need at least one energy to compose, got none")
         for i, p in enumerate(parts):
             if not callable(p):
-                raise TypeError(f"energy #{i} is not callable: {type(p).__name__}")
+                hint = ""
+                if isinstance(p, (list, tuple)) and len(p) and all(callable(q) for q in p):
+                    hint = ("; pass the energies as separate arguments, mixture(*energies, weights=[...]) or "
+                            "product(*energies)")
+                raise TypeError(f"energy #{i} is not callable: {type(p).__name__}{hint}")
         self.parts = list(parts)
         for i, p in enumerate(self.parts):  # register trainable experts as submodules
             if isinstance(p, nn.Module):
