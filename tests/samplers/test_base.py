@@ -113,6 +113,12 @@ def test_common_mistakes_name_the_argument_and_the_fix():
         ebmlab.sample(net, ebmlab.Langevin, x, 3)
     with pytest.raises(TypeError, match=r"energy must be a callable"):
         ebmlab.sample("banana", ebmlab.MALA(0.1), x, 3)
+    with pytest.raises(TypeError, match=r"got the string 'mala': build one with "
+                                        r"ebmlab.samplers.build_sampler\('mala', step_size\)"):
+        ebmlab.sample(net, "mala", x, 3)
+    with pytest.raises(TypeError, match=r"the energy is a sampler \(MALA\) and the sampler is not: the two "
+                                        r"arguments look swapped"):
+        ebmlab.sample(ebmlab.MALA(0.1), net, x, 3)
 
 
 def test_training_refuses_data_of_another_dtype_or_type():

@@ -375,8 +375,13 @@ def sample(
         raise TypeError(f"sampler must be a sampler instance, e.g. {sampler.__name__}(step_size=0.1), got the "
                         f"class {sampler.__name__} itself")
     if not (callable(getattr(sampler, "init", None)) and callable(getattr(sampler, "step", None))):
+        if callable(getattr(energy, "init", None)) and callable(getattr(energy, "step", None)):
+            raise TypeError(f"the energy is a sampler ({type(energy).__name__}) and the sampler is not: the two "
+                            "arguments look swapped; call sample(energy, sampler, x0, num_steps)")
+        what = f"the string {sampler!r}: build one with ebmlab.samplers.build_sampler({sampler!r}, step_size)" \
+            if isinstance(sampler, str) else type(sampler).__name__
         raise TypeError(f"sampler must have init(energy, x) and step(energy, state, *, generator) (e.g. "
-                        f"ebmlab.MALA(0.5)), got {type(sampler).__name__}")
+                        f"ebmlab.MALA(0.5)), got {what}")
     if not isinstance(x0, torch.Tensor):
         raise TypeError(f"x0 must be a torch.Tensor of shape (chains, *event), got {type(x0).__name__}; convert "
                         "it with torch.as_tensor(x0, dtype=torch.float32)")
