@@ -67,3 +67,19 @@ def test_two_ranks_sample_as_one_process_within_sampling_error(tmp_path):
     a2, a1 = two["acceptance_rate"].astype(np.float64), ref["acceptance_rate"].astype(np.float64)
     se = math.hypot(a2.std() / math.sqrt(a2.size), a1.std() / math.sqrt(a1.size))
     assert abs(a2.mean() - a1.mean()) <= Z * se, (a2.mean(), a1.mean(), se)
+
+
+def test_two_ranks_write_one_trace_file_of_every_chain(tmp_path):
+    # --out x.safetensors under torchrun: rank 0 writes the gathered trace, every chain in rank order.
+    small = {**ARGS, "chains": 40, "steps": 30, "burn_in": 10}
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in small.items()]
+    out = torchrun(["--standalone", "--nproc_per_node", "2", "-m", "ebmlab", "sample", *flags, "--json",
+                    "--out", str(tmp_path / "two.safetensors")])
+    assert out.returncode == 0, out.stderr[-3000:]
+    import ebmlab
+
+    trace = ebmlab.Trace.load(tmp_path / "two.safetensors")
+    assert trace.samples.shape == (20, 40, 2) and trace.final_state.x.shape == (40, 2)
+    assert trace.extras["config"]["chains"] == 40
+    runs.sample(runs.SampleConfig(**{**small, "chains": 20}), out=tmp_path / "half.npz")
+    np.testing.assert_array_equal(trace.samples[:, :20].numpy(), np.load(tmp_path / "half.npz")["samples"])
