@@ -452,16 +452,25 @@ def _gathered(trace: Any, seconds: float) -> Any:
 _MH = ("rwmh", "mala", "hmc", "pt")
 
 
+#: Numbers per set of independent draws that :func:`_iid_rhat` simulates at most (about 0.1 s a set).
+_IID_RHAT_NUMBERS = 500_000
+
+
 def _iid_rhat(shape: tuple[int, ...], reps: int = 8) -> float:
     """The largest R-hat (max over coordinates) of ``reps`` sets of independent normal draws shaped like a
     trace's ``(draws, chains, *event)`` (at most 1,000 chains, as ``summarize`` uses): what R-hat shows with
     no disagreement between chains at all. Few draws per chain push it past 1.01: 200 chains x 4 draws
-    give a median of 1.02."""
+    give a median of 1.02. Capped at :data:`_IID_RHAT_NUMBERS` numbers a set: fewer coordinates than the
+    trace's (their max is lower, so the reference is stricter), and 1.0 when the draws and chains alone pass
+    the cap (500 or more draws a chain, where independent draws give 1.000-1.002)."""
     from .. import evaluation
 
+    draws, chains = shape[0], min(shape[1], 1000)
+    if draws * chains > _IID_RHAT_NUMBERS:  # >= 500 draws a chain: independent draws stay near 1.000
+        return 1.0
+    coords = min(math.prod(shape[2:]), _IID_RHAT_NUMBERS // (draws * chains))  # fewer: a lower, stricter max
     g = torch.Generator().manual_seed(0)
-    size = (shape[0], min(shape[1], 1000), math.prod(shape[2:]))
-    return max(float(evaluation.rhat(torch.randn(size, generator=g, dtype=torch.float64)).max())
+    return max(float(evaluation.rhat(torch.randn((draws, chains, coords), generator=g, dtype=torch.float64)).max())
                for _ in range(reps))
 
 
