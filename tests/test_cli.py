@@ -655,6 +655,7 @@ def test_r_hat_from_a_few_independent_draws_per_chain_is_not_called_disagreement
         f"R-hat {r['rhat_max']:.3f} > 1.01, but independent draws of this shape (4 per chain) show up to "
         f"{runs.sampling._iid_rhat((4, 200, 2)):.3f}: too few draws per chain to judge mixing; run more --steps"]
     assert runs.sampling._iid_rhat((400, 200, 2)) < 1.01
+    assert runs.sampling._iid_rhat((1500, 1000, 2)) == 1.0  # past the simulation's cap: nothing simulated
 
 
 def test_bad_diagnostics_are_warned_about_with_what_to_change(capsys):
