@@ -178,7 +178,9 @@ def _kl_floor(target: Any, n: int, generator: torch.Generator, device: torch.dev
 
 def _changed(cfg: SampleConfig, names: tuple[str, ...]) -> list[str]:
     """The fields among ``names`` that a checked ``cfg`` sets away from their defaults (``burn_in`` and
-    ``step_size``: away from the defaults for its ``steps`` and ``sampler``)."""
+    ``step_size``: away from the defaults for its ``steps`` and ``sampler``). Compared after ``checked()``,
+    not on the config as given, because callers pass checked configs too (the CLI checks before it joins a
+    process group), where the unset ``None`` is already filled in."""
     resolved = SampleConfig().checked()
     default = {"burn_in": default_burn_in(cfg.steps), "step_size": default_step_size(cfg.sampler)}
     return [f for f in names if getattr(cfg, f) != default.get(f, getattr(resolved, f))]
