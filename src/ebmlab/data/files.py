@@ -184,8 +184,8 @@ def _check_points(arr: np.ndarray, path: Path, *, rows: str = "row") -> Tensor:
     flat = np.flatnonzero(arr.min(axis=0) == arr.max(axis=0))
     if flat.size:  # no density has all its mass on one value of a coordinate; the chains' start box would be empty
         j = int(flat[0])
-        raise ValueError(f"{path}: column {j} (counting from 0) holds one value, {arr[0, j].item()!r}, in every point: a "
-                         "density needs spread in every coordinate; drop the column")
+        raise ValueError(f"{path}: column {j} (counting from 0) holds one value, {arr[0, j].item()!r}, in every "
+                         "point: a density needs spread in every coordinate; drop the column")
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
 
 
