@@ -591,8 +591,9 @@ def block_steps(sampler: Any, state: State, keep: str, callback: Any, num_steps:
 def _compiled(sampler: Any, energy: Any, steps: int = 1, collect: bool = True) -> Callable:
     import torch._inductor.config as inductor_config
 
-    # Inductor's CPU random numbers are ~5x slower than torch.randn; the draws happen outside the graph
-    # anyway; the fallback also covers a user's energy that draws.
+    # Inductor's own CPU random numbers (a counter-based Philox) cost 12-13x torch.randn's per number
+    # (benchmarks/normals.py); the draws happen outside the graph anyway; the fallback also covers a user's
+    # energy that draws.
     inductor_config.fallback_random = True
     return compiled_transition(sampler, energy, steps, collect)
 
