@@ -270,10 +270,10 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
     as_trace = out is not None and Path(out).suffix.lower() == TRACE_SUFFIX
     if out is not None and not as_trace:  # before any sampling: a misnamed file is refused, not found after
         try:
-            check_file_format("{0}", out, ".npz", f" (samples, energies, acceptance_rate and the config), or a "
+            check_file_format("", out, ".npz", f" (samples, energies, acceptance_rate and the config), or a "
                               f"{TRACE_SUFFIX} path for an ebmlab Trace file (ebmlab.Trace.load)")
-        except ValueError as err:  # "{0} writes ...": the field's name kept, the path's braces escaped
-            raise ConfigError("{0}" + str(err)[3:].replace("{", "{{").replace("}", "}}"), "out") from err
+        except ValueError as err:  # " writes ...": the field's name goes in front (the CLI shows its flag)
+            raise ConfigError.of(err, "out", prefix="{0}") from err
     device, dtype = resolve_device(cfg.device), _DTYPES[cfg.dtype]
     if distributed.init_from_env(device):  # under torchrun: the chains are split over the ranks
         device = distributed.local_device(device)
