@@ -456,7 +456,8 @@ def build_markdown(rows, nn_rows, meta, cmdline):
         f"Machine: {meta['machine']}; Python {meta['python']}; torch {meta['torch']}, jax {meta['jax']}, "
         f"blackjax {meta['blackjax']}, float32 everywhere. Threads: `OMP_NUM_THREADS={meta['omp']}`, "
         f"`torch.set_num_threads(1)`, JAX with `XLA_FLAGS=\"{meta['xla']}\"` (one thread each). "
-        f"The machine was shared with other work while this ran, so expect ~10-20% noise.",
+        "Timing on this host varies by ~10-20% from run to run, whether or not other work shares it (see the "
+        "spread column).",
         "",
         f"Each time is the **best (minimum) of {meta['repeats']} runs** (the noise on a shared machine "
         "only adds time), the four implementations of a row group run round-robin (each once, then again), "
@@ -574,8 +575,8 @@ def findings(rows, nn_rows, meta_caps=None, breakdown=None, ops=None):
                    "time it takes beyond the hand loop's is Python around the operators and the stored energies.")
     sp = sorted(r["spread"] for r in rows)
     out.append(f"Timing noise: the slowest/fastest ratio of the repeats (column spread) has "
-               f"median {sp[len(sp) // 2]:.2f} and maximum {sp[-1]:.2f}, because the two cores were shared with "
-               "other work; differences under ~10-20% between implementations are not conclusive.")
+               f"median {sp[len(sp) // 2]:.2f} and maximum {sp[-1]:.2f}, as timing on this host varies from run to "
+               "run; differences under ~10-20% between implementations are not conclusive.")
     comp_wins = [r for r in rows if r["impl"] == "ebmlab compiled"
                  and r["rate"] > get[(r["target"], r["algo"], r["n"], "ebmlab eager")]["rate"]]
     n_comp = len([r for r in rows if r["impl"] == "ebmlab compiled"])
