@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python benchmarks/nuts.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/tempering.py --write docs/benchmarks.md
 	$(BIN)/python benchmarks/trace_memory.py --write docs/benchmarks.md
+	$(BIN)/python benchmarks/normals.py --write docs/benchmarks.md
 
 # One CUDA GPU, at most ~8 minutes (needs a CUDA build of torch: make TORCH_SPEC=torch bench-gpu): samplers at
 # 10^4-10^6 chains, digits training against a hand-written loop, two GPUs under torchrun when present.
