@@ -98,18 +98,22 @@ TORCH_ES = {"banana": banana_es, "eight_gaussians": gmm_es}
 # --------------------------------------------------------------------------- hand-written torch samplers
 
 
-def hand_ula(es, x, steps, eps, g):
+def hand_ula(es, x, steps, eps, g, energies=False):
     out = torch.empty(steps, *x.shape)
+    out_e = torch.empty(steps, x.shape[0]) if energies else None
     e, s = es(x)
     for t in range(steps):
         x = x + 0.5 * eps**2 * s + eps * torch.randn(x.shape, generator=g)
         e, s = es(x)
         out[t] = x
+        if energies:
+            out_e[t] = e
     return out, 1.0
 
 
-def hand_mala(es, x, steps, eps, g):
+def hand_mala(es, x, steps, eps, g, energies=False):
     out, acc = torch.empty(steps, *x.shape), torch.zeros(x.shape[0])
+    out_e = torch.empty(steps, x.shape[0]) if energies else None
     e, s = es(x)
     for t in range(steps):
         z = torch.randn(x.shape, generator=g)
@@ -122,11 +126,14 @@ def hand_mala(es, x, steps, eps, g):
         x, e, s = torch.where(a[:, None], xp, x), torch.where(a, ep, e), torch.where(a[:, None], sp, s)
         acc += a
         out[t] = x
+        if energies:
+            out_e[t] = e
     return out, float(acc.mean()) / steps
 
 
-def hand_hmc(es, x, steps, eps, g, L=NUM_LEAPFROG):
+def hand_hmc(es, x, steps, eps, g, energies=False, L=NUM_LEAPFROG):
     out, acc = torch.empty(steps, *x.shape), torch.zeros(x.shape[0])
+    out_e = torch.empty(steps, x.shape[0]) if energies else None
     e, s = es(x)
     for t in range(steps):
         p = torch.randn(x.shape, generator=g)
@@ -141,6 +148,8 @@ def hand_hmc(es, x, steps, eps, g, L=NUM_LEAPFROG):
         x, e, s = torch.where(a[:, None], xp, x), torch.where(a, ep, e), torch.where(a[:, None], sp, s)
         acc += a
         out[t] = x
+        if energies:
+            out_e[t] = e
     return out, float(acc.mean()) / steps
 
 
@@ -205,14 +214,15 @@ def run_ebmlab(target, algo, eps, n, steps, compile):
     return once
 
 
-def run_hand(target, algo, eps, n, steps):
+def run_hand(target, algo, eps, n, steps, energies=False):
+    """The hand-written loop's ``once``; ``energies``: it also stores each step's energies, as the trace does."""
     es = TORCH_ES[target]
     x0 = targets.get(target).sample(n, generator=torch.Generator().manual_seed(0))
 
     def once():
         g = torch.Generator().manual_seed(1)
         start = time.perf_counter()
-        draws, acc = HAND[algo](es, x0, steps, eps, g)
+        draws, acc = HAND[algo](es, x0, steps, eps, g, energies=energies)
         return time.perf_counter() - start, draws, acc
 
     return once
@@ -316,24 +326,33 @@ def double_well(x):
 AUTOGRAD_CASES = [("double well", "ULA", 0.1), ("double well", "MALA", 0.2), ("MLP", "MALA", 0.1)]
 
 
-def run_autograd(name, algo, n, steps, repeats, eps):
+def autograd_runs(name, algo, n, steps, eps):
+    """``once() -> (seconds, None, acceptance)`` of ebmlab, of the hand loop, and of the hand loop storing each
+    step's energies too, on an autograd energy."""
     torch.manual_seed(0)
     energy = double_well if name == "double well" else MLPEnergy()
     x0 = (0.5 if name == "double well" else 1.0) * torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
     sampler = ebmlab.Langevin(eps) if algo == "ULA" else ebmlab.MALA(eps)
     es, hand = autograd_es(energy), HAND[algo]
-    res = {}
 
     def eb():
         tr = ebmlab.sample(energy, sampler, x0, steps, generator=torch.Generator().manual_seed(1))
         return tr.seconds, None, float(tr.acceptance_rate.mean())
 
-    def hw():
-        g = torch.Generator().manual_seed(1)
-        start = time.perf_counter()
-        _, acc = hand(es, x0, steps, eps, g)
-        return time.perf_counter() - start, None, acc
+    def hand_run(energies):
+        def once():
+            g = torch.Generator().manual_seed(1)
+            start = time.perf_counter()
+            _, acc = hand(es, x0, steps, eps, g, energies=energies)
+            return time.perf_counter() - start, None, acc
+        return once
 
+    return eb, hand_run(False), hand_run(True)
+
+
+def run_autograd(name, algo, n, steps, repeats, eps):
+    eb, hw, _ = autograd_runs(name, algo, n, steps, eps)
+    res = {}
     # interleave the two so machine noise hits both alike
     eb_s, hw_s = [], []
     for _ in range(repeats):
@@ -348,6 +367,28 @@ def run_autograd(name, algo, n, steps, repeats, eps):
 
 
 # --------------------------------------------------------------------------- report
+
+
+def recheck(runs, rounds=11):
+    """Measure ``runs`` = (ebmlab, the hand loop, the hand loop storing the energies too), each ``once() ->
+    (seconds, ...)``, again in alternated rounds (the order reversed every other round, all in one process): the
+    medians over the rounds of ebmlab's time / each hand loop's in the same round."""
+    for once in runs:
+        once()  # warm-up
+    plain, stored = [], []
+    for i in range(rounds):
+        order = range(3) if i % 2 == 0 else range(2, -1, -1)
+        secs = {k: runs[k]()[0] for k in order}
+        plain.append(secs[0] / secs[1])
+        stored.append(secs[0] / secs[2])
+    return {"plain": statistics.median(plain), "stored": statistics.median(stored), "rounds": rounds}
+
+
+def eager_recheck(target, algo, n, steps, rounds=11):
+    """An analytic eager cell measured again with :func:`recheck`."""
+    eps = STEP_SIZES[target][algo]
+    return recheck([run_ebmlab(target, algo, eps, n, steps, False), run_hand(target, algo, eps, n, steps),
+                    run_hand(target, algo, eps, n, steps, energies=True)], rounds)
 
 
 def ops_per_step(run, steps=200):
@@ -396,10 +437,10 @@ def randn_cap(n, calls=200):
 
 
 def compiled_breakdown(target, algo, n, steps, rounds=5, calls=200):
-    """Where a compiled step's time goes (us per step): drawing its random numbers (``_draws``, as the loop
+    """Where a compiled step's time goes (us per step): drawing its random numbers (``block_draws``, as the loop
     does), the compiled call on fixed inputs, and the rest of ``ebmlab.sample`` (the trace's writes, the
     divergence checks, the loop), the fastest of ``rounds`` for each."""
-    from ebmlab.samplers.base import _draws, block_steps, compiled_transition
+    from ebmlab.samplers.base import block_draws, block_steps, compiled_transition
 
     t = targets.get(target)
     sampler = ebmlab_sampler(algo, STEP_SIZES[target][algo])
@@ -410,7 +451,7 @@ def compiled_breakdown(target, algo, n, steps, rounds=5, calls=200):
     ebmlab.sample(t, sampler, x0, steps, generator=torch.Generator().manual_seed(99), compile=True)  # compiles
     call = compiled_transition(sampler, t, k, True) if k > 1 else compiled_transition(sampler, t)
     g = torch.Generator().manual_seed(0)
-    draws = _draws(sampler, state, g, k)
+    draws = block_draws(sampler, state, g, k)
 
     def timed(fn):
         start = time.perf_counter()
@@ -420,7 +461,7 @@ def compiled_breakdown(target, algo, n, steps, rounds=5, calls=200):
 
     out = {"draws": math.inf, "call": math.inf, "sample": math.inf}
     for _ in range(rounds):
-        out["draws"] = min(out["draws"], timed(lambda: _draws(sampler, state, g, k)))
+        out["draws"] = min(out["draws"], timed(lambda: block_draws(sampler, state, g, k)))
         out["call"] = min(out["call"], timed(lambda: call(state, *draws)))
         tr = ebmlab.sample(t, sampler, x0, steps, generator=torch.Generator().manual_seed(1), compile=True)
         out["sample"] = min(out["sample"], tr.seconds / steps * 1e6)
@@ -518,7 +559,7 @@ def build_markdown(rows, nn_rows, meta, cmdline):
                 f"{r['acc_eb']:.3f} / {r['acc_hw']:.3f} |"
             )
         lines.append("")
-    lines += ["### Findings", "", findings(rows, nn_rows, meta.get("randn_cap"), meta.get("breakdown"), meta.get("ops")),
+    lines += ["### Findings", "", findings(rows, nn_rows, meta.get("randn_cap"), meta.get("breakdown"), meta.get("ops"), meta.get("recheck")),
               ""]
     return "\n".join(lines)
 
@@ -529,7 +570,7 @@ def paired_ratio(a, b):
     return statistics.median(x / y for x, y in zip(a["secs"], b["secs"]))
 
 
-def findings(rows, nn_rows, meta_caps=None, breakdown=None, ops=None):
+def findings(rows, nn_rows, meta_caps=None, breakdown=None, ops=None, recheck=None):
     out = []
     meta_caps = meta_caps or {}
     get = {(r["target"], r["algo"], r["n"], r["impl"]): r for r in rows}
@@ -567,6 +608,16 @@ def findings(rows, nn_rows, meta_caps=None, breakdown=None, ops=None):
         out.append("Eager ebmlab's time / the hand-written loop's, the median over the rounds of the ratio within "
                    "a round: " + ", ".join(f"{r['algo']} {r['target']} N={r['n']:,} {v:.2f}x" for r, v in pr)
                    + f"; {sum(v <= 1.05 for _, v in pr)} of {len(pr)} within the 5% goal.")
+    if recheck:
+        n_rounds = next(iter(recheck.values()))["rounds"]
+        out.append(f"Those outside 5%, measured again after the table in {n_rounds} alternated rounds (ebmlab, the hand "
+                   "loop, and the hand loop storing each step's energies as ebmlab's trace does; the order "
+                   "reversed every other round; medians of the paired ratios): "
+                   + "; ".join(f"{a} {t} N={n:,} {c['plain']:.2f}x the hand loop, {c['stored']:.2f}x the hand loop "
+                               "storing the energies" for (t, a, n), c in recheck.items())
+                   + f"; {sum(c['plain'] <= 1.05 for c in recheck.values())} of {len(recheck)} within 5% of the hand "
+                   f"loop, {sum(c['stored'] <= 1.05 for c in recheck.values())} of {len(recheck)} within 5% of it "
+                   "when it stores the energies too.")
     if ops:
         out.append("Torch operators dispatched per eager step (counted, not timed; ebmlab / hand-written): "
                    + ", ".join(f"{a} {t} {e:.1f} / {h:.1f}" for (t, a), (e, h) in ops.items())
@@ -629,6 +680,15 @@ def findings(rows, nn_rows, meta_caps=None, breakdown=None, ops=None):
             out.append("The same as the median of the paired ratios: "
                        + ", ".join(f"{r['paired']:.2f}x" for r in nn_rows)
                        + f"; {sum(r['paired'] <= 1.05 for r in nn_rows)} of {len(nn_rows)} within 5%.")
+        again = [r for r in nn_rows if "recheck" in r]
+        if again:
+            out.append("Those outside 5%, measured again in the same way as the analytic cells above: "
+                       + "; ".join(f"{r['energy']} {r['algo']} N={r['n']:,} {r['recheck']['plain']:.2f}x the hand "
+                                   f"loop, {r['recheck']['stored']:.2f}x the hand loop storing the energies"
+                                   for r in again)
+                       + f"; {sum(r['recheck']['plain'] <= 1.05 for r in again)} of {len(again)} within 5% of the "
+                       f"hand loop, {sum(r['recheck']['stored'] <= 1.05 for r in again)} of {len(again)} within 5% "
+                       "of it when it stores the energies too.")
     return " ".join(out)
 
 
@@ -728,12 +788,28 @@ def main(argv=None):
             meta["breakdown"][(r["target"], r["algo"], r["n"])] = b
             print(f"breakdown {r['target']} {r['algo']} N={r['n']}: " + ", ".join(f"{k} {v:.1f}" for k, v in b.items()),
                   flush=True)
+    meta["recheck"] = {}
+    if not args.quick:
+        for r in rows:  # the eager cells outside 5% of the hand loop, measured again in alternated pairs
+            if r["impl"] == "hand-written" and paired_ratio(
+                    next(q for q in rows if (q["target"], q["algo"], q["n"], q["impl"])
+                         == (r["target"], r["algo"], r["n"], "ebmlab eager")), r) > 1.05:
+                c = eager_recheck(r["target"], r["algo"], r["n"], r["steps"])
+                meta["recheck"][(r["target"], r["algo"], r["n"])] = c
+                print(f"recheck {r['target']} {r['algo']} N={r['n']}: ebmlab / hand {c['plain']:.3f}, "
+                      f"/ hand storing energies {c['stored']:.3f}", flush=True)
+        for r in nn_rows:  # the same for the autograd rows
+            if r["paired"] > 1.05:
+                eps = next(e for name, a, e in AUTOGRAD_CASES if (name, a) == (r["energy"], r["algo"]))
+                r["recheck"] = c = recheck(autograd_runs(r["energy"], r["algo"], r["n"], r["steps"], eps))
+                print(f"recheck {r['energy']} {r['algo']} N={r['n']}: ebmlab / hand {c['plain']:.3f}, "
+                      f"/ hand storing energies {c['stored']:.3f}", flush=True)
     print(f"# total {time.perf_counter() - t_all:.0f} s", flush=True)
 
     cmdline = "OMP_NUM_THREADS=1 .venv/bin/python " + " ".join(["benchmarks/samplers.py", *sys.argv[1:]])
     section = build_markdown(rows, nn_rows, meta, cmdline)
     print()
-    print(findings(rows, nn_rows, meta["randn_cap"], meta["breakdown"], meta["ops"]))
+    print(findings(rows, nn_rows, meta["randn_cap"], meta["breakdown"], meta["ops"], meta["recheck"]))
     if args.write is not None:
         write_section(args.write, section)
         print(f"wrote the '## Samplers' section of {args.write}")

@@ -251,7 +251,7 @@ def compiled_transition(sampler: Any, energy: Any, steps: int = 1, collect: bool
 def uncompiled_transition(sampler: Any, energy: Any, steps: int = 1, collect: bool = True) -> Callable:
     """What :func:`compiled_transition` compiles: ``(state, *draws) -> (state, info)`` for one step, or for
     ``steps > 1``, ``(state, *draws) -> (state, xs, energies, accepted)``, where each of ``draws`` stacks one of
-    :meth:`draw`'s random numbers for the ``steps`` steps (leading dimension ``steps``, see :func:`_draws`), and
+    :meth:`draw`'s random numbers for the ``steps`` steps (leading dimension ``steps``, see :func:`block_draws`), and
     the ``steps`` states' points and energies come back (``None`` unless ``collect``; stacked inside
     ``torch.compile``, as lists of the steps' tensors when run eagerly) with their acceptance flags, stacked
     (``None`` for a sampler that accepts every move, ``always_accepts``).
@@ -598,10 +598,17 @@ def _compiled(sampler: Any, energy: Any, steps: int = 1, collect: bool = True) -
     return compiled_transition(sampler, energy, steps, collect)
 
 
-def _draws(sampler: Any, state: State, generator: torch.Generator | None, steps: int) -> tuple[Tensor, ...]:
+def block_draws(sampler: Any, state: State, generator: torch.Generator | None, steps: int) -> tuple[Tensor, ...]:
     """The random numbers of ``steps`` steps, in the order eager steps draw them (the draws depend only on the
     state's shape, dtype and device, so they can be taken before the block runs); for ``steps > 1`` each of
-    :meth:`draw`'s outputs stacked over the steps (one graph input per kind, not per step)."""
+    :meth:`draw`'s outputs stacked over the steps (one graph input per kind, not per step).
+
+    Args:
+        sampler: a gradient sampler with ``draw`` (and, optionally, ``draw_steps``).
+        state: the block's starting state (only its shape, dtype and device are read).
+        generator: the caller's generator, drawn from as the eager steps would.
+        steps: steps in the block.
+    """
     if steps == 1:
         return sampler.draw(state, generator)
     if hasattr(sampler, "draw_steps"):  # the same numbers, stacked at less cost (one torch.randn for ULA)
@@ -623,7 +630,7 @@ def _eager_block_step(sampler: Any, energy: Any, generator: torch.Generator | No
     run = block.per_step
     if hasattr(sampler, "draw_steps"):  # one draw for the block's steps (ULA: one torch.randn) is cheaper
         def step(state: State, sink: list | None = None) -> tuple:
-            return run(state, _per_step(_draws(sampler, state, generator, steps)), sink)
+            return run(state, _per_step(block_draws(sampler, state, generator, steps)), sink)
     else:
         def step(state: State, sink: list | None = None) -> tuple:
             # each step's draws as the eager steps take them, not stacked per kind
@@ -636,7 +643,7 @@ def _eager_block_step(sampler: Any, energy: Any, generator: torch.Generator | No
 
 def _block_step(transition: Callable, sampler: Any, generator: torch.Generator | None, steps: int) -> Callable:
     def step(state: State) -> tuple:
-        return transition(state, *_draws(sampler, state, generator, steps))
+        return transition(state, *block_draws(sampler, state, generator, steps))
 
     step.steps = steps  # type: ignore[attr-defined]
     return step
@@ -703,7 +710,7 @@ class _AutoCompile:
 
         def step(state: State) -> tuple:
             nonlocal broken, ran
-            draws = _draws(sampler, state, generator, steps)
+            draws = block_draws(sampler, state, generator, steps)
             if not broken:
                 try:
                     out = transition(state, *draws)
