@@ -127,9 +127,17 @@ def run_steps(page, total, per_click=50):
         # Wait for this click's samples, not only for idle: under load the idle flag can still read '1' from
         # before the click's run started, and the next click would then land while busy. A click of 100 steps
         # on two panes, with the other test worker's browser on the same 2 cores: minutes.
-        page.wait_for_function(
-            "document.querySelector('[data-testid=num-samples]').textContent === "
-            f"'{before + (i + 1) * per_click * chains}' && document.body.dataset.idle === '1'", timeout=120000)
+        want = before + (i + 1) * per_click * chains
+        try:
+            page.wait_for_function(
+                "document.querySelector('[data-testid=num-samples]').textContent === "
+                f"'{want}' && document.body.dataset.idle === '1'", timeout=120000)
+        except Exception as err:  # a timeout: say what the page was waiting on
+            state = page.evaluate("""() => ({samples: document.querySelector('[data-testid=num-samples]').textContent,
+                idle: document.body.dataset.idle, queue: window.ebmlabPlayground.queue(),
+                error: document.getElementById('error').textContent,
+                status: document.getElementById('status').textContent})""")
+            raise AssertionError(f"click {i + 1} of {total // per_click}: waiting for {want} samples; page: {state}") from err
     assert int(text(page, "num-samples")) == before + total * chains
 
 

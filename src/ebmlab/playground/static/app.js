@@ -1016,6 +1016,8 @@ window.ebmlabPlayground = {
   chainsB: () => panes[1].x,
   frame: () => panes[0].frame, // the latest frame (with the tree / replicas the page draws)
   diagnostics: () => panes[0].diagnostics,
+  // what the step button waits on (for a test that times out to say why)
+  queue: () => ({ inFlight: st.inFlight, pending: st.pending, configuring: st.configuring, tween: Boolean(st.tween) }),
   // canvas pixel of a point (x1, x2) on the main canvas, and the strip's panel rectangles (canvas pixels)
   toPx: (x1, x2) => { const c = $("main"); return toPx(x1, x2, c.width, c.height); },
   stripRects: () => {
