@@ -570,6 +570,15 @@ def paired_ratio(a, b):
     return statistics.median(x / y for x, y in zip(a["secs"], b["secs"]))
 
 
+def recheck_sentence(cells):
+    """The re-measured cells (name -> :func:`recheck`'s result) and how many are within 5% of each hand loop."""
+    within = [sum(c[k] <= 1.05 for c in cells.values()) for k in ("plain", "stored")]
+    return ("; ".join(f"{name} {c['plain']:.2f}x the hand loop, {c['stored']:.2f}x the hand loop storing the energies"
+                      for name, c in cells.items())
+            + f"; {within[0]} of {len(cells)} within 5% of the hand loop, {within[1]} of {len(cells)} within 5% of "
+            "it when it stores the energies too.")
+
+
 def findings(rows, nn_rows, meta_caps=None, breakdown=None, ops=None, recheck=None):
     out = []
     meta_caps = meta_caps or {}
@@ -613,11 +622,7 @@ def findings(rows, nn_rows, meta_caps=None, breakdown=None, ops=None, recheck=No
         out.append(f"Those outside 5%, measured again after the table in {n_rounds} alternated rounds (ebmlab, the hand "
                    "loop, and the hand loop storing each step's energies as ebmlab's trace does; the order "
                    "reversed every other round; medians of the paired ratios): "
-                   + "; ".join(f"{a} {t} N={n:,} {c['plain']:.2f}x the hand loop, {c['stored']:.2f}x the hand loop "
-                               "storing the energies" for (t, a, n), c in recheck.items())
-                   + f"; {sum(c['plain'] <= 1.05 for c in recheck.values())} of {len(recheck)} within 5% of the hand "
-                   f"loop, {sum(c['stored'] <= 1.05 for c in recheck.values())} of {len(recheck)} within 5% of it "
-                   "when it stores the energies too.")
+                   + recheck_sentence({f"{a} {t} N={n:,}": c for (t, a, n), c in recheck.items()}))
     if ops:
         out.append("Torch operators dispatched per eager step (counted, not timed; ebmlab / hand-written): "
                    + ", ".join(f"{a} {t} {e:.1f} / {h:.1f}" for (t, a), (e, h) in ops.items())
@@ -680,15 +685,10 @@ def findings(rows, nn_rows, meta_caps=None, breakdown=None, ops=None, recheck=No
             out.append("The same as the median of the paired ratios: "
                        + ", ".join(f"{r['paired']:.2f}x" for r in nn_rows)
                        + f"; {sum(r['paired'] <= 1.05 for r in nn_rows)} of {len(nn_rows)} within 5%.")
-        again = [r for r in nn_rows if "recheck" in r]
+        again = {f"{r['energy']} {r['algo']} N={r['n']:,}": r["recheck"] for r in nn_rows if "recheck" in r}
         if again:
             out.append("Those outside 5%, measured again in the same way as the analytic cells above: "
-                       + "; ".join(f"{r['energy']} {r['algo']} N={r['n']:,} {r['recheck']['plain']:.2f}x the hand "
-                                   f"loop, {r['recheck']['stored']:.2f}x the hand loop storing the energies"
-                                   for r in again)
-                       + f"; {sum(r['recheck']['plain'] <= 1.05 for r in again)} of {len(again)} within 5% of the "
-                       f"hand loop, {sum(r['recheck']['stored'] <= 1.05 for r in again)} of {len(again)} within 5% "
-                       "of it when it stores the energies too.")
+                       + recheck_sentence(again))
     return " ".join(out)
 
 
@@ -790,10 +790,9 @@ def main(argv=None):
                   flush=True)
     meta["recheck"] = {}
     if not args.quick:
+        eager = {(r["target"], r["algo"], r["n"]): r for r in rows if r["impl"] == "ebmlab eager"}
         for r in rows:  # the eager cells outside 5% of the hand loop, measured again in alternated pairs
-            if r["impl"] == "hand-written" and paired_ratio(
-                    next(q for q in rows if (q["target"], q["algo"], q["n"], q["impl"])
-                         == (r["target"], r["algo"], r["n"], "ebmlab eager")), r) > 1.05:
+            if r["impl"] == "hand-written" and paired_ratio(eager[(r["target"], r["algo"], r["n"])], r) > 1.05:
                 c = eager_recheck(r["target"], r["algo"], r["n"], r["steps"])
                 meta["recheck"][(r["target"], r["algo"], r["n"])] = c
                 print(f"recheck {r['target']} {r['algo']} N={r['n']}: ebmlab / hand {c['plain']:.3f}, "
