@@ -1,5 +1,6 @@
 """Evaluation of energy-based models: the partition function by quadrature,
-MCMC diagnostics, and sample-quality distances."""
+MCMC diagnostics, sample-quality distances, and a model's KL split into its
+mode weights' and mode shapes' shares."""
 
 from ebmlab.evaluation.ais import AISResult, ais_betas, ais_log_partition
 from ebmlab.evaluation.diagnostics import ess_bulk, ess_tail, rhat, summarize, summary_table
@@ -15,6 +16,7 @@ from ebmlab.evaluation.images import (
     sample_grid,
     train_classifier,
 )
+from ebmlab.evaluation.modes import ModeKL, kl_by_mode
 from ebmlab.evaluation.models import SAMPLE_METRICS, evaluate_density_model, model_samples, sample_quality
 from ebmlab.evaluation.partition import (
     LogPartition,
@@ -40,6 +42,7 @@ __all__ = [
     "ais_betas",
     "ais_log_partition",
     "LogPartition",
+    "ModeKL",
     "density_on_grid",
     "ess_bulk",
     "ess_tail",
@@ -47,6 +50,7 @@ __all__ = [
     "exact_nll",
     "histogram_kl",
     "histogram_kl_bias",
+    "kl_by_mode",
     "log_partition",
     "mmd",
     "model_samples",
