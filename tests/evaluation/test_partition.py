@@ -316,3 +316,24 @@ def test_model_evaluation_computes_only_the_sample_metrics_asked_for():
     for bad in (("mmd", "kl"), "mmd"):
         with pytest.raises(ValueError, match="sample_metrics"):
             run(sample_metrics=bad)
+
+
+def test_model_evaluation_kl_se_is_the_paired_estimates_standard_error():
+    """Data N(0, I), model N(0, 1.44 I) in 2-D (KL = 2 (ln 1.2 + 1 / (2 * 1.44) - 1 / 2) exactly): over 200
+    independent test sets of 400 points, (kl - KL) / kl_se is standard normal. The sample mean of 200 such
+    z-scores has standard error 1/sqrt(200) = 0.071 and their standard deviation about 1/sqrt(400) = 0.05, so
+    +-0.3 and 1 +- 0.2 are over 4 standard errors; a standard error off by a factor of 1.5 is caught."""
+    from ebmlab.evaluation import evaluate_density_model
+
+    data, model = targets.Gaussian(torch.zeros(2), torch.eye(2)), targets.Gaussian(torch.zeros(2), 1.44 * torch.eye(2))
+    exact = 2 * (math.log(1.2) + 0.5 / 1.44 - 0.5)
+    g = torch.Generator().manual_seed(3)
+    box = [(-8.0, 8.0), (-8.0, 8.0)]
+    z = []
+    for _ in range(200):
+        test = data.sample(400, generator=g)
+        ev = evaluate_density_model(model, test, box, true_density=data, resolution=128, sample_metrics=())
+        z.append((ev["kl"] - exact) / ev["kl_se"])
+    z = torch.tensor(z)
+    assert abs(float(z.mean())) < 0.3
+    assert abs(float(z.std()) - 1.0) < 0.2

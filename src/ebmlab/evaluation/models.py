@@ -134,7 +134,8 @@ def evaluate_density_model(energy: Any, test: Tensor, bounds: Sequence[tuple[flo
         and the NLL is then that of the density truncated to the box), ``mmd``
         (squared, unbiased) and ``sliced_w`` as ``sample_metrics`` asks, ``sampler_acceptance`` when it
         asks for any; with
-        ``true_density``: ``true_nll`` and ``kl``; with ``entropy`` too:
+        ``true_density``: ``true_nll``, ``kl`` and ``kl_se`` (the paired difference's standard error over the
+        test points; NaN for one point); with ``entropy`` too:
         ``entropy`` and ``test_set_noise``.
 
     Raises:
@@ -163,9 +164,13 @@ def evaluate_density_model(energy: Any, test: Tensor, bounds: Sequence[tuple[flo
         out["sampler_acceptance"] = acc
     if true_density is not None:
         with torch.no_grad():
-            true_nll = float(true_density(test.to(torch.float64)).mean())
+            true = true_density(test.to(torch.float64))
+        true_nll = float(true.mean())
         out["true_nll"] = true_nll
         out["kl"] = nll - true_nll
+        # the paired difference's standard error over the test points: how far the estimate can sit from the KL
+        diff = -lp.to(device=true.device, dtype=torch.float64) - true
+        out["kl_se"] = float(diff.std() / len(diff) ** 0.5) if len(diff) > 1 else float("nan")
         if entropy is not None:
             out["entropy"] = entropy
             out["test_set_noise"] = true_nll - entropy

@@ -297,7 +297,7 @@ def evaluate(run: Run | str | Path, *, seed: int = 0, plot: bool = False, device
         if run.energy is not None and dim <= 2:
             ev = density_metrics(run.energy, known, test, run.bounds, resolution=512, generator=g,
                                  sample_metrics=())
-            result.update({k: ev[k] for k in ("test_nll", "log_z", "true_nll", "kl", "entropy", "test_set_noise")
+            result.update({k: ev[k] for k in ("test_nll", "log_z", "true_nll", "kl", "kl_se", "entropy", "test_set_noise")
                            if k in ev})
         elif run.energy is not None:
             skipped["test_nll"] = SKIP_REASONS["quadrature"].format(d=dim)
