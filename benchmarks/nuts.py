@@ -105,13 +105,13 @@ def ess_min(draws: np.ndarray) -> float:
     return float(np.min(ess_bulk(draws)))
 
 
-def run_ebmlab(name, target, chains, warmup, steps, seed):
+def run_ebmlab(name, target, chains, warmup, steps, seed, target_accept=0.8):
     """Warm up; return ``(once, summary)``: ``once()`` times one sampling run (the same draws every time, from
     the generator state after warm-up) and returns its seconds; ``summary(seconds)`` the row, from the last run."""
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(chains, target.dim, generator=g, dtype=torch.float64)
     t0 = time.perf_counter()
-    tuned = ebmlab.adapt(target, ebmlab.NUTS(0.1), x0, warmup, generator=g)
+    tuned = ebmlab.adapt(target, ebmlab.NUTS(0.1), x0, warmup, generator=g, target_accept=target_accept)
     t_warm = time.perf_counter() - t0
     rng = g.get_state()
     last = {}
@@ -137,7 +137,7 @@ def run_ebmlab(name, target, chains, warmup, steps, seed):
     return once, summary
 
 
-def run_blackjax(name, target, chains, warmup, steps, seed):
+def run_blackjax(name, target, chains, warmup, steps, seed, target_accept=0.8):
     """As :func:`run_ebmlab`: warm-up (compiled first, then timed), the sampling run compiled; ``(once, summary)``."""
     import blackjax
     import jax
@@ -149,7 +149,7 @@ def run_blackjax(name, target, chains, warmup, steps, seed):
     keys = jax.random.split(jax.random.PRNGKey(seed), chains)
 
     def warm(key, x):
-        adapt = blackjax.window_adaptation(blackjax.nuts, logp, target_acceptance_rate=0.8)
+        adapt = blackjax.window_adaptation(blackjax.nuts, logp, target_acceptance_rate=target_accept)
         (state, params), _ = adapt.run(key, x, num_steps=warmup)
         return state, params
 
@@ -198,14 +198,14 @@ def build_markdown(rows, meta, cmdline):
     lines = [SECTION, "",
              "ebmlab's `NUTS` (multinomial, generalised U-turn, each chain its own tree, vectorised over chains "
              "with masks) against BlackJAX's `nuts`, both after Stan's window adaptation (dual averaging to "
-             "acceptance 0.8, diagonal inverse mass in expanding windows), at "
+             f"acceptance {meta['target_accept']:g}, diagonal inverse mass in expanding windows), at "
              f"{meta['chains']:,} chains, float64, one CPU thread each; {meta['warmup']} warm-up and "
              f"{meta['steps']} kept steps. ebmlab adapts one step size and mass for all chains "
              "(`ebmlab.adapt`); BlackJAX adapts per chain under `jax.vmap`. Seconds: the kept steps only, the "
              f"fastest of {meta['repeat']} identical runs for each library, the two libraries alternated (JAX compile excluded; ebmlab runs eagerly, "
              "nothing to compile; warm-up in its own column, one run). ESS: min over coordinates of the bulk ESS of "
              "the kept draws. Grad evals: leapfrog steps summed over chains. Accept: Stan's mean accept statistic "
-             "(what both warm-ups tune to 0.8).",
+             f"(what both warm-ups tune to {meta['target_accept']:g}).",
              "", "Reproduce:", "", "```",
              "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/nuts.py --write docs/benchmarks.md", "```", "",
              f"This run: `{cmdline}`", "",
@@ -236,6 +236,8 @@ def main(argv=None):
     ap.add_argument("--no-blackjax", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3, help="timed sampling runs per library, the libraries alternated (the fastest counts)")
+    ap.add_argument("--target-accept", type=float, default=0.8,
+                    help="the acceptance both warm-ups aim at (Stan's and BlackJAX's default: 0.8)")
     ap.add_argument("--write", type=Path)
     args = ap.parse_args(argv)
     cmdline = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/nuts.py " + " ".join(argv or sys.argv[1:])
@@ -244,7 +246,8 @@ def main(argv=None):
     for name in args.targets.split(","):
         target = probs[name]
         impls = [run_ebmlab] + ([] if args.no_blackjax else [run_blackjax])
-        prepared = [fn(name, target, args.chains, args.warmup, args.steps, args.seed) for fn in impls]
+        prepared = [fn(name, target, args.chains, args.warmup, args.steps, args.seed, args.target_accept)
+                    for fn in impls]
         seconds = [[] for _ in prepared]
         for _ in range(args.repeat):  # alternated: a change of load on a shared machine falls on both alike
             for (once, _), secs in zip(prepared, seconds):
@@ -265,7 +268,7 @@ def main(argv=None):
     except ImportError:
         versions = ("-", "-")
     meta = {"chains": args.chains, "warmup": args.warmup, "steps": args.steps,
-            "repeat": args.repeat,
+            "repeat": args.repeat, "target_accept": args.target_accept,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
             "jax": versions[0], "blackjax": versions[1]}
     md = build_markdown(rows, meta, cmdline)

@@ -104,6 +104,38 @@ def test_adapt_reports_the_tuned_step_and_mass(capsys):
     assert 0.3 < r["acceptance_rate"] < 1.0
 
 
+def test_target_accept_sets_what_the_warm_up_tunes_to(capsys):
+    """A higher --target-accept gives a smaller step and a higher acceptance, and the result says which target
+    the step was tuned to."""
+    args = ["sample", "--target", "banana", "--sampler", "nuts", "--adapt", "150", "--chains", "200", "--steps",
+            "60", "--burn-in", "10", "--json"]
+    default = json.loads(run_cli(args, capsys)[1])
+    code, out, err = run_cli([*args, "--target-accept", "0.95"], capsys)
+    assert code == 0, err
+    high = json.loads(out)
+    assert default["adapted_target_accept"] == 0.8 and high["adapted_target_accept"] == 0.95
+    assert high["adapted_step_size"] < 0.8 * default["adapted_step_size"]
+    assert runs.SampleConfig(sampler="mala", adapt=50).checked().target_accept is None
+
+
+def test_divergences_are_warned_about_with_what_to_change(capsys):
+    """NUTS with a step far too large for the banana's ridge diverges; the run says so and what to raise. A run
+    without divergences (a small step on the standard Gaussian) has no such warning."""
+    code, out, err = run_cli(["sample", "--target", "banana", "--sampler", "nuts", "--step-size", "1.5", "--chains",
+                              "100", "--steps", "60", "--burn-in", "10", "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["divergences"] > 0
+    warned = [w for w in r["warnings"] if "divergent" in w]
+    assert warned == [f"{r['divergences']} divergent transitions after burn-in ({r['divergences'] / 100:.3g} per "
+                      "chain): where the target curves sharply the steps are too large to follow it and the draws "
+                      "there are biased; rerun with --adapt N --target-accept 0.9 (or 0.95), or a smaller --step-size"]
+    code, out, err = run_cli(["sample", "--target", "standard", "--sampler", "nuts", "--step-size", "0.3",
+                              "--chains", "100", "--steps", "60", "--burn-in", "10", "--json"], capsys)
+    r = json.loads(out)
+    assert code == 0 and r["divergences"] == 0 and not [w for w in r["warnings"] if "divergent" in w]
+
+
 def test_same_seed_same_result(capsys):
     args = ["sample", "--chains", "50", "--steps", "40", "--burn-in", "10", "--seed", "3", "--json"]
     a = json.loads(run_cli(args, capsys)[1])
@@ -146,6 +178,8 @@ def test_rejection_without_step_size_proposes_two_target_sds_wide(capsys):
         (["--device", "tpu"], "device"),
         (["--sampler", "rwmh", "--adapt", "50"], "adapt"),
         (["--sampler", "pt", "--adapt", "50"], "adapts its own temperature ladder"),
+        (["--sampler", "nuts", "--target-accept", "0.9"], "needs --adapt N > 0"),
+        (["--sampler", "nuts", "--adapt", "50", "--target-accept", "1.5"], "target-accept must be a number in"),
         (["--sampler", "pt", "--base", "nuts"], "base"),
         (["--sampler", "pt", "--max-temperature", "1"], "max-temperature"),
         (["--sampler", "nuts", "--max-tree-depth", "0"], "max-tree-depth"),

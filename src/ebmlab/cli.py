@@ -302,6 +302,7 @@ def _emit(result: dict, json_output: bool, title: str, keys: tuple[str, ...] | N
 
 
 _SAMPLE_KEYS = ("keep_reason", "sde_steps", "solver", "nfe", "acceptance_rate", "adapted_step_size",
+                "adapted_target_accept",
                 "adapted_inverse_mass",
                 "mean_tree_depth", "grad_evals_per_step", "divergences", "temperatures", "swap_rates", "round_trips",
                 "communication_barrier", "ladder_adaptation_rounds", "mean", "cov", "ess_bulk_min", "rhat_max",
@@ -341,6 +342,9 @@ def sample(
                                             "stats (and it says so)."),
     adapt: int = typer.Option(0, **_count(0), help="Warm-up steps tuning the step size (dual averaging) and a "
                               "diagonal mass matrix (Stan's windows) before --steps; mala, hmc, nuts. 0 = off."),
+    target_accept: Optional[float] = typer.Option(None, help="With --adapt: the mean acceptance the step size is "
+                                                  "tuned to, in (0, 1) (default 0.574 for mala, 0.8 for hmc and "
+                                                  "nuts); raise it (0.9, 0.95) when nuts reports divergences."),
     chains: int = typer.Option(1000, **_count(1), help="Parallel chains (the batch dimension)."),
     steps: int = typer.Option(2000, **_count(1), help="Transitions per chain, burn-in included."),
     burn_in: Optional[int] = typer.Option(None, **_count(0), help="Transitions discarded first; by default a "
@@ -377,6 +381,7 @@ def sample(
     cfg = SampleConfig(target=target, sampler=sampler.value if sampler is not None else None, step_size=step_size,
                        num_leapfrog=num_leapfrog, max_tree_depth=max_tree_depth, base=base.value,
                        num_temperatures=num_temperatures, max_temperature=max_temperature, adapt=adapt,
+                       target_accept=target_accept,
                        keep=keep.value if keep is not None else None,
                        chains=chains, steps=steps, burn_in=burn_in, thin=thin,
                        init=init.value, seed=seed, device=device, dtype=dtype,

@@ -65,6 +65,9 @@ class SampleConfig:
             result says so in ``keep`` and ``keep_reason``).
         adapt: warm-up steps of step-size and diagonal-mass adaptation (:func:`ebmlab.adapt`) before
             ``steps`` (MALA, HMC, NUTS; 0 = off); the tuned values are reported.
+        target_accept: the mean acceptance ``adapt`` tunes the step size to, in ``(0, 1)`` (needs ``adapt``);
+            ``None``: :func:`ebmlab.samplers.adapt.default_target_accept` (0.574 MALA, 0.8 HMC and NUTS).
+            Higher means smaller steps: what to raise when NUTS reports divergences.
         chains: the number of chains; for a diffusion run, the number of samples.
         steps: the steps per chain, burn-in included.
         burn_in: the first steps, not kept (less than ``steps``); ``None``: :func:`default_burn_in` of ``steps``
@@ -95,6 +98,7 @@ class SampleConfig:
     max_temperature: float = 10.0
     keep: str | None = None
     adapt: int = 0
+    target_accept: float | None = None
     chains: int = 1000
     steps: int = 2000
     burn_in: int | None = None
@@ -132,6 +136,13 @@ class SampleConfig:
             raise ConfigError(f"{{0}} must be all, stats or last, got {self.keep!r}", "keep")
         if self.base not in PT_BASES:
             raise ConfigError(f"{{0}} must be one of {', '.join(PT_BASES)}, got {self.base!r}", "base")
+        if self.target_accept is not None:
+            if (isinstance(self.target_accept, bool) or not isinstance(self.target_accept, (int, float))
+                    or not 0.0 < self.target_accept < 1.0):
+                raise ConfigError(f"{{0}} must be a number in (0, 1), got {self.target_accept!r}", "target_accept")
+            if not self.adapt:
+                raise ConfigError("{0} is what the warm-up tunes the step size to; it needs {1} N > 0 warm-up steps",
+                                  "target_accept", "adapt")
         if self.adapt and self.sampler not in ADAPTABLE:
             raise ConfigError(f"{{0}} tunes the step size and mass of mala, hmc and nuts; sampler "
                               f"{self.sampler or 'mala'!r}" + (" adapts its own temperature ladder during burn-in"
@@ -337,7 +348,7 @@ def sample(cfg: SampleConfig, *, model: str | os.PathLike | Run | None = None, o
     x0 = _initial_points(replace(cfg, chains=share.stop - share.start), target, generator, device, dtype)
     tuned = None
     if cfg.adapt:
-        tuned = samplers.adapt(target, sampler, x0, cfg.adapt, generator=generator)
+        tuned = samplers.adapt(target, sampler, x0, cfg.adapt, generator=generator, target_accept=cfg.target_accept)
         sampler, x0 = tuned.sampler, tuned.state.x
     keep, why = _keep(cfg, target.dim, x0.element_size())
     if world > 1 and keep == "stats":
@@ -496,6 +507,11 @@ def _diagnostic_warnings(result: dict[str, Any], sampler: str, shape: tuple[int,
         out.append(f"acceptance {acc:.3f} < 0.05: the chains barely move; lower --step-size (or --adapt N)")
     if sampler in _MH and acc is not None and acc > 0.99:
         out.append(f"acceptance {acc:.3f} > 0.99: steps this small explore slowly; raise --step-size (or --adapt N)")
+    divergent = result.get("divergences")
+    if divergent:  # Stan warns of any divergent transition after warm-up, and so does this
+        out.append(f"{divergent} divergent transitions after burn-in ({divergent / shape[1]:.3g} per chain): where "
+                   "the target curves sharply the steps are too large to follow it and the draws there are biased; "
+                   "rerun with --adapt N --target-accept 0.9 (or 0.95), or a smaller --step-size")
     outside = result.get("fraction_outside_box")
     if outside is not None and outside > 0.001:
         out.append(f"{outside:.1%} of the samples lie outside the target's box, beyond where its density is "
@@ -529,6 +545,7 @@ def _sampler_report(trace: Any, tuned: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if tuned is not None:
         out["adapted_step_size"] = tuned.step_size
+        out["adapted_target_accept"] = tuned.target_accept
         if tuned.inverse_mass is not None:
             out["adapted_inverse_mass"] = tuned.inverse_mass.reshape(-1).tolist()
     if trace.num_grad_evals is not None:

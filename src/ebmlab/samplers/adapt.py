@@ -83,6 +83,7 @@ class Adapted:
         acceptance: mean acceptance probability over chains and over the
             terminal fast buffer (the last steps, run with the final mass
             and a step size converging to the tuned one).
+        target_accept: the acceptance the step size was tuned to.
     """
 
     sampler: Any
@@ -90,6 +91,7 @@ class Adapted:
     step_size: float
     inverse_mass: Tensor | None
     acceptance: float
+    target_accept: float = 0.0
 
     __repr__ = short_repr
 
@@ -398,4 +400,5 @@ def adapt(
         step_size=step_size,
         inverse_mass=inverse_mass,
         acceptance=sum(terminal_acceptance) / max(len(terminal_acceptance), 1),
+        target_accept=float(target_accept),
     )
