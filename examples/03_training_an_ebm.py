@@ -114,8 +114,8 @@ assert kl_untrained > 1.5, kl_untrained
 # buffer are tuned for KL per second of CPU instead: fewer Langevin steps per
 # update, a smaller network and more chains; docs/benchmarks.md measures them.)
 # We keep the budget small, 200 updates of 128 points per method, and
-# evaluate after 100 and 200 (exact KL by quadrature on the run's 5000 test
-# points). Every run starts from the untrained network above: the run layer
+# evaluate after 100 and 200 (the KL estimated on the run's 5000 test
+# points, the model normalised by quadrature). Every run starts from the untrained network above: the run layer
 # builds it under the run's seed. Longer runs go much further; this notebook is
 # about the shape of the curves.
 
@@ -131,7 +131,7 @@ for method in methods:
           + ", ".join(f"{s}: {k:.3f}" for s, k in curve))
 
 # %% [markdown]
-# Each method brings the exact KL more than 1 nat below the untrained
+# Each method brings the KL more than 1 nat below the untrained
 # network's, and each curve falls at every evaluation. The
 # three end within 0.15 nat of each other; the standard error of each KL
 # estimate is about 0.01 nat (5000 test points), so some of that spread is
@@ -146,7 +146,7 @@ for method, run in trained.items():
     final[method] = exact_kl(run.model, test)
     print(f"{method:9s} final KL {final[method][0]:.3f} +- {final[method][1]:.3f} nat")
     assert curve[-1] < kl_untrained - 1.0 and all(b < a for a, b in zip(curve, curve[1:])), (method, curve)
-    assert abs(final[method][0] - curve[-1]) < 1e-3  # the run's own evaluation is the same exact KL
+    assert abs(final[method][0] - curve[-1]) < 1e-3  # the run's own evaluation is the same KL estimate
 assert max(k for k, _ in final.values()) - min(k for k, _ in final.values()) < 0.15, final
 assert all(se < 0.015 for _, se in final.values()), final
 assert (cfg.sampler, cfg.step_size) == ("ula", 0.1)  # the defaults named above
@@ -199,7 +199,7 @@ plt.show()
 # A run directory opens again with `runs.Run.load`, whether `runs.train` or
 # `ebmlab train` wrote it, and samples the way the run is evaluated (MALA on the
 # model's energy, from uniform noise over the box). Reloaded, the PCD model
-# gives the same exact KL as before.
+# gives the same KL as before.
 
 # %%
 reloaded = runs.Run.load(Path("runs") / "pcd")
