@@ -227,6 +227,7 @@ def test_train_evaluate_sample_model_roundtrip(tmp_path, capsys):
     assert code == 0, err
     ev = json.loads(out)
     assert {"test_nll", "mmd", "sliced_w", "log_z"} <= set(ev) and "kl" not in ev  # two_moons: density unknown
+    assert "kl_mode_weights" not in ev  # no mode centres either
     assert (run / "density.png").stat().st_size > 10_000
     code, out, err = run_cli(["sample", "--model", str(run), "--chains", "100", "--steps", "50", "--burn-in", "10",
                               "--step-size", "0.1", "--json"], capsys)
@@ -246,6 +247,22 @@ def test_known_density_reports_kl(tmp_path, capsys):
                               "--n-train", "500", "--n-test", "200", "--out", str(tmp_path / "r"), "--json"], capsys)
     assert code == 0, err
     assert "kl" in json.loads(out)
+
+
+def test_evaluate_splits_a_mixture_s_kl_into_mode_weights_and_shapes(tmp_path, capsys):
+    """On eight_gaussians `evaluate` adds the exact KL by quadrature, split into the mode weights' and the mode
+    shapes' shares; the test-set estimate `kl` lies within 4 of its standard errors of the exact one."""
+    code, out, err = run_cli(["train", "--data", "eight_gaussians", "--steps", "150", "--eval-every", "1000",
+                              "--out", str(tmp_path / "r"), "--json"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["evaluate", str(tmp_path / "r"), "--no-plot", "--json"], capsys)
+    assert code == 0, err
+    ev = json.loads(out)
+    assert ev["kl_by_quadrature"] == pytest.approx(ev["kl_mode_weights"] + ev["kl_mode_shapes"], abs=1e-12)
+    assert abs(ev["kl_by_quadrature"] - ev["kl"]) < 4 * ev["kl_se"], ev
+    assert len(ev["mode_masses"]) == 8 and sum(ev["mode_masses"]) == pytest.approx(1.0, abs=1e-3)
+    assert len(ev["mode_variance_ratios"]) == 8 and all(v > 0 for v in ev["mode_variance_ratios"])
+    assert ev["kl_mode_weights"] >= 0 and ev["kl_mode_shapes"] >= 0
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -2,8 +2,10 @@
 (:func:`evaluate`, the dict ``ebmlab evaluate --json`` prints).
 
 * 2-D EBMs: exact test NLL by quadrature, KL to the data when their density
-  is known (with the test set's own noise beside it), MMD and sliced-W of
-  MALA samples;
+  is known (with its standard error and the test set's own noise beside it),
+  MMD and sliced-W of MALA samples; on a Gaussian mixture's data
+  (eight_gaussians) also the exact KL by quadrature split into the mode
+  weights' and the mode shapes' shares (:func:`mode_split`);
 * 2-D score models: MMD and sliced-W of (annealed) Langevin samples; ``ism``
   trains an energy, so it gets the exact NLL and KL too;
 * 2-D diffusion models (``sde-ve``, ``sde-vp``): MMD and sliced-W of PC
@@ -40,7 +42,7 @@ from .run import Run, score_samples
 
 __all__ = ["CLASSIFIER_EPOCHS_28", "CLASSIFIER_MAX_TRAIN_28", "DIFFUSION_BPD_IMAGES", "DIFFUSION_NLL_POINTS",
            "EVAL_IMAGE_SAMPLES", "EVAL_NEAREST", "IMAGE_SCORE_EVAL_SAMPLES", "PIXEL_LEVELS", "SKIP_REASONS", "evaluate",
-           "image_classifier", "likelihood_metrics", "training_evaluator"]
+           "image_classifier", "likelihood_metrics", "mode_split", "training_evaluator"]
 
 #: Samples ``evaluate`` draws from an image model (EBM: at most this many of its chains; score model:
 #: annealed Langevin from noise), and how many of them the nearest-neighbour check compares with every
@@ -91,6 +93,26 @@ def density_metrics(energy: nn.Module, name: str | None, test: Tensor, bounds: l
                                       resolution=resolution, generator=generator,
                                       num_chains=num_chains, num_steps=num_steps, step_size=step_size,
                                       sample_metrics=sample_metrics, sample_test=sample_test)
+
+
+def mode_split(energy: nn.Module, name: str | None, bounds: list, *, resolution: int = 512) -> dict[str, Any]:
+    """For data whose density is a Gaussian mixture (eight_gaussians): the model's exact KL by quadrature, split
+    into the mode weights' share and the mode shapes' share (:func:`ebmlab.evaluation.kl_by_mode`, regions
+    nearest to each component's mean): ``kl_by_quadrature``, ``kl_mode_weights``, ``kl_mode_shapes``,
+    ``mode_masses`` (the model's mass on each mode's region) and ``mode_variance_ratios`` (each mode's
+    variance over the data's). Empty for other data."""
+    from ..data import toy
+    from ..energies.targets.mixture import GaussianMixture
+    from ..evaluation import kl_by_mode
+
+    truth = toy.true_density(name) if name is not None else None
+    if not isinstance(truth, GaussianMixture) or len(bounds) != 2:
+        return {}
+    with torch.no_grad():
+        split = kl_by_mode(energy, truth, truth.means, bounds, resolution=resolution)
+    return {"kl_by_quadrature": split.kl, "kl_mode_weights": split.kl_masses, "kl_mode_shapes": split.kl_within,
+            "mode_masses": [round(float(v), 4) for v in split.masses_model],
+            "mode_variance_ratios": [round(float(v), 3) for v in split.variance_ratio]}
 
 
 def likelihood_metrics(log_prob: Tensor, name: str | None, test: Tensor) -> dict[str, Any]:
@@ -315,6 +337,8 @@ def evaluate(run: Run | str | Path, *, seed: int = 0, plot: bool = False, device
         return {**result, "skipped": skipped}
     result = {**head, **density_metrics(run.model, known, test, run.bounds, resolution=512, generator=g,
                                         num_chains=2000, num_steps=1000, step_size=tr["step_size"])}
+    if "kl" in result:
+        result.update(mode_split(run.model, known, run.bounds))
     if "test_nll" not in result:
         skipped["test_nll"] = SKIP_REASONS["quadrature"].format(d=dim)
     elif "kl" not in result:
