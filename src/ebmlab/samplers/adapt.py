@@ -91,7 +91,7 @@ class Adapted:
     step_size: float
     inverse_mass: Tensor | None
     acceptance: float
-    target_accept: float = 0.0
+    target_accept: float
 
     __repr__ = short_repr
 
