@@ -196,7 +196,7 @@ plt.show()
 
 # %%
 print(sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")))  # (and a lock file)
-tensors, meta = checkpoint.load_checkpoint(run_dir / training.CHECKPOINT)
+tensors, meta = checkpoint.load_checkpoint(run_dir / "checkpoint.safetensors")
 reopened = RingEnergy()
 reopened.load_state_dict({k.removeprefix("ema."): t for k, t in tensors.items() if k.startswith("ema.")})
 print(f"checkpoint at step {meta['step']}: radius {float(reopened.radius.detach()):.4f}")

@@ -16,7 +16,8 @@ from ebmlab.energies.score_nets import EnergyScore, ScoreMLP
 from ebmlab.evaluation import density_on_grid
 from ebmlab.score_training import ScoreTrainResult, default_sigmas, sample_scores, train_score
 from ebmlab.checkpoint import load_checkpoint
-from ebmlab.training import CHECKPOINT, TrainingDiverged
+from ebmlab.io import CHECKPOINT
+from ebmlab.training import TrainingDiverged
 
 MEAN = torch.tensor([1.0, -1.0])
 COV = torch.tensor([[1.0, 0.5], [0.5, 2.0]])

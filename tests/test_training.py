@@ -18,7 +18,8 @@ from torch import nn
 import ebmlab
 from ebmlab.checkpoint import load_checkpoint
 from ebmlab.energies.nets import MLPEnergy
-from ebmlab.training import CHECKPOINT, TrainingDiverged, train_ebm
+from ebmlab.io import CHECKPOINT
+from ebmlab.training import TrainingDiverged, train_ebm
 
 
 class FullGaussian(nn.Module):
@@ -118,6 +119,16 @@ def test_bad_arguments_are_named():
         train_ebm(MLPEnergy(2), torch.zeros(4, 2), sampler=ebmlab.Langevin(0.1), batch_size=0)
     with pytest.raises(ValueError, match="resume"):
         train_ebm(MLPEnergy(2), torch.zeros(4, 2), sampler=ebmlab.Langevin(0.1), resume=True)
+
+
+def test_run_directory_names_still_import_from_training():
+    """The run directory's names moved to ebmlab.io; code written against 0.1 imports them from training."""
+    import ebmlab.io
+    import ebmlab.training
+
+    for name in ("CHECKPOINT", "METRICS", "RunDirectoryError", "prepare_run_dir", "read_metrics", "truncate_metrics"):
+        assert getattr(ebmlab.training, name) is getattr(ebmlab.io, name), name
+        assert name in ebmlab.io.__all__ and name not in ebmlab.training.__all__, name
 
 
 @pytest.mark.slow

@@ -21,10 +21,9 @@ import ebmlab
 from ebmlab.checkpoint import load_checkpoint
 from ebmlab.cli import main
 from ebmlab.energies import MLPEnergy
-from ebmlab.io import RunLocked, run_lock
+from ebmlab.io import CHECKPOINT, METRICS, RunDirectoryError, RunLocked, read_metrics, run_lock
 from ebmlab.runs import TrainConfig, train
-from ebmlab.training import (CHECKPOINT, METRICS, RunDirectoryError, TrainingDiverged, fit, read_metrics,
-                             train_ebm)
+from ebmlab.training import TrainingDiverged, fit, train_ebm
 
 # Small, cheap runs: a metrics row every step, a checkpoint every CKPT steps, evaluation only at the end.
 CKPT = 3

@@ -700,10 +700,10 @@ def main(argv: list[str] | None = None) -> int:
     printed with their rank (``ebmlab (rank 1): ...``), and when rank 0 failed they exit quietly (rank 0 says why).
     """
     from .distributed import PeerFailed
-    from .io import RunLocked
+    from .io import RunDirectoryError, RunLocked
     from .runs import ConfigError
     from .samplers import DivergenceError
-    from .training import RunDirectoryError, TrainingDiverged
+    from .training import TrainingDiverged
 
     rank = _launched_rank()
     me = "ebmlab" if rank == 0 else f"ebmlab (rank {rank})"

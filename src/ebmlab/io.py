@@ -2,14 +2,20 @@
 
 Write to a temporary file in the same directory, flush and fsync, then
 ``os.replace`` it over the destination (atomic on POSIX and Windows). A run
-directory is trained into by one process at a time (:func:`run_lock`).
+directory is trained into by one process at a time (:func:`run_lock`); it
+holds ``config.json`` (written by the run layer), :data:`METRICS` (one JSON
+row per logged step, read back by :func:`read_metrics`) and
+:data:`CHECKPOINT`, and :func:`prepare_run_dir` says what a training call may
+do with one before it writes anything.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -21,7 +27,30 @@ try:
 except ImportError:  # Windows: run directories are not locked
     fcntl = None
 
-__all__ = ["LOCK", "RunLocked", "atomic_write", "remove_stale_temporaries", "run_lock", "save_npz"]
+__all__ = [
+    "CHECKPOINT",
+    "LOCK",
+    "METRICS",
+    "RunDirectoryError",
+    "RunLocked",
+    "atomic_write",
+    "prepare_run_dir",
+    "read_metrics",
+    "remove_stale_temporaries",
+    "run_lock",
+    "save_npz",
+    "truncate_metrics",
+]
+
+#: The checkpoint's file name in a run directory.
+CHECKPOINT = "checkpoint.safetensors"
+#: The metrics' file name in a run directory (one JSON row per logged step).
+METRICS = "metrics.jsonl"
+
+
+class RunDirectoryError(OSError):
+    """Writing into the run directory failed (disk full, read-only); the last good checkpoint is intact."""
+
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], Any]) -> Path:
@@ -147,3 +176,101 @@ def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl``; a torn last line (a process killed mid-write) is dropped.
+
+    Args:
+        path: the file (missing: no rows).
+
+    Raises:
+        ValueError: a line other than the last is not a JSON object with a
+            ``step`` (the file was edited or is not ebmlab's), naming the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not a row with an integer step")
+        except ValueError as err:
+            if i == len(lines) - 1:  # no newline after it: the write was cut short
+                break
+            raise ValueError(f"{path}, line {i + 1}: not a metrics row ({err}): {line[:80]!r}") from None
+        rows.append(row)
+    return rows
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after ``step`` (a crashed run may have logged past its last checkpoint),
+    and a torn last line.
+
+    Args:
+        path: the ``metrics.jsonl`` file (rewritten atomically; missing: nothing to do).
+        step: the last step to keep.
+    """
+    if not path.exists():
+        return
+    keep = [json.dumps(row) for row in read_metrics(path) if row["step"] <= step]
+    atomic_write(path, lambda f: f.write(("\n".join(keep) + ("\n" if keep else "")).encode()))
+
+
+def prepare_run_dir(run_dir: str | os.PathLike | None, *, resume: bool, overwrite: bool = False) -> Path | None:
+    """Check what a training call may do with ``run_dir`` before it writes anything.
+
+    A directory that already holds a run (a checkpoint or ``metrics.jsonl``)
+    is continued only with ``resume=True`` and started over only with
+    ``overwrite=True`` (which empties it first): training into it otherwise
+    would overwrite the checkpoint and append a second run's rows to the
+    first's metrics. ``config.json`` alone does not count (the run layer
+    writes it just before training starts).
+
+    Args:
+        run_dir: the run directory, or ``None`` (nothing is written).
+        resume: continue the run in ``run_dir``.
+        overwrite: empty an existing run in ``run_dir`` first.
+
+    Returns:
+        The directory as a ``Path`` (created), or ``None`` without a run_dir.
+
+    Raises:
+        ValueError: ``resume`` without a run_dir or without its checkpoint,
+            ``resume`` and ``overwrite`` together, an existing run without
+            either, or ``overwrite`` on a non-empty directory that is not a run.
+    """
+    if run_dir is None:
+        if resume:
+            raise ValueError("resume=True needs the run_dir to resume from")
+        return None
+    path = Path(run_dir)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run or start it over")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"run_dir {path} exists and is not a directory")
+    has_run = (path / CHECKPOINT).exists() or (path / METRICS).exists()
+    if resume:
+        if not (path / CHECKPOINT).is_file():
+            raise ValueError(f"resume: {path} holds no {CHECKPOINT} to continue from")
+    elif overwrite and path.is_dir() and _entries(path):
+        if not (has_run or (path / "config.json").exists()):
+            raise ValueError(f"overwrite: {path} is not a run directory (no config.json, checkpoint or metrics); "
+                             "refusing to empty it")
+        for entry in _entries(path):  # the lock file stays: another process may be waiting on it
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    elif has_run:
+        raise ValueError(f"{path} already holds a run; resume it (--resume, resume=True) or start it over "
+                         "(--overwrite, overwrite=True)")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _entries(path: Path) -> list[Path]:
+    """A directory's entries other than its lock file."""
+    return [p for p in path.iterdir() if p.name != LOCK]

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from .checks import check_int
 from .devices import default_generator
+from .io import CHECKPOINT
 from .objectives.score_matching import (
     EXACT_TRACE_WARN_DIM,
     denoising_score_matching,
@@ -48,7 +49,7 @@ from .samplers.annealed import AnnealedLangevin
 from .samplers.base import random_on, sample
 from .sde import VESDE, VPSDE, WEIGHTINGS, dsm_loss, score_model
 from .sde.sdes import SDE, check_sde
-from .training import CHECKPOINT, MAX_RECOVERIES, TrainResult, Update, fit
+from .training import MAX_RECOVERIES, TrainResult, Update, fit
 
 __all__ = ["SCORE_METHODS", "SDE_METHODS", "ScoreTrainResult", "at_noise_level", "data_diameter", "default_sde",
            "default_sigmas", "sample_images", "sample_scores", "sde_parameters", "train_score"]

@@ -5,9 +5,12 @@ backward, clip, optimiser step, EMA, buffer update, log, evaluate,
 checkpoint. Every method is a step function inside it: :func:`train_ebm`
 (maximum likelihood with MCMC negatives) here,
 :func:`ebmlab.score_training.train_score` (score matching) beside it. A run
-directory holds ``config.json`` (written by the run layer),
-``metrics.jsonl`` and ``checkpoint.safetensors``; ``resume=True`` continues a
-run exactly (parameters, optimiser, buffer, generator state and step counter).
+directory (:mod:`ebmlab.io`: :func:`~ebmlab.io.prepare_run_dir`,
+:func:`~ebmlab.io.read_metrics`) holds ``config.json`` (written by the run
+layer), ``metrics.jsonl`` and ``checkpoint.safetensors``; ``resume=True``
+continues a run exactly (parameters, optimiser, buffer, generator state and
+step counter). What the ranks of a ``torchrun`` group exchange inside the
+loop is in ``ebmlab._ranks``.
 """
 
 from __future__ import annotations
@@ -16,11 +19,9 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -33,20 +34,20 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed
+from ._ranks import StepModule, check_ranks_agree, exchange_flags, gather_checkpoint, rank_view
 from .checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from .checks import check_int
 from .devices import default_generator
-from .io import LOCK, atomic_write, remove_stale_temporaries, run_lock
+# The run directory's names lived here before ebmlab.io held them; ebmlab.training.CHECKPOINT etc. still work.
+from .io import (CHECKPOINT, METRICS, RunDirectoryError, prepare_run_dir, read_metrics,  # noqa: F401
+                 remove_stale_temporaries, run_lock, truncate_metrics)
 from .objectives.buffer import ReplayBuffer
 from .objectives.contrastive import METHODS, contrastive_divergence, start_negatives
 from .samplers.base import DivergenceError, random_on, sample
 
 __all__ = [
-    "CHECKPOINT",
     "MAX_ENERGY",
     "MAX_RECOVERIES",
-    "METRICS",
-    "RunDirectoryError",
     "TOY_ALPHA",
     "TrainResult",
     "TrainingDiverged",
@@ -55,18 +56,10 @@ __all__ = [
     "ema_update",
     "fit",
     "negatives",
-    "prepare_run_dir",
-    "read_metrics",
     "scaled_step",
     "train_ebm",
-    "truncate_metrics",
     "uniform_noise",
 ]
-
-#: The checkpoint's file name in a run directory.
-CHECKPOINT = "checkpoint.safetensors"
-#: The metrics' file name in a run directory (one JSON row per logged step).
-METRICS = "metrics.jsonl"
 
 
 #: Measured 2-D defaults of the energy regulariser alpha per method (docs/benchmarks.md, "Training"):
@@ -84,10 +77,6 @@ MAX_RECOVERIES = 3
 
 class TrainingDiverged(RuntimeError):
     """Training produced a non-finite loss or energy; the message names the step and the last good checkpoint."""
-
-
-class RunDirectoryError(OSError):
-    """Writing into the run directory failed (disk full, read-only); the last good checkpoint is intact."""
 
 
 @dataclass
@@ -150,104 +139,6 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
     with torch.no_grad():
         for pe, pm in zip(ema.parameters(), model.parameters()):
             pe.lerp_(pm, 1.0 - d)
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.jsonl``; a torn last line (a process killed mid-write) is dropped.
-
-    Args:
-        path: the file (missing: no rows).
-
-    Raises:
-        ValueError: a line other than the last is not a JSON object with a
-            ``step`` (the file was edited or is not ebmlab's), naming the line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    lines = path.read_bytes().split(b"\n")
-    rows = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-                raise ValueError("not a row with an integer step")
-        except ValueError as err:
-            if i == len(lines) - 1:  # no newline after it: the write was cut short
-                break
-            raise ValueError(f"{path}, line {i + 1}: not a metrics row ({err}): {line[:80]!r}") from None
-        rows.append(row)
-    return rows
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop rows logged after ``step`` (a crashed run may have logged past its last checkpoint),
-    and a torn last line.
-
-    Args:
-        path: the ``metrics.jsonl`` file (rewritten atomically; missing: nothing to do).
-        step: the last step to keep.
-    """
-    if not path.exists():
-        return
-    keep = [json.dumps(row) for row in read_metrics(path) if row["step"] <= step]
-    atomic_write(path, lambda f: f.write(("\n".join(keep) + ("\n" if keep else "")).encode()))
-
-
-def prepare_run_dir(run_dir: str | os.PathLike | None, *, resume: bool, overwrite: bool = False) -> Path | None:
-    """Check what a training call may do with ``run_dir`` before it writes anything.
-
-    A directory that already holds a run (a checkpoint or ``metrics.jsonl``)
-    is continued only with ``resume=True`` and started over only with
-    ``overwrite=True`` (which empties it first): training into it otherwise
-    would overwrite the checkpoint and append a second run's rows to the
-    first's metrics. ``config.json`` alone does not count (the run layer
-    writes it just before training starts).
-
-    Args:
-        run_dir: the run directory, or ``None`` (nothing is written).
-        resume: continue the run in ``run_dir``.
-        overwrite: empty an existing run in ``run_dir`` first.
-
-    Returns:
-        The directory as a ``Path`` (created), or ``None`` without a run_dir.
-
-    Raises:
-        ValueError: ``resume`` without a run_dir or without its checkpoint,
-            ``resume`` and ``overwrite`` together, an existing run without
-            either, or ``overwrite`` on a non-empty directory that is not a run.
-    """
-    if run_dir is None:
-        if resume:
-            raise ValueError("resume=True needs the run_dir to resume from")
-        return None
-    path = Path(run_dir)
-    if resume and overwrite:
-        raise ValueError("resume and overwrite exclude each other: continue the run or start it over")
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"run_dir {path} exists and is not a directory")
-    has_run = (path / CHECKPOINT).exists() or (path / METRICS).exists()
-    if resume:
-        if not (path / CHECKPOINT).is_file():
-            raise ValueError(f"resume: {path} holds no {CHECKPOINT} to continue from")
-    elif overwrite and path.is_dir() and _entries(path):
-        if not (has_run or (path / "config.json").exists()):
-            raise ValueError(f"overwrite: {path} is not a run directory (no config.json, checkpoint or metrics); "
-                             "refusing to empty it")
-        for entry in _entries(path):  # the lock file stays: another process may be waiting on it
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    elif has_run:
-        raise ValueError(f"{path} already holds a run; resume it (--resume, resume=True) or start it over "
-                         "(--overwrite, overwrite=True)")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _entries(path: Path) -> list[Path]:
-    """A directory's entries other than its lock file."""
-    return [p for p in path.iterdir() if p.name != LOCK]
 
 
 @dataclass
@@ -387,7 +278,7 @@ def fit(
         grad_clip: clip the parameter gradient's global norm (``None``: off).
         ema_decay: keep a moving average of the weights (``None``: off).
         generator: all randomness of ``step_fn`` (saved with the checkpoint).
-        run_dir: where metrics and checkpoints go (``None``: nothing written); see :func:`prepare_run_dir`.
+        run_dir: where metrics and checkpoints go (``None``: nothing written); see :func:`ebmlab.io.prepare_run_dir`.
         resume: continue the run in ``run_dir`` from its checkpoint.
         overwrite: empty an existing run in ``run_dir`` first.
         log_every: log a metrics row every this many steps.
@@ -455,8 +346,8 @@ def _fit(model, step_fn, stop, *, method, steps, lr, betas, grad_clip, ema_decay
         raise ValueError("the model has no trainable parameters")
     step_module = None
     if world > 1:  # DDP copies rank 0's weights to every rank here, and averages the gradients in each backward
-        step_module = distributed.wrap_step(_StepModule(model, step_fn), params[0].device)
-        _check_ranks_agree(generator, steps=steps, log_every=log_every, checkpoint_every=checkpoint_every,
+        step_module = distributed.wrap_step(StepModule(model, step_fn), params[0].device)
+        check_ranks_agree(generator, steps=steps, log_every=log_every, checkpoint_every=checkpoint_every,
                            eval_every=eval_every, evaluate=evaluate is not None, resume=resume, params=len(params))
     optimizer = _adam(params, lr, betas)
     ema = copy.deepcopy(model).requires_grad_(False) if ema_decay is not None else None
@@ -481,7 +372,7 @@ def _fit(model, step_fn, stop, *, method, steps, lr, betas, grad_clip, ema_decay
         if meta.get("method", method) != method:
             raise ValueError(f"{ckpt} was written by method {meta.get('method')!r}, not {method!r}")
         saved_world = int(meta.get("world_size", 1))
-        tensors, meta = _rank_view(tensors, meta, rank_state, generator, world, ckpt, seed)
+        tensors, meta = rank_view(tensors, meta, rank_state, generator, world, ckpt, seed)
         if load_extra is not None:
             load_extra(tensors, meta)
         if generator is default_generator(generator.device):
@@ -546,13 +437,15 @@ def _fit(model, step_fn, stop, *, method, steps, lr, betas, grad_clip, ema_decay
             step_module(step).backward()
             update, failure = step_module.module.update, step_module.module.failure
             # one small all-reduce: every rank's divergence and stop flags
-            peers = _exchange_flags(update, failure is not None, stop, max_energy=max_energy,
+            peers = exchange_flags(update, failure is not None, stop, max_energy=max_energy,
                                     timers=(t0, max_seconds, t_ckpt, checkpoint_seconds), device=params[0].device)
         if failure is None or peers is not None:
             # 2. clip; one sync checks the loss, the gradient and the energies' magnitude (on every rank)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
             if peers is not None:
-                failure = peers.failure(failure, None if failure is not None else update, grad_norm, max_energy)
+                describe = (None if failure is not None
+                            else functools.partial(_what_diverged, update, grad_norm, max_energy))
+                failure = peers.failure(failure, describe, grad_norm, max_energy)
             else:
                 ok = torch.isfinite(update.loss.detach() + grad_norm)
                 if update.magnitude is not None:
@@ -623,7 +516,7 @@ def _fit(model, step_fn, stop, *, method, steps, lr, betas, grad_clip, ema_decay
             save_now = step % checkpoint_every == 0 or last or peers.checkpoint_due
             if save_now:
                 good = snapshot(step)
-                state = _gather_checkpoint(good, rank_state)  # collective: every rank's chains and generator
+                state = gather_checkpoint(good, rank_state)  # collective: every rank's chains and generator
             if row is not None or save_now:
 
                 def on_main(row=row, save_now=save_now, step=step, eval_now=eval_now) -> dict[str, Any] | None:
@@ -708,165 +601,6 @@ def _logged(update: Update, world: int) -> dict[str, Any]:
                           for k in names])
     mean = distributed.all_mean(values).tolist()
     return {k: (mean[names.index(k)] if k in names else v) for k, v in metrics.items()}
-
-
-#: Per-rank slots of the flags reduced with the gradients: chains diverged, loss not finite, energies too large,
-#: the signal received (its number), the time budget spent, a time-based checkpoint due.
-_FLAGS = ("chains", "loss", "magnitude", "signal", "time_up", "checkpoint_due")
-
-
-@dataclass
-class _Peers:
-    """What the ranks told each other in a step's all-reduce."""
-
-    flags: Tensor  # (world, len(_FLAGS))
-
-    def ranks(self, name: str) -> list[int]:
-        return [r for r, f in enumerate(self.flags[:, _FLAGS.index(name)].tolist()) if f]
-
-    @property
-    def stopped_by(self) -> str | None:
-        signums = [int(s) for s in self.flags[:, _FLAGS.index("signal")].tolist() if s]
-        return signal.Signals(signums[0]).name if signums else None
-
-    @property
-    def time_up(self) -> bool:
-        return bool(self.ranks("time_up"))
-
-    @property
-    def checkpoint_due(self) -> bool:
-        return bool(self.ranks("checkpoint_due"))
-
-    def failure(self, mine: tuple[str, bool] | None, update: Update | None, grad_norm: Tensor,
-                max_energy: float) -> tuple[str, bool] | None:
-        """The step's divergence as every rank sees it (this rank's own words when it is among the culprits)."""
-        me = distributed.rank()
-        for name, chains in (("chains", True), ("loss", False)):
-            ranks = self.ranks(name)
-            if ranks:
-                own = mine[0] if mine is not None else (_what_diverged(update, grad_norm, max_energy)
-                                                       if me in ranks and update is not None else None)
-                what = own if me in ranks and own else ("the chains diverged" if chains else "the loss is not finite")
-                return f"{what} (on rank {', '.join(map(str, ranks))})", chains
-        if not bool(torch.isfinite(grad_norm)):
-            return f"parameter gradient norm is {float(grad_norm)}", False
-        ranks = self.ranks("magnitude")
-        if ranks:
-            what = (_what_diverged(update, grad_norm, max_energy) if me in ranks and update is not None
-                    else f"the energies' magnitude is above max_energy={max_energy:g}")
-            return f"{what} (on rank {', '.join(map(str, ranks))})", False
-        return None
-
-
-class _StepModule(nn.Module):
-    """A method's whole step (batch, negatives or noise, loss) as one module's ``forward``, for
-    DistributedDataParallel to wrap: whatever the objective does with the model (call it twice, differentiate in
-    ``x``, hand it to a sampler), the loss it returns is DDP's output, so its backward averages every parameter's
-    gradient over the ranks.
-
-    The output adds ``0 * p.sum()`` for every trainable parameter, so every parameter takes part in every
-    backward (DDP without ``find_unused_parameters``, which would walk the autograd graph at each step): a
-    parameter the loss leaves out gets a zero gradient on that rank and the ranks' mean elsewhere (a score loss
-    ignores an energy's output bias; Adam leaves a parameter whose gradient was always zero where it is).
-    Divergence of this rank's chains returns that zero alone: the rank still joins the gradient all-reduce
-    (contributing zeros), and the step is rolled back everywhere anyway."""
-
-    def __init__(self, model: nn.Module, step_fn: Callable[[int], Update]) -> None:
-        super().__init__()
-        self.model = model
-        self.step_fn = step_fn
-        self.update: Update | None = None
-        self.failure: tuple[str, bool] | None = None
-
-    def forward(self, step: int) -> Tensor:
-        zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
-        try:
-            self.update, self.failure = self.step_fn(step), None
-            return self.update.loss + zero
-        except DivergenceError as err:
-            self.update, self.failure = None, (str(err), True)
-            return zero
-
-
-def _exchange_flags(update: Update | None, chains_failed: bool, stop: _StopOnSignal, *, max_energy: float,
-                    timers: tuple[float, float | None, float, float | None], device: torch.device) -> _Peers:
-    """Every rank's divergence and stop flags, in one all-reduce, as a table of (rank, flag)."""
-    world, me = distributed.world_size(), distributed.rank()
-    t0, max_seconds, t_ckpt, checkpoint_seconds = timers
-    now = time.perf_counter()
-    flags = torch.zeros((world, len(_FLAGS)), dtype=torch.float64 if device.type == "cpu" else torch.float32,
-                        device=device)
-    flags[me] = torch.tensor([float(chains_failed), 0.0, 0.0, float(stop.signum or 0),
-                              float(max_seconds is not None and now - t0 >= max_seconds),
-                              float(checkpoint_seconds is not None and now - t_ckpt >= checkpoint_seconds)],
-                             dtype=flags.dtype, device=device)
-    if update is not None:
-        flags[me, 1] = (~torch.isfinite(update.loss.detach())).to(flags.dtype)
-        if update.magnitude is not None:
-            flags[me, 2] = (update.magnitude.detach() > max_energy).to(flags.dtype)
-    return _Peers(distributed.all_sum(flags).cpu())
-
-
-def _check_ranks_agree(generator: torch.Generator, **settings: Any) -> None:
-    """Every rank must run the same schedule (or the collectives would pair different steps) from its own
-    random stream (or the ranks would draw the same batches and negatives)."""
-    state = generator.get_state().numpy().tobytes()
-    digest = int.from_bytes(hashlib.blake2b(state, digest_size=7).digest(), "little")
-    values = torch.tensor([*(int(v) for v in settings.values()), digest], dtype=torch.int64)
-    table = distributed.all_gather_stack(values)
-    for i, name in enumerate(settings):
-        if len(set(table[:, i].tolist())) > 1:
-            raise ValueError(f"the ranks disagree on {name} ({table[:, i].tolist()}): every rank of a process group "
-                             "must train with the same settings")
-    if len(set(table[:, -1].tolist())) < table.shape[0]:
-        raise ValueError("two ranks hold generators in the same state: they would draw the same batches and chains; "
-                         "give each rank its own stream (ebmlab.distributed.generator(seed) derives it from the rank)")
-
-
-def _rank_view(tensors: dict[str, Tensor], meta: dict[str, Any], rank_state: tuple[str, ...],
-               generator: torch.Generator, world: int, ckpt: Path, seed: int | None
-               ) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """This rank's part of a checkpoint: its generator state and its rows of each ``rank_state`` entry.
-
-    Under the world size that wrote it, the rows each rank held; under another, an even re-split of all of
-    them (the generator is re-seeded by the caller)."""
-    saved = int(meta.get("world_size", 1))
-    me = distributed.rank()
-    if saved == world == 1:
-        return tensors, meta
-    out = {k: v for k, v in tensors.items() if not k.startswith("generator.rank")}
-    if saved == world:
-        out["generator"] = tensors[f"generator.rank{me}"]
-        for key in rank_state:
-            sizes = meta["rank_sizes"][key]
-            lo = sum(sizes[:me])
-            out[key] = tensors[key][lo:lo + sizes[me]]
-        return out, meta
-    if seed is None:
-        raise ValueError(f"{ckpt} was written by {saved} process(es) and this run has {world}: each rank's generator "
-                         "is then re-seeded from the run's seed, which fit(seed=...) must be given")
-    out["generator"] = generator.get_state()  # replaced by the re-derived stream after the restore
-    for key in rank_state:
-        out[key] = tensors[key][distributed.shard(tensors[key].shape[0])]
-    return out, {**meta, "resharded_from": saved}
-
-
-def _gather_checkpoint(state: tuple[dict[str, Tensor], dict[str, Any]], rank_state: tuple[str, ...]
-                       ) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
-    """Rank 0's checkpoint of a process group: the shared state, every rank's generator state and its
-    ``rank_state`` rows concatenated in rank order (their counts in ``meta["rank_sizes"]``); ``None`` elsewhere."""
-    tensors, meta = state
-    world = distributed.world_size()
-    generators = distributed.gather_cat(tensors["generator"].unsqueeze(0))
-    parts = {key: distributed.gather_cat(tensors[key]) for key in rank_state}
-    sizes = distributed.all_gather_stack(torch.tensor([tensors[key].shape[0] for key in rank_state],
-                                                      dtype=torch.int64))
-    if not distributed.is_main():
-        return None
-    out = {k: v for k, v in tensors.items() if k != "generator" and k not in rank_state}
-    out.update({f"generator.rank{r}": generators[r] for r in range(world)})
-    out.update(parts)
-    return out, {**meta, "rank_sizes": {key: sizes[:, i].tolist() for i, key in enumerate(rank_state)}}
 
 
 def _last_good(last_good: str | None) -> str:

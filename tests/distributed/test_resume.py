@@ -9,7 +9,7 @@ import torch
 
 from ebmlab import runs
 from ebmlab.checkpoint import load_checkpoint
-from ebmlab.training import CHECKPOINT, METRICS, read_metrics
+from ebmlab.io import CHECKPOINT, METRICS, read_metrics
 from launch import run_ranks
 
 BATCH = 32

@@ -10,7 +10,8 @@ import torch
 
 from ebmlab import distributed
 from ebmlab.checkpoint import load_checkpoint
-from ebmlab.training import CHECKPOINT, METRICS, Update, fit, read_metrics
+from ebmlab.io import CHECKPOINT, METRICS, read_metrics
+from ebmlab.training import Update, fit
 from launch import run_ranks
 
 STOP_AT = 7

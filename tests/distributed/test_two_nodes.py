@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from ebmlab.checkpoint import load_checkpoint
-from ebmlab.training import CHECKPOINT, METRICS, read_metrics
+from ebmlab.io import CHECKPOINT, METRICS, read_metrics
 from launch import free_port, torchrun_env
 
 TRAIN = ["-m", "ebmlab", "train", "--data", "eight_gaussians", "--steps", "8", "--batch-size", "32",

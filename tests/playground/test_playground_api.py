@@ -380,7 +380,7 @@ def run_dir(tmp_path_factory):
     from ebmlab.checkpoint import save_checkpoint
     from ebmlab.energies.nets import MLPEnergy
     from ebmlab.runs import save_config
-    from ebmlab.training import CHECKPOINT
+    from ebmlab.io import CHECKPOINT
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
     run.mkdir()
@@ -420,7 +420,7 @@ def test_non_2d_models_are_refused(tmp_path):
     from ebmlab.checkpoint import save_checkpoint
     from ebmlab.energies.nets import MLPEnergy
     from ebmlab.runs import save_config
-    from ebmlab.training import CHECKPOINT
+    from ebmlab.io import CHECKPOINT
 
     net = MLPEnergy(3, hidden=(8,))
     save_checkpoint(tmp_path / CHECKPOINT, {f"model.{k}": v for k, v in net.state_dict().items()}, {})
@@ -651,7 +651,7 @@ def _score_run(path, *, noise_conditional=True, kind="score_mlp"):
     from ebmlab.energies.nets import MLPEnergy
     from ebmlab.energies.score_nets import EnergyScore, ScoreMLP
     from ebmlab.runs import save_config
-    from ebmlab.training import CHECKPOINT
+    from ebmlab.io import CHECKPOINT
 
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

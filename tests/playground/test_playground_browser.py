@@ -36,7 +36,7 @@ def score_run(tmp_path_factory):
     from ebmlab.checkpoint import save_checkpoint
     from ebmlab.energies.score_nets import ScoreMLP
     from ebmlab.runs import save_config
-    from ebmlab.training import CHECKPOINT
+    from ebmlab.io import CHECKPOINT
 
     run = tmp_path_factory.mktemp("runs") / "ncsn"
     run.mkdir()

@@ -27,7 +27,7 @@ from ebmlab import runs
 from ebmlab.checkpoint import CHECKSUM_KEY, inspect_checkpoint, load_checkpoint
 from ebmlab.cli import main
 from ebmlab.runs.models import MAX_PARAMETERS
-from ebmlab.training import CHECKPOINT, METRICS
+from ebmlab.io import CHECKPOINT, METRICS
 
 CONFIG = runs.CONFIG
 MARKER = "PWNED_MARKER"

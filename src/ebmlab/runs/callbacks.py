@@ -83,7 +83,7 @@ class TensorBoardLogger:
             purge_step = None
             if self.resume:
                 from ..checkpoint import load_checkpoint
-                from ..training import CHECKPOINT
+                from ..io import CHECKPOINT
 
                 ckpt = self.log_dir / CHECKPOINT
                 # the loop logs its first row after the checkpoint's step: drop the stale events from there on

@@ -32,9 +32,8 @@ from torch import Tensor, nn
 
 from ..checkpoint import inspect_checkpoint, load_checkpoint
 from ..devices import random_on, resolve_device
-from ..io import atomic_write
+from ..io import CHECKPOINT, METRICS, atomic_write, read_metrics
 from ..samplers.registry import build_sampler
-from ..training import CHECKPOINT, METRICS, read_metrics
 from ..score_training import SDE_METHODS
 from .config import MAX_CONFIG_BYTES, NEGATIVES_TREE_DEPTH, SDE_DEFAULTS, TOY_STEPS_PER_LEVEL, TRAIN_DEFAULTS
 from .models import MAX_PARAMETERS, SCORE_KINDS, build_energy, build_sde, check_config, load_data
@@ -226,7 +225,7 @@ class Run:
         """The logged metric rows of ``metrics.jsonl`` (loading, sampling and evaluating a run never read it).
 
         Raises:
-            ValueError: for a line that is not a metrics row, naming the line (:func:`ebmlab.training.read_metrics`),
+            ValueError: for a line that is not a metrics row, naming the line (:func:`ebmlab.io.read_metrics`),
                 or a ``metrics.jsonl`` that is a symbolic link.
         """
         path = _run_file(self.path, METRICS)

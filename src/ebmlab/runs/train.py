@@ -21,8 +21,7 @@ import torch
 
 from .. import distributed
 from ..devices import resolve_device
-from ..io import LOCK, run_lock
-from ..training import CHECKPOINT, METRICS, prepare_run_dir
+from ..io import CHECKPOINT, LOCK, METRICS, prepare_run_dir, run_lock
 from .config import ConfigError, TrainConfig
 from .evaluate import training_evaluator
 from .models import (MAX_PARAMETERS, build_energy, build_sde, check_model_section, data_bounds, data_section,
