@@ -35,8 +35,8 @@ def score_run(tmp_path_factory):
 
     from ebmlab.checkpoint import save_checkpoint
     from ebmlab.energies.score_nets import ScoreMLP
-    from ebmlab.runs import save_config
     from ebmlab.io import CHECKPOINT
+    from ebmlab.runs import save_config
 
     run = tmp_path_factory.mktemp("runs") / "ncsn"
     run.mkdir()
@@ -174,6 +174,38 @@ def test_mala_on_banana_and_reset(open_page):
     wait_idle(page)
     assert text(page, "num-samples") == "0"
     assert text(page, "acceptance-rate") == "—"
+    assert page.evaluate("window.ebmlabPlayground.samples().length") == 0
+
+
+def test_a_click_is_all_its_steps_when_the_server_cuts_a_reply_short(open_page):
+    """The server ends a step message at its time budget or at its reply-size bound (``truncated``); the page
+    asks for the rest, so a click of k steps is k steps. Here the size bound cuts a 150-step click of 1,000
+    chains after 100 steps; a loaded machine's time budget cuts any click the same way, which used to drop
+    steps silently (and time this file's clicks out waiting for their samples)."""
+    from ebmlab.playground.settings import LIMITS
+
+    chains, steps = 1000, 150
+    assert LIMITS["max_reply_points"] // chains < steps <= LIMITS["max_steps_per_message"]
+    page = open_page(f"?algorithm=ula&target=banana&chains={chains}&tween=0")
+    run_steps(page, steps, per_click=steps)
+    assert int(text(page, "num-samples")) == steps * chains
+    assert page.evaluate("window.ebmlabPlayground.samples().length") == 2 * steps * chains
+
+
+def test_reset_cancels_the_rest_of_a_cut_short_click(open_page):
+    """Reset while a cut-short click is in flight: the rest of the click is not asked for after it (it would
+    run on the reset chains). The reply of 100 steps of 1,000 chains (about 3 MB of JSON) is normally still
+    on its way when the reset is clicked; had it arrived, the rest was asked for before the reset, which
+    then clears it: either way the page ends empty."""
+    chains = 1000
+    page = open_page(f"?algorithm=ula&target=banana&chains={chains}&tween=0")
+    set_value(page, "steps-per-click", 150)
+    page.click("[data-testid=step]")
+    page.click("[data-testid=reset]")
+    wait_idle(page)
+    page.wait_for_timeout(500)  # a wrongly asked-for rest would arrive in this time
+    wait_idle(page)
+    assert text(page, "num-samples") == "0"
     assert page.evaluate("window.ebmlabPlayground.samples().length") == 0
 
 

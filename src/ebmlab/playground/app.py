@@ -67,7 +67,8 @@ loopback answers there only to loopback ``Host`` names. At most
 ``max_clients`` WebSockets are open at once (one more gets an error frame
 and close code 1013); a frame over ``LIMITS["max_frame_bytes"]`` ends its
 connection (1009), and a step reply holds at most
-``LIMITS["max_reply_points"]`` chain-steps.
+``LIMITS["max_reply_points"]`` chain-steps. A reply cut short by the budget or
+that bound says ``"truncated": true``, and the page asks for the rest.
 """
 
 from __future__ import annotations

@@ -97,6 +97,9 @@ const st = {
   configuring: 0, // configure/reset messages awaiting their reply
   pending: 0, // steps requested but not yet sent
   inFlight: false,
+  sent: 0, // steps asked for by the message in flight
+  generation: 0, // configure/reset count: a step sent before one is not continued after it
+  sentGeneration: 0,
   tween: null, // {start, dur}
   autoplayTimer: null,
   tempered: new Map(), // "density key|T" -> offscreen heatmap canvas of p^(1/T), or "loading"
@@ -728,12 +731,14 @@ function send(msg) {
 // "configured" reply, which then clears what it drew.
 function configure() {
   st.pending = 0;
+  st.generation += 1;
   st.configuring += 1;
   send({ type: "configure", ...serverSettings() });
   updateIdle();
 }
 function reset() {
   st.pending = 0;
+  st.generation += 1;
   st.configuring += 1;
   send({ type: "reset" });
   updateIdle();
@@ -743,6 +748,8 @@ function pump() {
   const n = Math.min(200, st.pending);
   st.pending -= n;
   st.inFlight = true;
+  st.sent = n;
+  st.sentGeneration = st.generation;
   send({ type: "step", n });
   updateIdle();
 }
@@ -778,6 +785,10 @@ function takeFrames(pane, frames) {
 function onFrames(msg) {
   st.inFlight = false;
   if (msg.error) showError(msg.error);
+  // The server stops a message at its time budget or reply size ("truncated"): ask for the rest, so a
+  // click of k steps is k steps on a slow machine too (not after a configure/reset, which cancels them).
+  else if (msg.truncated && st.sentGeneration === st.generation)
+    st.pending += Math.max(0, st.sent - (msg.frames ? msg.frames.length : 0));
   const parts = [[panes[0], msg.frames, msg.diagnostics]];
   if (msg.compare && st.compare) parts.push([panes[1], msg.compare.frames, msg.compare.diagnostics]);
   const lasts = parts.map(([pane, frames]) => takeFrames(pane, frames));
