@@ -136,6 +136,18 @@ def test_divergences_are_warned_about_with_what_to_change(capsys):
     assert code == 0 and r["divergences"] == 0 and not [w for w in r["warnings"] if "divergent" in w]
 
 
+def test_the_divergence_remedy_goes_past_the_runs_own_target():
+    """After divergences the warning names a target above the one the run was tuned to (not the one it already
+    used), and past 0.99 says that smaller steps will not help."""
+    remedy = runs.sampling._divergence_remedy
+    assert remedy(None) == "rerun with --adapt N --target-accept 0.9 (or 0.95), or a smaller --step-size"
+    assert remedy(0.8) == "rerun with a higher --target-accept than 0.8: 0.9 (or 0.95)"
+    assert remedy(0.9) == "rerun with a higher --target-accept than 0.9: 0.95 (or 0.99)"
+    assert remedy(0.95) == "rerun with a higher --target-accept than 0.95: 0.99"
+    assert remedy(0.97) == "rerun with a higher --target-accept than 0.97: 0.99"
+    assert remedy(0.99).startswith("--target-accept is already 0.99: smaller steps will not follow this target")
+
+
 def test_same_seed_same_result(capsys):
     args = ["sample", "--chains", "50", "--steps", "40", "--burn-in", "10", "--seed", "3", "--json"]
     a = json.loads(run_cli(args, capsys)[1])

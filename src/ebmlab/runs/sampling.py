@@ -487,6 +487,19 @@ def _iid_rhat(shape: tuple[int, ...], reps: int = 8) -> float:
                for _ in range(reps))
 
 
+def _divergence_remedy(target_accept: float | None) -> str:
+    """What to change after divergent transitions: a higher acceptance target than the run's (as Stan says to
+    raise adapt_delta), or, past 0.99, the target's parameterisation."""
+    if target_accept is None:  # a fixed --step-size
+        return "rerun with --adapt N --target-accept 0.9 (or 0.95), or a smaller --step-size"
+    if target_accept >= 0.99:
+        return (f"--target-accept is already {target_accept:g}: smaller steps will not follow this target, so "
+                "reparameterise it (e.g. non-centred for a funnel) or treat the draws near the divergences as suspect")
+    higher = next(t for t in (0.9, 0.95, 0.99) if t > target_accept)
+    also = {0.9: " (or 0.95)", 0.95: " (or 0.99)", 0.99: ""}[higher]
+    return f"rerun with a higher --target-accept than {target_accept:g}: {higher:g}{also}"
+
+
 def _diagnostic_warnings(result: dict[str, Any], sampler: str, shape: tuple[int, ...]) -> list[str]:
     """What a user should not ignore in a run's diagnostics, each with what to change (``shape``: the kept
     draws', ``(draws, chains, *event)``)."""
@@ -511,7 +524,7 @@ def _diagnostic_warnings(result: dict[str, Any], sampler: str, shape: tuple[int,
     if divergent:  # Stan warns of any divergent transition after warm-up, and so does this
         out.append(f"{divergent} divergent transitions after burn-in ({divergent / shape[1]:.3g} per chain): where "
                    "the target curves sharply the steps are too large to follow it and the draws there are biased; "
-                   "rerun with --adapt N --target-accept 0.9 (or 0.95), or a smaller --step-size")
+                   + _divergence_remedy(result.get("adapted_target_accept")))
     outside = result.get("fraction_outside_box")
     if outside is not None and outside > 0.001:
         out.append(f"{outside:.1%} of the samples lie outside the target's box, beyond where its density is "
