@@ -136,6 +136,27 @@ def test_divergences_are_warned_about_with_what_to_change(capsys):
     assert code == 0 and r["divergences"] == 0 and not [w for w in r["warnings"] if "divergent" in w]
 
 
+def test_acceptance_warnings_offer_adapt_only_where_it_runs(capsys):
+    """A step far too small (acceptance near 1) or far too large (near 0) is warned of with what to change;
+    --adapt N is named only for the samplers it tunes (mala, hmc, nuts), not for pt or rwmh, which refuse it."""
+    small = {"mala": "0.01", "pt": "0.01", "rwmh": "0.001"}
+    for sampler, step in small.items():
+        args = ["sample", "--target", "multimodal", "--sampler", sampler, "--step-size", step, "--chains", "50",
+                "--steps", "60", "--burn-in", "20", "--json"]
+        code, out, err = run_cli(args, capsys)
+        assert code == 0, err
+        r = json.loads(out)
+        assert r["acceptance_rate"] > 0.99
+        tune = " (or --adapt N)" if sampler == "mala" else ""
+        assert (f"acceptance {r['acceptance_rate']:.3f} > 0.99: steps this small explore slowly; raise --step-size"
+                f"{tune}") in r["warnings"], (sampler, r["warnings"])
+    code, out, err = run_cli(["sample", "--target", "multimodal", "--sampler", "rwmh", "--step-size", "40",
+                              "--chains", "50", "--steps", "60", "--burn-in", "20", "--json"], capsys)
+    r = json.loads(out)
+    assert r["acceptance_rate"] < 0.05
+    assert f"acceptance {r['acceptance_rate']:.3f} < 0.05: the chains barely move; lower --step-size" in r["warnings"]
+
+
 def test_the_divergence_remedy_goes_past_the_runs_own_target():
     """After divergences the warning names a target above the one the run was tuned to (not the one it already
     used), and past 0.99 says that smaller steps will not help."""

@@ -516,10 +516,11 @@ def _diagnostic_warnings(result: dict[str, Any], sampler: str, shape: tuple[int,
     if ess is not None and ess < 100:
         out.append(f"bulk ESS {ess:.0f} < 100: too few effective draws for stable estimates; run more steps or "
                    "tune --step-size (--adapt N does it for mala, hmc, nuts)")
+    tune = " (or --adapt N)" if sampler in ADAPTABLE else ""  # rwmh and pt have no step-size warm-up
     if sampler in _MH and acc is not None and acc < 0.05:
-        out.append(f"acceptance {acc:.3f} < 0.05: the chains barely move; lower --step-size (or --adapt N)")
+        out.append(f"acceptance {acc:.3f} < 0.05: the chains barely move; lower --step-size{tune}")
     if sampler in _MH and acc is not None and acc > 0.99:
-        out.append(f"acceptance {acc:.3f} > 0.99: steps this small explore slowly; raise --step-size (or --adapt N)")
+        out.append(f"acceptance {acc:.3f} > 0.99: steps this small explore slowly; raise --step-size{tune}")
     divergent = result.get("divergences")
     if divergent:  # Stan warns of any divergent transition after warm-up, and so does this
         out.append(f"{divergent} divergent transitions after burn-in ({divergent / shape[1]:.3g} per chain): where "
